@@ -1,0 +1,258 @@
+"""Run configuration: frozen dataclasses built once from TOML plus ``--set`` overrides.
+
+TOML keys are kebab-case (``local-epochs``); Python fields are snake_case (``local_epochs``).
+The conversion happens here and nowhere else. Every field carries its help text and its
+constraints (``choices``, ``min``, ``max``) as dataclass metadata, so validation is generic and
+every error names the offending key, e.g. ``fed.rounds``.
+
+Bad user input raises :class:`UserError`; the CLI turns it into a one-line message and exit
+code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+import tomli_w
+
+
+class UserError(Exception):
+    """An error caused by user input (config, paths, data). Shown as one line, exit code 2."""
+
+
+def _f(default: Any, help: str, **constraints: Any) -> Any:
+    return field(default=default, metadata={"help": help, **constraints})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("phantom-xray", "built-in dataset: phantom-xray, phantom-ct or phantom-histo",
+                      choices=("phantom-xray", "phantom-ct", "phantom-histo"))
+    image_size: int = _f(64, "image side in pixels (a power of two, 16-256)",
+                         choices=(16, 32, 64, 128, 256))
+    num_images: int = _f(2000, "number of phantom images generated (all clients together)", min=1)
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    clients: int = _f(2, "number of clients (hospitals)", min=1, max=10_000)
+    scheme: str = _f("iid", "how images are split among clients", choices=("iid",))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = _f("dcgan", "generator/discriminator family", choices=("dcgan",))
+    nz: int = _f(100, "latent dimension", min=1)
+    ngf: int = _f(32, "generator width (channels of the last hidden layer)", min=1)
+    ndf: int = _f(32, "discriminator width (channels of the first layer)", min=1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    loss: str = _f("bce", "GAN loss: non-saturating BCE", choices=("bce",))
+    batch_size: int = _f(32, "images per local step", min=1)
+    lr_g: float = _f(2e-4, "generator Adam learning rate", min=0.0, exclusive_min=True)
+    lr_d: float = _f(2e-4, "discriminator Adam learning rate", min=0.0, exclusive_min=True)
+    beta1: float = _f(0.5, "Adam beta1", min=0.0, max=1.0)
+    beta2: float = _f(0.999, "Adam beta2", min=0.0, max=1.0)
+    reset_optimizer: bool = _f(False, "reset each client's Adam state at the start of every round")
+    threads: int = _f(0, "torch CPU threads for this process (0: all cores)", min=0)
+
+
+@dataclass(frozen=True)
+class FedConfig:
+    strategy: str = _f("fedavg", "fedavg, or a baseline: local (never aggregate) or "
+                       "centralized (all data pooled in one client)",
+                       choices=("fedavg", "local", "centralized"))
+    rounds: int = _f(20, "communication rounds", min=1)
+    local_epochs: int = _f(1, "aggregation period: local epochs per round", min=1)
+    local_steps: int = _f(0, "if > 0, local steps per round instead of local-epochs", min=0)
+    fraction: float = _f(1.0, "fraction of clients sampled each round", min=0.0, max=1.0,
+                         exclusive_min=True)
+    min_clients: int = _f(1, "minimum clients sampled per round", min=1)
+    weighted: bool = _f(True, "weight FedAvg by client sample count (else a plain mean)")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    every: int = _f(1, "evaluate every N rounds (0: only before training and at the end)", min=0)
+    num_samples: int = _f(1000, "generated images per Frechet distance", min=2)
+    max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
+    feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a "
+                                "frozen random network), inception, or random",
+                                choices=("auto", "inception", "random"))
+    inception_weights: str = _f("", "path to the FID Inception weights "
+                                "(weights-inception-2015-12-05-6726825d.pth); never downloaded")
+    kid_subsets: int = _f(50, "KID: number of random subsets", min=1)
+    kid_subset_size: int = _f(100, "KID: images per subset", min=2)
+    grid_size: int = _f(64, "images in each sample grid (fixed latents)", min=1)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    seed: int = _f(0, "run seed; every random draw derives from it", min=0)
+    name: str = _f("", "short description used in the run directory name (default: derived)")
+    out_dir: str = _f("runs", "parent folder of numbered run directories")
+    keep_checkpoints: int = _f(2, "how many round checkpoints to keep (the newest)", min=1)
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "partition": PartitionConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "fed": FedConfig,
+    "eval": EvalConfig,
+    "run": RunOptions,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole, validated configuration of one run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fed: FedConfig = field(default_factory=FedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunOptions = field(default_factory=RunOptions)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Kebab-case nested dict, as written to ``config.toml``."""
+        return {
+            section: {_kebab(f.name): getattr(getattr(self, section), f.name)
+                      for f in dataclasses.fields(cls)}
+            for section, cls in SECTIONS.items()
+        }
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _snake(name: str) -> str:
+    return name.replace("-", "_")
+
+
+def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
+    """Check ``value`` against the field's type and constraints; return the typed value."""
+    kind = type(f.default)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config key '{key}' must be true or false, got {value!r}")
+    elif kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"config key '{key}' must be an integer, got {value!r}")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key '{key}' must be a number, got {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"config key '{key}' must be finite, got {value!r}")
+    elif kind is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key '{key}' must be a string, got {value!r}")
+    meta = f.metadata
+    if "choices" in meta and value not in meta["choices"]:
+        choices = ", ".join(str(c) for c in meta["choices"])
+        raise UserError(f"config key '{key}' must be one of {choices}; got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (value < lo or (meta.get("exclusive_min") and value == lo)):
+        op = ">" if meta.get("exclusive_min") else ">="
+        raise UserError(f"config key '{key}' must be {op} {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise UserError(f"config key '{key}' must be <= {hi}, got {value!r}")
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value``; the value is a TOML literal, or a bare string."""
+    if "=" not in text:
+        raise UserError(f"--set expects section.key=value, got {text!r}")
+    key, raw = (s.strip() for s in text.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # bare word such as phantom-ct
+    return key, value
+
+
+def build_config(tree: Mapping[str, Any] | None = None,
+                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a validated :class:`Config` from a nested (kebab-case) mapping plus overrides."""
+    merged: dict[str, dict[str, Any]] = {}
+    for section, body in (tree or {}).items():
+        if section not in SECTIONS:
+            raise UserError(f"unknown config section '[{section}]' "
+                            f"(known: {', '.join(SECTIONS)})")
+        if not isinstance(body, Mapping):
+            raise UserError(f"config section '[{section}]' must be a table")
+        merged.setdefault(section, {}).update(body)
+    for text in overrides:
+        key, value = parse_override(text)
+        if "." not in key:
+            raise UserError(f"unknown config key '{key}' (use section.key, e.g. fed.rounds)")
+        section, name = key.split(".", 1)
+        if section not in SECTIONS:
+            raise UserError(f"unknown config key '{key}' (unknown section '{section}')")
+        merged.setdefault(section, {})[name] = value
+
+    built = {}
+    for section, cls in SECTIONS.items():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name, value in merged.get(section, {}).items():
+            key = f"{section}.{name}"
+            f = fields.get(_snake(name))
+            if f is None:
+                known = ", ".join(_kebab(n) for n in fields)
+                raise UserError(f"unknown config key '{key}' (known in [{section}]: {known})")
+            if "_" in name:
+                raise UserError(f"unknown config key '{key}': keys are kebab-case, "
+                                f"write '{section}.{_kebab(name)}'")
+            kwargs[f.name] = _coerce(key, value, f)
+        built[section] = cls(**kwargs)
+    cfg = Config(**built)
+    _check_cross_field(cfg)
+    return cfg
+
+
+def _check_cross_field(cfg: Config) -> None:
+    if cfg.data.num_images < cfg.partition.clients:
+        raise UserError(f"config key 'data.num-images' ({cfg.data.num_images}) must be at least "
+                        f"'partition.clients' ({cfg.partition.clients}): every client needs data")
+    if cfg.fed.min_clients > cfg.partition.clients:
+        raise UserError(f"config key 'fed.min-clients' ({cfg.fed.min_clients}) exceeds "
+                        f"'partition.clients' ({cfg.partition.clients})")
+    if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
+        raise UserError("config key 'eval.inception-weights' is set but "
+                        "'eval.feature-extractor' is 'random'")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a TOML file (optional) and apply ``--set`` overrides."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        try:
+            tree = tomllib.loads(p.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"config file {p} is not valid TOML: {e}") from None
+    return build_config(tree, overrides)

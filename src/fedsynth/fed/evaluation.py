@@ -1,0 +1,122 @@
+"""Evaluation hooks of a federated run: the study's protocol.
+
+Every evaluated round:
+
+(a) each sampled client's *local* model (right after its local training) against that client's
+    own data, and
+(b) the *global* model against the union of all clients' data.
+
+Real-data statistics are computed once per run per client (and cached on disk by data
+fingerprint + extractor); the union's statistics are the exact merge of the clients'
+(:meth:`FeatureStats.merge`), as a real federation would compute them. Generated images come
+from fixed latent seeds, so curves move only because the model does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import EvalConfig
+from ..data import ImageSet
+from ..metrics import FeatureExtractor, FeatureStats, fd_from_stats, kernel_inception_distance
+from ..utils import atomic_write_bytes, derive_seed, numpy_rng, torch_generator
+
+KID_MAX_REAL = 2000  # real features kept per client for KID
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FEDSYNTH_CACHE", Path.home() / ".cache" / "fedsynth"))
+
+
+@dataclass
+class RealStats:
+    stats: FeatureStats
+    kid_features: np.ndarray  # (<= KID_MAX_REAL, D)
+
+
+def real_statistics(data: ImageSet, extractor: FeatureExtractor, max_real: int = 0,
+                    seed: int = 0, use_cache: bool = True) -> RealStats:
+    """Feature statistics of a client's real images (cached by fingerprint + extractor)."""
+    key = hashlib.blake2b(f"{data.fingerprint()}|{extractor.name}|{max_real}|{seed}".encode(),
+                          digest_size=16).hexdigest()
+    path = cache_dir() / "stats" / f"{key}.npz"
+    if use_cache and path.is_file():
+        try:
+            with np.load(path) as z:
+                return RealStats(FeatureStats.from_npz_dict(z), z["kid_features"])
+        except Exception:  # a damaged cache entry is recomputed, never trusted
+            path.unlink(missing_ok=True)
+    n = len(data)
+    idx = np.arange(n)
+    if max_real and n > max_real:
+        idx = np.sort(numpy_rng(seed, "max-real", data.name).choice(n, max_real, replace=False))
+    stats = FeatureStats.empty(extractor.dims)
+    feats = []
+    for i in range(0, len(idx), 250):
+        f = extractor.extract(data.batch(idx[i:i + 250])).double()
+        stats.update(f)
+        feats.append(f.numpy())
+    allf = np.concatenate(feats)
+    if len(allf) > KID_MAX_REAL:
+        allf = allf[np.sort(numpy_rng(seed, "kid-real", data.name).choice(len(allf), KID_MAX_REAL, replace=False))]
+    out = RealStats(stats, allf)
+    if use_cache:
+        import io
+        buf = io.BytesIO()
+        np.savez(buf, kid_features=allf, **stats.to_npz_dict())
+        atomic_write_bytes(path, buf.getvalue())
+    return out
+
+
+class Evaluator:
+    """Computes FD and KID of generators against clients' real statistics."""
+
+    def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, clients: dict[str, ImageSet],
+                 nz: int, seed: int):
+        self.cfg, self.extractor, self.seed = cfg, extractor, seed
+        self.real = {cid: real_statistics(d, extractor, cfg.max_real, seed) for cid, d in clients.items()}
+        merged = None
+        for r in self.real.values():
+            merged = r.stats if merged is None else merged.merge(r.stats)
+        self.union = RealStats(merged, np.concatenate([r.kid_features for r in self.real.values()]))
+        # fixed latents: the same noise every round, so curves move only with the model
+        self.z_eval = torch.randn(cfg.num_samples, nz, generator=torch_generator(seed, "eval-latents"))
+        self.z_grid = torch.randn(cfg.grid_size, nz, generator=torch_generator(seed, "grid-latents"))
+
+    @torch.inference_mode()
+    def generate(self, G: torch.nn.Module, z: torch.Tensor, batch: int = 250) -> torch.Tensor:
+        was = G.training
+        G.eval()
+        out = torch.cat([G(z[i:i + batch]) for i in range(0, len(z), batch)])
+        G.train(was)
+        return out
+
+    @torch.inference_mode()
+    def fake_features(self, G: torch.nn.Module) -> np.ndarray:
+        was = G.training
+        G.eval()
+        feats = [self.extractor(G(self.z_eval[i:i + 250])).double().numpy()
+                 for i in range(0, len(self.z_eval), 250)]
+        G.train(was)
+        return np.concatenate(feats)
+
+    def evaluate(self, G: torch.nn.Module, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
+        """Records for generator ``G`` (named ``who``) against client ``against`` (None: union)."""
+        real = self.union if against is None else self.real[against]
+        fake = self.fake_features(G)
+        fd = fd_from_stats(FeatureStats.of(fake), real.stats)
+        kid, kid_std = kernel_inception_distance(
+            real.kid_features, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size,
+            seed=derive_seed(self.seed, "kid", round_, who))
+        base = {"round": round_, "client": who, "extractor": self.extractor.name,
+                "real": "union" if against is None else against, "num_fake": len(fake),
+                "num_real": real.stats.n}
+        return [{**base, "metric": self.extractor.metric, "value": fd},
+                {**base, "metric": self.extractor.kid_metric, "value": kid, "std": kid_std}]

@@ -1,0 +1,48 @@
+"""Figures of a run: Frechet distance per client and for the global model."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from ..utils import atomic_write_bytes
+
+
+def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
+    """One curve per client plus the global model (thick, black), like the study's figures."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fd = [r for r in records if r["metric"] in ("fid", "fd-random")]
+    if not fd:
+        return None
+    metric = fd[0]["metric"]
+    extractor = fd[0].get("extractor", "")
+    series: dict[str, list[tuple[int, float]]] = {}
+    for r in fd:
+        series.setdefault(str(r["client"]), []).append((r["round"], r["value"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    for name in sorted(series, key=lambda s: (s == "global", s)):
+        pts = sorted(series[name])
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        if name == "global":
+            ax.plot(xs, ys, "-o", color="black", lw=2.2, ms=3.5, label="global model", zorder=5)
+        else:
+            ax.plot(xs, ys, "-", lw=1.2, marker=".", alpha=0.85, label=f"client {name}")
+    ax.set_xlabel("round")
+    label = "FID" if metric == "fid" else "Fréchet distance (random features)"
+    ax.set_ylabel(label)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title(title or label, fontsize=10)
+    ax.text(0.99, 0.01, f"extractor: {extractor}", transform=ax.transAxes, ha="right",
+            va="bottom", fontsize=6, color="0.4")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)

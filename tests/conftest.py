@@ -1,0 +1,22 @@
+import pytest
+import torch
+
+TINY = [
+    "data.image-size=16", "data.num-images=64", "model.nz=16", "model.ngf=8", "model.ndf=8",
+    "train.batch-size=16", "fed.rounds=2", "eval.num-samples=64", "eval.kid-subsets=5",
+    "eval.kid-subset-size=16", "eval.grid-size=16",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    """Each test gets its own statistics cache and working directory; one torch thread."""
+    monkeypatch.setenv("FEDSYNTH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tiny():
+    """Overrides for a seconds-long run: 16 px, 64 images, 8-channel networks."""
+    return list(TINY)

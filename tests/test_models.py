@@ -1,0 +1,39 @@
+import pytest
+import torch
+
+from fedsynth.models import build_gan
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_dcgan_shapes(size, channels):
+    gan = build_gan("dcgan", size, channels, nz=8, ngf=4, ndf=4, seed=0)
+    z = torch.randn(3, 8)
+    x = gan.G(z)
+    assert x.shape == (3, channels, size, size)
+    assert x.abs().max() <= 1
+    assert gan.D(x).shape == (3,)
+
+
+def test_dcgan_64_matches_the_paper_layout():
+    gan = build_gan("dcgan", 64, 3, nz=100, ngf=64, ndf=64, seed=0)
+    convT = [m for m in gan.G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [m.out_channels for m in convT] == [512, 256, 128, 64, 3]
+    conv = [m for m in gan.D.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [m.out_channels for m in conv] == [64, 128, 256, 512, 1]
+
+
+def test_init_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = build_gan("dcgan", 32, 1, 8, 4, 4, seed=7).state_dict()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    b = build_gan("dcgan", 32, 1, 8, 4, 4, seed=7).state_dict()
+    c = build_gan("dcgan", 32, 1, 8, 4, 4, seed=8).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(a["G.net.0.weight"], c["G.net.0.weight"])
+
+
+def test_bad_size():
+    with pytest.raises(ValueError, match="power of two"):
+        build_gan("dcgan", 48, 1, 8, 4, 4, seed=0)
