@@ -83,6 +83,7 @@ def test_random_extractor_is_frozen_and_seeded():
     assert not any(p.requires_grad for p in a.parameters())
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance` will save")
 def test_kid_matches_torchmetrics_with_one_full_subset():
     from torchmetrics.image.kid import KernelInceptionDistance
 

@@ -54,7 +54,7 @@ class ModelConfig:
     arch: str = _f("dcgan", "generator/discriminator family", choices=("dcgan",))
     nz: int = _f(100, "latent dimension", min=1)
     ngf: int = _f(32, "generator width (channels of the last hidden layer)", min=1)
-    ndf: int = _f(32, "discriminator width (channels of the first layer)", min=1)
+    ndf: int = _f(16, "discriminator width (channels of the first layer)", min=1)
 
 
 @dataclass(frozen=True)

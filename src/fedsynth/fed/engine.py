@@ -205,7 +205,7 @@ class FederatedRun:
         for r in range(1, rounds + 1):
             ids = sample_clients(list(self.clients), cfg.fed.fraction, cfg.fed.min_clients, seed, r)
             self.reporter.round_start(r, ids, sum(self._steps(self.clients[i]) for i in ids))
-            updates, recs = [], []
+            updates, recs, timings = [], [], []
             for cid in ids:
                 c = self.clients[cid]
                 start = c.weights if c.weights is not None else self.global_state
@@ -221,8 +221,9 @@ class FederatedRun:
                 updates.append(ClientUpdate(cid, weights, c.n, {"d-loss": res.d_loss, "g-loss": res.g_loss}))
                 base = {"round": r, "client": cid}
                 recs += [{**base, "metric": "d-loss", "value": res.d_loss},
-                         {**base, "metric": "g-loss", "value": res.g_loss},
-                         {**base, "metric": "images-per-s", "value": res.images / max(res.seconds, 1e-9)}]
+                         {**base, "metric": "g-loss", "value": res.g_loss}]
+                timings.append({**base, "steps": res.steps, "images": res.images,
+                                "seconds": res.seconds, "images_per_s": res.images / max(res.seconds, 1e-9)})
                 if r in to_eval:
                     self.reporter.evaluating(f"client {cid}")
                     recs += self.evaluator.evaluate(self.trainer.gan.G, r, cid, cid)
@@ -233,6 +234,7 @@ class FederatedRun:
                 self._save_grid(r)
             self._log(recs)
             if self.run_dir is not None:
+                self.run_dir.log_timing(timings)
                 self.run_dir.save_checkpoint(r, self.checkpoint(r), cfg.run.keep_checkpoints)
             if self.run_dir is not None and r in to_eval:
                 plot_fd(self.records, self.run_dir.path / "fd.png",

@@ -14,6 +14,7 @@ def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") ->
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fd = [r for r in records if r["metric"] in ("fid", "fd-random")]
     if not fd:
@@ -32,6 +33,7 @@ def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") ->
         else:
             ax.plot(xs, ys, "-", lw=1.2, marker=".", alpha=0.85, label=f"client {name}")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     label = "FID" if metric == "fid" else "Fréchet distance (random features)"
     ax.set_ylabel(label)
     ax.set_yscale("log")

@@ -5,6 +5,8 @@ Layout (written in this order)::
     config.toml            resolved configuration, written first
     partition.json         images and class histogram per client
     metrics.jsonl          one JSON object per line: round, client, metric, value, ...
+                           (deterministic: same seed, same file)
+    timings.jsonl          wall-clock seconds and images/s per client per round
     samples/round-XXXX.png sample grid from fixed latents
     checkpoints/round-XXXX.pt
     fd.png                 Frechet distance per client and global, per round
@@ -34,6 +36,7 @@ class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
+        self.timings: list[dict[str, Any]] = []
 
     @classmethod
     def create(cls, parent: str | Path, desc: str) -> "RunDir":
@@ -72,6 +75,11 @@ class RunDir:
         """Append metric records; the whole ``metrics.jsonl`` is replaced atomically."""
         self.records.extend(records)
         self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+
+    def log_timing(self, records: list[dict[str, Any]]) -> None:
+        """Wall-clock measurements go to ``timings.jsonl``, apart from the (deterministic) metrics."""
+        self.timings.extend(records)
+        self.write_text("timings.jsonl", "".join(json.dumps(r) + "\n" for r in self.timings))
 
     def save_grid(self, round_: int, images: torch.Tensor, nrow: int) -> Path:
         from torchvision.utils import save_image

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from fedsynth.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args,key", [
+    (["--set", "fed.roundz=3"], "fed.roundz"),
+    (["--set", "fed.rounds=abc"], "fed.rounds"),
+    (["--set", "partition.clients=0"], "partition.clients"),
+    (["--set", "data.image-size=100"], "data.image-size"),
+])
+def test_bad_config_exits_2_with_one_line_and_no_run_dir(tmp_path, args, key):
+    res = runner.invoke(app, ["run", *args, "--set", f"run.out-dir={tmp_path / 'runs'}"])
+    assert res.exit_code == 2
+    text = res.output.strip()
+    assert key in text and "Traceback" not in text
+    assert len(text.splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_config_file_exits_2(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[fed]\nrounds = -1\n")
+    res = runner.invoke(app, ["run", "--config", str(p)])
+    assert res.exit_code == 2 and "fed.rounds" in res.output
+
+
+def test_dry_run_prints_resolved_config(tmp_path):
+    res = runner.invoke(app, ["run", "--dry-run", "--set", "fed.rounds=3"])
+    assert res.exit_code == 0
+    assert "rounds = 3" in res.output and "[partition]" in res.output
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.smoke
+def test_whole_tiny_federated_run_via_cli(tiny, tmp_path):
+    args = ["run"] + [a for o in tiny for a in ("--set", o)] + ["--out", str(tmp_path / "r")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "r"
+    for name in ("config.toml", "partition.json", "metrics.jsonl", "timings.jsonl", "fd.png"):
+        assert (out / name).is_file(), name
+    assert "image-size = 16" in (out / "config.toml").read_text()
+    part = json.loads((out / "partition.json").read_text())
+    assert sum(c["images"] for c in part["clients"].values()) == 64
+    assert "fd-random per participant" in res.output
+    # --out refuses to overwrite a finished run
+    again = runner.invoke(app, args)
+    assert again.exit_code == 2 and "already holds a run" in again.output
+
+
+def test_data_preview_writes_a_montage(tmp_path):
+    res = runner.invoke(app, ["data", "preview", "phantom-ct", "--out", str(tmp_path / "m.png"), "--n", "6", "--size", "32"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "m.png").stat().st_size > 1000
+    bad = runner.invoke(app, ["data", "preview", "nope", "--out", str(tmp_path / "m.png")])
+    assert bad.exit_code == 2
