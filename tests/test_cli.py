@@ -60,3 +60,39 @@ def test_data_preview_writes_a_montage(tmp_path):
     assert (tmp_path / "m.png").stat().st_size > 1000
     bad = runner.invoke(app, ["data", "preview", "nope", "--out", str(tmp_path / "m.png")])
     assert bad.exit_code == 2
+
+
+def test_data_split_then_run_on_a_client_folder(tiny, tmp_path):
+    res = runner.invoke(app, ["data", "split", "phantom-ct", "--clients", "2", "--scheme", "by-label",
+                              "--out", str(tmp_path / "sites"), "--set", "data.num-images=60",
+                              "--set", "data.image-size=16"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "sites").iterdir()) == ["client-0", "client-1", "partition.json"]
+    assert sorted(p.name for p in (tmp_path / "sites" / "client-0").iterdir()) == ["shoulders", "upper-liver"]
+    again = runner.invoke(app, ["data", "split", "phantom-ct", "-k", "2", "--out", str(tmp_path / "sites")])
+    assert again.exit_code == 2 and "not empty" in again.output
+    args = ["run"] + [a for o in tiny for a in ("--set", o)] + [
+        "--set", "data.source=folder", "--set", f'data.path="{tmp_path / "sites" / "client-0"}"',
+        "--out", str(tmp_path / "r")]
+    run = runner.invoke(app, args)
+    assert run.exit_code == 0, run.output
+    part = json.loads((tmp_path / "r" / "partition.json").read_text())
+    assert part["class_names"] == ["shoulders", "upper-liver"] and part["data"]["source"] == "folder"
+
+
+def test_data_inspect_source_path_guessing(tmp_path):
+    import numpy as np
+    np.savez(tmp_path / "pathmnist_64.npz", train_images=np.zeros((4, 64, 64, 3), np.uint8),
+             train_labels=np.arange(4).reshape(4, 1))
+    res = runner.invoke(app, ["data", "inspect", str(tmp_path / "pathmnist_64.npz"), "--montage", str(tmp_path / "m.png")])
+    assert res.exit_code == 0, res.output
+    assert "4 images, 3 channel(s)" in res.output and (tmp_path / "m.png").is_file()
+
+
+def test_bad_data_exits_2_naming_the_file_and_leaves_no_run_dir(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"garbage")
+    res = runner.invoke(app, ["run", "--set", "data.source=folder", "--set", f'data.path="{tmp_path / "imgs"}"',
+                              "--set", f"run.out-dir={tmp_path / 'runs'}"])
+    assert res.exit_code == 2 and "broken.png" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists()

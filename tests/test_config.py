@@ -5,7 +5,7 @@ from fedsynth.config import Config, UserError, build_config, load_config, parse_
 
 def test_defaults_are_the_documented_default_run():
     cfg = build_config()
-    assert cfg.data.dataset == "phantom-xray" and cfg.data.image_size == 64
+    assert cfg.data.source == "phantom-xray" and cfg.data.image_size == 64
     assert cfg.partition.clients == 2 and cfg.partition.scheme == "iid"
     assert cfg.fed.strategy == "fedavg" and cfg.fed.local_epochs == 1
     assert cfg.train.lr_g == 2e-4 and (cfg.train.beta1, cfg.train.beta2) == (0.5, 0.999)
@@ -15,7 +15,7 @@ def test_defaults_are_the_documented_default_run():
     ("fed.rounds=3", ("fed.rounds", 3)),
     ("fed.fraction=0.5", ("fed.fraction", 0.5)),
     ("train.reset-optimizer=true", ("train.reset-optimizer", True)),
-    ("data.dataset=phantom-ct", ("data.dataset", "phantom-ct")),
+    ("data.source=phantom-ct", ("data.source", "phantom-ct")),
     ('run.name="a b"', ("run.name", "a b")),
 ])
 def test_override_values_are_toml_literals_or_bare_strings(text, expected):
@@ -23,9 +23,9 @@ def test_override_values_are_toml_literals_or_bare_strings(text, expected):
 
 
 def test_overrides_apply_and_ints_widen_to_float():
-    cfg = build_config(overrides=["fed.rounds=3", "train.lr-g=1", "data.dataset=phantom-ct"])
+    cfg = build_config(overrides=["fed.rounds=3", "train.lr-g=1", "data.source=phantom-ct"])
     assert cfg.fed.rounds == 3 and cfg.train.lr_g == 1.0 and isinstance(cfg.train.lr_g, float)
-    assert cfg.data.dataset == "phantom-ct"
+    assert cfg.data.source == "phantom-ct"
 
 
 @pytest.mark.parametrize("override,names", [
@@ -37,7 +37,7 @@ def test_overrides_apply_and_ints_widen_to_float():
     ("partition.clients=0", "partition.clients"),
     ("fed.fraction=0", "fed.fraction"),
     ("fed.fraction=1.5", "fed.fraction"),
-    ("data.dataset=mnist", "data.dataset"),
+    ("data.source=mnist", "data.source"),
     ("data.image-size=48", "data.image-size"),
     ("train.reset-optimizer=1", "train.reset-optimizer"),
     ("fed.local_epochs=2", "fed.local_epochs"),
@@ -67,7 +67,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 
 def test_written_config_reloads_to_the_same_config(tmp_path):
-    cfg = build_config(overrides=["fed.rounds=7", "eval.every=2", "data.dataset=phantom-histo"])
+    cfg = build_config(overrides=["fed.rounds=7", "eval.every=2", "data.source=phantom-histo"])
     p = tmp_path / "config.toml"
     p.write_text(cfg.to_toml())
     assert load_config(p) == cfg

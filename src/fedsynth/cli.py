@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import sys
 import time
@@ -82,11 +84,61 @@ def _summary_table(records: list[dict[str, Any]], metric: str, kid_metric: str) 
     return t
 
 
+def _load_with_progress(cfg: Config):
+    """Load (and prepare, or read from cache) the configured data, with a progress bar."""
+    from .data import load_dataset
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(f"loading {cfg.data.source}", total=None)
+        data = load_dataset(cfg, lambda done, total: progress.update(task, completed=done, total=total))
+    skipped = data.provenance.get("skipped", [])
+    if skipped:
+        err_console.print(f"[yellow]skipped {len(skipped)} bad file(s)[/] (listed in partition.json), "
+                          f"e.g. {skipped[0]['file']}: {skipped[0]['reason']}", highlight=False)
+    return data
+
+
+def _partition_table(part: dict[str, Any]) -> Table:
+    names = part["class_names"]
+    t = Table(title=f"partition: {part.get('scheme', '')}")
+    t.add_column("client")
+    t.add_column("images", justify="right")
+    for c in names:
+        t.add_column(str(c), justify="right")
+    for cid, info in part["clients"].items():
+        t.add_row(cid, str(info["images"]), *(str(v) for v in info["class_counts"]))
+    return t
+
+
+def _source_overrides(source: str) -> list[str]:
+    """A phantom/sample name, or a path whose kind is guessed from its contents."""
+    from .config import SOURCES
+    if source in SOURCES:
+        return [f"data.source={source}"]
+    p = Path(source).expanduser()
+    if not p.exists():
+        raise UserError(f"no such data source or path: {source}")
+    if p.is_file() and p.suffix == ".npz":
+        import re
+        m = re.fullmatch(r"(.+?)(?:_(64|128|224))?\.npz", p.name)
+        size = m.group(2) or "28"
+        return ["data.source=medmnist", f'data.path="{p.parent}"', f"data.medmnist-flag={m.group(1)}",
+                f"data.medmnist-size={size}"]
+    names = [q.name.lower() for q in ([p] if p.is_file() else p.rglob("*")) if q.is_file()]
+    if any(n.endswith((".nii", ".nii.gz")) for n in names):
+        kind = "nifti"
+    elif any(n.endswith((".dcm", ".dicom")) for n in names):
+        kind = "dicom"
+    else:
+        kind = "folder"
+    return [f"data.source={kind}", f'data.path="{p}"']
+
+
 def _describe(cfg: Config) -> str:
     if cfg.run.name:
         return cfg.run.name
     n = 1 if cfg.fed.strategy == "centralized" else cfg.partition.clients
-    return f"{cfg.data.dataset}-{cfg.fed.strategy}-{n}c-{cfg.data.image_size}px"
+    return f"{cfg.data.source}-{cfg.fed.strategy}-{n}c-{cfg.data.image_size}px"
 
 
 @app.command()
@@ -105,7 +157,7 @@ def run(
         console.print(cfg.to_toml(), highlight=False, markup=False)
         return
 
-    from .data import load_dataset, partition
+    from .data import load_dataset, partition_for, summary
     from .fed import FederatedRun
     from .report import RunDir
     from .utils import set_torch_threads
@@ -114,18 +166,17 @@ def run(
     run_dir = None
     try:
         t0 = time.perf_counter()
-        with console.status("generating data…"):
-            data = load_dataset(cfg)
-            parts = partition(data, cfg.partition.scheme, cfg.partition.clients, cfg.run.seed)
-            engine = FederatedRun(cfg, parts)
+        data = _load_with_progress(cfg)
+        parts = partition_for(cfg, data)
+        engine = FederatedRun(cfg, parts)
         run_dir = RunDir.at(out) if out else RunDir.create(cfg.run.out_dir, _describe(cfg))
         run_dir.write_text("config.toml", cfg.to_toml())  # resolved config first
-        run_dir.write_json("partition.json", {
-            "scheme": cfg.partition.scheme, "class_names": list(data.class_names),
-            "clients": {str(k): {"images": len(p), "class_counts": p.class_counts()}
-                        for k, p in enumerate(parts)}})
+        part = {"scheme": cfg.partition.scheme, **summary(parts, data.class_names),
+                "data": data.provenance}
+        run_dir.write_json("partition.json", part)
+        console.print(_partition_table(part))
         console.print(f"[bold]fedsynth[/] run → [cyan]{run_dir.path}[/]  "
-                      f"({cfg.data.dataset}, {len(data)} images {data.size}px, "
+                      f"({cfg.data.source}, {len(data)} images {data.size}px, "
                       f"{cfg.partition.clients} clients {cfg.partition.scheme}, strategy {cfg.fed.strategy}, "
                       f"{cfg.fed.rounds} rounds; features: {engine.extractor.name}; "
                       f"{threads} threads; data {time.perf_counter() - t0:.1f}s)", highlight=False)
@@ -165,6 +216,88 @@ def data_preview(
     data = make_phantom(name, max(n * 4, 64), size, seed)
     save_class_montage(data, out, per_class=max(1, n // data.num_classes))
     console.print(f"wrote {out}")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    source: str = typer.Argument(..., help="A phantom or sample name, or a folder/file path."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Data/preprocess overrides, e.g. preprocess.clahe=0.02."),
+    montage: Optional[Path] = typer.Option(None, "--montage", help="Write a montage PNG here."),
+) -> None:
+    """Counts, classes, raw sizes, intensity statistics and a montage of a data source."""
+    import numpy as np
+    try:
+        cfg = load_config(None, _source_overrides(source) + list(set_))
+        data = _load_with_progress(cfg)
+    except UserError as e:
+        _fail(str(e))
+    prov = data.provenance
+    console.print(f"{source}: {len(data)} images, {data.channels} channel(s), prepared to {data.size}px",
+                  highlight=False, soft_wrap=True)
+    t = Table()
+    t.add_column("class")
+    t.add_column("images", justify="right")
+    for name, n in zip(data.class_names, data.class_counts()):
+        t.add_row(str(name), str(n))
+    console.print(t)
+    x = data.images.astype(np.float32)
+    per_ch = ", ".join(f"ch{c}: mean {x[:, c].mean():.1f} std {x[:, c].std():.1f} "
+                       f"min {x[:, c].min():.0f} max {x[:, c].max():.0f}" for c in range(data.channels))
+    console.print(f"intensity (prepared, 0-255): {per_ch}", highlight=False)
+    if prov.get("raw_sizes"):
+        console.print("raw sizes (HxW[xC]: files): " + ", ".join(f"{k}: {v}" for k, v in prov["raw_sizes"].items()),
+                      highlight=False)
+    if prov.get("skipped"):
+        console.print(f"skipped: {len(prov['skipped'])} file(s)")
+    if prov.get("cache"):
+        console.print(f"cache: {prov['cache']}")
+    from .report.montage import save_class_montage
+    out = montage or Path(f"{Path(source).name or 'data'}-montage.png")
+    save_class_montage(data, out, per_class=8)
+    console.print(f"montage: {out}")
+
+
+@data_app.command("split")
+def data_split(
+    source: str = typer.Argument(..., help="A phantom or sample name, or a folder/file path."),
+    clients: int = typer.Option(..., "--clients", "-k", help="Number of clients."),
+    scheme: str = typer.Option("iid", "--scheme", help="iid | label-skew | by-label | dirichlet | quantity-skew"),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to create: one sub-folder per client."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Other overrides, e.g. partition.majority=0.9."),
+) -> None:
+    """Write one folder per client (client-K/<class>/NNNNNN.png): what each hospital node reads."""
+    import tempfile
+    from PIL import Image
+    from .data import partition_for, summary
+    try:
+        cfg = load_config(None, _source_overrides(source) + list(set_)
+                          + [f"partition.clients={clients}", f"partition.scheme={scheme}"])
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"--out {out} exists and is not empty")
+        data = _load_with_progress(cfg)
+        parts = partition_for(cfg, data)
+    except UserError as e:
+        _fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:  # write everything into a temporary folder, then rename: never half-written
+        safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", str(c)) or f"class{i}" for i, c in enumerate(data.class_names)]
+        for k, part in enumerate(parts):
+            for i, (img, lab) in enumerate(zip(part.images, part.labels)):
+                d = tmp / f"client-{k}" / safe[lab]
+                d.mkdir(parents=True, exist_ok=True)
+                arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+                Image.fromarray(arr).save(d / f"{i:06d}.png")
+        info = {"scheme": scheme, **summary(parts, data.class_names), "data": data.provenance}
+        (tmp / "partition.json").write_text(json.dumps(info, indent=2) + "\n")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    console.print(_partition_table(info))
+    console.print(f"wrote {len(parts)} client folders to {out}")
 
 
 def main() -> None:

@@ -34,19 +34,66 @@ def _f(default: Any, help: str, **constraints: Any) -> Any:
     return field(default=default, metadata={"help": help, **constraints})
 
 
+SOURCES = ("phantom-xray", "phantom-ct", "phantom-histo", "folder", "dicom", "nifti", "medmnist",
+           "sample-retina", "sample-ihc", "sample-ct")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _f("phantom-xray", "built-in dataset: phantom-xray, phantom-ct or phantom-histo",
-                      choices=("phantom-xray", "phantom-ct", "phantom-histo"))
+    source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo (built-in); folder | "
+                     "dicom | nifti | medmnist (files under 'path'); sample-retina | sample-ihc | "
+                     "sample-ct (small real images shipped by installed packages)", choices=SOURCES)
+    path: str = _f("", "file or folder for folder/dicom/nifti sources; MedMNIST root folder")
     image_size: int = _f(64, "image side in pixels (a power of two, 16-256)",
                          choices=(16, 32, 64, 128, 256))
-    num_images: int = _f(2000, "number of phantom images generated (all clients together)", min=1)
+    num_images: int = _f(2000, "phantoms: number of images generated", min=1)
+    max_images: int = _f(0, "file and sample sources: use at most this many images, a seeded "
+                         "random subset (0: all)", min=0)
+    labels_csv: str = _f("", "folder/dicom: CSV with columns file,label (default: class subfolders)")
+    skip_bad: bool = _f(False, "skip unreadable or invalid files (counted in the summary) "
+                        "instead of stopping")
+    cache: bool = _f(True, "cache the prepared data set on disk, keyed by source and parameters")
+    medmnist_flag: str = _f("pneumoniamnist", "MedMNIST data set, e.g. pneumoniamnist, pathmnist")
+    medmnist_split: str = _f("train", "MedMNIST split", choices=("train", "val", "test"))
+    medmnist_size: int = _f(64, "MedMNIST file resolution", choices=(28, 64, 128, 224))
+    medmnist_download: bool = _f(False, "download the MedMNIST file if missing (needs the network "
+                                 "and the medmnist package)")
+    slice_range: tuple = _f((0.0, 1.0), "NIfTI: axial slices kept, as fractions of the volume "
+                            "[start, stop]", length=2, min=0.0, max=1.0)
+    min_foreground: float = _f(0.1, "NIfTI: drop slices whose foreground fraction is below this",
+                               min=0.0, max=1.0)
+    window: tuple = _f((0.0, 0.0), "DICOM: window [center, width] in rescaled units "
+                       "(width 0: no window)", length=2)
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    rescale: str = _f("auto", "intensity to [0, 1]: auto (quantiles for >8-bit data, /255 for "
+                      "8-bit), quantile, minmax, none (/255)",
+                      choices=("auto", "quantile", "minmax", "none"))
+    quantiles: tuple = _f((0.02, 0.98), "low/high intensity quantiles for rescale", length=2,
+                          min=0.0, max=1.0)
+    crop: tuple = _f((0.0, 0.0, 0.0, 0.0), "crop fractions [top, bottom, left, right] "
+                     "(e.g. [0.05, 0.25, 0.05, 0.05])", length=4, min=0.0, max=0.49)
+    resize: str = _f("pad", "to a square: pad (keep all, letterbox) or crop (centre crop); "
+                     "none requires square images", choices=("pad", "crop", "none"))
+    channels: str = _f("auto", "auto (all images must agree), gray (converts RGB), rgb",
+                       choices=("auto", "gray", "rgb"))
+    clahe: float = _f(0.0, "CLAHE clip limit (0: off; 0.01-0.03 typical)", min=0.0, max=1.0)
+    gamma: float = _f(1.0, "gamma correction x**gamma (1: off)", min=0.0, exclusive_min=True)
+    bins: int = _f(0, "intensity binning to this many levels (0: off)", min=0, max=256)
 
 
 @dataclass(frozen=True)
 class PartitionConfig:
     clients: int = _f(2, "number of clients (hospitals)", min=1, max=10_000)
-    scheme: str = _f("iid", "how images are split among clients", choices=("iid",))
+    scheme: str = _f("iid", "iid | label-skew | by-label | dirichlet | quantity-skew",
+                     choices=("iid", "label-skew", "by-label", "dirichlet", "quantity-skew"))
+    majority: float = _f(0.9, "label-skew: fraction of each client's images from its majority class",
+                         min=0.0, max=1.0)
+    alpha: float = _f(0.5, "dirichlet: concentration (small: more skewed)", min=0.0, exclusive_min=True)
+    beta: float = _f(1.0, "quantity-skew: Dirichlet concentration of client sizes", min=0.0,
+                     exclusive_min=True)
 
 
 @dataclass(frozen=True)
@@ -108,6 +155,7 @@ class RunOptions:
 
 SECTIONS: dict[str, type] = {
     "data": DataConfig,
+    "preprocess": PreprocessConfig,
     "partition": PartitionConfig,
     "model": ModelConfig,
     "train": TrainConfig,
@@ -122,6 +170,7 @@ class Config:
     """The whole, validated configuration of one run."""
 
     data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -152,6 +201,16 @@ def _snake(name: str) -> str:
 def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     """Check ``value`` against the field's type and constraints; return the typed value."""
     kind = type(f.default)
+    meta = f.metadata
+    if kind is tuple:
+        n = meta["length"]
+        if not isinstance(value, (list, tuple)) or len(value) != n or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise UserError(f"config key '{key}' must be a list of {n} numbers, got {value!r}")
+        lo, hi = meta.get("min"), meta.get("max")
+        if any((lo is not None and v < lo) or (hi is not None and v > hi) for v in value):
+            raise UserError(f"config key '{key}' values must lie in [{lo}, {hi}], got {value!r}")
+        return tuple(float(v) for v in value)
     if kind is bool:
         if not isinstance(value, bool):
             raise UserError(f"config key '{key}' must be true or false, got {value!r}")
@@ -167,7 +226,6 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     elif kind is str:
         if not isinstance(value, str):
             raise UserError(f"config key '{key}' must be a string, got {value!r}")
-    meta = f.metadata
     if "choices" in meta and value not in meta["choices"]:
         choices = ", ".join(str(c) for c in meta["choices"])
         raise UserError(f"config key '{key}' must be one of {choices}; got {value!r}")
@@ -233,12 +291,20 @@ def build_config(tree: Mapping[str, Any] | None = None,
 
 
 def _check_cross_field(cfg: Config) -> None:
-    if cfg.data.num_images < cfg.partition.clients:
+    if cfg.data.source.startswith("phantom-") and cfg.data.num_images < cfg.partition.clients:
         raise UserError(f"config key 'data.num-images' ({cfg.data.num_images}) must be at least "
                         f"'partition.clients' ({cfg.partition.clients}): every client needs data")
     if cfg.fed.min_clients > cfg.partition.clients:
         raise UserError(f"config key 'fed.min-clients' ({cfg.fed.min_clients}) exceeds "
                         f"'partition.clients' ({cfg.partition.clients})")
+    if cfg.data.source in ("folder", "dicom", "nifti", "medmnist") and not cfg.data.path:
+        raise UserError(f"config key 'data.path' is required for data.source = '{cfg.data.source}'")
+    q = cfg.preprocess.quantiles
+    if q[0] >= q[1]:
+        raise UserError(f"config key 'preprocess.quantiles' must be [low, high] with low < high, got {list(q)}")
+    r = cfg.data.slice_range
+    if r[0] >= r[1]:
+        raise UserError(f"config key 'data.slice-range' must be [start, stop] with start < stop, got {list(r)}")
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")

@@ -238,7 +238,7 @@ class FederatedRun:
                 self.run_dir.save_checkpoint(r, self.checkpoint(r), cfg.run.keep_checkpoints)
             if self.run_dir is not None and r in to_eval:
                 plot_fd(self.records, self.run_dir.path / "fd.png",
-                        title=f"{cfg.data.dataset} · {cfg.fed.strategy} · {len(self.clients)} client(s)")
+                        title=f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.clients)} client(s)")
             self.reporter.round_end(r, recs)
 
         return RunResult(self.records, self.global_state, self.clients, rounds,
