@@ -12,7 +12,7 @@ def _trainer(seed=0):
 
 def test_bce_loss_values_at_zero_logits():
     class Zero(torch.nn.Module):
-        def forward(self, x):
+        def forward(self, x, y=None):
             return torch.zeros(len(x))
     loss = NonSaturatingBCE()
     x = torch.zeros(4, 1, 2, 2)

@@ -68,19 +68,17 @@ class RichReporter:
 
 
 def _summary_table(records: list[dict[str, Any]], metric: str, kid_metric: str) -> Table:
-    fd = [r for r in records if r["metric"] == metric]
-    kid = {(r["client"], r["round"]): r["value"] for r in records if r["metric"] == kid_metric}
-    who = sorted({r["client"] for r in fd}, key=lambda s: (s == "global", s))
+    from .report import fd_series
+    fd, kid = fd_series(records, metric), fd_series(records, kid_metric)
     t = Table(title=f"{metric} per participant (lower is better)")
     for col in ("model", "before training", "final", "change", f"final {kid_metric}"):
         t.add_column(col, justify="right" if col != "model" else "left")
-    for w in who:
-        pts = sorted((r["round"], r["value"]) for r in fd if r["client"] == w)
-        (r0, v0), (r1, v1) = pts[0], pts[-1]
+    for w in sorted(fd, key=lambda s: (s == "global", s)):
+        (r0, v0), (r1, v1) = fd[w][0], fd[w][-1]
         change = (v1 - v0) / v0 * 100 if v0 else float("nan")
         name = "global (union of clients)" if w == "global" else f"client {w}"
         t.add_row(name, f"{v0:.3f}", f"{v1:.3f} (r{r1})", f"{change:+.1f}%",
-                  f"{kid.get((w, r1), float('nan')):.4f}")
+                  f"{dict(kid.get(w, [])).get(r1, float('nan')):.4f}")
     return t
 
 

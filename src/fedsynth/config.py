@@ -102,11 +102,25 @@ class ModelConfig:
     nz: int = _f(100, "latent dimension", min=1)
     ngf: int = _f(32, "generator width (channels of the last hidden layer)", min=1)
     ndf: int = _f(16, "discriminator width (channels of the first layer)", min=1)
+    g_norm: str = _f("batch", "generator normalisation", choices=("batch", "group", "none"))
+    d_norm: str = _f("batch", "discriminator normalisation (use group/none with wgan-gp)",
+                     choices=("batch", "group", "none"))
+    spectral_norm: bool = _f(False, "spectral normalisation of the discriminator")
+    conditional: str = _f("none", "class-conditional generator: multiply (label embedding times "
+                          "noise) or concat (one-hot label appended to noise)",
+                          choices=("none", "multiply", "concat"))
+    d_conditioning: str = _f("none", "conditional discriminator: projection or acgan "
+                             "(auxiliary classifier)", choices=("none", "projection", "acgan"))
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = _f("bce", "GAN loss: non-saturating BCE", choices=("bce",))
+    loss: str = _f("bce", "GAN loss: bce (non-saturating), hinge, wgan-gp",
+                   choices=("bce", "hinge", "wgan-gp"))
+    n_critic: int = _f(5, "wgan-gp: critic steps per generator step", min=1)
+    gp_lambda: float = _f(10.0, "wgan-gp: gradient-penalty weight", min=0.0)
+    diffaugment: str = _f("", "DiffAugment policy for small data, e.g. color,translation,cutout")
+    aux_weight: float = _f(1.0, "acgan: weight of the auxiliary classification loss", min=0.0)
     batch_size: int = _f(32, "images per local step", min=1)
     lr_g: float = _f(2e-4, "generator Adam learning rate", min=0.0, exclusive_min=True)
     lr_d: float = _f(2e-4, "discriminator Adam learning rate", min=0.0, exclusive_min=True)
@@ -118,9 +132,26 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FedConfig:
-    strategy: str = _f("fedavg", "fedavg, or a baseline: local (never aggregate) or "
+    strategy: str = _f("fedavg", "fedavg fedsgd fedprox fednova scaffold feddyn fedavgm fedadam "
+                       "fedyogi fedbn swt cwt ensemble, or a baseline: local (never aggregate) or "
                        "centralized (all data pooled in one client)",
-                       choices=("fedavg", "local", "centralized"))
+                       choices=("fedavg", "fedsgd", "fedprox", "fednova", "scaffold", "feddyn",
+                                "fedavgm", "fedadam", "fedyogi", "fedbn", "swt", "cwt", "ensemble",
+                                "local", "centralized"))
+    share: tuple = _f(("G", "D"), "modules/keys that travel: [\"G\", \"D\"] is full sharing, "
+                      "[\"G\"] keeps each discriminator local; fnmatch patterns allowed",
+                      length=0, item=str)
+    mu: float = _f(0.01, "fedprox: proximal weight", min=0.0)
+    dyn_alpha: float = _f(0.01, "feddyn: regularisation weight", min=0.0, exclusive_min=True)
+    server_lr: float = _f(0.0, "fedavgm/fedadam/fedyogi server learning rate (0: 1.0 for "
+                          "fedavgm, 1e-3 for fedadam/fedyogi)", min=0.0)
+    server_momentum: float = _f(0.9, "fedavgm: server momentum", min=0.0, max=1.0)
+    server_beta1: float = _f(0.9, "fedadam/fedyogi: beta1", min=0.0, max=1.0)
+    server_beta2: float = _f(0.99, "fedadam/fedyogi: beta2", min=0.0, max=1.0)
+    server_tau: float = _f(1e-3, "fedadam/fedyogi: adaptivity tau", min=0.0, exclusive_min=True)
+    init_from: str = _f("", "start from this checkpoint's global weights (pretrain, then fine-tune)")
+    ema: float = _f(0.0, "server-side EMA of the global generator per round (0: off; e.g. 0.5)",
+                    min=0.0, max=0.9999)
     rounds: int = _f(20, "communication rounds", min=1)
     local_epochs: int = _f(1, "aggregation period: local epochs per round", min=1)
     local_steps: int = _f(0, "if > 0, local steps per round instead of local-epochs", min=0)
@@ -202,6 +233,10 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     """Check ``value`` against the field's type and constraints; return the typed value."""
     kind = type(f.default)
     meta = f.metadata
+    if kind is tuple and meta.get("item") is str:
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+            raise UserError(f"config key '{key}' must be a non-empty list of strings, got {value!r}")
+        return tuple(value)
     if kind is tuple:
         n = meta["length"]
         if not isinstance(value, (list, tuple)) or len(value) != n or not all(
@@ -305,6 +340,11 @@ def _check_cross_field(cfg: Config) -> None:
     r = cfg.data.slice_range
     if r[0] >= r[1]:
         raise UserError(f"config key 'data.slice-range' must be [start, stop] with start < stop, got {list(r)}")
+    if cfg.model.d_conditioning != "none" and cfg.model.conditional == "none":
+        raise UserError("config key 'model.d-conditioning' needs a conditional generator "
+                        "(set model.conditional = 'multiply' or 'concat')")
+    if cfg.fed.init_from and not Path(cfg.fed.init_from).expanduser().is_file():
+        raise UserError(f"config key 'fed.init-from': checkpoint not found: {cfg.fed.init_from}")
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")

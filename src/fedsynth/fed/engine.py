@@ -2,13 +2,15 @@
 
 One round::
 
-    sample clients (seeded) -> each: load global weights + its optimizer state,
-    train local epochs/steps, [evaluate its local model on its own data], share its weights
-    -> strategy.aggregate(global, updates) -> [evaluate global on the union]
+    sample clients (seeded) -> each: start from the global weights (plus the keys it keeps
+    local) and its own optimizer state, train local epochs/steps with the strategy's hooks,
+    [evaluate its local model on its own data], send the keys that travel
+    -> strategy.aggregate(global, updates) -> [evaluate the global model on the union]
     -> metrics.jsonl, sample grid, checkpoint
 
-Baselines run through the same loop: ``local`` (clients keep their own weights, nothing is
-aggregated) and ``centralized`` (one client holding all data: federation of one).
+Baselines run through the same loop: ``local`` (clients keep their own weights) and
+``centralized`` (one client holding all data: a federation of one). ``swt``/``cwt`` pass the
+weights from client to client; ``ensemble`` samples from the mixture of local generators.
 
 Randomness: model init, client sampling, data order and latents all derive from
 ``(run seed, purpose, round, client)``, so two runs with one seed give identical weights.
@@ -16,22 +18,24 @@ Randomness: model init, client sampling, data order and latents all derive from
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..config import Config
+from ..config import Config, UserError
 from ..data import ImageSet
 from ..metrics import build_extractor
-from ..models import build_gan
+from ..models import ModelSpec, build_gan, norm_keys
 from ..report import RunDir, plot_fd
 from ..train import LocalTrainer, OptimConfig, build_loss, steps_per_epoch
 from ..utils import derive_seed, numpy_rng, torch_generator
 from .evaluation import Evaluator
-from .strategies import ClientUpdate, State, build_strategy
+from .strategies import ClientUpdate, State, build_strategy, shared_keys, weighted_average
 
 
 class Reporter:
@@ -51,7 +55,9 @@ class ClientState:
     id: str
     data: ImageSet
     opt_state: dict[str, Any] | None = None
-    weights: State | None = None        # only when the strategy keeps models local
+    weights: State | None = None        # whole model, when the strategy keeps models local
+    local: State = field(default_factory=dict)   # keys that never travel (own D, own BN)
+    strategy: dict[str, Any] = field(default_factory=dict)  # SCAFFOLD's c_i, FedDyn's g_i
 
     @property
     def n(self) -> int:
@@ -67,7 +73,6 @@ class RunResult:
     seconds: float
     metric: str
     extractor: str
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def eval_rounds(rounds: int, every: int) -> set[int]:
@@ -87,6 +92,34 @@ def sample_clients(ids: Sequence[str], fraction: float, min_clients: int, seed: 
     return [ids[i] for i in sorted(pick)]
 
 
+def state_bytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def load_init(path: str, template: State) -> State:
+    """Global weights from a fedsynth checkpoint (or a bare state dict), checked against the model."""
+    try:
+        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise UserError(f"config key 'fed.init-from': cannot read checkpoint {path}: {e.__class__.__name__}") from None
+    state = obj.get("global") if isinstance(obj, dict) and "global" in obj else obj
+    if not isinstance(state, dict) or state is None:
+        raise UserError(f"config key 'fed.init-from': {path} holds no global weights")
+    missing = set(template) - set(state)
+    if missing:
+        raise UserError(f"config key 'fed.init-from': {path} lacks {len(missing)} weight(s) of this "
+                        f"model, e.g. '{sorted(missing)[0]}' (different architecture or options?)")
+    for k, v in template.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise UserError(f"config key 'fed.init-from': {path}: '{k}' has shape {tuple(state[k].shape)}, "
+                            f"this model needs {tuple(v.shape)}")
+    return {k: state[k].to(v.dtype).clone() for k, v in template.items()}
+
+
+def _g_only(state: State) -> State:
+    return {k[2:]: v for k, v in state.items() if k.startswith("G.")}
+
+
 class FederatedRun:
     """Runs one configured experiment in this process.
 
@@ -104,33 +137,51 @@ class FederatedRun:
         self.cfg = cfg
         self.run_dir: RunDir | None = None
         self.reporter = reporter or Reporter()
-        seed = cfg.run.seed
-        if cfg.fed.strategy == "centralized":
+        seed, f, m, t = cfg.run.seed, cfg.fed, cfg.model, cfg.train
+        if f.strategy == "centralized":
             client_data = [ImageSet.concat(client_data, "pooled")]
             ids = ["pooled"]
         else:
             ids = [str(k) for k in range(len(client_data))]
         self.clients = {cid: ClientState(cid, d) for cid, d in zip(ids, client_data)}
         first = client_data[0]
-        m = cfg.model
-        self.model_spec = {"arch": m.arch, "image_size": first.size, "channels": first.channels,
-                           "nz": m.nz, "ngf": m.ngf, "ndf": m.ndf, "class_names": list(first.class_names)}
-        gan = build_gan(m.arch, first.size, first.channels, m.nz, m.ngf, m.ndf,
-                        seed=derive_seed(seed, "init"))
-        t = cfg.train
-        self.trainer = LocalTrainer(gan, build_loss(t.loss), OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)))
-        self.strategy = build_strategy(cfg.fed.strategy, cfg.fed.weighted)
-        self.global_state: State | None = self.trainer.weights()
+        num_classes = max(d.num_classes for d in client_data)
+        self.spec = ModelSpec(m.arch, first.size, first.channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm,
+                              m.spectral_norm, num_classes, m.conditional, m.d_conditioning)
+        self.model_spec = {**self.spec.to_dict(), "class_names": list(first.class_names)}
+        gan = build_gan(self.spec, seed=derive_seed(seed, "init"))
+        loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
+        self.trainer = LocalTrainer(gan, loss, OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)))
+        self.strategy = build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr,
+                                       f.server_momentum, f.server_beta1, f.server_beta2, f.server_tau)
+        init = self.trainer.weights()
+        if f.init_from:
+            init = load_init(f.init_from, init)
+        all_keys = list(init)
+        travel = shared_keys(all_keys, f.share)
+        if self.strategy.keeps_norm_local:
+            travel -= norm_keys(gan)
+        if not travel and self.strategy.aggregates:
+            raise UserError(f"config key 'fed.share' = {list(f.share)} matches no weights: nothing would travel")
+        self.local_keys = [k for k in all_keys if k not in travel]
+        self.strategy.setup(init, {k for k, _ in gan.named_parameters()} & travel, len(self.clients))
+        self.global_state: State | None = init
+        for c in self.clients.values():
+            c.local = {k: init[k].clone() for k in self.local_keys}
         if not self.strategy.aggregates:
             for c in self.clients.values():
-                c.weights = {k: v.clone() for k, v in self.global_state.items()}
+                c.weights = {k: v.clone() for k, v in init.items()}
             self.global_state = None
+        self.ema_state: State | None = None
         self.extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
         self.evaluator: Evaluator | None = None
+        self._records: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ helpers
     def _steps(self, c: ClientState) -> int:
         f = self.cfg.fed
+        if self.strategy.local_steps is not None:
+            return self.strategy.local_steps
         if f.local_steps > 0:
             return f.local_steps
         return f.local_epochs * steps_per_epoch(c.n, self.cfg.train.batch_size)
@@ -145,27 +196,45 @@ class FederatedRun:
     def records(self) -> list[dict[str, Any]]:
         return self.run_dir.records if self.run_dir is not None else self._records
 
+    def _eval_state(self) -> State | None:
+        """The global generator used for evaluation and samples (EMA if enabled)."""
+        return self.ema_state if self.ema_state is not None else self.global_state
+
+    def _load_G(self, state: State) -> torch.nn.Module:
+        G = self.trainer.gan.G
+        G.load_state_dict(_g_only(state))
+        return G
+
+    def _mixture_masks(self) -> list[tuple[ClientState, torch.Tensor]]:
+        """Ensemble: each fixed latent is assigned to a client, with probability ~ its data."""
+        n = torch.tensor([float(c.n) for c in self.clients.values()], dtype=torch.float64)
+        pick = torch.multinomial(n, self.cfg.eval.num_samples, True,
+                                 generator=torch_generator(self.cfg.run.seed, "ensemble-mixture"))
+        return [(c, pick == i) for i, c in enumerate(self.clients.values())]
+
     def _save_grid(self, round_: int) -> None:
         if self.run_dir is None or self.evaluator is None:
             return
-        ev, G = self.evaluator, self.trainer.gan.G
-        if self.global_state is not None:
-            G.load_state_dict({k[2:]: v for k, v in self.global_state.items() if k.startswith("G.")})
-            imgs = ev.generate(G, ev.z_grid)
-        else:  # local baseline: one block of rows per client
-            blocks = []
-            for c in self.clients.values():
-                G.load_state_dict({k[2:]: v for k, v in c.weights.items() if k.startswith("G.")})
-                blocks.append(ev.generate(G, ev.z_grid))
-            imgs = torch.cat(blocks)
-        self.run_dir.save_grid(round_, imgs, nrow=int(np.ceil(np.sqrt(len(ev.z_grid)))))
+        ev = self.evaluator
+        if self._eval_state() is not None:
+            imgs = ev.grid(self._load_G(self._eval_state()))
+        else:  # local / ensemble: one block of rows per client
+            imgs = torch.cat([ev.grid(self._load_G(c.weights)) for c in self.clients.values()])
+        self.run_dir.save_grid(round_, imgs, nrow=int(math.ceil(math.sqrt(len(ev.z_grid)))))
 
     def _evaluate_global(self, round_: int) -> list[dict[str, Any]]:
-        if self.global_state is None:
-            return []
+        ev = self.evaluator
+        if self.strategy.name == "ensemble":
+            self.reporter.evaluating("ensemble of local generators")
+            feats = [ev.fake_features(self._load_G(c.weights), None, mask) for c, mask in self._mixture_masks()]
+            return ev.score(np.concatenate(feats), round_, "global", None)
+        if self._eval_state() is None:  # local baseline: each hospital's model on everyone's data
+            recs = []
+            for cid, c in self.clients.items():
+                recs += ev.evaluate(self._load_G(c.weights), round_, cid, None)
+            return recs
         self.reporter.evaluating("global model")
-        self.trainer.gan.load_state_dict(self.global_state)
-        return self.evaluator.evaluate(self.trainer.gan.G, round_, "global", None)
+        return ev.evaluate(self._load_G(self._eval_state()), round_, "global", None)
 
     def checkpoint(self, round_: int) -> dict[str, Any]:
         return {
@@ -174,61 +243,103 @@ class FederatedRun:
             "config": self.cfg.to_dict(),
             "model": self.model_spec,
             "global": self.global_state,
-            "clients": {cid: {"opt_state": c.opt_state, "weights": c.weights}
-                        for cid, c in self.clients.items()},
+            "ema": self.ema_state,
+            "strategy": self.strategy.state_dict(),
+            "clients": {cid: {"opt_state": c.opt_state, "weights": c.weights, "local": c.local,
+                              "strategy": c.strategy} for cid, c in self.clients.items()},
         }
+
+    # ------------------------------------------------------------------ one client
+    def _train_client(self, r: int, c: ClientState, start: State) -> tuple[ClientUpdate, list[dict[str, Any]], dict]:
+        cfg = self.cfg
+        if c.weights is not None:
+            start = c.weights
+        elif self.local_keys:
+            start = {**start, **c.local}
+        opt = None if cfg.train.reset_optimizer else c.opt_state
+        self.trainer.load(start, opt)
+        hooks = self.strategy.client_hooks(c.strategy, start) if c.weights is None else []
+        res = self.trainer.train(c.data, self._steps(c), cfg.train.batch_size,
+                                 torch_generator(cfg.run.seed, "train", r, c.id),
+                                 on_step=lambda _s: self.reporter.step(), hooks=hooks)
+        c.opt_state = self.trainer.opt_state()
+        new = self.trainer.weights()
+        extra = {}
+        if c.weights is not None:
+            c.weights = new
+        else:
+            extra = self.strategy.after_local(c.strategy, start, new, res.steps,
+                                              {"G": cfg.train.lr_g, "D": cfg.train.lr_d})
+            c.local = {k: new[k] for k in self.local_keys}
+        sent = {k: v for k, v in new.items() if k not in c.local} if c.weights is None else {}
+        up = ClientUpdate(c.id, sent, c.n, {"d-loss": res.d_loss, "g-loss": res.g_loss}, res.steps, extra)
+        base = {"round": r, "client": c.id}
+        recs = [{**base, "metric": "d-loss", "value": res.d_loss},
+                {**base, "metric": "g-loss", "value": res.g_loss},
+                {**base, "metric": "bytes-sent", "value": state_bytes(sent) + state_bytes(extra)}]
+        timing = {**base, "steps": res.steps, "images": res.images, "seconds": res.seconds,
+                  "images_per_s": res.images / max(res.seconds, 1e-9)}
+        return up, recs, timing
+
+    def _round_clients(self, r: int) -> list[str]:
+        ids, f = list(self.clients), self.cfg.fed
+        if self.strategy.sequential and not self.strategy.cyclic:  # swt: one block of rounds per client
+            per = math.ceil(f.rounds / len(ids))
+            return [ids[min((r - 1) // per, len(ids) - 1)]]
+        return sample_clients(ids, f.fraction, f.min_clients, self.cfg.run.seed, r)
 
     # ------------------------------------------------------------------ the run
     def run(self, run_dir: RunDir | None = None) -> RunResult:
         """Train all rounds; records, grids, checkpoints and plots go to ``run_dir`` if given."""
         cfg, seed = self.cfg, self.cfg.run.seed
         self.run_dir = run_dir
-        self._records: list[dict[str, Any]] = []
         t_start = time.perf_counter()
         rounds = cfg.fed.rounds
         to_eval = eval_rounds(rounds, cfg.eval.every)
         self.reporter.evaluating("real-data statistics")
         self.evaluator = Evaluator(cfg.eval, self.extractor,
                                    {cid: c.data for cid, c in self.clients.items()},
-                                   cfg.model.nz, seed)
+                                   cfg.model.nz, seed, conditional=cfg.model.conditional != "none")
         self.reporter.run_start(rounds)
 
         # round 0: the initial model, before any training
-        recs = self._evaluate_global(0)
+        recs = self._evaluate_global(0) if self.strategy.aggregates or self.strategy.name == "ensemble" else []
         for cid, c in self.clients.items():
-            self.trainer.gan.load_state_dict(c.weights if c.weights is not None else self.global_state)
-            recs += self.evaluator.evaluate(self.trainer.gan.G, 0, cid, cid)
+            start = c.weights if c.weights is not None else {**self.global_state, **c.local}
+            recs += self.evaluator.evaluate(self._load_G(start), 0, cid, cid)
+        if not self.strategy.aggregates and self.strategy.name != "ensemble":
+            recs += self._evaluate_global(0)
         self._log(recs)
         self._save_grid(0)
         self.reporter.round_end(0, recs)
 
         for r in range(1, rounds + 1):
-            ids = sample_clients(list(self.clients), cfg.fed.fraction, cfg.fed.min_clients, seed, r)
+            ids = self._round_clients(r)
             self.reporter.round_start(r, ids, sum(self._steps(self.clients[i]) for i in ids))
             updates, recs, timings = [], [], []
+            start = self.global_state
             for cid in ids:
-                c = self.clients[cid]
-                start = c.weights if c.weights is not None else self.global_state
-                opt = None if cfg.train.reset_optimizer else c.opt_state
-                self.trainer.load(start, opt)
-                res = self.trainer.train(c.data, self._steps(c), cfg.train.batch_size,
-                                         torch_generator(seed, "train", r, cid),
-                                         on_step=lambda _s: self.reporter.step())
-                c.opt_state = self.trainer.opt_state()
-                weights = self.trainer.weights()
-                if c.weights is not None:
-                    c.weights = weights
-                updates.append(ClientUpdate(cid, weights, c.n, {"d-loss": res.d_loss, "g-loss": res.g_loss}))
-                base = {"round": r, "client": cid}
-                recs += [{**base, "metric": "d-loss", "value": res.d_loss},
-                         {**base, "metric": "g-loss", "value": res.g_loss}]
-                timings.append({**base, "steps": res.steps, "images": res.images,
-                                "seconds": res.seconds, "images_per_s": res.images / max(res.seconds, 1e-9)})
+                up, rec, timing = self._train_client(r, self.clients[cid], start)
+                updates.append(up)
+                recs += rec
+                timings.append(timing)
                 if r in to_eval:
                     self.reporter.evaluating(f"client {cid}")
                     recs += self.evaluator.evaluate(self.trainer.gan.G, r, cid, cid)
+                if self.strategy.sequential:  # the next client starts where this one ended
+                    start = {**start, **up.weights}
             if self.strategy.aggregates:
                 self.global_state = self.strategy.aggregate(self.global_state, updates)
+                if self.local_keys:  # evaluation only: the clients' mean of what they keep local
+                    ups = sorted(ids)
+                    self.global_state.update(weighted_average(
+                        [self.clients[i].local for i in ups], [self.clients[i].n for i in ups]))
+                if cfg.fed.ema > 0:
+                    b = cfg.fed.ema
+                    prev = self.ema_state or self.global_state
+                    self.ema_state = {k: (b * prev[k].double() + (1 - b) * v.double()).to(v.dtype)
+                                      if v.is_floating_point() else v.clone()
+                                      for k, v in self.global_state.items()}
             if r in to_eval:
                 recs += self._evaluate_global(r)
                 self._save_grid(r)

@@ -79,8 +79,9 @@ class Evaluator:
     """Computes FD and KID of generators against clients' real statistics."""
 
     def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, clients: dict[str, ImageSet],
-                 nz: int, seed: int):
+                 nz: int, seed: int, conditional: bool = False):
         self.cfg, self.extractor, self.seed = cfg, extractor, seed
+        self.conditional = conditional
         self.real = {cid: real_statistics(d, extractor, cfg.max_real, seed) for cid, d in clients.items()}
         merged = None
         for r in self.real.values():
@@ -89,28 +90,44 @@ class Evaluator:
         # fixed latents: the same noise every round, so curves move only with the model
         self.z_eval = torch.randn(cfg.num_samples, nz, generator=torch_generator(seed, "eval-latents"))
         self.z_grid = torch.randn(cfg.grid_size, nz, generator=torch_generator(seed, "grid-latents"))
+        # conditional models: fixed labels per evaluation target, drawn from its class mix
+        k = max(d.num_classes for d in clients.values())
+        counts = {cid: np.bincount(d.labels, minlength=k) for cid, d in clients.items()}
+        counts[None] = sum(counts.values())
+        self.y_eval = {t: torch.multinomial(torch.tensor(c, dtype=torch.float64), cfg.num_samples, True,
+                                            generator=torch_generator(seed, "eval-labels", t))
+                       for t, c in counts.items()}
+        self.y_grid = torch.arange(cfg.grid_size) * k // cfg.grid_size  # rows of classes
 
     @torch.inference_mode()
-    def generate(self, G: torch.nn.Module, z: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    def generate(self, G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None = None,
+                 batch: int = 250) -> torch.Tensor:
         was = G.training
         G.eval()
-        out = torch.cat([G(z[i:i + batch]) for i in range(0, len(z), batch)])
+        y = y if y is not None else torch.zeros(len(z), dtype=torch.long)
+        out = torch.cat([G(z[i:i + batch], y[i:i + batch]) for i in range(0, len(z), batch)])
         G.train(was)
         return out
 
+    def grid(self, G: torch.nn.Module) -> torch.Tensor:
+        return self.generate(G, self.z_grid, self.y_grid if self.conditional else None)
+
     @torch.inference_mode()
-    def fake_features(self, G: torch.nn.Module) -> np.ndarray:
-        was = G.training
-        G.eval()
-        feats = [self.extractor(G(self.z_eval[i:i + 250])).double().numpy()
-                 for i in range(0, len(self.z_eval), 250)]
-        G.train(was)
-        return np.concatenate(feats)
+    def fake_features(self, G: torch.nn.Module, against: str | None, mask: torch.Tensor | None = None) -> np.ndarray:
+        """Features of G's images from the fixed latents (and labels) for target ``against``."""
+        z, y = self.z_eval, self.y_eval[against]
+        if mask is not None:
+            z, y = z[mask], y[mask]
+        if len(z) == 0:
+            return np.zeros((0, self.extractor.dims))
+        return self.extractor.extract(self.generate(G, z, y)).double().numpy()
 
     def evaluate(self, G: torch.nn.Module, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         """Records for generator ``G`` (named ``who``) against client ``against`` (None: union)."""
+        return self.score(self.fake_features(G, against), round_, who, against)
+
+    def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
-        fake = self.fake_features(G)
         fd = fd_from_stats(FeatureStats.of(fake), real.stats)
         kid, kid_std = kernel_inception_distance(
             real.kid_features, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size,

@@ -1,15 +1,26 @@
-"""Aggregation strategies: pure functions over state dicts.
+"""Aggregation strategies: pure functions over state dicts, wrapped in small classes.
 
-A strategy never sees images: it gets the current global weights and a list of
-:class:`ClientUpdate` (the weights a client shares, its sample count and scalar metrics) and
-returns new global weights. The maths lives in plain functions (:func:`weighted_average`) with
-hand-computed tests; strategy classes only choose the weights.
+A strategy never sees images. It gets the current global weights and a list of
+:class:`ClientUpdate` (the weights a client shares, its sample count, its local step count,
+scalar metrics, and -- for SCAFFOLD -- its control-variate change) and returns new global
+weights. Strategies that change local training (FedProx, SCAFFOLD, FedDyn) hand the loop
+*hooks* that modify gradients; the loop itself never changes.
+
+Only *parameters* are ever fed to a server optimiser or a correction term. BatchNorm running
+statistics are averaged, and ``num_batches_tracked`` stays an integer.
+
+References: FedAvg (McMahan et al. 2017), FedProx (Li et al. 2020, arXiv:1812.06127),
+FedNova (Wang et al. 2020, arXiv:2007.07481), SCAFFOLD (Karimireddy et al. 2020,
+arXiv:1910.06378), FedDyn (Acar et al. 2021, arXiv:2111.04263), FedAvgM (Hsu et al. 2019),
+FedAdam/FedYogi (Reddi et al. 2021, arXiv:2003.00295), FedBN (Li et al. 2021,
+arXiv:2102.07623), cyclic/single weight transfer (Chang et al. 2018).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from fnmatch import fnmatchcase
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
@@ -24,6 +35,8 @@ class ClientUpdate:
     weights: State
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    steps: int = 1
+    extra: State = field(default_factory=dict)   # SCAFFOLD: the change of the client's control variate
 
 
 def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
@@ -54,35 +67,334 @@ def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequ
     return out
 
 
+def shared_keys(keys: Iterable[str], patterns: Sequence[str]) -> set[str]:
+    """Keys that travel: ``"G"`` means every ``G.*`` key; other patterns are fnmatch patterns
+    (``"D.features.*"``)."""
+    out = set()
+    for k in keys:
+        for p in patterns:
+            if k == p or k.startswith(p + ".") or fnmatchcase(k, p):
+                out.add(k)
+                break
+    return out
+
+
+def _sorted(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
+    return sorted(updates, key=lambda u: u.client_id)
+
+
+class GradHook:
+    """A gradient hook for one client in one round: ``grad += f(param)`` for each parameter."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def after_backward(self, net: str, module: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for name, p in module.named_parameters():
+                if p.grad is not None:
+                    p.grad.add_(self.fn(f"{net}.{name}", p))
+
+
 class Strategy:
-    """Base class: ``aggregate(global_state, updates) -> new global state``."""
+    """Base class.
 
-    name = "base"
-    aggregates = True   # False for the 'local' baseline: clients keep their own weights
-
-    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
-        raise NotImplementedError
-
-
-class FedAvg(Strategy):
-    """Federated averaging (McMahan et al. 2017, arXiv:1602.05629) over every G and D
-    parameter and BatchNorm buffer, weighted by client sample count (or unweighted).
-
-    Updates are sorted by client id before summation, so the result is bit-identical
-    whatever order the updates arrive in.
+    Attributes
+    ----------
+    aggregates : bool
+        False for strategies where clients keep their own models (``local``, ``ensemble``).
+    sequential : bool
+        Clients train one after another, each from the previous one's weights (SWT/CWT).
+    local_steps : int | None
+        Forces this many local steps per round (FedSGD: 1).
     """
 
-    name = "fedavg"
+    name = "base"
+    aggregates = True
+    sequential = False
+    local_steps: int | None = None
+    keeps_norm_local = False
 
     def __init__(self, weighted: bool = True):
         self.weighted = weighted
+        self.param_keys: set[str] = set()
+        self.num_clients = 1
+
+    def setup(self, global_state: State, param_keys: set[str], num_clients: int) -> None:
+        """Called once by the engine: which keys are parameters, how many clients exist."""
+        self.param_keys = set(param_keys)
+        self.num_clients = num_clients
+
+    # ---- client side
+    def client_hooks(self, client_state: dict[str, Any], global_state: State) -> list:
+        return []
+
+    def after_local(self, client_state: dict[str, Any], global_state: State, new_state: State,
+                    steps: int, lrs: dict[str, float]) -> State:
+        """Update the client's strategy state; returns extra tensors to send (SCAFFOLD)."""
+        return {}
+
+    # ---- server side
+    def _weights(self, updates: Sequence[ClientUpdate]) -> list[float]:
+        return [u.num_examples if self.weighted else 1.0 for u in updates]
+
+    def average(self, updates: Sequence[ClientUpdate]) -> State:
+        ups = _sorted(updates)
+        return weighted_average([u.weights for u in ups], self._weights(ups))
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
         if not updates:
             return global_state
-        ups = sorted(updates, key=lambda u: u.client_id)
-        w = [u.num_examples if self.weighted else 1.0 for u in ups]
-        return weighted_average([u.weights for u in ups], w)
+        new = dict(global_state)
+        new.update(self.average(updates))
+        return new
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class FedAvg(Strategy):
+    """Federated averaging over every shared parameter and buffer, weighted by sample count
+    (or unweighted). Updates are sorted by client id before summation, so the result is
+    bit-identical whatever order they arrive in."""
+
+    name = "fedavg"
+
+
+class FedSGD(FedAvg):
+    """FedAvg with exactly one local step per round."""
+
+    name = "fedsgd"
+    local_steps = 1
+
+
+class FedProx(FedAvg):
+    """FedAvg whose clients minimise ``loss + mu/2 ||w - w_global||^2``: the gradient gains
+    ``mu (w - w_global)``."""
+
+    name = "fedprox"
+
+    def __init__(self, mu: float = 0.01, **kw):
+        super().__init__(**kw)
+        self.mu = mu
+
+    def client_hooks(self, client_state, global_state):
+        mu, g = self.mu, global_state
+        return [GradHook(lambda k, p: mu * (p - g[k]))]
+
+
+class FedNova(FedAvg):
+    """Normalised averaging: ``w = w_g - tau_eff * sum_i p_i (w_g - w_i) / tau_i`` with
+    ``tau_eff = sum_i p_i tau_i`` (tau: local steps), removing the bias towards clients that
+    take more local steps. Buffers are averaged."""
+
+    name = "fednova"
+
+    def aggregate(self, global_state, updates):
+        if not updates:
+            return global_state
+        ups = _sorted(updates)
+        w = torch.tensor(self._weights(ups), dtype=torch.float64)
+        p = w / w.sum()
+        tau = torch.tensor([float(u.steps) for u in ups], dtype=torch.float64)
+        tau_eff = float((p * tau).sum())
+        new = dict(global_state)
+        new.update(weighted_average([u.weights for u in ups], self._weights(ups)))
+        for k in ups[0].weights:
+            if k not in self.param_keys:
+                continue
+            g = global_state[k].to(torch.float64)
+            d = sum(pi * (g - u.weights[k].to(torch.float64)) / ti for pi, ti, u in zip(p.tolist(), tau.tolist(), ups))
+            new[k] = (g - tau_eff * d).to(global_state[k].dtype)
+        return new
+
+
+class Scaffold(FedAvg):
+    """SCAFFOLD: client gradients are corrected by ``c - c_i``; after K local steps with step
+    size lr the client sets ``c_i+ = c_i - c + (w_g - w_i) / (K lr)`` and sends ``c_i+ - c_i``;
+    the server adds ``|S| / N * mean(delta c_i)`` to ``c`` (option II of the paper)."""
+
+    name = "scaffold"
+
+    def setup(self, global_state, param_keys, num_clients):
+        super().setup(global_state, param_keys, num_clients)
+        self.c = {k: torch.zeros_like(global_state[k]) for k in self.param_keys}
+
+    def _ci(self, client_state):
+        return client_state.setdefault("scaffold_c", {k: torch.zeros_like(v) for k, v in self.c.items()})
+
+    def client_hooks(self, client_state, global_state):
+        c, ci = self.c, self._ci(client_state)
+        return [GradHook(lambda k, p: c[k] - ci[k])]
+
+    def after_local(self, client_state, global_state, new_state, steps, lrs):
+        ci = self._ci(client_state)
+        delta = {}
+        for k in self.param_keys:
+            lr = lrs[k.split(".", 1)[0]]
+            new_ci = ci[k] - self.c[k] + (global_state[k] - new_state[k]) / (max(steps, 1) * lr)
+            delta[k] = new_ci - ci[k]
+            ci[k] = new_ci
+        return delta
+
+    def aggregate(self, global_state, updates):
+        new = super().aggregate(global_state, updates)
+        if updates:
+            frac = len(updates) / self.num_clients
+            for k in self.c:
+                self.c[k] = self.c[k] + frac * sum(u.extra[k] for u in updates) / len(updates)
+        return new
+
+    def state_dict(self):
+        return {"c": self.c}
+
+    def load_state_dict(self, state):
+        self.c = state["c"]
+
+
+class FedDyn(FedAvg):
+    """FedDyn: clients minimise ``L_i(w) - <g_i, w> + alpha/2 ||w - w_g||^2`` and update
+    ``g_i -= alpha (w_i - w_g)``; the server keeps ``h -= alpha / N * sum_i (w_i - w_g)`` and sets
+    ``w = mean(w_i) - h / alpha`` (parameters; buffers are averaged)."""
+
+    name = "feddyn"
+
+    def __init__(self, alpha: float = 0.01, **kw):
+        super().__init__(**kw)
+        self.alpha = alpha
+
+    def setup(self, global_state, param_keys, num_clients):
+        super().setup(global_state, param_keys, num_clients)
+        self.h = {k: torch.zeros_like(global_state[k]) for k in self.param_keys}
+
+    def _gi(self, client_state):
+        return client_state.setdefault("feddyn_g", {k: torch.zeros_like(v) for k, v in self.h.items()})
+
+    def client_hooks(self, client_state, global_state):
+        a, gi, g = self.alpha, self._gi(client_state), global_state
+        return [GradHook(lambda k, p: -gi[k] + a * (p - g[k]))]
+
+    def after_local(self, client_state, global_state, new_state, steps, lrs):
+        gi = self._gi(client_state)
+        for k in self.param_keys:
+            gi[k] = gi[k] - self.alpha * (new_state[k] - global_state[k])
+        return {}
+
+    def aggregate(self, global_state, updates):
+        if not updates:
+            return global_state
+        new = super().aggregate(global_state, updates)
+        for k in self.param_keys:
+            drift = sum(u.weights[k] - global_state[k] for u in updates)
+            self.h[k] = self.h[k] - self.alpha / self.num_clients * drift
+            new[k] = new[k] - self.h[k] / self.alpha
+        return new
+
+    def state_dict(self):
+        return {"h": self.h}
+
+    def load_state_dict(self, state):
+        self.h = state["h"]
+
+
+class ServerOpt(FedAvg):
+    """FedOpt family: the averaged update ``delta = mean(w_i) - w_g`` (parameters only) is a
+    pseudo-gradient for a server optimiser; buffers are plainly averaged."""
+
+    default_lr = 1.0
+
+    def __init__(self, lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
+                 tau: float = 1e-3, **kw):
+        super().__init__(**kw)
+        self.lr = lr or self.default_lr
+        self.momentum, self.beta1, self.beta2, self.tau = momentum, beta1, beta2, tau
+        self.m: State = {}
+        self.v: State = {}
+
+    def step(self, k: str, delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def aggregate(self, global_state, updates):
+        if not updates:
+            return global_state
+        avg = super().aggregate(global_state, updates)
+        new = dict(avg)
+        for k in self.param_keys & set(updates[0].weights):
+            delta = avg[k].to(torch.float64) - global_state[k].to(torch.float64)
+            new[k] = (global_state[k].to(torch.float64) + self.step(k, delta)).to(global_state[k].dtype)
+        return new
+
+    def state_dict(self):
+        return {"m": self.m, "v": self.v}
+
+    def load_state_dict(self, state):
+        self.m, self.v = state["m"], state["v"]
+
+
+class FedAvgM(ServerOpt):
+    """Server momentum: ``v = beta v + delta; w = w_g + lr v``."""
+
+    name = "fedavgm"
+
+    def step(self, k, delta):
+        self.m[k] = self.momentum * self.m.get(k, torch.zeros_like(delta)) + delta
+        return self.lr * self.m[k]
+
+
+class FedAdam(ServerOpt):
+    """``m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; w = w_g + lr m / (sqrt(v) + tau)``."""
+
+    name = "fedadam"
+    default_lr = 1e-3
+
+    def _v(self, k, d2):
+        return self.beta2 * self.v[k] + (1 - self.beta2) * d2
+
+    def step(self, k, delta):
+        z = torch.zeros_like(delta)
+        self.m[k] = self.beta1 * self.m.get(k, z) + (1 - self.beta1) * delta
+        self.v.setdefault(k, z.clone())
+        self.v[k] = self._v(k, delta * delta)
+        return self.lr * self.m[k] / (self.v[k].sqrt() + self.tau)
+
+
+class FedYogi(FedAdam):
+    """As FedAdam with Yogi's additive second moment: ``v -= (1-b2) d^2 sign(v - d^2)``."""
+
+    name = "fedyogi"
+
+    def _v(self, k, d2):
+        return self.v[k] - (1 - self.beta2) * d2 * torch.sign(self.v[k] - d2)
+
+
+class FedBN(FedAvg):
+    """FedAvg with every normalisation layer kept local to its client."""
+
+    name = "fedbn"
+    keeps_norm_local = True
+
+
+class SequentialTransfer(FedAvg):
+    """``cwt``: each round visits every sampled client in turn, each starting from the
+    previous one's weights; ``swt``: the rounds are split into one block per client, so each
+    client is visited once (single weight transfer). The global model is the last client's."""
+
+    sequential = True
+
+    def __init__(self, cyclic: bool, **kw):
+        super().__init__(**kw)
+        self.cyclic = cyclic
+        self.name = "cwt" if cyclic else "swt"
+
+    def aggregate(self, global_state, updates):
+        if not updates:
+            return global_state
+        new = dict(global_state)
+        new.update(updates[-1].weights)  # the last client in visiting order
+        return new
 
 
 class Local(Strategy):
@@ -91,14 +403,36 @@ class Local(Strategy):
     name = "local"
     aggregates = False
 
-    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
+    def aggregate(self, global_state, updates):
         return global_state
 
 
-def build_strategy(name: str, weighted: bool = True) -> Strategy:
+class Ensemble(Local):
+    """Clients train alone; the "global" generator samples from the mixture of the local
+    generators (each weighted by its client's sample count)."""
+
+    name = "ensemble"
+
+
+STRATEGIES = ("fedavg", "fedsgd", "fedprox", "fednova", "scaffold", "feddyn", "fedavgm", "fedadam",
+              "fedyogi", "fedbn", "swt", "cwt", "ensemble", "local", "centralized")
+
+
+def build_strategy(name: str, weighted: bool = True, mu: float = 0.01, dyn_alpha: float = 0.01,
+                   server_lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
+                   tau: float = 1e-3) -> Strategy:
     """``centralized`` is FedAvg over a single client holding all the data."""
-    if name in ("fedavg", "centralized"):
-        return FedAvg(weighted)
-    if name == "local":
-        return Local()
+    simple = {"fedavg": FedAvg, "centralized": FedAvg, "fedsgd": FedSGD, "fednova": FedNova,
+              "scaffold": Scaffold, "fedbn": FedBN, "local": Local, "ensemble": Ensemble}
+    if name in simple:
+        return simple[name](weighted=weighted)
+    if name == "fedprox":
+        return FedProx(mu, weighted=weighted)
+    if name == "feddyn":
+        return FedDyn(dyn_alpha, weighted=weighted)
+    if name in ("fedavgm", "fedadam", "fedyogi"):
+        cls = {"fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi}[name]
+        return cls(server_lr, momentum, beta1, beta2, tau, weighted=weighted)
+    if name in ("swt", "cwt"):
+        return SequentialTransfer(cyclic=name == "cwt", weighted=weighted)
     raise ValueError(f"unknown strategy {name!r}")

@@ -1,8 +1,20 @@
-"""DCGAN generator and discriminator (Radford, Metz & Chintala 2016, arXiv:1511.06434).
+"""DCGAN generator and discriminator (Radford, Metz & Chintala 2016, arXiv:1511.06434),
+with the options that matter for federated GANs.
 
 One definition covers every power-of-two size from 16 to 256 px: the generator starts from a
 4x4 map and doubles until it reaches ``image_size``; the discriminator mirrors it. At 64 px with
-``ngf = ndf = 64`` this is exactly the network of the paper (and of the PyTorch DCGAN example).
+``ngf = ndf = 64`` and the defaults this is exactly the network of the paper.
+
+Options
+-------
+norm : "batch" (paper) | "group" (GroupNorm: no batch statistics, so nothing site-specific to
+    average) | "none"; set separately for G and D.
+spectral_norm : spectral normalisation of D's convolutions (Miyato et al. 2018, arXiv:1802.05957).
+conditional G : ``"multiply"`` multiplies a learned label embedding into the noise channels;
+    ``"concat"`` concatenates a one-hot label to the noise (Mirza & Osindero 2014).
+conditional D : ``"projection"`` adds ``<embed(y), phi(x)>`` to the logit (Miyato & Koyama 2018,
+    arXiv:1802.05637); ``"acgan"`` adds an auxiliary classifier head (Odena et al. 2017,
+    arXiv:1610.09585).
 """
 
 from __future__ import annotations
@@ -20,54 +32,94 @@ def _num_ups(image_size: int) -> int:
     return n
 
 
-class Generator(nn.Module):
-    """``z (B, nz)`` -> image ``(B, nc, S, S)`` in ``[-1, 1]``."""
+def _norm(kind: str, ch: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "group":
+        return nn.GroupNorm(min(32, max(1, ch // 4)), ch)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}")
 
-    def __init__(self, image_size: int = 64, nc: int = 1, nz: int = 100, ngf: int = 64):
+
+class Generator(nn.Module):
+    """``z (B, nz)`` [+ labels ``(B,)``] -> image ``(B, nc, S, S)`` in ``[-1, 1]``."""
+
+    def __init__(self, image_size: int = 64, nc: int = 1, nz: int = 100, ngf: int = 64,
+                 norm: str = "batch", num_classes: int = 0, conditional: str = "none"):
         super().__init__()
         self.image_size, self.nc, self.nz = image_size, nc, nz
+        self.num_classes, self.conditional = num_classes, conditional
+        zin = nz
+        if conditional == "multiply":
+            self.embed = nn.Embedding(num_classes, nz)
+        elif conditional == "concat":
+            zin = nz + num_classes
+        elif conditional != "none":
+            raise ValueError(f"unknown generator conditioning {conditional!r}")
         n = _num_ups(image_size)
         ch = ngf * 2 ** (n - 1)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(nz, ch, 4, 1, 0, bias=False),      # (B, ch, 4, 4)
-            nn.BatchNorm2d(ch), nn.ReLU(True),
+            nn.ConvTranspose2d(zin, ch, 4, 1, 0, bias=False),     # (B, ch, 4, 4)
+            _norm(norm, ch), nn.ReLU(True),
         ]
         for _ in range(n - 1):                                     # doubles H, W; halves ch
             layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(ch // 2), nn.ReLU(True)]
+                       _norm(norm, ch // 2), nn.ReLU(True)]
             ch //= 2
         layers += [nn.ConvTranspose2d(ch, nc, 4, 2, 1, bias=False), nn.Tanh()]  # (B, nc, S, S)
         self.net = nn.Sequential(*layers)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], self.nz, 1, 1))
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.conditional == "multiply":
+            z = z * self.embed(y)
+        elif self.conditional == "concat":
+            z = torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
+        return self.net(z.view(z.shape[0], -1, 1, 1))
 
 
 class Discriminator(nn.Module):
-    """Image ``(B, nc, S, S)`` -> one logit per image ``(B,)`` (no sigmoid: the loss owns it)."""
+    """Image ``(B, nc, S, S)`` [+ labels] -> logit ``(B,)``; with an ACGAN head also class
+    logits ``(B, K)``. No sigmoid: the loss owns it."""
 
-    def __init__(self, image_size: int = 64, nc: int = 1, ndf: int = 64):
+    def __init__(self, image_size: int = 64, nc: int = 1, ndf: int = 64, norm: str = "batch",
+                 spectral_norm: bool = False, num_classes: int = 0, conditional: str = "none"):
         super().__init__()
+        sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
         n = _num_ups(image_size)
         ch = ndf
-        layers: list[nn.Module] = [nn.Conv2d(nc, ch, 4, 2, 1, bias=False),
-                                   nn.LeakyReLU(0.2, True)]        # no BatchNorm on the input layer
+        layers: list[nn.Module] = [sn(nn.Conv2d(nc, ch, 4, 2, 1, bias=False)),
+                                   nn.LeakyReLU(0.2, True)]        # no norm on the input layer
         for _ in range(n - 1):
-            layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(ch * 2), nn.LeakyReLU(0.2, True)]
+            layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)),
+                       _norm(norm, ch * 2), nn.LeakyReLU(0.2, True)]
             ch *= 2
-        layers += [nn.Conv2d(ch, 1, 4, 1, 0, bias=False)]          # (B, 1, 1, 1)
-        self.net = nn.Sequential(*layers)
+        self.features = nn.Sequential(*layers)                     # (B, ch, 4, 4)
+        self.head = sn(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))      # (B, 1, 1, 1)
+        self.conditional = conditional
+        if conditional == "projection":
+            self.embed = sn(nn.Embedding(num_classes, ch))
+        elif conditional == "acgan":
+            self.aux = nn.Linear(ch * 16, num_classes)
+        elif conditional != "none":
+            raise ValueError(f"unknown discriminator conditioning {conditional!r}")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).view(-1)
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        h = self.features(x)
+        logit = self.head(h).view(-1)
+        if self.conditional == "projection":
+            logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
+        elif self.conditional == "acgan":
+            return logit, self.aux(h.flatten(1))
+        return logit
 
 
 def dcgan_init_(module: nn.Module) -> None:
-    """Weights from N(0, 0.02); BatchNorm scale from N(1, 0.02), shift 0 (paper, section 4)."""
+    """Weights from N(0, 0.02); norm scale from N(1, 0.02), shift 0 (paper, section 4)."""
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-        elif isinstance(m, nn.BatchNorm2d):
+            w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
+            nn.init.normal_(w, 0.0, 0.02)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)

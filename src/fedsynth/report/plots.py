@@ -9,6 +9,24 @@ from typing import Any
 from ..utils import atomic_write_bytes
 
 
+def series_name(r: dict[str, Any]) -> str:
+    """``global`` (global model on the union), a client id (its model on its own data), or
+    ``<id> on union`` (a client's own model on everyone's data: the local baseline)."""
+    who, real = str(r["client"]), str(r.get("real", r["client"]))
+    if who == "global" or real == who:
+        return who
+    return f"{who} on union"
+
+
+def fd_series(records: list[dict[str, Any]], metric: str | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Frechet-distance (or ``metric``) values per series, sorted by round."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for r in records:
+        if (metric is None and r["metric"] in ("fid", "fd-random")) or r["metric"] == metric:
+            out.setdefault(series_name(r), []).append((r["round"], r["value"]))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
     """One curve per client plus the global model (thick, black), like the study's figures."""
     import matplotlib
@@ -21,15 +39,15 @@ def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") ->
         return None
     metric = fd[0]["metric"]
     extractor = fd[0].get("extractor", "")
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r in fd:
-        series.setdefault(str(r["client"]), []).append((r["round"], r["value"]))
+    series = fd_series(fd)
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for name in sorted(series, key=lambda s: (s == "global", s)):
         pts = sorted(series[name])
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         if name == "global":
             ax.plot(xs, ys, "-o", color="black", lw=2.2, ms=3.5, label="global model", zorder=5)
+        elif name.endswith("on union"):
+            ax.plot(xs, ys, "--", lw=1.0, alpha=0.8, label=f"client {name}")
         else:
             ax.plot(xs, ys, "-", lw=1.2, marker=".", alpha=0.85, label=f"client {name}")
     ax.set_xlabel("round")

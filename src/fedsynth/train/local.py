@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -34,6 +34,14 @@ class LocalResult:
     d_loss: float
     g_loss: float
     seconds: float
+
+
+class TrainHook(Protocol):
+    """Changes gradients after each backward pass, before the optimizer step: FedProx's
+    proximal term, SCAFFOLD's control variates, FedDyn's linear term, DP clipping + noise.
+    ``net`` is ``"G"`` or ``"D"``."""
+
+    def after_backward(self, net: str, module: torch.nn.Module) -> None: ...
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -80,13 +88,19 @@ class LocalTrainer:
 
     # ---- the loop
     def train(self, data: ImageSet, steps: int, batch_size: int, generator: torch.Generator,
-              on_step: Callable[[int], None] | None = None) -> LocalResult:
+              on_step: Callable[[int], None] | None = None,
+              hooks: Sequence[TrainHook] = ()) -> LocalResult:
         """Run ``steps`` steps (each: ``n_critic`` D updates, then one G update).
 
-        Data order and latents come from ``generator`` only, so a step is reproducible from
-        ``(run seed, round, client)``.
+        Data order, latents, fake labels and augmentations come from ``generator`` only, so a
+        step is reproducible from ``(run seed, round, client)``.
         """
         G, D, loss = self.gan.G, self.gan.D, self.loss
+        loss.generator = generator
+        if loss.augment is not None:
+            loss.augment.generator = generator
+        labels = torch.from_numpy(data.labels)
+        k = max(data.num_classes, 1)
         G.train()
         D.train()
         n = len(data)
@@ -103,18 +117,23 @@ class LocalTrainer:
                 if len(order) < bs:  # epoch boundary: a fresh permutation
                     order = torch.randperm(n, generator=generator)[: per_epoch * bs]
                 idx, order = order[:bs], order[bs:]
-                real = data.batch(idx.numpy())
+                real, y_real = data.batch(idx.numpy()), labels[idx]
                 z = torch.randn(bs, G.nz, generator=generator)
-                fake = G(z)
-                d_loss = loss.d_loss(D, real, fake.detach())
+                y_fake = torch.randint(0, k, (bs,), generator=generator)
+                fake = G(z, y_fake)
+                d_loss = loss.d_loss(D, real, fake.detach(), y_real, y_fake)
                 self.opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
+                for h in hooks:
+                    h.after_backward("D", D)
                 self.opt_d.step()
             # --- generator phase: D's weights need no gradient here (saves a third of the work)
             D.requires_grad_(False)
-            g_loss = loss.g_loss(D, fake)
+            g_loss = loss.g_loss(D, fake, y_fake)
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
+            for h in hooks:
+                h.after_backward("G", G)
             self.opt_g.step()
             d_sum += d_loss.detach()
             g_sum += g_loss.detach()
