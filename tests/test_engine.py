@@ -43,12 +43,12 @@ def test_same_seed_same_metrics_and_weights(tiny):
 
 def test_protocol_records_clients_and_global_each_evaluated_round(tiny):
     res = _run(tiny + ["fed.rounds=3", "eval.every=2", "partition.clients=3"])
-    fd = [(r["round"], r["client"]) for r in res.records if r["metric"] == "fd-random"]
+    fd = [(r["round"], r["client"]) for r in res.records if r["metric"] == "fd-random" and r["real"] != "sites"]
     for rnd in (0, 2, 3):
         assert {c for r, c in fd if r == rnd} == {"global", "0", "1", "2"}
     assert not any(r == 1 for r, _ in fd)
-    g = [r for r in res.records if r["client"] == "global" and r["metric"] == "fd-random"]
-    assert all(r["real"] == "union" and r["num_real"] == 64 for r in g)
+    g = [r for r in res.records if r["client"] == "global" and r["metric"] == "fd-random" and r["real"] == "union"]
+    assert len(g) == 3 and all(r["num_real"] == 64 for r in g)
     assert all("random-conv" in r["extractor"] for r in res.records if r["metric"].startswith(("fd", "kid")))
     losses = [r for r in res.records if r["metric"] == "d-loss"]
     assert len(losses) == 9 and all(np.isfinite(r["value"]) for r in losses)
@@ -119,3 +119,30 @@ def test_real_statistics_are_cached(tiny, tmp_path):
     mtimes = [f.stat().st_mtime_ns for f in files]
     _run(tiny)
     assert [f.stat().st_mtime_ns for f in files] == mtimes
+
+
+def test_per_site_fairness_records(tiny):
+    res = _run(tiny + ["partition.clients=3", "data.num-images=72", "fed.rounds=1"])
+    on_sites = [r for r in res.records if r["client"] == "global" and r["metric"] == "fd-random" and r["real"] in ("0", "1", "2")]
+    assert {(r["round"], r["real"]) for r in on_sites} == {(k, c) for k in (0, 1) for c in ("0", "1", "2")}
+    for rnd in (0, 1):
+        vals = [r["value"] for r in on_sites if r["round"] == rnd]
+        spread = {r["metric"]: r["value"] for r in res.records if r["round"] == rnd and r.get("real") == "sites"}
+        assert spread["fd-random-sites-worst"] == max(vals) and spread["fd-random-sites-best"] == min(vals)
+        assert spread["fd-random-sites-mean"] == pytest.approx(np.mean(vals))
+
+
+def test_federated_global_fd_equals_pooled_data_fd(tiny):
+    """The union's statistics merged from the clients give the same FD as pooling the images."""
+    from fedsynth.fed.evaluation import real_statistics
+    from fedsynth.metrics import FeatureStats, fd_from_stats
+    cfg = build_config(overrides=tiny + ["partition.clients=3", "data.num-images=90"])
+    data = load_dataset(cfg)
+    run = FederatedRun(cfg, partition(data, "iid", 3, cfg.run.seed))
+    res = run.run()
+    pooled = real_statistics(data, run.extractor, use_cache=False).stats
+    run.trainer.gan.load_state_dict(res.global_state)
+    fake = FeatureStats.of(run.evaluator.fake_features(run.trainer.gan.G, None))
+    recorded = [r["value"] for r in res.records if r["client"] == "global" and r["real"] == "union"
+                and r["metric"] == "fd-random" and r["round"] == 2][0]
+    assert fd_from_stats(fake, pooled) == pytest.approx(recorded, rel=1e-9)

@@ -58,3 +58,117 @@ def test_identical_clients_give_that_client():
 def test_mismatched_keys_are_an_error():
     with pytest.raises(ValueError, match="different keys"):
         weighted_average([{"a": torch.zeros(1)}, {"b": torch.zeros(1)}], [1, 1])
+
+
+# ---------------------------------------------------------------- the other strategies, by hand
+
+from fedsynth.fed.strategies import (FedAdam, FedAvgM, FedDyn, FedNova, FedProx, FedYogi, Scaffold,
+                                     SequentialTransfer, build_strategy, shared_keys)
+
+
+def _ups(values, n=(1, 1), steps=(1, 1)):
+    return [ClientUpdate(f"c{i}", {"p": torch.tensor([v]), "bn.running_mean": torch.tensor([v])}, n[i], steps=steps[i])
+            for i, v in enumerate(values)]
+
+
+def _setup(s, g):
+    s.setup(g, {"p"}, num_clients=2)
+    return s
+
+
+def test_fednova_normalises_by_local_steps():
+    g = {"p": torch.tensor([1.0]), "bn.running_mean": torch.tensor([0.0])}
+    s = _setup(FedNova(), g)
+    # client a: 1 step, w=0 (delta/step 1); client b: 4 steps, w=-3 (delta/step 1); equal weights
+    out = s.aggregate(g, _ups([0.0, -3.0], steps=(1, 4)))
+    # tau_eff = 2.5, d = 0.5*1 + 0.5*1 = 1  ->  w = 1 - 2.5 = -1.5 ; FedAvg would give -1.5 too here
+    assert out["p"].item() == pytest.approx(-1.5)
+    out2 = s.aggregate(g, _ups([0.0, -1.0], steps=(1, 4)))
+    # deltas per step: 1 and 0.5 -> d = 0.75; tau_eff = 2.5 -> 1 - 1.875 = -0.875 (FedAvg: -0.5)
+    assert out2["p"].item() == pytest.approx(-0.875)
+    assert out2["bn.running_mean"].item() == pytest.approx(-0.5)   # buffers: plain average
+
+
+def test_fedprox_hook_adds_mu_times_drift():
+    s = FedProx(mu=0.5)
+    lin = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(3.0)
+    lin.weight.grad = torch.zeros_like(lin.weight)
+    (hook,) = s.client_hooks({}, {"G.weight": torch.tensor([[1.0]])})
+    hook.after_backward("G", lin)
+    assert lin.weight.grad.item() == pytest.approx(0.5 * (3.0 - 1.0))
+
+
+def test_scaffold_control_variates_by_hand():
+    g = {"p": torch.tensor([1.0]), "bn.running_mean": torch.tensor([0.0])}
+    s = _setup(Scaffold(), g)
+    ci: dict = {}
+    # K=2 steps with lr 0.5 took p from 1 to 0: c_i+ = 0 - 0 + (1 - 0) / (2 * 0.5) = 1
+    extra = s.after_local(ci, g, {"p": torch.tensor([0.0])}, steps=2, lrs={"p": 0.5})
+    assert ci["scaffold_c"]["p"].item() == pytest.approx(1.0) and extra["p"].item() == pytest.approx(1.0)
+    up = ClientUpdate("a", {"p": torch.tensor([0.0]), "bn.running_mean": torch.tensor([0.0])}, 1, extra=extra)
+    s.aggregate(g, [up])
+    assert s.c["p"].item() == pytest.approx(0.5)  # |S|/N = 1/2 of the mean change
+
+
+def test_feddyn_server_state_by_hand():
+    g = {"p": torch.tensor([1.0]), "bn.running_mean": torch.tensor([0.0])}
+    s = _setup(FedDyn(alpha=0.5), g)
+    out = s.aggregate(g, _ups([3.0, 5.0]))
+    # h = 0 - 0.5/2 * ((3-1) + (5-1)) = -1.5 ; w = mean(3, 5) - h/alpha = 4 + 3 = 7
+    assert s.h["p"].item() == pytest.approx(-1.5) and out["p"].item() == pytest.approx(7.0)
+    gi: dict = {}
+    s.after_local(gi, g, {"p": torch.tensor([3.0])}, 1, {})
+    assert gi["feddyn_g"]["p"].item() == pytest.approx(-0.5 * 2.0)
+
+
+def test_fedavgm_momentum_by_hand():
+    g = {"p": torch.tensor([0.0]), "bn.running_mean": torch.tensor([0.0])}
+    s = _setup(FedAvgM(lr=1.0, momentum=0.5), g)
+    w1 = s.aggregate(g, _ups([1.0, 1.0]))                # v = 1 -> w = 1
+    assert w1["p"].item() == pytest.approx(1.0)
+    w2 = s.aggregate(w1, _ups([2.0, 2.0]))               # delta 1, v = 0.5 + 1 = 1.5 -> 2.5
+    assert w2["p"].item() == pytest.approx(2.5)
+    assert w2["bn.running_mean"].item() == pytest.approx(2.0)  # buffers averaged, not optimised
+
+
+def test_fedadam_and_fedyogi_first_step_by_hand():
+    g = {"p": torch.tensor([0.0]), "bn.running_mean": torch.tensor([0.0])}
+    for cls in (FedAdam, FedYogi):
+        s = _setup(cls(lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3), g)
+        out = s.aggregate(g, _ups([2.0, 2.0]))
+        # m = 0.1*2 = 0.2 ; v = 0.01*4 = 0.04 ; step = 0.1 * 0.2 / (0.2 + 1e-3)
+        assert out["p"].item() == pytest.approx(0.1 * 0.2 / (0.2 + 1e-3), rel=1e-6)
+        assert out["bn.running_mean"].item() == pytest.approx(2.0)
+
+
+def test_fedyogi_second_moment_differs_from_adam():
+    g = {"p": torch.tensor([0.0]), "bn.running_mean": torch.tensor([0.0])}
+    a, y = _setup(FedAdam(lr=0.1), g), _setup(FedYogi(lr=0.1), g)
+    for s in (a, y):
+        w = s.aggregate(g, _ups([2.0, 2.0]))
+        s.aggregate(w, _ups([w["p"].item() + 0.1] * 2))
+    # adam: v = 0.99*0.04 + 0.01*0.01 ; yogi: v = 0.04 - 0.01*0.01*sign(0.04-0.01)
+    assert a.v["p"].item() == pytest.approx(0.99 * 0.04 + 0.01 * 0.01, rel=1e-6)
+    assert y.v["p"].item() == pytest.approx(0.04 - 0.01 * 0.01, rel=1e-6)
+
+
+def test_sequential_takes_the_last_client():
+    g = {"p": torch.tensor([0.0])}
+    out = SequentialTransfer(cyclic=True).aggregate(g, [ClientUpdate("b", {"p": torch.tensor([1.0])}, 5),
+                                                        ClientUpdate("a", {"p": torch.tensor([2.0])}, 5)])
+    assert out["p"].item() == 2.0
+
+
+def test_shared_keys_patterns():
+    keys = ["G.net.0.weight", "G.net.1.running_mean", "D.features.0.weight", "D.head.weight"]
+    assert shared_keys(keys, ["G"]) == {"G.net.0.weight", "G.net.1.running_mean"}
+    assert shared_keys(keys, ["G", "D"]) == set(keys)
+    assert shared_keys(keys, ["G", "D.head.*"]) == {"G.net.0.weight", "G.net.1.running_mean", "D.head.weight"}
+
+
+def test_every_strategy_name_builds():
+    from fedsynth.fed.strategies import STRATEGIES
+    for name in STRATEGIES:
+        assert build_strategy(name) is not None

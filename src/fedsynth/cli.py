@@ -73,10 +73,10 @@ def _summary_table(records: list[dict[str, Any]], metric: str, kid_metric: str) 
     t = Table(title=f"{metric} per participant (lower is better)")
     for col in ("model", "before training", "final", "change", f"final {kid_metric}"):
         t.add_column(col, justify="right" if col != "model" else "left")
-    for w in sorted(fd, key=lambda s: (s == "global", s)):
+    for w in sorted(fd, key=lambda s: (s.startswith("global"), s != "global", s)):
         (r0, v0), (r1, v1) = fd[w][0], fd[w][-1]
         change = (v1 - v0) / v0 * 100 if v0 else float("nan")
-        name = "global (union of clients)" if w == "global" else f"client {w}"
+        name = {"global": "global (union of clients)"}.get(w, w if w.startswith("global") else f"client {w}")
         t.add_row(name, f"{v0:.3f}", f"{v1:.3f} (r{r1})", f"{change:+.1f}%",
                   f"{dict(kid.get(w, [])).get(r1, float('nan')):.4f}")
     return t
@@ -191,9 +191,238 @@ def run(
         where = f"; completed rounds are in {run_dir.path}" if run_dir else ""
         err_console.print(f"interrupted{where}")
         raise typer.Exit(130)
+    from .report.html import build_report
+    build_report(run_dir.path)
     console.print(_summary_table(result.records, engine.extractor.metric, engine.extractor.kid_metric))
     console.print(f"done in {result.seconds:.0f}s. Results: [cyan]{run_dir.path}[/] "
-                  f"(metrics.jsonl, fd.png, samples/, checkpoints/)", highlight=False)
+                  f"(report.html, metrics.jsonl, fd.png, samples/, checkpoints/)", highlight=False)
+
+
+def _run_quietly(cfg: Config, out: Path) -> None:
+    """One run of a sweep: same code path as `fedsynth run`, one progress bar."""
+    from .data import partition_for, summary
+    from .fed import FederatedRun
+    from .report import RunDir
+    data = _load_with_progress(cfg)
+    parts = partition_for(cfg, data)
+    engine = FederatedRun(cfg, parts)
+    run_dir = RunDir.at(out)
+    run_dir.write_text("config.toml", cfg.to_toml())
+    run_dir.write_json("partition.json", {"scheme": cfg.partition.scheme, **summary(parts, data.class_names),
+                                          "data": data.provenance})
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        engine.reporter = RichReporter(progress, Console(quiet=True))
+        engine.run(run_dir)
+    from .report.html import build_report
+    build_report(run_dir.path)
+
+
+@app.command()
+def sweep(
+    out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run directory per variant + results."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base TOML config."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
+    grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
+    variant: List[str] = typer.Option([], "--variant", help="'name: key=value; key=value' (repeatable)."),
+) -> None:
+    """Run several configurations and print one comparison table (resumable)."""
+    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep
+    from .utils import set_torch_threads
+    try:
+        base, variants = list(set_), []
+        if preset:
+            if preset not in PRESETS:
+                raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+            base = PRESETS[preset]["base"] + base
+            variants += PRESETS[preset]["variants"]
+        variants += [parse_variant(v) for v in variant]
+        if grid:
+            variants += grid_variants(grid)
+        if not variants:
+            raise UserError("nothing to sweep: give --preset, --variant or --grid")
+        set_torch_threads(load_config(config, base).train.threads)
+        t0 = time.perf_counter()
+        rows = run_sweep(str(config) if config else None, base, variants, out,
+                         lambda cfg, d: (console.print(f"[bold]{d.name}[/] …"), _run_quietly(cfg, d)))
+    except UserError as e:
+        _fail(str(e))
+    t = Table(title=f"sweep {out} ({time.perf_counter() - t0:.0f}s)")
+    for col in ("variant", f"final global {rows[0]['metric']}", "ratio to centralized", "mean client (own data)", "global is"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["variant"], f"{r['global_fd']:.3f}", f"{r['ratio_to_centralized']:.2f}",
+                  f"{r['client_fd_mean']:.3f}", r["global_is"])
+    console.print(t)
+    console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}")
+
+
+def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
+    """Images of a data source (phantom/sample name or path) at ``size`` px, as a float tensor."""
+    from .data import load_dataset
+    cfg = load_config(None, _source_overrides(source) + [f"data.image-size={size}", f"run.seed={seed}"]
+                      + ([f"data.num-images={n}"] if source.startswith("phantom-") else [f"data.max-images={n}"])
+                      + list(extra))
+    return _load_with_progress(cfg)
+
+
+def _generate(G, spec, n: int, seed: int, label: int | None = None):
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, spec.nz, generator=g)
+    if spec.g_conditioning != "none":
+        y = torch.full((n,), label, dtype=torch.long) if label is not None else torch.randint(0, spec.num_classes, (n,), generator=g)
+    else:
+        if label is not None:
+            raise UserError("--label needs a class-conditional generator (model.conditional)")
+        y = torch.zeros(n, dtype=torch.long)
+    with torch.inference_mode():
+        return torch.cat([G(z[i:i + 250], y[i:i + 250]) for i in range(0, n, 250)])
+
+
+@app.command()
+def generate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    n: int = typer.Option(64, "--n", help="Number of images."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files (created)."),
+    label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
+    client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Write N generated images as PNG files."""
+    import tempfile
+    import numpy as np
+    from PIL import Image
+    from .checkpoint import load_generator
+    try:
+        if n < 1:
+            raise UserError("--n must be at least 1")
+        if out.exists() and any(out.iterdir()):
+            raise UserError(f"--out {out} exists and is not empty")
+        G, spec, names = load_generator(checkpoint, client)
+        if label is not None and not 0 <= label < max(spec.num_classes, 1):
+            raise UserError(f"--label {label} out of range: the model has {spec.num_classes} classes {names}")
+        x = _generate(G, spec, n, seed, label)
+    except UserError as e:
+        _fail(str(e))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
+    for i, img in enumerate(arr):
+        Image.fromarray(img[0] if img.shape[0] == 1 else np.ascontiguousarray(img.transpose(1, 2, 0))).save(tmp / f"{i:06d}.png")
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    what = f"class {label} ({names[label]})" if label is not None and names else "images"
+    console.print(f"wrote {n} {what} to {out}")
+
+
+@app.command()
+def evaluate(
+    real: str = typer.Argument(..., help="Real images: a phantom/sample name or a path."),
+    fake: Optional[str] = typer.Argument(None, help="Generated images (a path), or use --checkpoint."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Generate from this checkpoint instead."),
+    n: int = typer.Option(1000, "--n", help="Images per set (at most)."),
+    size: int = typer.Option(0, "--size", help="Image size (default: the checkpoint's, else 64)."),
+    extractor: str = typer.Option("auto", "--extractor", help="auto | inception | random"),
+    inception_weights: str = typer.Option("", "--inception-weights", help="Local FID Inception weights file."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the numbers as JSON here."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance
+    between two image sets (or a checkpoint's samples and a data set)."""
+    import numpy as np
+    from .metrics import FeatureStats, build_extractor, fd_from_stats, kernel_inception_distance, prdc, sliced_wasserstein
+    from .privacy.audit import diversity
+    try:
+        if (fake is None) == (checkpoint is None):
+            raise UserError("give either FAKE (a path) or --checkpoint")
+        G = spec = None
+        if checkpoint is not None:
+            from .checkpoint import load_generator
+            G, spec, _ = load_generator(checkpoint)
+        side = size or (spec.image_size if spec else 64)
+        r = _images_of(real, side, n, seed, [])
+        if G is not None:
+            xf = _generate(G, spec, min(n, len(r) if len(r) > 1 else n), seed + 1)
+            if xf.shape[1] != r.channels:
+                raise UserError(f"the checkpoint makes {xf.shape[1]}-channel images, {real} has {r.channels}")
+        else:
+            f = _images_of(fake, side, n, seed, [f"preprocess.channels={'gray' if r.channels == 1 else 'rgb'}"])
+            xf = f.batch()
+        xr = r.batch()
+        ext = build_extractor(extractor, inception_weights)
+    except UserError as e:
+        _fail(str(e))
+    fr, ff = ext.extract(xr).double().numpy(), ext.extract(xf).double().numpy()
+    res = {"extractor": ext.name, "real": real, "fake": fake or str(checkpoint), "num_real": len(xr), "num_fake": len(xf),
+           ext.metric: fd_from_stats(FeatureStats.of(fr), FeatureStats.of(ff))}
+    m = min(100, len(fr), len(ff))
+    if m >= 2:
+        res[ext.kid_metric] = kernel_inception_distance(fr, ff, 50, m, seed)[0]
+    if min(len(fr), len(ff)) > 5:
+        res.update(prdc(fr, ff, k=5))
+    res.update(sliced_wasserstein(xr, xf, seed=seed))
+    res["diversity_ratio"] = diversity(xf, xr)
+    t = Table(title=f"{res['fake']} vs {real}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in res.items():
+        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    console.print(t)
+    if out:
+        from .utils import atomic_write_text
+        atomic_write_text(out, json.dumps(res, indent=2) + "\n")
+        console.print(f"wrote {out}")
+
+
+@app.command()
+def audit(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    train: str = typer.Option(..., "--train", help="The images the model was trained on (name or path)."),
+    held: str = typer.Option(..., "--held", help="Held-out images of the same distribution (name or path)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the audit (JSON, closest pairs, PCA plot)."),
+    n: int = typer.Option(500, "--n", help="Generated images."),
+    train_set: List[str] = typer.Option([], "--train-set", help="Overrides for reading --train (e.g. data.num-images=64)."),
+    held_set: List[str] = typer.Option([], "--held-set", help="Overrides for reading --held (e.g. run.seed=99)."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Memorisation (nearest training vs held-out image), diversity and a PCA plot."""
+    from .checkpoint import load_generator
+    from .metrics import RandomConvFeatures
+    from .privacy.audit import closest_pairs_image, embedding_plot, memorisation_audit
+    try:
+        G, spec, _ = load_generator(checkpoint)
+        tr = _images_of(train, spec.image_size, 10**9, 0, list(train_set)).batch()
+        he = _images_of(held, spec.image_size, 10**9, 0, list(held_set)).batch()
+        xf = _generate(G, spec, n, seed)
+    except UserError as e:
+        _fail(str(e))
+    res = memorisation_audit(xf, tr, he, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    closest_pairs_image(xf, tr, res.closest, out / "closest-pairs.png")
+    ext = RandomConvFeatures()
+    embedding_plot(ext.extract(tr).numpy(), ext.extract(xf).numpy(), out / "embedding-pca.png")
+    from .utils import atomic_write_text
+    atomic_write_text(out / "audit.json", json.dumps({**res.as_dict(), "train_images": len(tr), "held_images": len(he),
+                                                     "generated": len(xf), "closest": res.closest}, indent=2) + "\n")
+    verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
+    console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
+                  f"held-out image (≈50% expected); median distance ratio train/held-out {res.median_ratio:.3f}; "
+                  f"diversity ratio {res.diversity_ratio:.2f}; {res.distinct_nn_fraction:.1%} of training images "
+                  f"are a sample's nearest neighbour", highlight=False)
+    console.print(f"closest pairs: {out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
+    """(Re)write RUN_DIR/report.html: one self-contained page with everything about a run."""
+    from .report.html import build_report
+    if not (run_dir / "metrics.jsonl").is_file():
+        _fail(f"{run_dir} is not a run directory (no metrics.jsonl)")
+    console.print(f"wrote {build_report(run_dir)}")
 
 
 @data_app.command("preview")

@@ -174,6 +174,7 @@ class EvalConfig:
     kid_subsets: int = _f(50, "KID: number of random subsets", min=1)
     kid_subset_size: int = _f(100, "KID: images per subset", min=2)
     grid_size: int = _f(64, "images in each sample grid (fixed latents)", min=1)
+    per_site: bool = _f(True, "also score the global model on each client's own data (fairness)")
 
 
 @dataclass(frozen=True)

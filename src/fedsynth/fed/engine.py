@@ -234,7 +234,24 @@ class FederatedRun:
                 recs += ev.evaluate(self._load_G(c.weights), round_, cid, None)
             return recs
         self.reporter.evaluating("global model")
-        return ev.evaluate(self._load_G(self._eval_state()), round_, "global", None)
+        G = self._load_G(self._eval_state())
+        recs = ev.evaluate(G, round_, "global", None)
+        if self.cfg.eval.per_site and len(self.clients) > 1:
+            recs += self._per_site(G, round_)
+        return recs
+
+    def _per_site(self, G: torch.nn.Module, round_: int) -> list[dict[str, Any]]:
+        """Fairness: the global model on each client's own data, and the spread across sites."""
+        ev, recs = self.evaluator, []
+        for cid in self.clients:
+            recs += ev.evaluate(G, round_, "global", cid)
+        for metric in (self.extractor.metric, self.extractor.kid_metric):
+            vals = [r["value"] for r in recs if r["metric"] == metric]
+            base = {"round": round_, "client": "global", "real": "sites", "extractor": self.extractor.name}
+            recs += [{**base, "metric": f"{metric}-sites-mean", "value": float(np.mean(vals))},
+                     {**base, "metric": f"{metric}-sites-worst", "value": float(np.max(vals))},
+                     {**base, "metric": f"{metric}-sites-best", "value": float(np.min(vals))}]
+        return recs
 
     def checkpoint(self, round_: int) -> dict[str, Any]:
         return {

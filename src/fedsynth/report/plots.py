@@ -13,7 +13,9 @@ def series_name(r: dict[str, Any]) -> str:
     """``global`` (global model on the union), a client id (its model on its own data), or
     ``<id> on union`` (a client's own model on everyone's data: the local baseline)."""
     who, real = str(r["client"]), str(r.get("real", r["client"]))
-    if who == "global" or real == who:
+    if who == "global":
+        return "global" if real in ("union", "global") else f"global on {real}"
+    if real == who:
         return who
     return f"{who} on union"
 
@@ -39,7 +41,7 @@ def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") ->
         return None
     metric = fd[0]["metric"]
     extractor = fd[0].get("extractor", "")
-    series = fd_series(fd)
+    series = {k: v for k, v in fd_series(fd).items() if not k.startswith("global on")}
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
     for name in sorted(series, key=lambda s: (s == "global", s)):
         pts = sorted(series[name])

@@ -1,0 +1,45 @@
+import pytest
+from typer.testing import CliRunner
+
+from fedsynth.cli import app
+from fedsynth.sweep import _split_values, grid_variants, parse_variant
+
+runner = CliRunner()
+
+
+def test_value_splitting_keeps_lists_and_quotes():
+    assert _split_values('a,b,["G", "D"],"x,y"') == ["a", "b", '["G", "D"]', '"x,y"']
+
+
+def test_grid_is_a_cartesian_product():
+    v = grid_variants(["fed.strategy=fedavg,local", "fed.local-epochs=1,3"])
+    assert [n for n, _ in v] == ["strategy-fedavg_local-epochs-1", "strategy-fedavg_local-epochs-3",
+                                 "strategy-local_local-epochs-1", "strategy-local_local-epochs-3"]
+    assert v[1][1] == ["fed.strategy=fedavg", "fed.local-epochs=3"]
+
+
+def test_parse_variant():
+    assert parse_variant('share-G: fed.strategy=fedavg; fed.share=["G"]') == \
+        ("share-G", ["fed.strategy=fedavg", 'fed.share=["G"]'])
+
+
+def test_sweep_runs_tables_and_resumes(tiny, tmp_path):
+    base = [a for o in tiny + ["fed.rounds=1"] for a in ("--set", o)]
+    args = ["sweep", "--out", str(tmp_path / "sw"), *base, "--variant", "fedavg: fed.strategy=fedavg",
+            "--variant", 'shareG: fed.share=["G"]', "--variant", "local: fed.strategy=local",
+            "--variant", "centralized: fed.strategy=centralized"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "sw" / "results.md").read_text()
+    assert "| centralized |" in md and "| 1.00 |" in md and "mean of local models on the union" in md
+    stamp = (tmp_path / "sw" / "fedavg" / "metrics.jsonl").stat().st_mtime_ns
+    again = runner.invoke(app, args)           # finished variants are not run again
+    assert again.exit_code == 0
+    assert (tmp_path / "sw" / "fedavg" / "metrics.jsonl").stat().st_mtime_ns == stamp
+
+
+def test_sweep_validates_every_variant_before_running(tmp_path):
+    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), "--variant", "a: fed.strategy=fedavg",
+                              "--variant", "b: fed.roundz=2"])
+    assert res.exit_code == 2 and "fed.roundz" in res.output
+    assert not (tmp_path / "sw" / "a").exists()
