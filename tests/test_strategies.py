@@ -91,6 +91,7 @@ def test_fednova_normalises_by_local_steps():
 
 def test_fedprox_hook_adds_mu_times_drift():
     s = FedProx(mu=0.5)
+    s.setup({"G.weight": torch.tensor([[1.0]])}, {"G.weight"}, 1)
     lin = torch.nn.Linear(1, 1, bias=False)
     with torch.no_grad():
         lin.weight.fill_(3.0)

@@ -58,9 +58,12 @@ class RichReporter:
         else:
             self.c.print(f"[dim]computing {what}…[/]")
 
+    def warning(self, text: str) -> None:
+        self.c.print(f"[yellow]warning:[/] {text}", highlight=False)
+
     def round_end(self, r: int, records) -> None:
         if self.rounds_task is not None and r > 0:
-            self.p.advance(self.rounds_task)
+            self.p.update(self.rounds_task, completed=r)
         fd = [x for x in records if x["metric"] in ("fid", "fd-random")]
         if fd:
             parts = [f"{x['client']}={x['value']:.2f}" for x in fd]
@@ -145,9 +148,16 @@ def run(
     set_: List[str] = typer.Option([], "--set", "-s", help="Override a key: section.key=value (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/NNNN-desc)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
 ) -> None:
     """Train a GAN federatedly (or a baseline) and evaluate it; writes a run directory."""
     try:
+        if resume is not None:
+            if config is not None or set_ or out is not None:
+                raise UserError("--resume takes no --config, --set or --out: the run's own config.toml is used")
+            if not (resume / "config.toml").is_file():
+                raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
+            config = resume / "config.toml"
         cfg = load_config(config, set_)
     except UserError as e:
         _fail(str(e))
@@ -157,6 +167,7 @@ def run(
 
     from .data import load_dataset, partition_for, summary
     from .fed import FederatedRun
+    from .fed.engine import StopRun
     from .report import RunDir
     from .utils import set_torch_threads
 
@@ -167,12 +178,19 @@ def run(
         data = _load_with_progress(cfg)
         parts = partition_for(cfg, data)
         engine = FederatedRun(cfg, parts)
-        run_dir = RunDir.at(out) if out else RunDir.create(cfg.run.out_dir, _describe(cfg))
-        run_dir.write_text("config.toml", cfg.to_toml())  # resolved config first
-        part = {"scheme": cfg.partition.scheme, **summary(parts, data.class_names),
-                "data": data.provenance}
-        run_dir.write_json("partition.json", part)
-        console.print(_partition_table(part))
+        if resume is not None:
+            from .checkpoint import load_checkpoint
+            ck = load_checkpoint(resume)
+            engine.restore(ck)
+            run_dir = RunDir.reopen(resume, ck["round"])
+            console.print(f"resuming {resume} after round {ck['round']}")
+        else:
+            run_dir = RunDir.at(out) if out else RunDir.create(cfg.run.out_dir, _describe(cfg))
+            run_dir.write_text("config.toml", cfg.to_toml())  # resolved config first
+            part = {"scheme": cfg.partition.scheme, **summary(parts, data.class_names),
+                    "data": data.provenance}
+            run_dir.write_json("partition.json", part)
+            console.print(_partition_table(part))
         console.print(f"[bold]fedsynth[/] run → [cyan]{run_dir.path}[/]  "
                       f"({cfg.data.source}, {len(data)} images {data.size}px, "
                       f"{cfg.partition.clients} clients {cfg.partition.scheme}, strategy {cfg.fed.strategy}, "
@@ -180,16 +198,28 @@ def run(
                       f"{threads} threads; data {time.perf_counter() - t0:.1f}s)", highlight=False)
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        with Progress(*columns, console=console, transient=False) as progress:
-            engine.reporter = RichReporter(progress, progress.console)
-            result = engine.run(run_dir)
+        import signal
+
+        def _stop(signum, frame):  # first Ctrl-C: finish the current step, then stop cleanly
+            if engine.stop_requested:
+                raise KeyboardInterrupt
+            engine.stop_requested = True
+            err_console.print("stopping after the current step (Ctrl-C again to abort at once)…")
+        previous = signal.signal(signal.SIGINT, _stop)
+        try:
+            with Progress(*columns, console=console, transient=False) as progress:
+                engine.reporter = RichReporter(progress, progress.console)
+                result = engine.run(run_dir)
+        finally:
+            signal.signal(signal.SIGINT, previous)
     except UserError as e:
-        if run_dir is not None and not (run_dir.path / "metrics.jsonl").exists():
+        if run_dir is not None and resume is None and not (run_dir.path / "metrics.jsonl").exists():
             shutil.rmtree(run_dir.path, ignore_errors=True)
         _fail(str(e))
-    except KeyboardInterrupt:
-        where = f"; completed rounds are in {run_dir.path}" if run_dir else ""
-        err_console.print(f"interrupted{where}")
+    except (KeyboardInterrupt, StopRun):
+        where = (f"; rounds up to the last checkpoint are kept: fedsynth run --resume {run_dir.path}"
+                 if run_dir else "")
+        err_console.print(f"stopped{where}")
         raise typer.Exit(130)
     from .report.html import build_report
     build_report(run_dir.path)

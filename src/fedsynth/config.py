@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,6 +179,39 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    dp_sgd: bool = _f(False, "sample-level DP-SGD on each client's discriminator (needs "
+                      "model.d-norm = group or none; loss bce or hinge)")
+    dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0)
+    dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True)
+    dp_delta: float = _f(1e-5, "delta for the reported (epsilon, delta)", min=0.0, max=1.0,
+                         exclusive_min=True)
+    client_dp: bool = _f(False, "client-level DP at the server: clip each update, add noise")
+    client_dp_clip: float = _f(0.1, "client-level DP: update norm bound", min=0.0, exclusive_min=True)
+    client_dp_noise: float = _f(1.0, "client-level DP: noise multiplier", min=0.0)
+    robust: str = _f("none", "robust aggregation: median, trimmed-mean, krum, multi-krum, clip",
+                     choices=("none", "median", "trimmed-mean", "krum", "multi-krum", "clip"))
+    trim: float = _f(0.2, "trimmed-mean: fraction dropped at each end", min=0.0, max=0.49)
+    byzantine: int = _f(1, "krum/multi-krum: number of clients assumed malicious", min=0)
+    clip_norm: float = _f(0.0, "clip: bound on each update's norm (0: the round's median norm)", min=0.0)
+    validate: bool = _f(True, "reject updates with NaN/Inf, wrong keys, shapes or dtypes")
+    outlier_factor: float = _f(5.0, "reject an update whose norm exceeds this many times the "
+                               "median of the others' (0: off)", min=0.0)
+
+
+@dataclass(frozen=True)
+class FaultsConfig:
+    attack: str = _f("none", "simulate malicious clients: scale, sign-flip, random, nan",
+                     choices=("none", "scale", "sign-flip", "random", "nan"))
+    attackers: tuple = _f((), "ids of the attacking clients, e.g. [\"0\"]", length=0, item=str,
+                          allow_empty=True)
+    attack_scale: float = _f(10.0, "scale of scaled / sign-flipped / random updates", min=0.0)
+    dropout: float = _f(0.0, "probability that a sampled client fails mid-round", min=0.0, max=1.0)
+    dropout_schedule: tuple = _f((), "forced failures as \"round:client\", e.g. [\"3:1\"]",
+                                 length=0, item=str, allow_empty=True)
+
+
+@dataclass(frozen=True)
 class RunOptions:
     seed: int = _f(0, "run seed; every random draw derives from it", min=0)
     name: str = _f("", "short description used in the run directory name (default: derived)")
@@ -193,6 +227,8 @@ SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
+    "privacy": PrivacyConfig,
+    "faults": FaultsConfig,
     "run": RunOptions,
 }
 
@@ -208,6 +244,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
     run: RunOptions = field(default_factory=RunOptions)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -235,7 +273,8 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
     kind = type(f.default)
     meta = f.metadata
     if kind is tuple and meta.get("item") is str:
-        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(v, str) and v for v in value):
+        if not isinstance(value, (list, tuple)) or (not value and not meta.get("allow_empty")) or not all(
+                isinstance(v, str) and v for v in value):
             raise UserError(f"config key '{key}' must be a non-empty list of strings, got {value!r}")
         return tuple(value)
     if kind is tuple:
@@ -304,6 +343,9 @@ def build_config(tree: Mapping[str, Any] | None = None,
         section, name = key.split(".", 1)
         if section not in SECTIONS:
             raise UserError(f"unknown config key '{key}' (unknown section '{section}')")
+        f = {x.name: x for x in dataclasses.fields(SECTIONS[section])}.get(_snake(name))
+        if f is not None and type(f.default) is str and not isinstance(value, str):
+            value = text.split("=", 1)[1].strip()  # a string key: `nan`, `inf`, `1e3` stay text
         merged.setdefault(section, {})[name] = value
 
     built = {}
@@ -346,6 +388,19 @@ def _check_cross_field(cfg: Config) -> None:
                         "(set model.conditional = 'multiply' or 'concat')")
     if cfg.fed.init_from and not Path(cfg.fed.init_from).expanduser().is_file():
         raise UserError(f"config key 'fed.init-from': checkpoint not found: {cfg.fed.init_from}")
+    pv = cfg.privacy
+    if pv.dp_sgd:
+        if cfg.model.d_norm == "batch":
+            raise UserError("config key 'privacy.dp-sgd' needs model.d-norm = 'group' or 'none' "
+                            "(BatchNorm mixes samples, so per-sample gradients are undefined)")
+        if cfg.train.loss == "wgan-gp" or cfg.train.diffaugment or cfg.model.spectral_norm:
+            raise UserError("config key 'privacy.dp-sgd' supports loss bce or hinge, without "
+                            "diffaugment or spectral norm")
+    if pv.client_dp and pv.robust != "none":
+        raise UserError("config keys 'privacy.client-dp' and 'privacy.robust' cannot be combined")
+    for item in cfg.faults.dropout_schedule:
+        if not re.fullmatch(r"\d+:[^:]+", item):
+            raise UserError(f"config key 'faults.dropout-schedule': {item!r} is not 'round:client'")
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")

@@ -38,6 +38,11 @@ from .evaluation import Evaluator
 from .strategies import ClientUpdate, State, build_strategy, shared_keys, weighted_average
 
 
+class StopRun(Exception):
+    """Raised at a step boundary after a stop was requested (Ctrl-C): the round in progress is
+    dropped; the last checkpoint is the consistent state to resume from."""
+
+
 class Reporter:
     """Progress hooks. The default does nothing; the CLI draws rich progress bars."""
 
@@ -46,6 +51,7 @@ class Reporter:
     def step(self) -> None: ...
     def evaluating(self, what: str) -> None: ...
     def round_end(self, round_: int, records: list[dict[str, Any]]) -> None: ...
+    def warning(self, text: str) -> None: ...
 
 
 @dataclass
@@ -173,6 +179,24 @@ class FederatedRun:
                 c.weights = {k: v.clone() for k, v in init.items()}
             self.global_state = None
         self.ema_state: State | None = None
+        pv = cfg.privacy
+        if pv.robust != "none":
+            self.strategy.robust = {"name": pv.robust, "trim": pv.trim, "byzantine": pv.byzantine,
+                                    "clip_norm": pv.clip_norm}
+        if pv.client_dp:
+            self.strategy.client_dp = {"clip": pv.client_dp_clip, "noise": pv.client_dp_noise}
+        self.accountants: dict[str, Any] = {}
+        if pv.dp_sgd or pv.client_dp:
+            from ..privacy.dp import accountant
+            self.accountants = {cid: accountant() for cid in (list(self.clients) if pv.dp_sgd else [])}
+            if pv.client_dp:
+                self.accountants["server"] = accountant()
+        unknown = set(cfg.faults.attackers) - set(self.clients)
+        if unknown:
+            raise UserError(f"config key 'faults.attackers' names unknown client(s) {sorted(unknown)}; "
+                            f"clients are {', '.join(self.clients)}")
+        self.start_round = 1
+        self.stop_requested = False
         self.extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
         self.evaluator: Evaluator | None = None
         self._records: list[dict[str, Any]] = []
@@ -264,10 +288,54 @@ class FederatedRun:
             "strategy": self.strategy.state_dict(),
             "clients": {cid: {"opt_state": c.opt_state, "weights": c.weights, "local": c.local,
                               "strategy": c.strategy} for cid, c in self.clients.items()},
+            "accountants": {k: list(a.history) for k, a in self.accountants.items()},
         }
 
+    def restore(self, ck: dict[str, Any]) -> None:
+        """Continue from a checkpoint: everything random derives from (seed, round, client),
+        so weights, optimizer, strategy and accountant state are all a resume needs."""
+        if ck.get("format") != "fedsynth-checkpoint/1":
+            raise UserError("not a fedsynth checkpoint")
+        if ck["config"] != self.cfg.to_dict():
+            raise UserError("the checkpoint was written with a different configuration")
+        self.global_state, self.ema_state = ck["global"], ck.get("ema")
+        self.strategy.load_state_dict(ck.get("strategy", {}))
+        for cid, st in ck["clients"].items():
+            c = self.clients[cid]
+            c.opt_state, c.weights, c.local, c.strategy = st["opt_state"], st["weights"], st["local"], st["strategy"]
+        for k, hist in ck.get("accountants", {}).items():
+            self.accountants[k].history = list(hist)
+        self.start_round = ck["round"] + 1
+
     # ------------------------------------------------------------------ one client
-    def _train_client(self, r: int, c: ClientState, start: State) -> tuple[ClientUpdate, list[dict[str, Any]], dict]:
+    def _fails(self, r: int, cid: str) -> bool:
+        f = self.cfg.faults
+        return f"{r}:{cid}" in f.dropout_schedule or (
+            f.dropout > 0 and numpy_rng(self.cfg.run.seed, "dropout", r, cid).random() < f.dropout)
+
+    def _on_step(self, _step: int) -> None:
+        self.reporter.step()
+        if self.stop_requested:
+            raise StopRun()
+
+    def _attack(self, r: int, up: ClientUpdate, start: State) -> None:
+        """Simulated malicious client: rewrite what it sends (its own state is unchanged)."""
+        kind, s = self.cfg.faults.attack, self.cfg.faults.attack_scale
+        g = torch_generator(self.cfg.run.seed, "attack", r, up.client_id)
+        for k, v in up.weights.items():
+            if not v.is_floating_point():
+                continue
+            d = v - start[k]
+            if kind == "scale":
+                up.weights[k] = start[k] + s * d
+            elif kind == "sign-flip":
+                up.weights[k] = start[k] - s * d
+            elif kind == "random":
+                up.weights[k] = start[k] + s * (d.std() + 1e-8) * torch.randn(v.shape, generator=g)
+            elif kind == "nan":
+                up.weights[k] = torch.full_like(v, float("nan"))
+
+    def _train_client(self, r: int, c: ClientState, start: State) -> tuple[ClientUpdate | None, list[dict[str, Any]], dict]:
         cfg = self.cfg
         if c.weights is not None:
             start = c.weights
@@ -276,9 +344,19 @@ class FederatedRun:
         opt = None if cfg.train.reset_optimizer else c.opt_state
         self.trainer.load(start, opt)
         hooks = self.strategy.client_hooks(c.strategy, start) if c.weights is None else []
-        res = self.trainer.train(c.data, self._steps(c), cfg.train.batch_size,
+        steps = self._steps(c)
+        base = {"round": r, "client": c.id}
+        if self._fails(r, c.id):  # dies halfway through: its work and state changes are lost
+            self.trainer.train(c.data, max(1, steps // 2), cfg.train.batch_size,
+                               torch_generator(cfg.run.seed, "train", r, c.id), on_step=self._on_step, hooks=hooks)
+            return None, [{**base, "metric": "dropped", "value": 1}], {**base, "dropped": True}
+        dp = None
+        if cfg.privacy.dp_sgd:
+            from ..privacy.dp import DPSGD
+            dp = DPSGD(cfg.privacy.dp_clip, cfg.privacy.dp_noise, torch_generator(cfg.run.seed, "dp-noise", r, c.id))
+        res = self.trainer.train(c.data, steps, cfg.train.batch_size,
                                  torch_generator(cfg.run.seed, "train", r, c.id),
-                                 on_step=lambda _s: self.reporter.step(), hooks=hooks)
+                                 on_step=self._on_step, hooks=hooks, dp=dp)
         c.opt_state = self.trainer.opt_state()
         new = self.trainer.weights()
         extra = {}
@@ -290,10 +368,18 @@ class FederatedRun:
             c.local = {k: new[k] for k in self.local_keys}
         sent = {k: v for k, v in new.items() if k not in c.local} if c.weights is None else {}
         up = ClientUpdate(c.id, sent, c.n, {"d-loss": res.d_loss, "g-loss": res.g_loss}, res.steps, extra)
-        base = {"round": r, "client": c.id}
+        if cfg.faults.attack != "none" and c.id in cfg.faults.attackers and c.weights is None:
+            self._attack(r, up, start)
         recs = [{**base, "metric": "d-loss", "value": res.d_loss},
                 {**base, "metric": "g-loss", "value": res.g_loss},
                 {**base, "metric": "bytes-sent", "value": state_bytes(sent) + state_bytes(extra)}]
+        if dp is not None:
+            acc = self.accountants[c.id]
+            q = min(1.0, cfg.train.batch_size / c.n)
+            for _ in range(res.steps * self.trainer.loss.n_critic):
+                acc.step(noise_multiplier=cfg.privacy.dp_noise, sample_rate=q)
+            recs.append({**base, "metric": "dp-epsilon", "value": float(acc.get_epsilon(cfg.privacy.dp_delta)),
+                         "delta": cfg.privacy.dp_delta})
         timing = {**base, "steps": res.steps, "images": res.images, "seconds": res.seconds,
                   "images_per_s": res.images / max(res.seconds, 1e-9)}
         return up, recs, timing
@@ -319,36 +405,58 @@ class FederatedRun:
                                    cfg.model.nz, seed, conditional=cfg.model.conditional != "none")
         self.reporter.run_start(rounds)
 
-        # round 0: the initial model, before any training
-        recs = self._evaluate_global(0) if self.strategy.aggregates or self.strategy.name == "ensemble" else []
-        for cid, c in self.clients.items():
-            start = c.weights if c.weights is not None else {**self.global_state, **c.local}
-            recs += self.evaluator.evaluate(self._load_G(start), 0, cid, cid)
-        if not self.strategy.aggregates and self.strategy.name != "ensemble":
-            recs += self._evaluate_global(0)
-        self._log(recs)
-        self._save_grid(0)
-        self.reporter.round_end(0, recs)
+        if self.start_round == 1:  # round 0: the initial model, before any training
+            recs = self._evaluate_global(0) if self.strategy.aggregates or self.strategy.name == "ensemble" else []
+            for cid, c in self.clients.items():
+                start = c.weights if c.weights is not None else {**self.global_state, **c.local}
+                recs += self.evaluator.evaluate(self._load_G(start), 0, cid, cid)
+            if not self.strategy.aggregates and self.strategy.name != "ensemble":
+                recs += self._evaluate_global(0)
+            self._log(recs)
+            self._save_grid(0)
+            self.reporter.round_end(0, recs)
 
-        for r in range(1, rounds + 1):
+        for r in range(self.start_round, rounds + 1):
             ids = self._round_clients(r)
             self.reporter.round_start(r, ids, sum(self._steps(self.clients[i]) for i in ids))
             updates, recs, timings = [], [], []
             start = self.global_state
             for cid in ids:
                 up, rec, timing = self._train_client(r, self.clients[cid], start)
-                updates.append(up)
                 recs += rec
                 timings.append(timing)
+                if up is None:
+                    self.reporter.warning(f"round {r}: client {cid} dropped out")
+                    continue
+                updates.append(up)
                 if r in to_eval:
                     self.reporter.evaluating(f"client {cid}")
                     recs += self.evaluator.evaluate(self.trainer.gan.G, r, cid, cid)
                 if self.strategy.sequential:  # the next client starts where this one ended
                     start = {**start, **up.weights}
-            if self.strategy.aggregates:
+            if self.strategy.aggregates and cfg.privacy.validate and not self.strategy.sequential:
+                from ..privacy.validation import validate_updates
+                shared = set(self.global_state) - set(self.local_keys)
+                updates, rejected = validate_updates(updates, self.global_state, shared, cfg.privacy.outlier_factor)
+                for cid, reason in rejected:
+                    recs.append({"round": r, "client": cid, "metric": "rejected", "value": 1, "reason": reason})
+                    self.reporter.warning(f"round {r}: update of client {cid} rejected: {reason}")
+            aggregate = self.strategy.aggregates
+            if aggregate and len(updates) < cfg.fed.min_clients:
+                aggregate = False
+                recs.append({"round": r, "client": "server", "metric": "round-skipped", "value": 1,
+                             "reason": f"{len(updates)} valid update(s), fed.min-clients = {cfg.fed.min_clients}"})
+                self.reporter.warning(f"round {r} skipped: only {len(updates)} valid update(s)")
+            if aggregate:
+                self.strategy.noise_generator = torch_generator(seed, "client-dp-noise", r)
                 self.global_state = self.strategy.aggregate(self.global_state, updates)
-                if self.local_keys:  # evaluation only: the clients' mean of what they keep local
-                    ups = sorted(ids)
+                if cfg.privacy.client_dp:
+                    acc = self.accountants["server"]
+                    acc.step(noise_multiplier=cfg.privacy.client_dp_noise, sample_rate=len(ids) / len(self.clients))
+                    recs.append({"round": r, "client": "server", "metric": "client-dp-epsilon",
+                                 "value": float(acc.get_epsilon(cfg.privacy.dp_delta)), "delta": cfg.privacy.dp_delta})
+                if self.local_keys and updates:  # evaluation only: the clients' mean of what they keep local
+                    ups = sorted(u.client_id for u in updates)
                     self.global_state.update(weighted_average(
                         [self.clients[i].local for i in ups], [self.clients[i].n for i in ups]))
                 if cfg.fed.ema > 0:

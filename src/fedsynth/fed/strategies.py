@@ -84,16 +84,19 @@ def _sorted(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
 
 
 class GradHook:
-    """A gradient hook for one client in one round: ``grad += f(param)`` for each parameter."""
+    """A gradient hook for one client in one round: ``grad += f(key, param)`` for each
+    parameter in ``keys`` (the parameters that travel: a discriminator kept local under
+    partial sharing gets no correction)."""
 
-    def __init__(self, fn):
-        self.fn = fn
+    def __init__(self, fn, keys: set[str]):
+        self.fn, self.keys = fn, keys
 
     def after_backward(self, net: str, module: torch.nn.Module) -> None:
         with torch.no_grad():
             for name, p in module.named_parameters():
-                if p.grad is not None:
-                    p.grad.add_(self.fn(f"{net}.{name}", p))
+                key = f"{net}.{name}"
+                if p.grad is not None and key in self.keys:
+                    p.grad.add_(self.fn(key, p))
 
 
 class Strategy:
@@ -119,6 +122,10 @@ class Strategy:
         self.weighted = weighted
         self.param_keys: set[str] = set()
         self.num_clients = 1
+        # set by the engine: a robust rule or client-level DP replaces the plain average
+        self.robust: dict[str, Any] | None = None        # {"name", "trim", "byzantine", "clip_norm"}
+        self.client_dp: dict[str, Any] | None = None     # {"clip", "noise"}
+        self.noise_generator: torch.Generator | None = None
 
     def setup(self, global_state: State, param_keys: set[str], num_clients: int) -> None:
         """Called once by the engine: which keys are parameters, how many clients exist."""
@@ -138,15 +145,23 @@ class Strategy:
     def _weights(self, updates: Sequence[ClientUpdate]) -> list[float]:
         return [u.num_examples if self.weighted else 1.0 for u in updates]
 
-    def average(self, updates: Sequence[ClientUpdate]) -> State:
+    def average(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
+        """The (weighted) mean of the updates -- or a robust rule, or client-level DP."""
         ups = _sorted(updates)
+        if self.client_dp is not None:
+            from ..privacy.dp import client_dp_average
+            return client_dp_average(ups, global_state, self.client_dp["clip"], self.client_dp["noise"],
+                                     self.noise_generator)
+        if self.robust is not None:
+            from ..privacy.robust import robust_average
+            return robust_average(updates=ups, global_state=global_state, **self.robust)
         return weighted_average([u.weights for u in ups], self._weights(ups))
 
     def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
         if not updates:
             return global_state
         new = dict(global_state)
-        new.update(self.average(updates))
+        new.update(self.average(global_state, updates))
         return new
 
     def state_dict(self) -> dict[str, Any]:
@@ -183,7 +198,7 @@ class FedProx(FedAvg):
 
     def client_hooks(self, client_state, global_state):
         mu, g = self.mu, global_state
-        return [GradHook(lambda k, p: mu * (p - g[k]))]
+        return [GradHook(lambda k, p: mu * (p - g[k]), self.param_keys)]
 
 
 class FedNova(FedAvg):
@@ -228,7 +243,7 @@ class Scaffold(FedAvg):
 
     def client_hooks(self, client_state, global_state):
         c, ci = self.c, self._ci(client_state)
-        return [GradHook(lambda k, p: c[k] - ci[k])]
+        return [GradHook(lambda k, p: c[k] - ci[k], self.param_keys)]
 
     def after_local(self, client_state, global_state, new_state, steps, lrs):
         ci = self._ci(client_state)
@@ -275,7 +290,7 @@ class FedDyn(FedAvg):
 
     def client_hooks(self, client_state, global_state):
         a, gi, g = self.alpha, self._gi(client_state), global_state
-        return [GradHook(lambda k, p: -gi[k] + a * (p - g[k]))]
+        return [GradHook(lambda k, p: -gi[k] + a * (p - g[k]), self.param_keys)]
 
     def after_local(self, client_state, global_state, new_state, steps, lrs):
         gi = self._gi(client_state)

@@ -89,6 +89,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if mu1.shape != mu2.shape or s1.shape != s2.shape:
         raise ValueError("statistics have different dimensions")
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, s1, s2)):
+        return float("nan")  # e.g. a wrecked generator: report it, do not crash the run
     r1 = _sqrtm_psd(s1)
     m = r1 @ s2 @ r1
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
@@ -107,6 +109,8 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
     """
     real = np.asarray(real, np.float64)
     fake = np.asarray(fake, np.float64)
+    if not (np.isfinite(real).all() and np.isfinite(fake).all()):
+        return float("nan"), float("nan")
     m = min(subset_size, len(real), len(fake))
     if m < 2:
         raise ValueError("KID needs at least 2 real and 2 generated samples")

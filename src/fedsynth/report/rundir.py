@@ -62,6 +62,19 @@ class RunDir:
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 
+    @classmethod
+    def reopen(cls, path: str | Path, upto_round: int) -> "RunDir":
+        """An existing run directory, its records cut back to ``upto_round`` (the last
+        checkpoint): anything written after it belongs to the round that was lost."""
+        rd = cls(Path(path))
+        if (rd.path / "metrics.jsonl").is_file():
+            rd.records = [r for r in read_metrics(rd.path) if r["round"] <= upto_round]
+        if (rd.path / "timings.jsonl").is_file():
+            rd.timings = [r for r in read_metrics(rd.path / "timings.jsonl") if r["round"] <= upto_round]
+        rd.log([])
+        rd.log_timing([])
+        return rd
+
     # ---- files
     def write_text(self, name: str, text: str) -> Path:
         p = self.path / name

@@ -89,11 +89,13 @@ class LocalTrainer:
     # ---- the loop
     def train(self, data: ImageSet, steps: int, batch_size: int, generator: torch.Generator,
               on_step: Callable[[int], None] | None = None,
-              hooks: Sequence[TrainHook] = ()) -> LocalResult:
+              hooks: Sequence[TrainHook] = (), dp: Any = None) -> LocalResult:
         """Run ``steps`` steps (each: ``n_critic`` D updates, then one G update).
 
         Data order, latents, fake labels and augmentations come from ``generator`` only, so a
-        step is reproducible from ``(run seed, round, client)``.
+        step is reproducible from ``(run seed, round, client)``. ``dp`` (a
+        :class:`fedsynth.privacy.dp.DPSGD`) replaces D's backward pass with clipped, noised
+        per-example gradients.
         """
         G, D, loss = self.gan.G, self.gan.D, self.loss
         loss.generator = generator
@@ -121,9 +123,12 @@ class LocalTrainer:
                 z = torch.randn(bs, G.nz, generator=generator)
                 y_fake = torch.randint(0, k, (bs,), generator=generator)
                 fake = G(z, y_fake)
-                d_loss = loss.d_loss(D, real, fake.detach(), y_real, y_fake)
                 self.opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
+                if dp is not None:
+                    d_loss = dp.backward(D, loss, real, fake, y_real, y_fake)
+                else:
+                    d_loss = loss.d_loss(D, real, fake.detach(), y_real, y_fake)
+                    d_loss.backward()
                 for h in hooks:
                     h.after_backward("D", D)
                 self.opt_d.step()

@@ -1,0 +1,83 @@
+"""Robust aggregation rules, usable as strategies or around any averaging strategy.
+
+* coordinate-wise ``median`` (Yin et al. 2018);
+* coordinate-wise ``trimmed-mean``: drop the ``trim`` fraction at each end (Yin et al. 2018);
+* ``krum`` / ``multi-krum`` (Blanchard et al. 2017): the update(s) closest to their
+  ``n - f - 2`` nearest neighbours, assuming at most ``f`` malicious clients;
+* norm ``clip``: each update's change is scaled to at most a bound (the round's median norm by
+  default), then weighted-averaged (Sun et al. 2019).
+Integer buffers take the (rounded) median.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..fed.strategies import ClientUpdate, State, weighted_average
+
+
+def _stack(updates: Sequence[ClientUpdate], key: str) -> torch.Tensor:
+    return torch.stack([u.weights[key].to(torch.float64) for u in updates])
+
+
+def _cast(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return x.round().to(ref.dtype) if not ref.is_floating_point() else x.to(ref.dtype)
+
+
+def coordinate_median(updates: Sequence[ClientUpdate]) -> State:
+    return {k: _cast(_stack(updates, k).quantile(0.5, dim=0), v) for k, v in updates[0].weights.items()}
+
+
+def trimmed_mean(updates: Sequence[ClientUpdate], trim: float) -> State:
+    n = len(updates)
+    cut = min(int(trim * n), (n - 1) // 2)
+    out = {}
+    for k, v in updates[0].weights.items():
+        s = _stack(updates, k).sort(dim=0).values
+        out[k] = _cast(s[cut:n - cut].mean(dim=0), v)
+    return out
+
+
+def _flat_delta(u: ClientUpdate, global_state: State) -> torch.Tensor:
+    return torch.cat([(v.double() - global_state[k].double()).flatten() for k, v in sorted(u.weights.items())
+                      if v.is_floating_point()])
+
+
+def krum(updates: Sequence[ClientUpdate], global_state: State, f: int, multi: bool) -> State:
+    n = len(updates)
+    if n < 3:
+        return weighted_average([u.weights for u in updates], [u.num_examples for u in updates])
+    x = torch.stack([_flat_delta(u, global_state) for u in updates])
+    d = torch.cdist(x, x) ** 2
+    m = max(1, n - f - 2)
+    scores = torch.stack([d[i][torch.arange(n) != i].sort().values[:m].sum() for i in range(n)])
+    order = torch.argsort(scores, stable=True)
+    chosen = [updates[i] for i in order[: max(1, n - f) if multi else 1]]
+    return weighted_average([u.weights for u in chosen], [u.num_examples for u in chosen])
+
+
+def norm_clip(updates: Sequence[ClientUpdate], global_state: State, bound: float = 0.0) -> State:
+    norms = torch.tensor([float(_flat_delta(u, global_state).norm()) for u in updates])
+    b = bound if bound > 0 else float(norms.median())
+    clipped = []
+    for u, nrm in zip(updates, norms.tolist()):
+        s = min(1.0, b / nrm) if nrm > 0 else 1.0
+        clipped.append({k: (global_state[k].double() + s * (v.double() - global_state[k].double())).to(v.dtype)
+                        if v.is_floating_point() else v for k, v in u.weights.items()})
+    return weighted_average(clipped, [u.num_examples for u in updates])
+
+
+def robust_average(name: str, updates: Sequence[ClientUpdate], global_state: State, trim: float = 0.2,
+                   byzantine: int = 1, clip_norm: float = 0.0) -> State:
+    ups = sorted(updates, key=lambda u: u.client_id)
+    if name == "median":
+        return coordinate_median(ups)
+    if name == "trimmed-mean":
+        return trimmed_mean(ups, trim)
+    if name in ("krum", "multi-krum"):
+        return krum(ups, global_state, byzantine, multi=name == "multi-krum")
+    if name == "clip":
+        return norm_clip(ups, global_state, clip_norm)
+    raise ValueError(f"unknown robust aggregation {name!r}")
