@@ -43,3 +43,16 @@ def test_sweep_validates_every_variant_before_running(tmp_path):
                               "--variant", "b: fed.roundz=2"])
     assert res.exit_code == 2 and "fed.roundz" in res.output
     assert not (tmp_path / "sw" / "a").exists()
+
+
+def test_parallel_jobs_and_presets_validate(tiny, tmp_path):
+    from fedsynth.config import load_config
+    from fedsynth.sweep import PRESETS
+    for name, p in PRESETS.items():
+        for vname, over in p["variants"]:
+            load_config(None, p["base"] + over)  # every preset variant is a valid config
+    base = [a for o in tiny + ["fed.rounds=1"] for a in ("--set", o)]
+    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), *base, "--jobs", "2",
+                              "--grid", "fed.strategy=fedavg,local"])
+    assert res.exit_code == 0, res.output
+    assert "strategy-fedavg" in (tmp_path / "sw" / "results.md").read_text()

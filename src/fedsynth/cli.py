@@ -181,6 +181,9 @@ def run(
         if resume is not None:
             from .checkpoint import load_checkpoint
             ck = load_checkpoint(resume)
+            if ck["round"] >= cfg.fed.rounds:
+                console.print(f"{resume} is complete ({ck['round']} of {cfg.fed.rounds} rounds); nothing to resume")
+                return
             engine.restore(ck)
             run_dir = RunDir.reopen(resume, ck["round"])
             console.print(f"resuming {resume} after round {ck['round']}")
@@ -252,11 +255,12 @@ def _run_quietly(cfg: Config, out: Path) -> None:
 @app.command()
 def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run directory per variant + results."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies, study, clients, noniid."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base TOML config."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
     grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
     variant: List[str] = typer.Option([], "--variant", help="'name: key=value; key=value' (repeatable)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Variants run at once (separate processes; cores shared out)."),
 ) -> None:
     """Run several configurations and print one comparison table (resumable)."""
     from .sweep import PRESETS, grid_variants, parse_variant, run_sweep
@@ -266,6 +270,8 @@ def sweep(
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        if jobs < 1:
+            raise UserError("--jobs must be at least 1")
             base = PRESETS[preset]["base"] + base
             variants += PRESETS[preset]["variants"]
         variants += [parse_variant(v) for v in variant]
@@ -276,7 +282,8 @@ def sweep(
         set_torch_threads(load_config(config, base).train.threads)
         t0 = time.perf_counter()
         rows = run_sweep(str(config) if config else None, base, variants, out,
-                         lambda cfg, d: (console.print(f"[bold]{d.name}[/] …"), _run_quietly(cfg, d)))
+                         lambda cfg, d: _run_quietly(cfg, d), jobs=jobs,
+                         on_start=lambda name: console.print(f"[bold]{name}[/] …"))
     except UserError as e:
         _fail(str(e))
     t = Table(title=f"sweep {out} ({time.perf_counter() - t0:.0f}s)")
@@ -286,7 +293,8 @@ def sweep(
         t.add_row(r["variant"], f"{r['global_fd']:.3f}", f"{r['ratio_to_centralized']:.2f}",
                   f"{r['client_fd_mean']:.3f}", r["global_is"])
     console.print(t)
-    console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}")
+    console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}"
+                  + (f"; figure: {out / 'study-grid.png'}" if (out / "study-grid.png").exists() else ""))
 
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):

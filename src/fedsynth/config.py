@@ -129,6 +129,7 @@ class TrainConfig:
     beta2: float = _f(0.999, "Adam beta2", min=0.0, max=1.0)
     reset_optimizer: bool = _f(False, "reset each client's Adam state at the start of every round")
     threads: int = _f(0, "torch CPU threads for this process (0: all cores)", min=0)
+    channels_last: bool = _f(True, "channels-last memory layout (measured 15-25 % faster on CPU)")
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,7 @@ class FedConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    enabled: bool = _f(True, "evaluate at all (false: no metrics but losses, no sample grids)")
     every: int = _f(1, "evaluate every N rounds (0: only before training and at the end)", min=0)
     num_samples: int = _f(1000, "generated images per Frechet distance", min=2)
     max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
@@ -176,6 +178,8 @@ class EvalConfig:
     kid_subset_size: int = _f(100, "KID: images per subset", min=2)
     grid_size: int = _f(64, "images in each sample grid (fixed latents)", min=1)
     per_site: bool = _f(True, "also score the global model on each client's own data (fairness)")
+    bf16: bool = _f(False, "generate evaluation samples under bfloat16 autocast: ~2.5x faster on "
+                    "CPUs with AVX512-BF16/AMX, slower elsewhere; numbers shift slightly")
 
 
 @dataclass(frozen=True)

@@ -34,8 +34,10 @@ class SmallCNN(nn.Module):
 
 
 def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int = 5,
-                     batch_size: int = 64, seed: int = 0, lr: float = 2e-3) -> SmallCNN:
-    """Train :class:`SmallCNN` on images ``x`` in [-1, 1] and labels ``y`` (seeded)."""
+                     batch_size: int = 64, seed: int = 0, lr: float = 2e-3, min_steps: int = 300) -> SmallCNN:
+    """Train :class:`SmallCNN` on images ``x`` in [-1, 1] and labels ``y`` (seeded), for
+    ``epochs`` epochs but at least ``min_steps`` steps, so a small training set is not
+    under-trained compared with a large one."""
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -43,16 +45,22 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs:
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model.train()
     n = len(x)
-    for _ in range(epochs):
+    per_epoch = max(1, (n - 1) // batch_size + 1)
+    total = max(epochs * per_epoch, min_steps)
+    step = 0
+    while step < total:
         perm = torch.randperm(n, generator=g)
-        for i in range(0, n - 1, batch_size):  # skip a last batch of 1 (BatchNorm)
+        for i in range(0, n, batch_size):
             idx = perm[i:i + batch_size]
-            if len(idx) < 2:
+            if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             loss = F.cross_entropy(model(x[idx]), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            step += 1
+            if step == total:
+                break
     model.eval()
     return model
 

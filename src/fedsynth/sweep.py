@@ -40,6 +40,98 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _study_variants() -> list[tuple[str, list[str]]]:
+    """Modality x aggregation period (same total epochs), plus local and centralized references."""
+    out = []
+    for mod in ("xray", "ct", "histo"):
+        for period in (1, 3, 5):
+            out.append((f"{mod}-period{period}", [f"data.source=phantom-{mod}", f"fed.local-epochs={period}",
+                                                  f"fed.rounds={15 // period}", f"eval.every={1}"]))
+        for base in ("local", "centralized"):
+            out.append((f"{mod}-{base}", [f"data.source=phantom-{mod}", f"fed.strategy={base}",
+                                          "fed.local-epochs=1", "fed.rounds=15", "eval.every=3"]))
+    return out
+
+
+# issue 8: the studies' grids, scaled to this 2-core machine (32 px, 1,000 images, 15 epochs)
+PRESETS["study"] = {
+    "base": ["data.image-size=32", "data.num-images=1000", "partition.clients=2", "eval.num-samples=500",
+             "eval.per-site=false"],
+    "variants": _study_variants(),
+}
+PRESETS["clients"] = {
+    "base": ["data.source=phantom-ct", "data.image-size=32", "data.num-images=1400", "partition.scheme=by-label",
+             "fed.rounds=10", "fed.local-epochs=2", "eval.every=5", "eval.num-samples=500"],
+    "variants": [(f"clients-{k}", [f"partition.clients={k}"]) for k in (3, 5, 7, 10)],
+}
+PRESETS["noniid"] = {
+    "base": ["data.source=phantom-xray", "data.image-size=32", "data.num-images=1200", "partition.clients=6",
+             "partition.scheme=label-skew", "fed.rounds=10", "fed.local-epochs=2", "eval.every=5",
+             "eval.num-samples=500"],
+    "variants": [(f"majority-{int(m * 100)}", [f"partition.majority={m}"]) for m in (0.6, 0.7, 0.8, 0.9)],
+}
+
+
+def study_figure(out: Path) -> Path | None:
+    """The FedAvg-DCGAN study's figure: rows = modality, columns = aggregation period; per-client
+    and global Frechet distance per epoch, with the local-only (dashed) and centralized (dotted)
+    global references."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .report import fd_series
+    mods, periods = ("xray", "ct", "histo"), (1, 3, 5)
+    if not (out / "xray-period1" / "metrics.jsonl").is_file():
+        return None
+    fig, axes = plt.subplots(3, 3, figsize=(11, 9), dpi=100, sharex=True, squeeze=False)
+    for i, mod in enumerate(mods):
+        refs = {}
+        for base in ("local", "centralized"):
+            p = out / f"{mod}-{base}"
+            if (p / "metrics.jsonl").is_file():
+                ser = fd_series(read_metrics(p))
+                refs[base] = ser.get("global") or [(r, sum(v) / len(v)) for r, v in _mean_by_round(
+                    [s for k, s in ser.items() if k.endswith("on union")]).items()]
+        for j, period in enumerate(periods):
+            ax = axes[i, j]
+            p = out / f"{mod}-period{period}"
+            if not (p / "metrics.jsonl").is_file():
+                continue
+            for name, pts in sorted(fd_series(read_metrics(p)).items()):
+                if name.startswith("global on"):
+                    continue
+                xs = [r * period for r, _ in pts]  # x axis in local epochs
+                ax.plot(xs, [v for _, v in pts], "-o" if name == "global" else "-", ms=2,
+                        color="black" if name == "global" else None, lw=2 if name == "global" else 1,
+                        label="global" if name == "global" else f"client {name}")
+            for base, style in (("local", "--"), ("centralized", ":")):
+                if refs.get(base):
+                    ax.plot([r for r, _ in refs[base]], [v for _, v in refs[base]], style, color="gray", lw=1, label=base)
+            ax.set_yscale("log")
+            ax.grid(alpha=0.3)
+            if i == 0:
+                ax.set_title(f"aggregation every {period} epoch(s)", fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"phantom-{mod}\nFréchet distance", fontsize=9)
+            if i == 2:
+                ax.set_xlabel("local epochs")
+            if i == 0 and j == 0:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = out / "study-grid.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _mean_by_round(series: list[list[tuple[int, float]]]) -> dict[int, list[float]]:
+    out: dict[int, list[float]] = {}
+    for s in series:
+        for r, v in s:
+            out.setdefault(r, []).append(v)
+    return dict(sorted(out.items()))
+
+
 def _split_values(text: str) -> list[str]:
     """``a,b,[1, 2],"x,y"`` -> ['a', 'b', '[1, 2]', '"x,y"'] (commas inside [] or quotes kept)."""
     out, cur, depth, quote = [], "", 0, ""
@@ -107,26 +199,68 @@ def summarise(run: Path) -> dict[str, Any]:
             "client_fd_mean": sum(own) / len(own) if own else float("nan")}
 
 
+def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, on_start: Callable[[str], None]) -> None:
+    """Each variant in its own ``fedsynth run`` process, at most ``jobs`` at a time, with the
+    cores shared out (train.threads) so they do not oversubscribe."""
+    import dataclasses
+    import os
+    import subprocess
+    import sys
+    import time
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    running: list[tuple[str, subprocess.Popen]] = []
+    queue = list(todo)
+    failed = []
+    while queue or running:
+        while queue and len(running) < jobs:
+            name, cfg = queue.pop(0)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+            toml = out / f".{name}.toml"
+            atomic_write_text(toml, cfg.to_toml())
+            on_start(name)
+            log = open(out / f".{name}.log", "w")
+            running.append((name, subprocess.Popen([sys.executable, "-m", "fedsynth", "run", "--config", str(toml),
+                                                    "--out", str(out / name)], stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(0.2)
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+                if item[1].returncode != 0:
+                    failed.append(item[0])
+    if failed:
+        raise UserError(f"variant(s) failed: {', '.join(failed)} (see {out}/.<name>.log)")
+
+
 def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tuple[str, list[str]]],
-              out: Path, run_one: Callable[[Any, Path], None]) -> list[dict[str, Any]]:
-    """Run (or reuse) every variant; return one row per variant."""
+              out: Path, run_one: Callable[[Any, Path], None], jobs: int = 1,
+              on_start: Callable[[str], None] = lambda name: None) -> list[dict[str, Any]]:
+    """Run (or reuse) every variant, ``jobs`` at a time; return one row per variant."""
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
         raise UserError(f"variant names must be unique: {names}")
     cfgs = [(n, load_config(base_config, list(base_sets) + o), o) for n, o in variants]  # validate all first
-    rows = []
-    for name, cfg, overrides in cfgs:
+    todo = []
+    for name, cfg, _ in cfgs:
         d = out / name
         if not _finished(d, cfg.fed.rounds):
             if d.exists():
                 shutil.rmtree(d)
-            run_one(cfg, d)
-        rows.append({"variant": name, "overrides": "; ".join(overrides), **summarise(d)})
+            todo.append((name, cfg))
+    if jobs > 1:
+        _run_parallel(todo, out, jobs, on_start)
+    else:
+        for name, cfg in todo:
+            on_start(name)
+            run_one(cfg, out / name)
+    rows = []
+    for name, cfg, overrides in cfgs:
+        rows.append({"variant": name, "overrides": "; ".join(overrides), **summarise(out / name)})
     ref = next((r["global_fd"] for r in rows if r["variant"] == "centralized"), None)
     for r in rows:
         r["ratio_to_centralized"] = r["global_fd"] / ref if ref else float("nan")
     write_tables(rows, out)
+    study_figure(out)
     return rows
 
 

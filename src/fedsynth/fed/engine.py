@@ -157,7 +157,7 @@ class FederatedRun:
         self.model_spec = {**self.spec.to_dict(), "class_names": list(first.class_names)}
         gan = build_gan(self.spec, seed=derive_seed(seed, "init"))
         loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
-        self.trainer = LocalTrainer(gan, loss, OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)))
+        self.trainer = LocalTrainer(gan, loss, OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last)
         self.strategy = build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr,
                                        f.server_momentum, f.server_beta1, f.server_beta2, f.server_tau)
         init = self.trainer.weights()
@@ -198,6 +198,8 @@ class FederatedRun:
         self.start_round = 1
         self.stop_requested = False
         self.extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        if t.channels_last:
+            self.extractor = self.extractor.to(memory_format=torch.channels_last)
         self.evaluator: Evaluator | None = None
         self._records: list[dict[str, Any]] = []
 
@@ -259,16 +261,19 @@ class FederatedRun:
             return recs
         self.reporter.evaluating("global model")
         G = self._load_G(self._eval_state())
-        recs = ev.evaluate(G, round_, "global", None)
+        feats = ev.fake_features(G, None)
+        recs = ev.score(feats, round_, "global", None)
         if self.cfg.eval.per_site and len(self.clients) > 1:
-            recs += self._per_site(G, round_)
+            recs += self._per_site(G, round_, None if ev.conditional else feats)
         return recs
 
-    def _per_site(self, G: torch.nn.Module, round_: int) -> list[dict[str, Any]]:
-        """Fairness: the global model on each client's own data, and the spread across sites."""
+    def _per_site(self, G: torch.nn.Module, round_: int, feats: np.ndarray | None) -> list[dict[str, Any]]:
+        """Fairness: the global model on each client's own data, and the spread across sites.
+        An unconditional model's samples do not depend on the site: one feature pass serves all."""
         ev, recs = self.evaluator, []
         for cid in self.clients:
-            recs += ev.evaluate(G, round_, "global", cid)
+            f = feats if feats is not None else ev.fake_features(G, cid)
+            recs += ev.score(f, round_, "global", cid)
         for metric in (self.extractor.metric, self.extractor.kid_metric):
             vals = [r["value"] for r in recs if r["metric"] == metric]
             base = {"round": round_, "client": "global", "real": "sites", "extractor": self.extractor.name}
@@ -398,14 +403,15 @@ class FederatedRun:
         self.run_dir = run_dir
         t_start = time.perf_counter()
         rounds = cfg.fed.rounds
-        to_eval = eval_rounds(rounds, cfg.eval.every)
-        self.reporter.evaluating("real-data statistics")
-        self.evaluator = Evaluator(cfg.eval, self.extractor,
-                                   {cid: c.data for cid, c in self.clients.items()},
-                                   cfg.model.nz, seed, conditional=cfg.model.conditional != "none")
+        to_eval = eval_rounds(rounds, cfg.eval.every) if cfg.eval.enabled else set()
+        if cfg.eval.enabled:
+            self.reporter.evaluating("real-data statistics")
+            self.evaluator = Evaluator(cfg.eval, self.extractor,
+                                       {cid: c.data for cid, c in self.clients.items()},
+                                       cfg.model.nz, seed, conditional=cfg.model.conditional != "none")
         self.reporter.run_start(rounds)
 
-        if self.start_round == 1:  # round 0: the initial model, before any training
+        if self.start_round == 1 and cfg.eval.enabled:  # round 0: the model before any training
             recs = self._evaluate_global(0) if self.strategy.aggregates or self.strategy.name == "ensemble" else []
             for cid, c in self.clients.items():
                 start = c.weights if c.weights is not None else {**self.global_state, **c.local}

@@ -105,9 +105,10 @@ class Evaluator:
         was = G.training
         G.eval()
         y = y if y is not None else torch.zeros(len(z), dtype=torch.long)
-        out = torch.cat([G(z[i:i + batch], y[i:i + batch]) for i in range(0, len(z), batch)])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            out = torch.cat([G(z[i:i + batch], y[i:i + batch]) for i in range(0, len(z), batch)])
         G.train(was)
-        return out
+        return out.float()
 
     def grid(self, G: torch.nn.Module) -> torch.Tensor:
         return self.generate(G, self.z_grid, self.y_grid if self.conditional else None)

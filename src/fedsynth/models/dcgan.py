@@ -108,7 +108,8 @@ class Discriminator(nn.Module):
         h = self.features(x)
         logit = self.head(h).view(-1)
         if self.conditional == "projection":
-            logit = logit + (self.embed(y) * h.sum(dim=(2, 3))).sum(dim=1)
+            # mean pooling keeps the projection term on the scale of the head's logit
+            logit = logit + (self.embed(y) * h.mean(dim=(2, 3))).sum(dim=1)
         elif self.conditional == "acgan":
             return logit, self.aux(h.flatten(1))
         return logit
@@ -123,3 +124,6 @@ def dcgan_init_(module: nn.Module) -> None:
         elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
+        elif isinstance(m, Discriminator) and m.conditional == "projection":
+            w = m.embed.parametrizations.weight.original if hasattr(m.embed, "parametrizations") else m.embed.weight
+            nn.init.normal_(w, 0.0, 0.02)

@@ -62,7 +62,10 @@ class LocalTrainer:
         Adam(2e-4, betas=(0.5, 0.999)) by default, as in DCGAN.
     """
 
-    def __init__(self, gan: GAN, loss: GANLoss, optim: OptimConfig = OptimConfig()):
+    def __init__(self, gan: GAN, loss: GANLoss, optim: OptimConfig = OptimConfig(), channels_last: bool = False):
+        self.channels_last = channels_last
+        if channels_last:  # NHWC: measured faster for these convolutions on CPU
+            gan = gan.to(memory_format=torch.channels_last)
         self.gan, self.loss, self.optim = gan, loss, optim
         self.opt_g = torch.optim.Adam(gan.G.parameters(), lr=optim.lr_g, betas=optim.betas)
         self.opt_d = torch.optim.Adam(gan.D.parameters(), lr=optim.lr_d, betas=optim.betas)
@@ -120,6 +123,8 @@ class LocalTrainer:
                     order = torch.randperm(n, generator=generator)[: per_epoch * bs]
                 idx, order = order[:bs], order[bs:]
                 real, y_real = data.batch(idx.numpy()), labels[idx]
+                if self.channels_last:
+                    real = real.contiguous(memory_format=torch.channels_last)
                 z = torch.randn(bs, G.nz, generator=generator)
                 y_fake = torch.randint(0, k, (bs,), generator=generator)
                 fake = G(z, y_fake)
