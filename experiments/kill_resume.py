@@ -27,7 +27,7 @@ import torch
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kills", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="fedsynth-kill-"))
@@ -42,25 +42,24 @@ def main() -> None:
         rng = random.Random(args.seed)
         proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         kills = 0
-        while True:
-            before = len(list((out / "checkpoints").glob("*.pt"))) if (out / "checkpoints").is_dir() else 0
-            ck_before = max((int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("*.pt")), default=0) if before else 0
-            time.sleep(rng.uniform(0.5, 4.0))
+
+        def newest() -> int:
+            cks = list((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").is_dir() else []
+            return max((int(p.stem.split("-")[1]) for p in cks), default=0)
+
+        while kills < args.kills and proc.poll() is None:
+            seen = newest()
+            while newest() == seen and proc.poll() is None:  # let it make progress first
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 1.5))               # then kill at a random moment
             if proc.poll() is not None:
                 break
-            if kills < args.kills:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-                kills += 1
-                cks = sorted((out / "checkpoints").glob("*.pt")) if (out / "checkpoints").is_dir() else []
-                last = int(cks[-1].stem.split("-")[1]) if cks else 0
-                print(f"kill {kills}: SIGKILL with checkpoint round {last} on disk (was {ck_before} before the wait)")
-                if not cks:  # killed before the first checkpoint: start over
-                    shutil.rmtree(out, ignore_errors=True)
-                    proc = subprocess.Popen(cmd + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                else:
-                    proc = subprocess.Popen([sys.executable, "-m", "fedsynth", "run", "--resume", str(out)],
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+            print(f"kill {kills}: SIGKILL during round {newest() + 1} (checkpoint of round {newest()} on disk)")
+            proc = subprocess.Popen([sys.executable, "-m", "fedsynth", "run", "--resume", str(out)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert proc.wait() == 0
         a = torch.load(sorted((work / "ref" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
         b = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=False)

@@ -56,3 +56,16 @@ def test_parallel_jobs_and_presets_validate(tiny, tmp_path):
                               "--grid", "fed.strategy=fedavg,local"])
     assert res.exit_code == 0, res.output
     assert "strategy-fedavg" in (tmp_path / "sw" / "results.md").read_text()
+
+
+def test_a_preset_runs_through_the_cli_with_user_overrides(tmp_path):
+    small = ["data.image-size=16", "data.num-images=96", "model.nz=16", "model.ngf=8", "model.ndf=8",
+             "fed.rounds=1", "fed.local-epochs=1", "eval.num-samples=32", "eval.kid-subset-size=16",
+             "eval.kid-subsets=2", "eval.grid-size=4"]
+    res = runner.invoke(app, ["sweep", "--preset", "noniid", "--out", str(tmp_path / "sw"),
+                              *[a for o in small for a in ("--set", o)]])
+    assert res.exit_code == 0, res.output
+    md = (tmp_path / "sw" / "results.md").read_text()
+    assert all(f"| majority-{m} |" in md for m in (60, 70, 80, 90))
+    bad = runner.invoke(app, ["sweep", "--preset", "nosuch", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "nosuch" in bad.output

@@ -267,11 +267,11 @@ def sweep(
     from .utils import set_torch_threads
     try:
         base, variants = list(set_), []
+        if jobs < 1:
+            raise UserError("--jobs must be at least 1")
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-        if jobs < 1:
-            raise UserError("--jobs must be at least 1")
             base = PRESETS[preset]["base"] + base
             variants += PRESETS[preset]["variants"]
         variants += [parse_variant(v) for v in variant]

@@ -55,7 +55,8 @@ def _curves(records: list[dict[str, Any]]) -> str:
         if metric == fd_metric:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=6, ncol=2)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6, ncol=2)
     ax = axes[1, 0]
     for m in ("d-loss", "g-loss"):
         for name, pts in sorted(fd_series(records, m).items()):
@@ -63,7 +64,8 @@ def _curves(records: list[dict[str, Any]]) -> str:
     ax.set_title("local training losses (mean per round)", fontsize=9)
     ax.set_xlabel("round")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     out = _png(fig)
     plt.close(fig)
