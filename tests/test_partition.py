@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedsynth.config import UserError, build_config
+from fedsynth.config import UserError
 from fedsynth.data import make_phantom, partition
 
 

@@ -1,7 +1,6 @@
 """Every source kind loads from data the tests make or an installed package ships; bad input
 gives one line naming the file, or is skipped and counted with data.skip-bad."""
 
-import json
 import shutil
 
 import numpy as np
@@ -9,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fedsynth.config import UserError, build_config
-from fedsynth.data import DataError, load_dataset, partition_for
+from fedsynth.data import DataError, load_dataset
 
 pydicom = pytest.importorskip("pydicom")
 nib = pytest.importorskip("nibabel")

@@ -77,12 +77,25 @@ def _summary_table(records: list[dict[str, Any]], metric: str, kid_metric: str) 
     for col in ("model", "before training", "final", "change", f"final {kid_metric}"):
         t.add_column(col, justify="right" if col != "model" else "left")
     for w in sorted(fd, key=lambda s: (s.startswith("global"), s != "global", s)):
-        (r0, v0), (r1, v1) = fd[w][0], fd[w][-1]
+        (_, v0), (r1, v1) = fd[w][0], fd[w][-1]
         change = (v1 - v0) / v0 * 100 if v0 else float("nan")
         name = {"global": "global (union of clients)"}.get(w, w if w.startswith("global") else f"client {w}")
         t.add_row(name, f"{v0:.3f}", f"{v1:.3f} (r{r1})", f"{change:+.1f}%",
                   f"{dict(kid.get(w, [])).get(r1, float('nan')):.4f}")
     return t
+
+
+PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+
+
+def _start_run_dir(run_dir, cfg: Config, parts, data) -> dict[str, Any]:
+    """The resolved config first, then the partition summary (with the data's provenance)."""
+    from .data import summary
+    run_dir.write_text("config.toml", cfg.to_toml())
+    part = {"scheme": cfg.partition.scheme, **summary(parts, data.class_names), "data": data.provenance}
+    run_dir.write_json("partition.json", part)
+    return part
 
 
 def _load_with_progress(cfg: Config):
@@ -165,7 +178,7 @@ def run(
         console.print(cfg.to_toml(), highlight=False, markup=False)
         return
 
-    from .data import load_dataset, partition_for, summary
+    from .data import partition_for
     from .fed import FederatedRun
     from .fed.engine import StopRun
     from .report import RunDir
@@ -189,18 +202,12 @@ def run(
             console.print(f"resuming {resume} after round {ck['round']}")
         else:
             run_dir = RunDir.at(out) if out else RunDir.create(cfg.run.out_dir, _describe(cfg))
-            run_dir.write_text("config.toml", cfg.to_toml())  # resolved config first
-            part = {"scheme": cfg.partition.scheme, **summary(parts, data.class_names),
-                    "data": data.provenance}
-            run_dir.write_json("partition.json", part)
-            console.print(_partition_table(part))
+            console.print(_partition_table(_start_run_dir(run_dir, cfg, parts, data)))
         console.print(f"[bold]fedsynth[/] run → [cyan]{run_dir.path}[/]  "
                       f"({cfg.data.source}, {len(data)} images {data.size}px, "
                       f"{cfg.partition.clients} clients {cfg.partition.scheme}, strategy {cfg.fed.strategy}, "
                       f"{cfg.fed.rounds} rounds; features: {engine.extractor.name}; "
                       f"{threads} threads; data {time.perf_counter() - t0:.1f}s)", highlight=False)
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
         import signal
 
         def _stop(signum, frame):  # first Ctrl-C: finish the current step, then stop cleanly
@@ -210,7 +217,7 @@ def run(
             err_console.print("stopping after the current step (Ctrl-C again to abort at once)…")
         previous = signal.signal(signal.SIGINT, _stop)
         try:
-            with Progress(*columns, console=console, transient=False) as progress:
+            with Progress(*PROGRESS_COLUMNS, console=console, transient=False) as progress:
                 engine.reporter = RichReporter(progress, progress.console)
                 result = engine.run(run_dir)
         finally:
@@ -233,19 +240,15 @@ def run(
 
 def _run_quietly(cfg: Config, out: Path) -> None:
     """One run of a sweep: same code path as `fedsynth run`, one progress bar."""
-    from .data import partition_for, summary
+    from .data import partition_for
     from .fed import FederatedRun
     from .report import RunDir
     data = _load_with_progress(cfg)
     parts = partition_for(cfg, data)
     engine = FederatedRun(cfg, parts)
     run_dir = RunDir.at(out)
-    run_dir.write_text("config.toml", cfg.to_toml())
-    run_dir.write_json("partition.json", {"scheme": cfg.partition.scheme, **summary(parts, data.class_names),
-                                          "data": data.provenance})
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    _start_run_dir(run_dir, cfg, parts, data)
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
         engine.reporter = RichReporter(progress, Console(quiet=True))
         engine.run(run_dir)
     from .report.html import build_report
@@ -298,8 +301,7 @@ def sweep(
 
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
-    """Images of a data source (phantom/sample name or path) at ``size`` px, as a float tensor."""
-    from .data import load_dataset
+    """The ImageSet of a data source (phantom/sample name or path) prepared to ``size`` px."""
     cfg = load_config(None, _source_overrides(source) + [f"data.image-size={size}", f"run.seed={seed}"]
                       + ([f"data.num-images={n}"] if source.startswith("phantom-") else [f"data.max-images={n}"])
                       + list(extra))
@@ -371,7 +373,6 @@ def evaluate(
 ) -> None:
     """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance
     between two image sets (or a checkpoint's samples and a data set)."""
-    import numpy as np
     from .metrics import FeatureStats, build_extractor, fd_from_stats, kernel_inception_distance, prdc, sliced_wasserstein
     from .privacy.audit import diversity
     try:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import UserError, load_config
-from .report import RunDir, read_metrics
+from .report import read_metrics
 from .utils import atomic_write_text
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -295,7 +295,7 @@ def load_medmnist_arrays(cfg: Config) -> tuple[np.ndarray, np.ndarray, Path]:
 
 
 def _cache_key(cfg: Config, listing: list[str]) -> str:
-    d, p = cfg.data, cfg.preprocess
+    d = cfg.data
     h = hashlib.blake2b(digest_size=16)
     h.update(json.dumps({"v": CACHE_VERSION, "source": d.source, "path": str(Path(d.path).expanduser().resolve()) if d.path else "",
                          "size": d.image_size, "max": d.max_images, "skip": d.skip_bad,
