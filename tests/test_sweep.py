@@ -31,6 +31,7 @@ def test_sweep_runs_tables_and_resumes(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     md = (tmp_path / "sw" / "results.md").read_text()
     assert "| centralized |" in md and "| 1.00 |" in md and "mean of local models on the union" in md
+    assert (tmp_path / "sw" / "results.png").stat().st_size > 1000
     stamp = (tmp_path / "sw" / "fedavg" / "metrics.jsonl").stat().st_mtime_ns
     again = runner.invoke(app, args)           # finished variants are not run again
     assert again.exit_code == 0
