@@ -304,5 +304,6 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
         lines.append(f"| {r['variant']} | {r['global_fd']:.3f} | {r['ratio_to_centralized']:.2f} | "
                      f"{r['client_fd_mean']:.3f} | {r['global_is']} |")
     lines.append("")
-    lines.append(f"Round {rows[0]['round']}; extractor: {rows[0]['extractor']}.")
+    rounds = sorted({r["round"] for r in rows})
+    lines.append(f"Each run's last evaluated round ({', '.join(map(str, rounds))}); extractor: {rows[0]['extractor']}.")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
