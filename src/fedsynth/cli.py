@@ -64,9 +64,10 @@ class RichReporter:
     def round_end(self, r: int, records) -> None:
         if self.rounds_task is not None and r > 0:
             self.p.update(self.rounds_task, completed=r)
+        from .report import series_name
         fd = [x for x in records if x["metric"] in ("fid", "fd-random")]
         if fd:
-            parts = [f"{x['client']}={x['value']:.2f}" for x in fd]
+            parts = [f"{series_name(x).replace(' ', '-')}={x['value']:.2f}" for x in fd]
             self.c.print(f"round {r:>3}  {fd[0]['metric']}: " + "  ".join(parts), highlight=False)
 
 
