@@ -139,7 +139,8 @@ class FederatedRun:
         Progress hooks.
     """
 
-    def __init__(self, cfg: Config, client_data: list[ImageSet], reporter: Reporter | None = None):
+    def __init__(self, cfg: Config, client_data: list[ImageSet], reporter: Reporter | None = None,
+                 client_ids: Sequence[str] | None = None, num_classes: int | None = None):
         self.cfg = cfg
         self.run_dir: RunDir | None = None
         self.reporter = reporter or Reporter()
@@ -147,11 +148,11 @@ class FederatedRun:
         if f.strategy == "centralized":
             client_data = [ImageSet.concat(client_data, "pooled")]
             ids = ["pooled"]
-        else:
-            ids = [str(k) for k in range(len(client_data))]
+        else:  # a Flower node passes its own id: seeds derive from it, as in-process
+            ids = list(client_ids) if client_ids is not None else [str(k) for k in range(len(client_data))]
         self.clients = {cid: ClientState(cid, d) for cid, d in zip(ids, client_data)}
         first = client_data[0]
-        num_classes = max(d.num_classes for d in client_data)
+        num_classes = num_classes or max(d.num_classes for d in client_data)
         self.spec = ModelSpec(m.arch, first.size, first.channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm,
                               m.spectral_norm, num_classes, m.conditional, m.d_conditioning)
         self.model_spec = {**self.spec.to_dict(), "class_names": list(first.class_names)}
