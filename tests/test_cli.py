@@ -96,3 +96,19 @@ def test_bad_data_exits_2_naming_the_file_and_leaves_no_run_dir(tmp_path):
                               "--set", f"run.out-dir={tmp_path / 'runs'}"])
     assert res.exit_code == 2 and "broken.png" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_deploy_certs_writes_ca_server_and_node_keys(tmp_path):
+    pytest.importorskip("cryptography")
+    res = runner.invoke(app, ["deploy", "certs", "--out", str(tmp_path / "c"), "--nodes", "2", "--name", "superlink.example"])
+    assert res.exit_code == 0, res.output
+    c = tmp_path / "c"
+    assert (c / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert (c / "keys" / "node1.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert oct((c / "keys" / "node0").stat().st_mode & 0o777) == "0o600"
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate((c / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "localhost" in sans.get_values_for_type(x509.DNSName) and "superlink.example" in sans.get_values_for_type(x509.DNSName)
+    again = runner.invoke(app, ["deploy", "certs", "--out", str(c), "--nodes", "1"])
+    assert again.exit_code == 2 and "refusing to overwrite" in again.output

@@ -1,5 +1,7 @@
-"""Flower deployment engine on 127.0.0.1: a SuperLink and two SuperNodes, each hospital reading its
-own folder; two rounds; the global weights must be bit-identical to the in-process engine's.
+"""Flower deployment engine on 127.0.0.1 with TLS and SuperNode authentication: a SuperLink, two
+registered SuperNodes (each hospital reading its own folder) and one SuperNode with an unregistered
+key, which must be refused; two rounds; the global weights must be bit-identical to the in-process
+engine's.
 Skipped where flwr is not installed (pip install -e ".[flower]"). Every process started here is
 stopped by PID, with its descendants (the SuperLink starts its SuperExec detached)."""
 
@@ -53,7 +55,7 @@ def _stop(procs: list[subprocess.Popen]) -> None:
 
 
 @pytest.mark.smoke
-def test_two_supernodes_match_the_in_process_engine(tmp_path):
+def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path):
     from typer.testing import CliRunner
 
     from fedsynth.cli import app
@@ -73,30 +75,44 @@ def test_two_supernodes_match_the_in_process_engine(tmp_path):
     text = text.replace('config-path = "fedsynth.toml"', f'config-path = "{tmp_path / "fedsynth.toml"}"')
     text = text.replace('out = "runs/flower"', f'out = "{tmp_path / "run"}"')
     (appdir / "pyproject.toml").write_text(text)
+    certs = tmp_path / "certs"
+    assert CliRunner().invoke(app, ["deploy", "certs", "--out", str(certs), "--nodes", "3"]).exit_code == 0
     home = tmp_path / "flwr-home"
     home.mkdir()
     port = 18000 + os.getpid() % 1000
     (home / "config.toml").write_text(f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-                                      f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+                                      f'address = "127.0.0.1:{port}"\nroot-certificates = "{certs / "ca.crt"}"\n')
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_HOME": str(home),
            "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "FEDSYNTH_CACHE": str(tmp_path / "cache")}
     procs = []
     try:
-        procs.append(subprocess.Popen([str(BIN / "flower-superlink"), "--insecure", "--host", "127.0.0.1",
-                                       "--port", str(port), "--database", str(tmp_path / "state.db")],
-                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(
+            [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
+             "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
+             "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
+             "--database", str(tmp_path / "state.db")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait_port(port)
+        for k in (0, 1):  # the operator registers the two hospitals' public keys
+            reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / "keys" / f"node{k}.pub"),
+                                  "loopback"], env=env, capture_output=True, text=True, timeout=60)
+            assert reg.returncode == 0, reg.stdout + reg.stderr
+
+        def node(key: str, cid: str, data: str, port_off: int) -> subprocess.Popen:
+            return subprocess.Popen(
+                [str(BIN / "flower-supernode"), "--root-certificates", str(certs / "ca.crt"),
+                 "--superlink", f"127.0.0.1:{port}", "--port", str(port + 100 + port_off),
+                 "--auth-supernode-private-key", str(certs / "keys" / key),
+                 "--node-config", f'data-path="{data}" client-id="{cid}"'],
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for k in (0, 1):
-            procs.append(subprocess.Popen(
-                [str(BIN / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                 "--port", str(port + 100 + k),
-                 "--node-config", f'data-path="{tmp_path / "sites" / f"client-{k}"}" client-id="{k}"'],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(3)
+            procs.append(node(f"node{k}", str(k), str(tmp_path / "sites" / f"client-{k}"), k))
+        intruder = node("node2", "9", str(tmp_path / "sites" / "client-0"), 2)  # key never registered
+        procs.append(intruder)
         run = subprocess.run([str(BIN / "flwr"), "run", str(appdir), "loopback", "--stream"], env=env,
                              capture_output=True, text=True, timeout=240)
         assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        assert intruder.wait(timeout=60) != 0  # refused by the SuperLink (Flower exits with 305)
     finally:
         _stop(procs)
     ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0002.pt", weights_only=False)

@@ -22,6 +22,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Federated GANs for medical image synthesis.")
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect built-in and local data.")
 app.add_typer(data_app, name="data")
+deploy_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Helpers for a Flower deployment.")
+app.add_typer(deploy_app, name="deploy")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -565,6 +567,24 @@ def data_split(
         raise
     console.print(_partition_table(info))
     console.print(f"wrote {len(parts)} client folders to {out}")
+
+
+@deploy_app.command("certs")
+def deploy_certs(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for ca.crt, server.pem/.key and keys/node<k>[.pub]."),
+    nodes: int = typer.Option(..., "--nodes", "-n", help="Number of hospitals (one key pair each)."),
+    name: List[str] = typer.Option([], "--name", help="Extra DNS name or IP of the SuperLink (repeatable)."),
+) -> None:
+    """Create a CA, the SuperLink's TLS certificate and one SuperNode key pair per hospital."""
+    from .deploy import make_certs
+    try:
+        if nodes < 1:
+            raise UserError("--nodes must be at least 1")
+        files = make_certs(out, nodes, tuple(name))
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"wrote {len(files)} files to {out}; register each hospital with "
+                  f"`flwr supernode register {out}/keys/node<k>.pub <superlink>`; keep ca.key offline")
 
 
 def main() -> None:
