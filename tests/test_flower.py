@@ -37,21 +37,51 @@ def _descendants(pid: int) -> list[int]:
     return kids + [d for k in kids for d in _descendants(k)]
 
 
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited already
+    except FileNotFoundError:
+        return False
+
+
+def _signal(pids, sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _session_members(sids: set[int]) -> list[int]:
+    """PIDs of every live process in one of these sessions (orphans included: Flower starts
+    some helpers through a short-lived intermediate, so they are nobody's descendants)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if int(fields[3]) in sids and fields[0] != "Z":   # field 6 of stat: the session id
+                out.append(int(d.name))
+    return out
+
+
 def _stop(procs: list[subprocess.Popen]) -> None:
-    pids = [q for p in procs for q in [p.pid, *_descendants(p.pid)]]
-    for pid in pids:
-        try:
-            os.kill(pid, 15)
-        except ProcessLookupError:
-            pass
-    time.sleep(1)
-    for pid in pids:
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
+    """Stop every process started here, by PID: each Flower command was started in a session of
+    its own, so everything it spawned -- descendants and orphans -- is found by session id.
+    The supervisors are frozen first (SIGSTOP) so they cannot respawn a helper meanwhile."""
+    top = [p.pid for p in procs]
+    _signal(top, 19)
+    pids = sorted(set(top + [d for p in top for d in _descendants(p)] + _session_members(set(top))))
+    _signal(pids, 9)
+    deadline = time.time() + 10
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.1)
     for p in procs:
         p.wait(timeout=10)
+    assert not any(_alive(p) for p in pids) and not _session_members(set(top)), "a Flower process survived"
 
 
 @pytest.mark.smoke
@@ -91,7 +121,8 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path):
             [str(BIN / "flower-superlink"), "--ssl-ca-certfile", str(certs / "ca.crt"),
              "--ssl-certfile", str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
              "--enable-supernode-auth", "--host", "127.0.0.1", "--port", str(port),
-             "--database", str(tmp_path / "state.db")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             "--database", str(tmp_path / "state.db")], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True))
         _wait_port(port)
         for k in (0, 1):  # the operator registers the two hospitals' public keys
             reg = subprocess.run([str(BIN / "flwr"), "supernode", "register", str(certs / "keys" / f"node{k}.pub"),
@@ -104,7 +135,7 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path):
                  "--superlink", f"127.0.0.1:{port}", "--port", str(port + 100 + port_off),
                  "--auth-supernode-private-key", str(certs / "keys" / key),
                  "--node-config", f'data-path="{data}" client-id="{cid}"'],
-                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         for k in (0, 1):
             procs.append(node(f"node{k}", str(k), str(tmp_path / "sites" / f"client-{k}"), k))
         intruder = node("node2", "9", str(tmp_path / "sites" / "client-0"), 2)  # key never registered
@@ -116,6 +147,8 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path):
     finally:
         _stop(procs)
     ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0002.pt", weights_only=False)
+    assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["round-0000.png", "round-0001.png", "round-0002.png"]
+    assert (tmp_path / "run" / "report.html").is_file() and (tmp_path / "run" / "metrics.jsonl").is_file()
 
     cfg = load_config(tmp_path / "fedsynth.toml")
     parts = [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(

@@ -10,7 +10,8 @@ A thin layer around the in-process engine's own code, so both engines compute th
 * ``server`` (:class:`flwr.serverapp.ServerApp`): sends the global G and D in one ArrayRecord,
   validates the replies and aggregates them with the same :class:`Strategy` and
   :func:`validate_updates`, and writes a normal fedsynth run directory (config.toml,
-  metrics.jsonl, checkpoints/).
+  metrics.jsonl with losses and rejections, samples/ from fixed latents, checkpoints/,
+  report.html).
 
 Run config (``[tool.flwr.app.config]`` of the app, or ``flwr run --run-config``):
 ``config-path`` (a fedsynth TOML on the server), ``out`` (run directory), ``channels``,
@@ -113,6 +114,18 @@ def main(grid: Grid, context: Context) -> None:
     strategy.setup(global_state, {k for k, _ in gan.named_parameters()} & travel, n_clients)
     run_dir = RunDir.at(str(rc["out"]))
     run_dir.write_text("config.toml", cfg.to_toml())
+    # sample grids need no data: the same fixed latents as the in-process engine's grids
+    from ..utils import torch_generator
+    z_grid = torch.randn(cfg.eval.grid_size, m.nz, generator=torch_generator(cfg.run.seed, "grid-latents"))
+    y_grid = torch.arange(cfg.eval.grid_size) * max(spec.num_classes, 1) // cfg.eval.grid_size
+
+    def save_grid(r: int) -> None:
+        gan.load_state_dict(global_state)
+        gan.G.eval()
+        with torch.inference_mode():
+            imgs = gan.G(z_grid, y_grid)
+        run_dir.save_grid(r, imgs, nrow=max(1, int(cfg.eval.grid_size ** 0.5)))
+    save_grid(0)
     deadline = time.time() + 120
     while len(list(grid.get_node_ids())) < n_clients and time.time() < deadline:
         time.sleep(0.2)
@@ -152,3 +165,6 @@ def main(grid: Grid, context: Context) -> None:
                                     "model": {**spec.to_dict(), "class_names": []}, "global": global_state,
                                     "ema": None, "strategy": strategy.state_dict(), "clients": {}},
                                 cfg.run.keep_checkpoints)
+        save_grid(r)
+    from ..report.html import build_report
+    build_report(run_dir.path)
