@@ -112,7 +112,7 @@ def test_run_directory_contents(tiny, tmp_path):
 
 
 def test_real_statistics_are_cached(tiny, tmp_path):
-    from fedsynth.fed.evaluation import cache_dir
+    from fedsynth.utils import cache_dir
     _run(tiny)
     files = sorted((cache_dir() / "stats").glob("*.npz"))
     assert len(files) == 2  # one per client; the union is their exact merge

@@ -200,7 +200,7 @@ def test_path_is_required_and_checked(tmp_path):
 # ------------------------------------------------------------------ cache
 
 def test_prepared_data_is_cached_and_invalidated(tmp_path):
-    from fedsynth.data.sources import cache_root
+    from fedsynth.utils import cache_dir
     root = _png_folder(tmp_path / "imgs")
     cfg = _cfg("data.source=folder", f'data.path="{root}"')
     a = load_dataset(cfg)
@@ -211,13 +211,13 @@ def test_prepared_data_is_cached_and_invalidated(tmp_path):
     assert c.provenance["cache"] == "miss"          # a parameter changed
     Image.fromarray(np.zeros((30, 40), np.uint8)).save(root / "a" / "new.png")
     assert load_dataset(cfg).provenance["cache"] == "miss"  # the file list changed
-    assert not list((cache_root() / "data").glob("*.tmp"))
+    assert not list((cache_dir() / "data").glob("*.tmp"))
 
 
 def test_failed_load_leaves_nothing_in_the_cache(tmp_path):
-    from fedsynth.data.sources import cache_root
+    from fedsynth.utils import cache_dir
     root = _png_folder(tmp_path / "imgs")
     (root / "a" / "bad.png").write_bytes(b"xx")
     with pytest.raises(DataError):
         load_dataset(_cfg("data.source=folder", f'data.path="{root}"'))
-    assert not (cache_root() / "data").exists() or not any((cache_root() / "data").iterdir())
+    assert not (cache_dir() / "data").exists() or not any((cache_dir() / "data").iterdir())

@@ -68,6 +68,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
+def cache_dir() -> Path:
+    """fedsynth's on-disk cache (prepared data sets, real-data statistics): $FEDSYNTH_CACHE,
+    else ~/.cache/fedsynth."""
+    return Path(os.environ.get("FEDSYNTH_CACHE", Path.home() / ".cache" / "fedsynth"))
+
+
 def set_torch_threads(threads: int) -> int:
     """Set intra-op threads (0: all cores); returns the number in use."""
     n = threads if threads > 0 else (os.cpu_count() or 1)

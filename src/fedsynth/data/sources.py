@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -22,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import Config, UserError
-from ..utils import atomic_write_bytes, numpy_rng
+from ..utils import atomic_write_bytes, cache_dir, numpy_rng
 from .imageset import ImageSet
 from .preprocess import BadImage, channels_of, prepare
 
@@ -43,10 +42,6 @@ class Entry:
     load: Callable[[], list[np.ndarray]]        # one file may hold several images
     unit: bool = False                          # arrays already scaled to [0, 1]
     stamp: str = ""                             # size + mtime, for the cache key
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("FEDSYNTH_CACHE", Path.home() / ".cache" / "fedsynth"))
 
 
 # ------------------------------------------------------------------ readers
@@ -343,7 +338,7 @@ def load_source(cfg: Config, progress: Callable[[int, int], None] | None = None)
             raise DataError(f"data source {d.source!r} at {d.path or '(built in)'} holds no images")
         listing = [f"{e.file}|{e.label}|{e.stamp}" for e in entries]
     key = _cache_key(cfg, listing)
-    cache_path = cache_root() / "data" / f"{key}.npz"
+    cache_path = cache_dir() / "data" / f"{key}.npz"
     if d.cache and cache_path.is_file():
         hit = _load_cache(cache_path)
         if hit is not None:

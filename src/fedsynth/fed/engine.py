@@ -122,6 +122,20 @@ def load_init(path: str, template: State) -> State:
     return {k: state[k].to(v.dtype).clone() for k, v in template.items()}
 
 
+def model_spec(cfg: Config, image_size: int, channels: int, num_classes: int) -> ModelSpec:
+    """The GAN a config describes, for data of this size, channel count and number of classes."""
+    m = cfg.model
+    return ModelSpec(m.arch, image_size, channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm, m.spectral_norm,
+                     num_classes, m.conditional, m.d_conditioning)
+
+
+def strategy_for(cfg: Config):
+    """The strategy ``[fed]`` names, with its parameters."""
+    f = cfg.fed
+    return build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr, f.server_momentum,
+                          f.server_beta1, f.server_beta2, f.server_tau)
+
+
 def _g_only(state: State) -> State:
     return {k[2:]: v for k, v in state.items() if k.startswith("G.")}
 
@@ -144,7 +158,7 @@ class FederatedRun:
         self.cfg = cfg
         self.run_dir: RunDir | None = None
         self.reporter = reporter or Reporter()
-        seed, f, m, t = cfg.run.seed, cfg.fed, cfg.model, cfg.train
+        seed, f, t = cfg.run.seed, cfg.fed, cfg.train
         if f.strategy == "centralized":
             client_data = [ImageSet.concat(client_data, "pooled")]
             ids = ["pooled"]
@@ -153,14 +167,12 @@ class FederatedRun:
         self.clients = {cid: ClientState(cid, d) for cid, d in zip(ids, client_data)}
         first = client_data[0]
         num_classes = num_classes or max(d.num_classes for d in client_data)
-        self.spec = ModelSpec(m.arch, first.size, first.channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm,
-                              m.spectral_norm, num_classes, m.conditional, m.d_conditioning)
+        self.spec = model_spec(cfg, first.size, first.channels, num_classes)
         self.model_spec = {**self.spec.to_dict(), "class_names": list(first.class_names)}
         gan = build_gan(self.spec, seed=derive_seed(seed, "init"))
         loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
         self.trainer = LocalTrainer(gan, loss, OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last)
-        self.strategy = build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr,
-                                       f.server_momentum, f.server_beta1, f.server_beta2, f.server_tau)
+        self.strategy = strategy_for(cfg)
         init = self.trainer.weights()
         if f.init_from:
             init = load_init(f.init_from, init)

@@ -15,9 +15,7 @@ from fixed latent seeds, so curves move only because the model does.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,13 +24,9 @@ import torch
 from ..config import EvalConfig
 from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, fd_from_stats, kernel_inception_distance
-from ..utils import atomic_write_bytes, derive_seed, numpy_rng, torch_generator
+from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
 KID_MAX_REAL = 2000  # real features kept per client for KID
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEDSYNTH_CACHE", Path.home() / ".cache" / "fedsynth"))
 
 
 @dataclass

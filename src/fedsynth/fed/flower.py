@@ -95,20 +95,19 @@ server = ServerApp()
 
 @server.main()
 def main(grid: Grid, context: Context) -> None:
-    from ..models import ModelSpec, build_gan
+    from ..models import build_gan
     from ..privacy.validation import validate_updates
     from ..report import RunDir
     from ..utils import derive_seed
-    from .strategies import ClientUpdate, build_strategy, shared_keys
+    from .engine import model_spec, strategy_for
+    from .strategies import ClientUpdate, shared_keys
     rc = context.run_config
     cfg = load_config(str(rc["config-path"]))
     m, f = cfg.model, cfg.fed
-    spec = ModelSpec(m.arch, cfg.data.image_size, int(rc["channels"]), m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm,
-                     m.spectral_norm, int(rc["num-classes"]), m.conditional, m.d_conditioning)
+    spec = model_spec(cfg, cfg.data.image_size, int(rc["channels"]), int(rc["num-classes"]))
     gan = build_gan(spec, seed=derive_seed(cfg.run.seed, "init"))
     global_state = {k: v.detach().clone() for k, v in gan.state_dict().items()}
-    strategy = build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr, f.server_momentum,
-                              f.server_beta1, f.server_beta2, f.server_tau)
+    strategy = strategy_for(cfg)
     travel = shared_keys(global_state, f.share)
     n_clients = int(rc["clients"])
     strategy.setup(global_state, {k for k, _ in gan.named_parameters()} & travel, n_clients)

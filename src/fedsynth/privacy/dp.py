@@ -22,6 +22,7 @@ import torch
 from torch.func import functional_call, grad_and_value, vmap
 
 from ..fed.strategies import ClientUpdate, State
+from .validation import update_norm
 
 
 def accountant():
@@ -68,7 +69,7 @@ def client_dp_average(updates: Sequence[ClientUpdate], global_state: State, clip
     deltas = []
     for u in ups:
         d = {k: u.weights[k].double() - global_state[k].double() for k in keys}
-        nrm = float(torch.sqrt(sum((v ** 2).sum() for v in d.values())))
+        nrm = update_norm(u.weights, global_state)
         s = min(1.0, clip / nrm) if nrm > 0 else 1.0
         deltas.append({k: v * s for k, v in d.items()})
     out = {}

@@ -16,6 +16,7 @@ from typing import Sequence
 import torch
 
 from ..fed.strategies import ClientUpdate, State, weighted_average
+from .validation import update_norm
 
 
 def _stack(updates: Sequence[ClientUpdate], key: str) -> torch.Tensor:
@@ -59,7 +60,7 @@ def krum(updates: Sequence[ClientUpdate], global_state: State, f: int, multi: bo
 
 
 def norm_clip(updates: Sequence[ClientUpdate], global_state: State, bound: float = 0.0) -> State:
-    norms = torch.tensor([float(_flat_delta(u, global_state).norm()) for u in updates])
+    norms = torch.tensor([update_norm(u.weights, global_state) for u in updates])
     b = bound if bound > 0 else float(norms.median())
     clipped = []
     for u, nrm in zip(updates, norms.tolist()):

@@ -16,6 +16,7 @@ from ..fed.strategies import ClientUpdate, State
 
 
 def update_norm(update: State, global_state: State) -> float:
+    """Euclidean distance of an update's floating-point tensors from the global weights."""
     return float(torch.sqrt(sum(((v.double() - global_state[k].double()) ** 2).sum()
                                 for k, v in update.items() if v.is_floating_point())))
 
