@@ -92,11 +92,16 @@ PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
 
 
-def _start_run_dir(run_dir, cfg: Config, parts, data) -> dict[str, Any]:
-    """The resolved config first, then the partition summary (with the data's provenance)."""
+def _partition_info(scheme: str, parts, data) -> dict[str, Any]:
+    """What partition.json holds: scheme, images and class histogram per client, data provenance."""
     from .data import summary
+    return {"scheme": scheme, **summary(parts, data.class_names), "data": data.provenance}
+
+
+def _start_run_dir(run_dir, cfg: Config, parts, data) -> dict[str, Any]:
+    """The resolved config first, then the partition summary."""
     run_dir.write_text("config.toml", cfg.to_toml())
-    part = {"scheme": cfg.partition.scheme, **summary(parts, data.class_names), "data": data.provenance}
+    part = _partition_info(cfg.partition.scheme, parts, data)
     run_dir.write_json("partition.json", part)
     return part
 
@@ -537,7 +542,7 @@ def data_split(
     """Write one folder per client (client-K/<class>/NNNNNN.png): what each hospital node reads."""
     import tempfile
     from PIL import Image
-    from .data import partition_for, summary
+    from .data import partition_for
     try:
         cfg = load_config(None, _source_overrides(source) + list(set_)
                           + [f"partition.clients={clients}", f"partition.scheme={scheme}"])
@@ -557,7 +562,7 @@ def data_split(
                 d.mkdir(parents=True, exist_ok=True)
                 arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
                 Image.fromarray(arr).save(d / f"{i:06d}.png")
-        info = {"scheme": scheme, **summary(parts, data.class_names), "data": data.provenance}
+        info = _partition_info(scheme, parts, data)
         (tmp / "partition.json").write_text(json.dumps(info, indent=2) + "\n")
         if out.exists():
             out.rmdir()
