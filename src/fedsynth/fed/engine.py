@@ -34,7 +34,7 @@ from ..models import ModelSpec, build_gan, norm_keys
 from ..report import RunDir, plot_fd
 from ..train import LocalTrainer, OptimConfig, build_loss, steps_per_epoch
 from ..utils import derive_seed, numpy_rng, torch_generator
-from .evaluation import Evaluator
+from .evaluation import Evaluator, sites_summary
 from .strategies import ClientUpdate, State, build_strategy, shared_keys, weighted_average
 
 
@@ -131,9 +131,14 @@ def model_spec(cfg: Config, image_size: int, channels: int, num_classes: int) ->
 
 def strategy_for(cfg: Config):
     """The strategy ``[fed]`` names, with its parameters."""
-    f = cfg.fed
-    return build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr, f.server_momentum,
-                          f.server_beta1, f.server_beta2, f.server_tau)
+    f, pv = cfg.fed, cfg.privacy
+    strategy = build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr, f.server_momentum,
+                              f.server_beta1, f.server_beta2, f.server_tau)
+    if pv.robust != "none":
+        strategy.robust = {"name": pv.robust, "trim": pv.trim, "byzantine": pv.byzantine, "clip_norm": pv.clip_norm}
+    if pv.client_dp:
+        strategy.client_dp = {"clip": pv.client_dp_clip, "noise": pv.client_dp_noise}
+    return strategy
 
 
 def _g_only(state: State) -> State:
@@ -193,11 +198,6 @@ class FederatedRun:
             self.global_state = None
         self.ema_state: State | None = None
         pv = cfg.privacy
-        if pv.robust != "none":
-            self.strategy.robust = {"name": pv.robust, "trim": pv.trim, "byzantine": pv.byzantine,
-                                    "clip_norm": pv.clip_norm}
-        if pv.client_dp:
-            self.strategy.client_dp = {"clip": pv.client_dp_clip, "noise": pv.client_dp_noise}
         self.accountants: dict[str, Any] = {}
         if pv.dp_sgd or pv.client_dp:
             from ..privacy.dp import accountant
@@ -287,13 +287,7 @@ class FederatedRun:
         for cid in self.clients:
             f = feats if feats is not None else ev.fake_features(G, cid)
             recs += ev.score(f, round_, "global", cid)
-        for metric in (self.extractor.metric, self.extractor.kid_metric):
-            vals = [r["value"] for r in recs if r["metric"] == metric]
-            base = {"round": round_, "client": "global", "real": "sites", "extractor": self.extractor.name}
-            recs += [{**base, "metric": f"{metric}-sites-mean", "value": float(np.mean(vals))},
-                     {**base, "metric": f"{metric}-sites-worst", "value": float(np.max(vals))},
-                     {**base, "metric": f"{metric}-sites-best", "value": float(np.min(vals))}]
-        return recs
+        return recs + sites_summary(recs, self.extractor, round_)
 
     def checkpoint(self, round_: int) -> dict[str, Any]:
         return {

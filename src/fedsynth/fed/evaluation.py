@@ -32,7 +32,7 @@ KID_MAX_REAL = 2000  # real features kept per client for KID
 @dataclass
 class RealStats:
     stats: FeatureStats
-    kid_features: np.ndarray  # (<= KID_MAX_REAL, D)
+    kid_features: np.ndarray | None  # (<= KID_MAX_REAL, D); None where only moments travelled
 
 
 def real_statistics(data: ImageSet, extractor: FeatureExtractor, max_real: int = 0,
@@ -73,20 +73,38 @@ class Evaluator:
     """Computes FD and KID of generators against clients' real statistics."""
 
     def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, clients: dict[str, ImageSet],
-                 nz: int, seed: int, conditional: bool = False):
+                 nz: int, seed: int, conditional: bool = False, num_classes: int | None = None):
+        real = {cid: real_statistics(d, extractor, cfg.max_real, seed) for cid, d in clients.items()}
+        k = num_classes or max(d.num_classes for d in clients.values())
+        counts = {cid: np.bincount(d.labels, minlength=k) for cid, d in clients.items()}
+        self._setup(cfg, extractor, real, counts, nz, seed, conditional)
+
+    @classmethod
+    def from_stats(cls, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
+                   class_counts: dict[str, np.ndarray], nz: int, seed: int, conditional: bool = False) -> "Evaluator":
+        """An evaluator that never sees an image: each client's real statistics (and class
+        counts) were computed where its data lives. Without ``kid_features`` no KID is scored
+        against that target (KID needs real features, which do not leave a site)."""
+        self = cls.__new__(cls)
+        self._setup(cfg, extractor, real, class_counts, nz, seed, conditional)
+        return self
+
+    def _setup(self, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
+               counts: dict[str, np.ndarray], nz: int, seed: int, conditional: bool) -> None:
         self.cfg, self.extractor, self.seed = cfg, extractor, seed
         self.conditional = conditional
-        self.real = {cid: real_statistics(d, extractor, cfg.max_real, seed) for cid, d in clients.items()}
+        self.real = real
         merged = None
         for r in self.real.values():
             merged = r.stats if merged is None else merged.merge(r.stats)
-        self.union = RealStats(merged, np.concatenate([r.kid_features for r in self.real.values()]))
+        kid = [r.kid_features for r in self.real.values()]
+        self.union = RealStats(merged, None if any(f is None for f in kid) else np.concatenate(kid))
         # fixed latents: the same noise every round, so curves move only with the model
         self.z_eval = torch.randn(cfg.num_samples, nz, generator=torch_generator(seed, "eval-latents"))
         self.z_grid = torch.randn(cfg.grid_size, nz, generator=torch_generator(seed, "grid-latents"))
         # conditional models: fixed labels per evaluation target, drawn from its class mix
-        k = max(d.num_classes for d in clients.values())
-        counts = {cid: np.bincount(d.labels, minlength=k) for cid, d in clients.items()}
+        counts = dict(counts)
+        k = len(next(iter(counts.values())))
         counts[None] = sum(counts.values())
         self.y_eval = {t: torch.multinomial(torch.tensor(c, dtype=torch.float64), cfg.num_samples, True,
                                             generator=torch_generator(seed, "eval-labels", t))
@@ -124,11 +142,27 @@ class Evaluator:
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
         fd = fd_from_stats(FeatureStats.of(fake), real.stats)
-        kid, kid_std = kernel_inception_distance(
-            real.kid_features, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size,
-            seed=derive_seed(self.seed, "kid", round_, who))
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
-        return [{**base, "metric": self.extractor.metric, "value": fd},
-                {**base, "metric": self.extractor.kid_metric, "value": kid, "std": kid_std}]
+        recs = [{**base, "metric": self.extractor.metric, "value": fd}]
+        if real.kid_features is not None:
+            kid, kid_std = kernel_inception_distance(
+                real.kid_features, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size,
+                seed=derive_seed(self.seed, "kid", round_, who))
+            recs.append({**base, "metric": self.extractor.kid_metric, "value": kid, "std": kid_std})
+        return recs
+
+
+def sites_summary(site_records: list[dict[str, Any]], extractor: FeatureExtractor, round_: int) -> list[dict[str, Any]]:
+    """Mean, worst and best of the global model's per-site scores (the fairness summary)."""
+    out = []
+    for metric in (extractor.metric, extractor.kid_metric):
+        vals = [r["value"] for r in site_records if r["metric"] == metric]
+        if not vals:
+            continue
+        base = {"round": round_, "client": "global", "real": "sites", "extractor": extractor.name}
+        out += [{**base, "metric": f"{metric}-sites-mean", "value": float(np.mean(vals))},
+                {**base, "metric": f"{metric}-sites-worst", "value": float(np.max(vals))},
+                {**base, "metric": f"{metric}-sites-best", "value": float(np.min(vals))}]
+    return out
