@@ -80,3 +80,222 @@ def make_certs(out: str | Path, nodes: int, names: tuple[str, ...] = (), days: i
                                                                            serialization.PublicFormat.OpenSSH))
         written.append(out / "keys" / f"node{k}.pub")
     return written
+
+
+# ------------------------------------------------------------------ Flower processes
+
+#: What fedsynth sets for every Flower process it starts (``setdefault``: the caller's own
+#: environment wins). The first three keep Flower off the network and off pip; the poll interval
+#: lets a SuperExec notice a waiting ClientApp/ServerApp task in 50 ms instead of Flower's 1 s.
+FLOWER_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.05",
+}
+
+
+def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """``base`` (default: this process's environment) with :data:`FLOWER_ENV` filled in, and
+    this interpreter's ``bin`` first on PATH (Flower finds ``flwr-clientapp`` there)."""
+    import sys
+    env = dict(os.environ if base is None else base)
+    for k, v in FLOWER_ENV.items():
+        env.setdefault(k, v)
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def flower_bin(name: str) -> str:
+    """Path of a Flower command: beside this interpreter if there, else on PATH."""
+    import shutil
+    import sys
+    here = Path(sys.executable).parent / name
+    if here.is_file():
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise UserError(f"'{name}' not found: install Flower with pip install 'fedsynth[flower]'")
+    return found
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError, PermissionError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    f = _stat_fields(pid)
+    return f is not None and f[0] != "Z"  # a zombie has exited already
+
+
+def _session_members(sids: set[int]) -> list[int]:
+    """PIDs of every live process in one of these sessions (Flower starts some helpers through
+    a short-lived intermediate, so they are nobody's descendants; the session id stays)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            f = _stat_fields(int(d.name))
+            if f is not None and f[0] != "Z" and int(f[3]) in sids:  # field 6 of stat: session id
+                out.append(int(d.name))
+    return out
+
+
+def _descendants(pids: set[int]) -> set[int]:
+    """Every live descendant of these PIDs (by parent PID, from /proc)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            f = _stat_fields(int(d.name))
+            if f is not None and f[0] != "Z":
+                children.setdefault(int(f[1]), []).append(int(d.name))
+    out, todo = set(), list(pids)
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+class LocalFederation:
+    """A SuperLink and SuperNodes on 127.0.0.1, for tests, benchmarks and trying it out.
+
+    Every command is started in a session of its own; :meth:`stop` stops them -- and everything
+    they spawned, orphans included -- by PID (found by session id), never by name.
+
+    Parameters
+    ----------
+    workdir : folder for the SuperLink database and the Flower home (``FLWR_HOME``)
+    nodes : ``[(data_path, client_id), ...]``, one SuperNode each
+    certs : folder written by :func:`make_certs` (TLS + node authentication), or None: insecure
+    port : the SuperLink's port; SuperNodes use ``port + 100 + k``
+    """
+
+    def __init__(self, workdir: str | Path, nodes: list[tuple[str, str]], certs: str | Path | None = None,
+                 port: int = 18000, env: dict[str, str] | None = None, log_dir: str | Path | None = None):
+        self.workdir, self.nodes, self.port = Path(workdir), nodes, port
+        self.certs = Path(certs) if certs is not None else None
+        self.home = self.workdir / "flwr-home"
+        self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.env = flower_env(env)
+        self.env["FLWR_HOME"] = str(self.home)
+        self.procs: list = []
+        self.node_procs: list = []
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _popen(self, args: list[str], name: str):
+        import subprocess
+        out = subprocess.DEVNULL
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
+        p = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT if out is not
+                             subprocess.DEVNULL else subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def _wait_port(self, port: int, seconds: float = 60) -> None:
+        import socket
+        import time
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+    def start_superlink(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        for old in self.workdir.glob("state.db*"):  # a fresh federation: no nodes from an earlier one
+            old.unlink()
+        tls = (f'root-certificates = "{self.certs / "ca.crt"}"\n' if self.certs else "insecure = true\n")
+        (self.home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
+                                               f'address = "{self.address}"\n{tls}')
+        args = [flower_bin("flower-superlink"), "--host", "127.0.0.1", "--port", str(self.port),
+                "--database", str(self.workdir / "state.db")]
+        if self.certs:
+            args += ["--ssl-ca-certfile", str(self.certs / "ca.crt"), "--ssl-certfile", str(self.certs / "server.pem"),
+                     "--ssl-keyfile", str(self.certs / "server.key"), "--enable-supernode-auth"]
+        else:
+            args += ["--insecure"]
+        self._popen(args, "superlink")
+        self._wait_port(self.port)
+
+    def register(self, k: int) -> None:
+        """The operator registers hospital ``k``'s public key (TLS mode only)."""
+        import subprocess
+        res = subprocess.run([flower_bin("flwr"), "supernode", "register", str(self.certs / "keys" / f"node{k}.pub"),
+                              "local"], env=self.env, capture_output=True, text=True, timeout=60)
+        if res.returncode != 0:
+            raise RuntimeError(f"flwr supernode register node{k}.pub failed: {(res.stdout + res.stderr)[-500:]}")
+
+    def start_node(self, k: int, data_path: str, client_id: str, key: str | None = None):
+        args = [flower_bin("flower-supernode"), "--superlink", self.address, "--port", str(self.port + 100 + k),
+                "--node-config", f'data-path="{data_path}" client-id="{client_id}"']
+        if self.certs:
+            args += ["--root-certificates", str(self.certs / "ca.crt"),
+                     "--auth-supernode-private-key", str(self.certs / "keys" / (key or f"node{k}"))]
+        else:
+            args += ["--insecure"]
+        p = self._popen(args, f"supernode-{k}")
+        self.node_procs.append(p)
+        return p
+
+    def start(self) -> "LocalFederation":
+        self.start_superlink()
+        for k, (path, cid) in enumerate(self.nodes):
+            if self.certs:
+                self.register(k)
+            self.start_node(k, path, cid)
+        return self
+
+    def run(self, app_dir: str | Path, run_config: dict[str, object], timeout: float = 600):
+        """``flwr run APP local --stream`` with these run-config overrides; the CompletedProcess."""
+        import json
+        import subprocess
+        items = " ".join(f"{k}={json.dumps(v)}" for k, v in run_config.items())
+        return subprocess.run([flower_bin("flwr"), "run", str(app_dir), "local", "--stream", "--run-config", items],
+                              env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop every process started here, by PID. The supervisors are frozen first (SIGSTOP)
+        so that they cannot respawn a helper meanwhile; then all members of their sessions get
+        SIGKILL. Raises if anything survives."""
+        import signal
+        import time
+
+        def send(pids, sig):
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+        top = [p.pid for p in self.procs]
+        send(top, signal.SIGSTOP)
+        pids = set(top) | set(_session_members(set(top)))
+        pids = sorted(pids | _descendants(pids))
+        send(pids, signal.SIGKILL)
+        deadline = time.time() + 10
+        while any(_alive(p) for p in pids) and time.time() < deadline:
+            time.sleep(0.05)
+        for p in self.procs:
+            p.wait(timeout=10)
+        left = sorted(set(_session_members(set(top))) | {p for p in pids if _alive(p)})
+        self.procs, self.node_procs = [], []
+        if left:
+            raise RuntimeError(f"Flower processes survived: {left}")
+
+    def __enter__(self) -> "LocalFederation":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

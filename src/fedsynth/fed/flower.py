@@ -3,38 +3,53 @@
 A thin layer around the in-process engine's own code, so both engines compute the same thing:
 
 * ``client`` (:class:`flwr.clientapp.ClientApp`): each hospital node reads its *own* data from
-  the folder in its node config (``data-path``; never sent by the server) and trains as client
-  ``client-id`` with :meth:`FederatedRun._train_client` -- the same hooks, DP, attacks and seeds
-  ``(run seed, round, client)``. What must survive rounds on the node (optimizer state, local
-  discriminator / BatchNorm, SCAFFOLD/FedDyn state) lives in ``context.state``.
-* ``server`` (:class:`flwr.serverapp.ServerApp`): sends the global G and D in one ArrayRecord,
-  validates the replies and aggregates them with the same :class:`Strategy` and
-  :func:`validate_updates`, and writes a normal fedsynth run directory (config.toml,
-  metrics.jsonl with losses and rejections, samples/ from fixed latents, checkpoints/,
+  its node config (``data-path``, optional ``data-source``; never sent by the server) and trains
+  as client ``client-id`` with :meth:`FederatedRun._train_client` -- the same hooks, DP, attacks
+  and seeds ``(run seed, round, client)``. What must survive rounds on the node (optimizer
+  state, local discriminator / BatchNorm, SCAFFOLD/FedDyn state) lives in ``context.state``.
+  Evaluation happens where the data is: the node scores its local model and the global model
+  against its own real images and sends back numbers (and, once, the mergeable moments of its
+  real-image features).
+* ``server`` (:class:`flwr.serverapp.ServerApp`): greets the nodes (client id, data shape,
+  real-image moments), samples clients per round with the in-process engine's
+  :func:`sample_clients`, sends the global G and D in one ArrayRecord, validates and
+  aggregates the replies with the same :class:`Strategy` and :func:`validate_updates`, scores the
+  global model against the *merged* moments, and writes a normal fedsynth run directory
+  (config.toml, nodes.json, metrics.jsonl, timings.jsonl, samples/, checkpoints/, fd.png,
   report.html).
 
-Run config (``[tool.flwr.app.config]`` of the app, or ``flwr run --run-config``):
-``config-path`` (a fedsynth TOML on the server), ``out`` (run directory), ``channels``,
-``num-classes``, ``clients`` (nodes to wait for). Node config: ``data-path``, ``client-id``.
+Messages per round: one ``train`` message per sampled node and its reply. The global model of
+round r is evaluated on the nodes inside round r+1's ``train`` message (it is the model they
+receive anyway), so an evaluated round costs no extra round trip; only the last round's global
+model needs one ``evaluate`` message. The server polls for replies every 50 ms (Flower's
+``Grid.send_and_receive`` sleeps 3 s between polls).
 
-Current limits: every node trains every round (no client sampling across nodes); evaluation
-(federated FD from merged statistics) runs in-process only.
+Run config (``[tool.flwr.app.config]`` of the app, or ``flwr run --run-config``):
+``config-path`` (a fedsynth TOML on the server), ``out`` (run directory), ``clients`` (nodes to
+wait for), ``connect-timeout`` and ``round-timeout`` (seconds). Node config: ``data-path``,
+``client-id``, ``data-source`` (default ``folder``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import re
+import sys
 import time
 from typing import Any
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from ..config import Config, build_config, load_config
+from ..config import Config, UserError, build_config, load_config
 from ..utils import set_torch_threads
+
+POLL_S = 0.05  # how often the server asks the SuperLink for replies
 
 
 def _dumps(obj: Any) -> bytes:
@@ -52,40 +67,151 @@ def _config_from_text(text: str) -> Config:
     return build_config(tomllib.loads(text))
 
 
+def _natural(cid: str) -> tuple:
+    """Client ids in the in-process engine's order: "2" before "10"."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", cid) if p)
+
+
 # ------------------------------------------------------------------ client (hospital node)
 
 client = ClientApp()
 
 
+class _Node:
+    """What one message needs on the node: the run config, this node's id and its own data."""
+
+    def __init__(self, msg: Message, context: Context):
+        from ..data import load_dataset
+        nc = context.node_config
+        for key in ("data-path", "client-id"):
+            if key not in nc:
+                raise UserError(f"node config has no '{key}' (flower-supernode --node-config "
+                                f"'data-path=\"/data/site\" client-id=\"0\"')")
+        self.cid, self.path = str(nc["client-id"]), str(nc["data-path"])
+        conf = msg.content["config"]
+        self.conf = conf
+        cfg = _config_from_text(str(conf["fedsynth-config"]))
+        set_torch_threads(cfg.train.threads or 1)
+        source = str(nc.get("data-source", "folder"))
+        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=self.path))
+        try:
+            self.data = load_dataset(self.cfg)
+        except UserError as e:
+            raise UserError(f"data-path {self.path}: {e}") from None
+
+    def engine(self, num_classes: int):
+        from .engine import FederatedRun
+        cfg = dataclasses.replace(self.cfg, eval=dataclasses.replace(self.cfg.eval, enabled=False))
+        return FederatedRun(cfg, [self.data], client_ids=[self.cid], num_classes=num_classes)
+
+    def evaluator(self, extractor, num_classes: int):
+        from .evaluation import Evaluator
+        c = self.cfg
+        return Evaluator(c.eval, extractor, {self.cid: self.data}, c.model.nz, c.run.seed,
+                         conditional=c.model.conditional != "none", num_classes=num_classes)
+
+
+def _fail(msg: Message, cid: str, err: Exception) -> Message:
+    """A reply that carries a clear error instead of a traceback (bad data path, bad images)."""
+    return Message(RecordDict({"meta": ConfigRecord({"client-id": cid, "error": str(err).splitlines()[0][:500]})}),
+                   reply_to=msg)
+
+
+@client.query()
+def hello(msg: Message, context: Context) -> Message:
+    """First contact: who this node is, what its data looks like, and (if the run evaluates)
+    the moments of its real images' features -- sums over images, never an image."""
+    from ..metrics import build_extractor
+    from .evaluation import real_statistics
+    cid = str(context.node_config.get("client-id", "?"))
+    try:
+        node = _Node(msg, context)
+        d = node.data
+        info: dict[str, Any] = {"client-id": node.cid, "num-examples": len(d), "channels": d.channels,
+                                "image-size": d.size, "class-names": json.dumps(list(d.class_names)),
+                                "class-counts": json.dumps(d.class_counts())}
+        content = {"meta": None}
+        if node.cfg.eval.enabled:
+            ex = build_extractor(node.cfg.eval.feature_extractor, node.cfg.eval.inception_weights)
+            st = real_statistics(d, ex, node.cfg.eval.max_real, node.cfg.run.seed).stats
+            info["extractor"] = ex.name
+            content["stats"] = ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in st.to_npz_dict().items()})
+        content["meta"] = ConfigRecord(info)
+        return Message(RecordDict(content), reply_to=msg)
+    except UserError as e:
+        return _fail(msg, cid, e)
+
+
+def _eval_global(node: _Node, engine, ev, state: dict[str, torch.Tensor], round_: int) -> list[dict[str, Any]]:
+    """The global model of ``round_`` against this node's own data (per-site fairness). Before
+    training (round 0) it is also this client's starting model, recorded as such."""
+    feats = ev.fake_features(engine._load_G(state), node.cid)
+    recs = ev.score(feats, round_, "global", node.cid)
+    if round_ == 0:
+        recs += ev.score(feats, 0, node.cid, node.cid)
+    return recs
+
+
 @client.train()
 def train(msg: Message, context: Context) -> Message:
-    from ..data import load_dataset
-    from .engine import FederatedRun
-    conf = msg.content["config"]
-    cfg = _config_from_text(str(conf["fedsynth-config"]))
-    set_torch_threads(cfg.train.threads or 1)
-    r = int(conf["round"])
-    cid = str(context.node_config["client-id"])
-    path = str(context.node_config["data-path"])
-    data_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source="folder", path=path),
-                                   eval=dataclasses.replace(cfg.eval, enabled=False))
-    data = load_dataset(data_cfg)
-    engine = FederatedRun(data_cfg, [data], client_ids=[cid], num_classes=int(conf["num-classes"]))
+    from ..metrics import build_extractor
+    cid = str(context.node_config.get("client-id", "?"))
+    try:
+        node = _Node(msg, context)
+    except UserError as e:
+        return _fail(msg, cid, e)
+    conf = node.conf
+    r, k = int(conf["round"]), int(conf["num-classes"])
+    engine = node.engine(k)
     engine.strategy.load_state_dict(_loads(bytes(conf["strategy"])))
-    c = engine.clients[cid]
+    c = engine.clients[node.cid]
     if "fedsynth" in context.state:
         saved = _loads(bytes(context.state["fedsynth"]["state"]))
         c.opt_state, c.local, c.strategy = saved["opt_state"], saved["local"], saved["strategy"]
     start = msg.content["arrays"].to_torch_state_dict()
-    up, recs, _timing = engine._train_client(r, c, start)
+    recs: list[dict[str, Any]] = []
+    ev = None
+    if int(conf["eval-global"]) >= 0 or bool(conf["eval-local"]):
+        ev = node.evaluator(build_extractor(node.cfg.eval.feature_extractor, node.cfg.eval.inception_weights), k)
+    if int(conf["eval-global"]) >= 0:  # the global model it receives is the last round's
+        eval_state = msg.content["eval-arrays"].to_torch_state_dict() if "eval-arrays" in msg.content else start
+        recs += _eval_global(node, engine, ev, {**start, **c.local, **eval_state}, int(conf["eval-global"]))
+    up, train_recs, timing = engine._train_client(r, c, start)
+    recs += train_recs
     context.state["fedsynth"] = ConfigRecord({"state": _dumps({"opt_state": c.opt_state, "local": c.local,
                                                               "strategy": c.strategy})})
+    meta = {"client-id": node.cid, "records": json.dumps(recs), "timing": json.dumps(timing)}
     if up is None:  # the node failed mid-round (simulated drop-out)
-        return Message(RecordDict({"meta": ConfigRecord({"client-id": cid, "dropped": True})}), reply_to=msg)
+        return Message(RecordDict({"meta": ConfigRecord({**meta, "dropped": True})}), reply_to=msg)
+    if bool(conf["eval-local"]):
+        meta["records"] = json.dumps(recs + ev.evaluate(engine.trainer.gan.G, r, node.cid, node.cid))
     metrics = {"num-examples": up.num_examples, "steps": up.steps, **{k: float(v) for k, v in up.metrics.items()}}
     return Message(RecordDict({"arrays": ArrayRecord(up.weights), "metrics": MetricRecord(metrics),
-                               "meta": ConfigRecord({"client-id": cid, "dropped": False,
-                                                     "extra": _dumps(up.extra)})}), reply_to=msg)
+                               "meta": ConfigRecord({**meta, "dropped": False, "extra": _dumps(up.extra)})}),
+                   reply_to=msg)
+
+
+@client.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """The final global model against this node's own data."""
+    from ..metrics import build_extractor
+    cid = str(context.node_config.get("client-id", "?"))
+    try:
+        node = _Node(msg, context)
+    except UserError as e:
+        return _fail(msg, cid, e)
+    k = int(node.conf["num-classes"])
+    engine = node.engine(k)
+    local = {}
+    if "fedsynth" in context.state:
+        local = _loads(bytes(context.state["fedsynth"]["state"]))["local"]
+    ev = node.evaluator(build_extractor(node.cfg.eval.feature_extractor, node.cfg.eval.inception_weights), k)
+    state = {**msg.content["arrays"].to_torch_state_dict(), **local}
+    if "eval-arrays" in msg.content:
+        state.update(msg.content["eval-arrays"].to_torch_state_dict())
+    recs = _eval_global(node, engine, ev, state, int(node.conf["eval-global"]))
+    return Message(RecordDict({"meta": ConfigRecord({"client-id": node.cid, "records": json.dumps(recs)})}),
+                   reply_to=msg)
 
 
 # ------------------------------------------------------------------ server
@@ -93,77 +219,262 @@ def train(msg: Message, context: Context) -> Message:
 server = ServerApp()
 
 
+def _exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S
+              ) -> tuple[list[Message], list[int]]:
+    """Push ``messages`` and poll for their replies every ``poll`` seconds, for at most
+    ``timeout`` seconds. Returns the replies and the destination nodes that did not answer."""
+    dst = [m.metadata.dst_node_id for m in messages]
+    ids = list(grid.push_messages(messages))
+    waiting = dict(zip(ids, dst))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(waiting)))
+        for m in got:
+            waiting.pop(m.metadata.reply_to_message_id, None)
+        replies += got
+        if waiting:
+            time.sleep(poll)
+    return replies, list(waiting.values())
+
+
+def _say(text: str) -> None:
+    print(f"[fedsynth] {text}", flush=True)
+
+
 @server.main()
 def main(grid: Grid, context: Context) -> None:
+    try:
+        _serve(grid, context)
+    except UserError as e:
+        _say(f"error: {e}")
+        # an Exception (not SystemExit): Flower then flushes the logs and marks the run failed
+        raise RuntimeError(f"fedsynth: {e}") from None
+
+
+def _serve(grid: Grid, context: Context) -> None:
+    from ..metrics import FeatureStats, build_extractor
     from ..models import build_gan
     from ..privacy.validation import validate_updates
     from ..report import RunDir
-    from ..utils import derive_seed
-    from .engine import model_spec, strategy_for
+    from ..report.plots import plot_fd
+    from ..utils import derive_seed, torch_generator
+    from .engine import eval_rounds, model_spec, sample_clients, strategy_for
+    from .evaluation import Evaluator, RealStats, sites_summary
     from .strategies import ClientUpdate, shared_keys
     rc = context.run_config
     cfg = load_config(str(rc["config-path"]))
     m, f = cfg.model, cfg.fed
-    spec = model_spec(cfg, cfg.data.image_size, int(rc["channels"]), int(rc["num-classes"]))
+    strategy = strategy_for(cfg)
+    if not strategy.aggregates or strategy.sequential or f.strategy in ("ensemble", "centralized"):
+        raise UserError(f"config key 'fed.strategy' = '{f.strategy}' cannot run over Flower (it pools data, "
+                        f"never aggregates or passes one model from site to site); use it in-process")
+    if f.ema > 0:
+        raise UserError("config key 'fed.ema' is not supported over Flower yet; set it to 0")
+    n_clients = int(rc["clients"])
+    timeout = float(rc.get("round-timeout", 3600))
+    poll = float(rc.get("poll-interval", POLL_S))
+    extractor = None
+    if cfg.eval.enabled:  # the nodes must use exactly the server's extractor
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        kind = "inception" if extractor.metric == "fid" else "random"
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=kind))
+    cfg_text = cfg.to_toml()
+    run_dir = RunDir.at(str(rc["out"]))
+    run_dir.write_text("config.toml", cfg_text)
+
+    # --- who is there
+    _say(f"waiting for {n_clients} SuperNode(s)")
+    deadline = time.monotonic() + float(rc.get("connect-timeout", 300))
+    while len(list(grid.get_node_ids())) < n_clients:
+        if time.monotonic() > deadline:
+            raise UserError(f"only {len(list(grid.get_node_ids()))} of {n_clients} SuperNodes connected "
+                            f"within connect-timeout = {rc.get('connect-timeout', 300)} s")
+        time.sleep(POLL_S)
+    nodes = sorted(grid.get_node_ids())
+    hello = ConfigRecord({"fedsynth-config": cfg_text})
+    replies, silent = _exchange(grid, [Message(RecordDict({"config": hello}), message_type="query", dst_node_id=n)
+                                       for n in nodes], timeout)
+    if silent:
+        raise UserError(f"SuperNode(s) {silent} did not answer the greeting within {timeout:.0f} s")
+    info: dict[str, dict[str, Any]] = {}
+    stats: dict[str, FeatureStats] = {}
+    for rep in replies:
+        nid = rep.metadata.src_node_id
+        if rep.has_error():
+            raise UserError(f"SuperNode {nid} failed: {str(rep.error.reason).strip().splitlines()[-1][:300]}")
+        meta = dict(rep.content["meta"])
+        cid = str(meta["client-id"])
+        if "error" in meta:
+            raise UserError(f"client {cid} (SuperNode {nid}): {meta['error']}")
+        if cid in info:
+            raise UserError(f"client id '{cid}' is used by SuperNodes {info[cid]['node']} and {nid}; give each "
+                            f"node its own --node-config client-id")
+        info[cid] = {"node": nid, **meta}
+        if "stats" in rep.content:
+            stats[cid] = FeatureStats.from_npz_dict({k: v.numpy() for k, v in
+                                                    rep.content["stats"].to_torch_state_dict().items()})
+            if meta["extractor"] != extractor.name:
+                raise UserError(f"client {cid} extracts features with {meta['extractor']}, the server with "
+                                f"{extractor.name}: install the same Inception weights everywhere (eval.inception-weights)")
+    ids = sorted(info, key=_natural)
+    for key in ("channels", "image-size"):
+        seen = {cid: int(info[cid][key]) for cid in ids}
+        if len(set(seen.values())) > 1:
+            raise UserError(f"the nodes' images differ in {key}: {seen}; every site must preprocess to the same shape")
+    channels, size = int(info[ids[0]]["channels"]), int(info[ids[0]]["image-size"])
+    counts = {cid: np.array(json.loads(info[cid]["class-counts"])) for cid in ids}
+    num_classes = max(len(c) for c in counts.values())
+    counts = {cid: np.pad(c, (0, num_classes - len(c))) for cid, c in counts.items()}
+    run_dir.write_json("nodes.json", {cid: {"node-id": info[cid]["node"], "images": int(info[cid]["num-examples"]),
+                                            "classes": json.loads(info[cid]["class-names"]),
+                                            "class-counts": counts[cid].tolist()} for cid in ids})
+    listing = ", ".join(f"{c} ({info[c]['num-examples']} images)" for c in ids)
+    _say(f"clients {listing}; {channels} channel(s), {size} px, {num_classes} class(es)")
+
+    # --- the model and the strategy, as in-process
+    spec = model_spec(cfg, size, channels, num_classes)
     gan = build_gan(spec, seed=derive_seed(cfg.run.seed, "init"))
     global_state = {k: v.detach().clone() for k, v in gan.state_dict().items()}
-    strategy = strategy_for(cfg)
     travel = shared_keys(global_state, f.share)
-    n_clients = int(rc["clients"])
-    strategy.setup(global_state, {k for k, _ in gan.named_parameters()} & travel, n_clients)
-    run_dir = RunDir.at(str(rc["out"]))
-    run_dir.write_text("config.toml", cfg.to_toml())
-    # sample grids need no data: the same fixed latents as the in-process engine's grids
-    from ..utils import torch_generator
+    if strategy.keeps_norm_local:
+        from ..models import norm_keys
+        travel -= norm_keys(gan)
+    strategy.setup(global_state, {k for k, _ in gan.named_parameters()} & travel, len(ids))
+    ev = None
+    to_eval: set[int] = set()
+    if cfg.eval.enabled:
+        ev = Evaluator.from_stats(cfg.eval, extractor, {c: RealStats(stats[c], None) for c in ids}, counts,
+                                  m.nz, cfg.run.seed, conditional=m.conditional != "none")
+        to_eval = eval_rounds(f.rounds, cfg.eval.every)
     z_grid = torch.randn(cfg.eval.grid_size, m.nz, generator=torch_generator(cfg.run.seed, "grid-latents"))
-    y_grid = torch.arange(cfg.eval.grid_size) * max(spec.num_classes, 1) // cfg.eval.grid_size
+    y_grid = torch.arange(cfg.eval.grid_size) * max(num_classes, 1) // cfg.eval.grid_size
+    G = gan.G
+
+    def load_G(state):
+        G.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("G.")})
+        return G
 
     def save_grid(r: int) -> None:
-        gan.load_state_dict(global_state)
-        gan.G.eval()
+        G = load_G(global_state)
+        G.eval()
         with torch.inference_mode():
-            imgs = gan.G(z_grid, y_grid)
+            imgs = G(z_grid, y_grid)
         run_dir.save_grid(r, imgs, nrow=max(1, int(cfg.eval.grid_size ** 0.5)))
+
+    def eval_union(r: int) -> list[dict[str, Any]]:
+        if ev is None:
+            return []
+        return ev.evaluate(load_G(global_state), r, "global", None)
+
+    def config(r: int, eval_global: int, eval_local: bool) -> ConfigRecord:
+        return ConfigRecord({"fedsynth-config": cfg_text, "round": r, "num-classes": num_classes,
+                             "eval-global": eval_global, "eval-local": eval_local,
+                             "strategy": _dumps(strategy.state_dict())})
+
+    def node_records(rep: Message) -> list[dict[str, Any]]:
+        return json.loads(str(rep.content["meta"]["records"])) if "records" in rep.content["meta"] else []
+
+    def per_site(recs: list[dict[str, Any]], r: int) -> list[dict[str, Any]]:
+        site = [x for x in recs if x.get("client") == "global" and x.get("round") == r and x.get("real") in ids]
+        return sites_summary(site, extractor, r) if cfg.eval.per_site and len(ids) > 1 else []
+
+    accountant = None
+    if cfg.privacy.client_dp:
+        from ..privacy.dp import accountant as make_accountant
+        accountant = make_accountant()
     save_grid(0)
-    deadline = time.time() + 120
-    while len(list(grid.get_node_ids())) < n_clients and time.time() < deadline:
-        time.sleep(0.2)
-    nodes = sorted(grid.get_node_ids())[:n_clients]
+    pending_global = -1  # the round whose global model the nodes evaluate on receipt
+    recs0: list[dict[str, Any]] = []
+    if 0 in to_eval:
+        recs0 = eval_union(0)
+        pending_global = 0
+    t_run = time.perf_counter()
     for r in range(1, f.rounds + 1):
-        content = RecordDict({"arrays": ArrayRecord(global_state),
-                              "config": ConfigRecord({"fedsynth-config": cfg.to_toml(), "round": r,
-                                                      "num-classes": int(rc["num-classes"]),
-                                                      "strategy": _dumps(strategy.state_dict())})})
-        replies = grid.send_and_receive([Message(content=content, message_type="train", dst_node_id=n)
-                                         for n in nodes])
-        updates, recs = [], []
-        for rep in replies:
+        t0 = time.perf_counter()
+        picked = sample_clients(ids, f.fraction, f.min_clients, cfg.run.seed, r)
+        targets = ids if pending_global >= 0 else picked  # every site scores the incoming model
+        msgs = []
+        for cid in targets:
+            if cid in picked:
+                content = RecordDict({"arrays": ArrayRecord(global_state),
+                                      "config": config(r, pending_global, r in to_eval)})
+                msgs.append(Message(content=content, message_type="train", dst_node_id=info[cid]["node"]))
+            else:
+                content = RecordDict({"arrays": ArrayRecord(global_state), "config": config(r, pending_global, False)})
+                msgs.append(Message(content=content, message_type="evaluate", dst_node_id=info[cid]["node"]))
+        replies, silent = _exchange(grid, msgs, timeout, poll)
+        recs = list(recs0)
+        recs0 = []
+        updates, timings = [], []
+        by_node = {info[c]["node"]: c for c in ids}
+        for nid in silent:
+            recs.append({"round": r, "client": by_node[nid], "metric": "dropped", "value": 1,
+                         "reason": f"no reply within round-timeout = {timeout:.0f} s"})
+        for rep in sorted(replies, key=lambda x: _natural(by_node.get(x.metadata.src_node_id, "?"))):
+            cid = by_node.get(rep.metadata.src_node_id, f"node-{rep.metadata.src_node_id}")
             if rep.has_error():
-                recs.append({"round": r, "client": f"node-{rep.metadata.src_node_id}", "metric": "dropped", "value": 1,
-                             "reason": str(rep.error.reason)[:200]})
+                recs.append({"round": r, "client": cid, "metric": "dropped", "value": 1,
+                             "reason": str(rep.error.reason).strip().splitlines()[-1][:300]})
                 continue
             meta = rep.content["meta"]
-            cid = str(meta["client-id"])
+            if "error" in meta:
+                raise UserError(f"client {cid}: {meta['error']}")
+            recs += node_records(rep)
+            if rep.metadata.message_type != "train" or cid not in picked:
+                continue
+            timings.append(json.loads(str(meta["timing"])))
             if meta["dropped"]:
-                recs.append({"round": r, "client": cid, "metric": "dropped", "value": 1})
                 continue
             mr = rep.content["metrics"]
             updates.append(ClientUpdate(cid, rep.content["arrays"].to_torch_state_dict(), int(mr["num-examples"]),
                                         {"d-loss": float(mr["d-loss"]), "g-loss": float(mr["g-loss"])},
                                         int(mr["steps"]), _loads(bytes(meta["extra"]))))
-            recs += [{"round": r, "client": cid, "metric": k, "value": float(mr[k])} for k in ("d-loss", "g-loss")]
+        if pending_global >= 0:
+            recs += per_site(recs, pending_global)
         if cfg.privacy.validate:
             updates, rejected = validate_updates(updates, global_state, travel, cfg.privacy.outlier_factor)
             recs += [{"round": r, "client": cid, "metric": "rejected", "value": 1, "reason": why} for cid, why in rejected]
+            for cid, why in rejected:
+                _say(f"round {r}: update of client {cid} rejected: {why}")
         if len(updates) >= f.min_clients:
+            strategy.noise_generator = torch_generator(cfg.run.seed, "client-dp-noise", r)
             global_state = strategy.aggregate(global_state, updates)
+            if accountant is not None:
+                accountant.step(noise_multiplier=cfg.privacy.client_dp_noise, sample_rate=len(picked) / len(ids))
+                recs.append({"round": r, "client": "server", "metric": "client-dp-epsilon",
+                             "value": float(accountant.get_epsilon(cfg.privacy.dp_delta)), "delta": cfg.privacy.dp_delta})
         else:
-            recs.append({"round": r, "client": "server", "metric": "round-skipped", "value": 1})
+            recs.append({"round": r, "client": "server", "metric": "round-skipped", "value": 1,
+                         "reason": f"{len(updates)} valid update(s), fed.min-clients = {f.min_clients}"})
+            _say(f"round {r} skipped: only {len(updates)} valid update(s)")
+        pending_global = -1
+        if r in to_eval:
+            recs += eval_union(r)
+            pending_global = r
         run_dir.log(recs)
+        wall = time.perf_counter() - t0
+        train_s = max((t["seconds"] for t in timings), default=0.0)
+        run_dir.log_timing(timings + [{"round": r, "client": "server", "wall_s": wall, "max_client_train_s": train_s,
+                                       "overhead_s": wall - train_s}])
         run_dir.save_checkpoint(r, {"format": "fedsynth-checkpoint/1", "round": r, "config": cfg.to_dict(),
-                                    "model": {**spec.to_dict(), "class_names": []}, "global": global_state,
-                                    "ema": None, "strategy": strategy.state_dict(), "clients": {}},
-                                cfg.run.keep_checkpoints)
-        save_grid(r)
+                                    "model": {**spec.to_dict(), "class_names": json.loads(info[ids[0]]["class-names"])},
+                                    "global": global_state, "ema": None, "strategy": strategy.state_dict(),
+                                    "clients": {}}, cfg.run.keep_checkpoints)
+        if r in to_eval or not cfg.eval.enabled:
+            save_grid(r)
+        fd = [x["value"] for x in recs if x.get("client") == "global" and x.get("real") == "union"
+              and x["metric"] == (extractor.metric if extractor else "")]
+        _say(f"round {r}/{f.rounds}: {len(updates)}/{len(picked)} update(s) aggregated, {wall:.1f} s"
+             + (f" (training {train_s:.1f} s)" if timings else "") + (f", global {extractor.metric} {fd[0]:.4g}" if fd else ""))
+    if pending_global >= 0:  # the last round's global model, scored where the data is
+        msgs = [Message(RecordDict({"arrays": ArrayRecord(global_state), "config": config(f.rounds, pending_global, False)}),
+                        message_type="evaluate", dst_node_id=info[c]["node"]) for c in ids]
+        replies, _silent = _exchange(grid, msgs, timeout, poll)
+        recs = [x for rep in replies if not rep.has_error() for x in node_records(rep)]
+        run_dir.log(recs + per_site(recs, pending_global))
+    if cfg.eval.enabled:
+        plot_fd(run_dir.records, run_dir.path / "fd.png", title=f"Flower · {f.strategy} · {len(ids)} client(s)")
     from ..report.html import build_report
     build_report(run_dir.path)
+    _say(f"done: {f.rounds} rounds in {time.perf_counter() - t_run:.1f} s; run directory {run_dir.path}")
