@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-APP = HERE.parent / "deploy" / "flower-app"
+from fedsynth.deploy import APP_DIR as APP  # noqa: E402
 
 
 def setting(name: str, tmp: Path, rounds: int, poll: float, superexec_poll: str, tls: bool, noop: bool) -> dict:

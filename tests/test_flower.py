@@ -19,7 +19,7 @@ import torch
 
 pytest.importorskip("flwr")
 
-APP = Path(__file__).parent.parent / "deploy" / "flower-app"
+from fedsynth.deploy import APP_DIR as APP  # noqa: E402
 CONFIG = ("[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\nbatch-size = 16\nthreads = 1\n"
           "[fed]\nrounds = 2\n")
 

@@ -592,6 +592,84 @@ def deploy_certs(
                   f"`flwr supernode register {out}/keys/node<k>.pub <superlink>`; keep ca.key offline")
 
 
+_PASS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+def _exec_flower(name: str, args: list[str]) -> None:
+    """Replace this process with a Flower command (same PID), in fedsynth's Flower environment."""
+    import os
+
+    from .deploy import flower_bin, flower_env
+    try:
+        path = flower_bin(name)
+    except UserError as e:
+        _fail(str(e))
+    os.execve(path, [name, *args], flower_env())
+
+
+@deploy_app.command("superlink", context_settings=_PASS)
+def deploy_superlink(ctx: typer.Context) -> None:
+    """flower-superlink in fedsynth's Flower environment (telemetry, update check, per-run installs off).
+
+    Every flower-superlink option passes through; the SuperExec polls for tasks every 50 ms."""
+    _exec_flower("flower-superlink", ctx.args)
+
+
+@deploy_app.command("supernode", context_settings=_PASS)
+def deploy_supernode(ctx: typer.Context) -> None:
+    """flower-supernode in fedsynth's Flower environment; every option passes through.
+
+    Give the node its data: --node-config 'data-path="/data/site" client-id="0"'."""
+    _exec_flower("flower-supernode", ctx.args)
+
+
+@deploy_app.command("register", context_settings=_PASS)
+def deploy_register(ctx: typer.Context) -> None:
+    """flwr supernode register PUBLIC_KEY SUPERLINK, in fedsynth's Flower environment."""
+    _exec_flower("flwr", ["supernode", "register", *ctx.args])
+
+
+@deploy_app.command("run")
+def deploy_run(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="fedsynth TOML config (sent with the run)."),
+    set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set fed.rounds=5."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory the server writes "
+                                       "[default: runs/flower-<time>]."),
+    clients: int = typer.Option(2, "--clients", "-k", help="SuperNodes to wait for."),
+    superlink: str = typer.Option("", "--superlink", help="SuperLink connection name in $FLWR_HOME/config.toml "
+                                  "[default: its default]."),
+    round_timeout: float = typer.Option(3600, "--round-timeout", help="Seconds a round waits for replies."),
+    print_app: bool = typer.Option(False, "--print-app", help="Print the Flower app folder and exit."),
+) -> None:
+    """Start a federated run on a running SuperLink and follow it (flwr run --stream underneath).
+
+    Exits non-zero if the server reports an error (Flower's own exit code does not)."""
+    import tempfile
+
+    from .deploy import APP_DIR, flower_bin, flower_env, run_config_file, stream_run
+    if print_app:
+        print(APP_DIR)
+        return
+    try:
+        cfg = load_config(config, set_)  # a bad config fails here, before anything is sent
+        if clients < 1:
+            raise UserError("--clients must be at least 1")
+        target = (out or Path("runs") / time.strftime("flower-%Y%m%d-%H%M%S")).resolve()
+        if (target / "config.toml").exists():
+            raise UserError(f"--out {target} already holds a run (config.toml exists); choose another directory")
+        flwr = flower_bin("flwr")
+    except UserError as e:
+        _fail(str(e))
+    with tempfile.TemporaryDirectory() as d:
+        rc = run_config_file(Path(d) / "run-config.toml", cfg.to_toml(), str(target), clients,
+                             {"round-timeout": round_timeout})
+        args = [flwr, "run", str(APP_DIR), *([superlink] if superlink else []), "--stream", "--run-config", str(rc)]
+        code = stream_run(args, flower_env(), echo=lambda line: print(line, flush=True))
+    if code == 0:
+        console.print(f"run directory: {target} (report.html, metrics.jsonl, samples/, checkpoints/)")
+    raise typer.Exit(code)
+
+
 def main() -> None:
     try:
         app()

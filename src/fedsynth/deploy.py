@@ -162,6 +162,35 @@ def _descendants(pids: set[int]) -> set[int]:
     return out
 
 
+def stop_processes(procs: list) -> None:
+    """Stop these ``subprocess.Popen`` processes -- each started with ``start_new_session`` --
+    and everything they spawned, by PID: the supervisors are frozen first (SIGSTOP) so that they
+    cannot respawn a helper meanwhile, then every member of their sessions and every descendant
+    gets SIGKILL. Raises if anything survives."""
+    import signal
+    import time
+
+    def send(pids, sig):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    top = [p.pid for p in procs]
+    send(top, signal.SIGSTOP)
+    pids = set(top) | set(_session_members(set(top)))
+    pids = sorted(pids | _descendants(pids))
+    send(pids, signal.SIGKILL)
+    deadline = time.time() + 10
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    for p in procs:
+        p.wait(timeout=10)
+    left = sorted(set(_session_members(set(top))) | {p for p in pids if _alive(p)})
+    if left:
+        raise RuntimeError(f"processes survived: {left}")
+
+
 class LocalFederation:
     """A SuperLink and SuperNodes on 127.0.0.1, for tests, benchmarks and trying it out.
 
@@ -267,35 +296,49 @@ class LocalFederation:
                               env=self.env, capture_output=True, text=True, timeout=timeout)
 
     def stop(self) -> None:
-        """Stop every process started here, by PID. The supervisors are frozen first (SIGSTOP)
-        so that they cannot respawn a helper meanwhile; then all members of their sessions get
-        SIGKILL. Raises if anything survives."""
-        import signal
-        import time
-
-        def send(pids, sig):
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-        top = [p.pid for p in self.procs]
-        send(top, signal.SIGSTOP)
-        pids = set(top) | set(_session_members(set(top)))
-        pids = sorted(pids | _descendants(pids))
-        send(pids, signal.SIGKILL)
-        deadline = time.time() + 10
-        while any(_alive(p) for p in pids) and time.time() < deadline:
-            time.sleep(0.05)
-        for p in self.procs:
-            p.wait(timeout=10)
-        left = sorted(set(_session_members(set(top))) | {p for p in pids if _alive(p)})
-        self.procs, self.node_procs = [], []
-        if left:
-            raise RuntimeError(f"Flower processes survived: {left}")
+        """Stop every process started here, by PID (see :func:`stop_processes`)."""
+        procs, self.procs, self.node_procs = self.procs, [], []
+        stop_processes(procs)
 
     def __enter__(self) -> "LocalFederation":
         return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# ------------------------------------------------------------------ starting a run
+
+#: The Flower app folder (its pyproject.toml names fedsynth's ServerApp and ClientApp).
+APP_DIR = Path(__file__).resolve().parent / "fed" / "flower_app"
+
+
+def run_config_file(path: Path, config_text: str, out: str, clients: int, extra: dict[str, object]) -> Path:
+    """A TOML file of run-config overrides for ``flwr run --run-config FILE``. The fedsynth
+    config travels *as text* with the run, so the ServerApp needs no file on the SuperLink's
+    machine (it is not sensitive: no data paths are in it that the server would use)."""
+    import json
+    lines = [f"config-text = {json.dumps(config_text)}", f"out = {json.dumps(out)}", f"clients = {int(clients)}"]
+    lines += [f"{k} = {json.dumps(v)}" for k, v in extra.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def stream_run(args: list[str], env: dict[str, str], echo=print) -> int:
+    """Run ``flwr run ... --stream``, echo its output live, and return an honest exit code:
+    Flower's own is 0 even when the ServerApp failed, so the ServerApp's last word decides
+    (``[fedsynth] done`` -> 0, ``[fedsynth] error`` -> 2, neither -> 1)."""
+    import subprocess
+    done = failed = False
+    with subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          bufsize=1) as p:
+        assert p.stdout is not None
+        for line in p.stdout:
+            echo(line.rstrip("\n"))
+            done |= line.startswith("[fedsynth] done")
+            failed |= line.startswith("[fedsynth] error")
+    if failed:
+        return 2
+    if p.returncode != 0:
+        return p.returncode
+    return 0 if done else 1

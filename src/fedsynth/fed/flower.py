@@ -25,8 +25,10 @@ model needs one ``evaluate`` message. The server polls for replies every 50 ms (
 ``Grid.send_and_receive`` sleeps 3 s between polls).
 
 Run config (``[tool.flwr.app.config]`` of the app, or ``flwr run --run-config``):
-``config-path`` (a fedsynth TOML on the server), ``out`` (run directory), ``clients`` (nodes to
-wait for), ``connect-timeout`` and ``round-timeout`` (seconds). Node config: ``data-path``,
+``config-text`` (a fedsynth config sent with the run, as ``fedsynth deploy run`` does) or
+``config-path`` (a fedsynth TOML on the SuperLink's machine), ``out`` (run directory),
+``clients`` (nodes to wait for), ``connect-timeout``, ``round-timeout`` and ``poll-interval``
+(seconds). Node config: ``data-path``,
 ``client-id``, ``data-source`` (default ``folder``).
 """
 
@@ -263,7 +265,14 @@ def _serve(grid: Grid, context: Context) -> None:
     from .evaluation import Evaluator, RealStats, sites_summary
     from .strategies import ClientUpdate, shared_keys
     rc = context.run_config
-    cfg = load_config(str(rc["config-path"]))
+    if str(rc.get("config-text", "")).strip():  # sent with the run by `fedsynth deploy run`
+        import tomllib
+        try:
+            cfg = build_config(tomllib.loads(str(rc["config-text"])))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"run config 'config-text' is not valid TOML: {e}") from None
+    else:
+        cfg = load_config(str(rc["config-path"]))
     m, f = cfg.model, cfg.fed
     strategy = strategy_for(cfg)
     if not strategy.aggregates or strategy.sequential or f.strategy in ("ensemble", "centralized"):
