@@ -11,9 +11,12 @@ setting in turn and runs the same tiny federated GAN (16 px, 32 images per hospi
                     a new ClientApp process per message, object transfer).
 * flower-defaults -- fedsynth, with Flower's own timings: the server polls every 3 s (as
                     Grid.send_and_receive does) and the SuperExec every 1 s.
-* fedsynth       -- fedsynth's defaults: the server polls every 50 ms, the SuperExec every 50 ms
-                    (FLWR_SUPEREXEC_TASK_POLL_INTERVAL, set by fedsynth.deploy.flower_env).
-* fedsynth-tls   -- the same with TLS and SuperNode authentication.
+* fedsynth-cold  -- the server polls every 50 ms, the SuperExec every 50 ms
+                    (FLWR_SUPEREXEC_TASK_POLL_INTERVAL, set by fedsynth.deploy.flower_env),
+                    plain flower-supernode: each message's ClientApp process imports torch.
+* fedsynth       -- the same with `fedsynth deploy supernode`: a warm worker per node keeps
+                    torch loaded; the ClientApp process only relays (fedsynth.fed.worker).
+* fedsynth-tls   -- fedsynth with TLS and SuperNode authentication.
 
 Overhead per round = round wall time (server side) - the slower client's training time; the
 median over rounds 2..N is printed (round 1 includes first contact). Every number is measured
@@ -36,13 +39,14 @@ HERE = Path(__file__).resolve().parent
 from fedsynth.deploy import APP_DIR as APP  # noqa: E402
 
 
-def setting(name: str, tmp: Path, rounds: int, poll: float, superexec_poll: str, tls: bool, noop: bool) -> dict:
+def setting(name: str, tmp: Path, rounds: int, poll: float, superexec_poll: str, tls: bool, noop: bool,
+            warm: bool = False) -> dict:
     from fedsynth.deploy import LocalFederation
     work = tmp / name
     env = {**os.environ, "FEDSYNTH_CACHE": str(tmp / "cache"), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": superexec_poll}
     fed = LocalFederation(work, [(str(tmp / "sites" / f"client-{k}"), str(k)) for k in (0, 1)],
                           certs=tmp / "certs" if tls else None, port=18700 + os.getpid() % 500, env=env,
-                          log_dir=work / "logs")
+                          log_dir=work / "logs", warm=warm)
     t0 = time.perf_counter()
     try:
         fed.start()
@@ -90,8 +94,9 @@ def main() -> None:
         make_certs(tmp / "certs", 2)
         out = [setting("noop-floor", tmp, args.rounds, 0.05, "0.05", False, True),
                setting("flower-defaults", tmp, args.rounds, 3.0, "1.0", False, False),
-               setting("fedsynth", tmp, args.rounds, 0.05, "0.05", False, False),
-               setting("fedsynth-tls", tmp, args.rounds, 0.05, "0.05", True, False)]
+               setting("fedsynth-cold", tmp, args.rounds, 0.05, "0.05", False, False),
+               setting("fedsynth", tmp, args.rounds, 0.05, "0.05", False, False, warm=True),
+               setting("fedsynth-tls", tmp, args.rounds, 0.05, "0.05", True, False, warm=True)]
     print(f"flwr {flwr.__version__}, python {platform.python_version()}, {os.cpu_count()} CPU(s); "
           f"2 SuperNodes on 127.0.0.1, {args.rounds} rounds each\n")
     print("| setting | overhead per round, median (min-max) | first round | total incl. start/stop |")
@@ -99,9 +104,11 @@ def main() -> None:
     for r in out:
         print(f"| {r['setting']} | {r['median_overhead_s']:.2f} s ({r['min_overhead_s']:.2f}-{r['max_overhead_s']:.2f}) "
               f"| {r['first_round_s']:.2f} s | {r['total_s']:.1f} s |")
-    base = out[1]["median_overhead_s"]
-    print(f"\nfedsynth / flower-defaults: {out[2]['median_overhead_s'] / base:.2f}; "
-          f"fedsynth above the no-op floor: {out[2]['median_overhead_s'] - out[0]['median_overhead_s']:.2f} s")
+    med = {r["setting"]: r["median_overhead_s"] for r in out}
+    print(f"\nfedsynth / flower-defaults: {med['fedsynth'] / med['flower-defaults']:.2f}; "
+          f"fedsynth / fedsynth-cold: {med['fedsynth'] / med['fedsynth-cold']:.2f}; "
+          f"above the no-op floor: fedsynth {med['fedsynth'] - med['noop-floor']:+.2f} s, "
+          f"fedsynth-cold {med['fedsynth-cold'] - med['noop-floor']:+.2f} s")
 
 
 if __name__ == "__main__":

@@ -2,10 +2,12 @@
 own folder, started and stopped by fedsynth.deploy.LocalFederation (every process by PID, with
 everything it spawned; it raises if anything survives).
 
-* TLS + SuperNode authentication: two registered nodes, one with an unregistered key that must
-  be refused; two rounds; global weights bit-identical to the in-process engine, and the
-  evaluation (computed on the nodes, merged on the server) equal to the in-process numbers.
-* Client sampling across nodes (one of two per round) gives the in-process engine's weights.
+* TLS + SuperNode authentication: two registered nodes (``fedsynth deploy supernode``, with a
+  warm worker each), one with an unregistered key that must be refused; two rounds; global
+  weights bit-identical to the in-process engine, and the evaluation (computed on the nodes,
+  merged on the server) equal to the in-process numbers.
+* Client sampling across nodes (one of two per round), on plain ``flower-supernode`` nodes
+  (every message answered in a fresh ClientApp process), gives the in-process engine's weights.
 * A node whose data folder is missing stops the run with an error that names the client.
 Skipped where flwr is not installed (pip install -e ".[flower]")."""
 
@@ -36,10 +38,10 @@ def sites(tmp_path_factory):
     return root / "sites"
 
 
-def _federation(tmp_path, sites, certs=None, nodes=None):
+def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
     from fedsynth.deploy import LocalFederation
     nodes = nodes or [(str(sites / f"client-{k}"), str(k)) for k in (0, 1)]
-    return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=18000 + os.getpid() % 1000,
+    return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=18000 + os.getpid() % 1000, warm=warm,
                            env={**os.environ, "FEDSYNTH_CACHE": str(tmp_path / "cache")}, log_dir=tmp_path / "logs")
 
 
@@ -82,6 +84,8 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     assert (out / "report.html").is_file() and (out / "fd.png").is_file()
     assert json.loads((out / "nodes.json").read_text())["1"]["images"] == 32
 
+    timings = [r for r in _records(out / "timings.jsonl") if r["client"] != "server"]
+    assert len(timings) == 4 and all(r["warm-worker"] for r in timings)  # answered by the nodes' warm workers
     ref = _in_process(cfg_path, sites)
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
     # evaluation: the nodes score local and global models on their own data, the server scores
@@ -98,7 +102,7 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
 def test_sampling_across_nodes_matches_the_in_process_engine(tmp_path, sites):
     cfg_path = tmp_path / "fedsynth.toml"
     cfg_path.write_text(CONFIG.replace("rounds = 2", "rounds = 3\nfraction = 0.5") + "[eval]\nenabled = false\n")
-    fed = _federation(tmp_path, sites)
+    fed = _federation(tmp_path, sites, warm=False)  # plain flower-supernode: each message in a fresh process
     try:
         fed.start()
         run = fed.run(APP, {"config-path": str(cfg_path), "out": str(tmp_path / "run")}, timeout=300)
@@ -109,6 +113,8 @@ def test_sampling_across_nodes_matches_the_in_process_engine(tmp_path, sites):
     ref = _in_process(cfg_path, sites)
     assert trained == {(r["round"], r["client"]) for r in ref.records if r["metric"] == "d-loss"}
     assert len(trained) == 3  # one of the two hospitals per round
+    timings = [r for r in _records(tmp_path / "run" / "timings.jsonl") if r["client"] != "server"]
+    assert len(timings) == 3 and not any(r["warm-worker"] for r in timings)
     ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0003.pt", weights_only=False)
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
 

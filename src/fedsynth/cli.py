@@ -617,10 +617,20 @@ def deploy_superlink(ctx: typer.Context) -> None:
 
 @deploy_app.command("supernode", context_settings=_PASS)
 def deploy_supernode(ctx: typer.Context) -> None:
-    """flower-supernode in fedsynth's Flower environment; every option passes through.
+    """flower-supernode in fedsynth's Flower environment, with a warm worker; options pass through.
 
-    Give the node its data: --node-config 'data-path="/data/site" client-id="0"'."""
-    _exec_flower("flower-supernode", ctx.args)
+    Give the node its data: --node-config 'data-path="/data/site" client-id="0"'. The warm worker
+    (fedsynth.fed.worker) keeps torch loaded so that Flower's per-message ClientApp process need
+    not import it; it lives as long as the SuperNode. --no-warm-worker leaves it out."""
+    import os
+
+    from .deploy import start_worker
+    args = list(ctx.args)
+    if "--no-warm-worker" in args:
+        args.remove("--no-warm-worker")
+        _exec_flower("flower-supernode", args)
+    os.environ["FEDSYNTH_NODE_WORKER"] = start_worker()  # inherited by flower-supernode and its ClientApps
+    _exec_flower("flower-supernode", args)
 
 
 @deploy_app.command("register", context_settings=_PASS)

@@ -108,6 +108,20 @@ def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def start_worker() -> str:
+    """Start a warm node worker (:mod:`fedsynth.fed.worker`) as a child of this process, which
+    is about to become the SuperNode (``os.execve``); return its socket path, in a fresh folder
+    only this user can enter. The worker exits when its parent does."""
+    import subprocess
+    import sys
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="fedsynth-node-")  # mode 0700
+    path = str(Path(folder) / "worker.sock")
+    subprocess.Popen([sys.executable, "-m", "fedsynth.fed.worker", "--socket", path, "--parent", str(os.getpid())],
+                     stdin=subprocess.DEVNULL)
+    return path
+
+
 def flower_bin(name: str) -> str:
     """Path of a Flower command: beside this interpreter if there, else on PATH."""
     import shutil
@@ -203,11 +217,13 @@ class LocalFederation:
     nodes : ``[(data_path, client_id), ...]``, one SuperNode each
     certs : folder written by :func:`make_certs` (TLS + node authentication), or None: insecure
     port : the SuperLink's port; SuperNodes use ``port + 100 + k``
+    warm : start the SuperNodes as ``fedsynth deploy supernode`` does, with a warm worker each
     """
 
     def __init__(self, workdir: str | Path, nodes: list[tuple[str, str]], certs: str | Path | None = None,
-                 port: int = 18000, env: dict[str, str] | None = None, log_dir: str | Path | None = None):
-        self.workdir, self.nodes, self.port = Path(workdir), nodes, port
+                 port: int = 18000, env: dict[str, str] | None = None, log_dir: str | Path | None = None,
+                 warm: bool = True):
+        self.workdir, self.nodes, self.port, self.warm = Path(workdir), nodes, port, warm
         self.certs = Path(certs) if certs is not None else None
         self.home = self.workdir / "flwr-home"
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -268,8 +284,13 @@ class LocalFederation:
             raise RuntimeError(f"flwr supernode register node{k}.pub failed: {(res.stdout + res.stderr)[-500:]}")
 
     def start_node(self, k: int, data_path: str, client_id: str, key: str | None = None):
-        args = [flower_bin("flower-supernode"), "--superlink", self.address, "--port", str(self.port + 100 + k),
-                "--node-config", f'data-path="{data_path}" client-id="{client_id}"']
+        """A SuperNode for hospital ``k``: ``fedsynth deploy supernode`` (with a warm worker) if
+        this federation is ``warm``, else plain ``flower-supernode``."""
+        import sys
+        cmd = ([sys.executable, "-m", "fedsynth.cli", "deploy", "supernode"] if self.warm
+               else [flower_bin("flower-supernode")])
+        args = cmd + ["--superlink", self.address, "--port", str(self.port + 100 + k),
+                      "--node-config", f'data-path="{data_path}" client-id="{client_id}"']
         if self.certs:
             args += ["--root-certificates", str(self.certs / "ca.crt"),
                      "--auth-supernode-private-key", str(self.certs / "keys" / (key or f"node{k}"))]

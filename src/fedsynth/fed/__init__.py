@@ -1,10 +1,25 @@
-"""Federation: strategies (pure functions over state dicts) and the in-process engine.
+"""Federation: strategies (pure functions over state dicts), the in-process engine, and the
+Flower adapters (``fed.flower``, the only module importing ``flwr``; ``fed.node`` and
+``fed.worker`` do a hospital node's work without it).
 
-The Flower adapters, when added, live here too and are the only modules importing ``flwr``.
+Names are imported lazily (PEP 562), so that ``fedsynth.fed.flower`` -- loaded by Flower in a
+new process for every message -- does not import torch unless it needs it.
 """
 
-from .engine import ClientState, FederatedRun, Reporter, RunResult, eval_rounds, sample_clients
-from .strategies import ClientUpdate, FedAvg, Local, Strategy, build_strategy, weighted_average
+from importlib import import_module
+from typing import Any
 
-__all__ = ["FederatedRun", "Reporter", "RunResult", "ClientState", "eval_rounds", "sample_clients",
-           "ClientUpdate", "Strategy", "FedAvg", "Local", "build_strategy", "weighted_average"]
+_NAMES = {
+    "FederatedRun": "engine", "Reporter": "engine", "RunResult": "engine", "ClientState": "engine",
+    "eval_rounds": "engine", "sample_clients": "engine",
+    "ClientUpdate": "strategies", "Strategy": "strategies", "FedAvg": "strategies", "Local": "strategies",
+    "build_strategy": "strategies", "weighted_average": "strategies",
+}
+
+__all__ = list(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(import_module(f".{_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

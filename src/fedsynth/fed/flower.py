@@ -35,38 +35,24 @@ Run config (``[tool.flwr.app.config]`` of the app, or ``flwr run --run-config``)
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
+import os
 import re
 import sys
 import time
 from typing import Any
 
 import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from ..config import Config, UserError, build_config, load_config
-from ..utils import set_torch_threads
+from ..config import UserError, build_config, load_config
+
+# No torch at import: a node's ClientApp process that hands its work to the warm worker never
+# needs it (Flower starts one such process per message).
 
 POLL_S = 0.05  # how often the server asks the SuperLink for replies
-
-
-def _dumps(obj: Any) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def _loads(data: bytes) -> Any:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-
-
-def _config_from_text(text: str) -> Config:
-    import tomllib
-    return build_config(tomllib.loads(text))
 
 
 def _natural(cid: str) -> tuple:
@@ -79,141 +65,62 @@ def _natural(cid: str) -> tuple:
 client = ClientApp()
 
 
-class _Node:
-    """What one message needs on the node: the run config, this node's id and its own data."""
-
-    def __init__(self, msg: Message, context: Context):
-        from ..data import load_dataset
-        nc = context.node_config
-        for key in ("data-path", "client-id"):
-            if key not in nc:
-                raise UserError(f"node config has no '{key}' (flower-supernode --node-config "
-                                f"'data-path=\"/data/site\" client-id=\"0\"')")
-        self.cid, self.path = str(nc["client-id"]), str(nc["data-path"])
-        conf = msg.content["config"]
-        self.conf = conf
-        cfg = _config_from_text(str(conf["fedsynth-config"]))
-        set_torch_threads(cfg.train.threads or 1)
-        source = str(nc.get("data-source", "folder"))
-        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=self.path))
+def _dispatch(kind: str, req: dict[str, Any]) -> dict[str, Any]:
+    """Run :func:`fedsynth.fed.node.handle` in the node's warm worker if it has one, else here."""
+    path = os.environ.get("FEDSYNTH_NODE_WORKER", "")
+    if path:
+        from .worker import WorkerUnavailable, request
         try:
-            self.data = load_dataset(self.cfg)
-        except UserError as e:
-            raise UserError(f"data-path {self.path}: {e}") from None
-
-    def engine(self, num_classes: int):
-        from .engine import FederatedRun
-        cfg = dataclasses.replace(self.cfg, eval=dataclasses.replace(self.cfg.eval, enabled=False))
-        return FederatedRun(cfg, [self.data], client_ids=[self.cid], num_classes=num_classes)
-
-    def evaluator(self, extractor, num_classes: int):
-        from .evaluation import Evaluator
-        c = self.cfg
-        return Evaluator(c.eval, extractor, {self.cid: self.data}, c.model.nz, c.run.seed,
-                         conditional=c.model.conditional != "none", num_classes=num_classes)
+            res = request(path, kind, req)
+            res["meta"]["warm"] = True
+            return res
+        except WorkerUnavailable as e:
+            print(f"[fedsynth] warm worker unavailable, answering in this process: {e}", file=sys.stderr)
+    from .node import handle
+    res = handle(kind, req)
+    res["meta"]["warm"] = False
+    return res
 
 
-def _fail(msg: Message, cid: str, err: Exception) -> Message:
-    """A reply that carries a clear error instead of a traceback (bad data path, bad images)."""
-    return Message(RecordDict({"meta": ConfigRecord({"client-id": cid, "error": str(err).splitlines()[0][:500]})}),
-                   reply_to=msg)
+def _answer(kind: str, msg: Message, context: Context) -> Message:
+    """Flower message -> plain request -> :func:`_dispatch` -> Flower reply. Arrays travel as
+    the NumPy arrays Flower stores (bit-exact both ways); the node's state between rounds stays
+    in ``context.state`` (bytes)."""
+    content = msg.content
+    req: dict[str, Any] = {"config": dict(content["config"]), "node_config": dict(context.node_config),
+                           "arrays": ({k: a.numpy() for k, a in content["arrays"].items()}
+                                      if "arrays" in content else None),
+                           "state": bytes(context.state["fedsynth"]["state"]) if "fedsynth" in context.state else None}
+    res = _dispatch(kind, req)
+    if res.get("state") is not None:
+        context.state["fedsynth"] = ConfigRecord({"state": res["state"]})
+    out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
+    if res.get("arrays") is not None:
+        out["arrays"] = ArrayRecord(array_dict={k: Array(v if v.flags.c_contiguous else v.copy(order="C"))
+                                                for k, v in res["arrays"].items()})  # (keeps 0-d arrays 0-d)
+    if res.get("metrics") is not None:
+        out["metrics"] = MetricRecord(res["metrics"])
+    if res.get("stats") is not None:
+        out["stats"] = ArrayRecord(array_dict={k: Array(np.asarray(v)) for k, v in res["stats"].items()})
+    return Message(RecordDict(out), reply_to=msg)
 
 
 @client.query()
 def hello(msg: Message, context: Context) -> Message:
-    """First contact: who this node is, what its data looks like, and (if the run evaluates)
-    the moments of its real images' features -- sums over images, never an image."""
-    from ..metrics import build_extractor
-    from .evaluation import real_statistics
-    cid = str(context.node_config.get("client-id", "?"))
-    try:
-        node = _Node(msg, context)
-        d = node.data
-        info: dict[str, Any] = {"client-id": node.cid, "num-examples": len(d), "channels": d.channels,
-                                "image-size": d.size, "class-names": json.dumps(list(d.class_names)),
-                                "class-counts": json.dumps(d.class_counts())}
-        content = {"meta": None}
-        if node.cfg.eval.enabled:
-            ex = build_extractor(node.cfg.eval.feature_extractor, node.cfg.eval.inception_weights)
-            st = real_statistics(d, ex, node.cfg.eval.max_real, node.cfg.run.seed).stats
-            info["extractor"] = ex.name
-            content["stats"] = ArrayRecord({k: torch.from_numpy(np.asarray(v)) for k, v in st.to_npz_dict().items()})
-        content["meta"] = ConfigRecord(info)
-        return Message(RecordDict(content), reply_to=msg)
-    except UserError as e:
-        return _fail(msg, cid, e)
-
-
-def _eval_global(node: _Node, engine, ev, state: dict[str, torch.Tensor], round_: int) -> list[dict[str, Any]]:
-    """The global model of ``round_`` against this node's own data (per-site fairness). Before
-    training (round 0) it is also this client's starting model, recorded as such."""
-    feats = ev.fake_features(engine._load_G(state), node.cid)
-    recs = ev.score(feats, round_, "global", node.cid)
-    if round_ == 0:
-        recs += ev.score(feats, 0, node.cid, node.cid)
-    return recs
+    """First contact: client id, data shape and classes, real-image feature moments."""
+    return _answer("hello", msg, context)
 
 
 @client.train()
 def train(msg: Message, context: Context) -> Message:
-    from ..metrics import build_extractor
-    cid = str(context.node_config.get("client-id", "?"))
-    try:
-        node = _Node(msg, context)
-    except UserError as e:
-        return _fail(msg, cid, e)
-    conf = node.conf
-    r, k = int(conf["round"]), int(conf["num-classes"])
-    engine = node.engine(k)
-    engine.strategy.load_state_dict(_loads(bytes(conf["strategy"])))
-    c = engine.clients[node.cid]
-    if "fedsynth" in context.state:
-        saved = _loads(bytes(context.state["fedsynth"]["state"]))
-        c.opt_state, c.local, c.strategy = saved["opt_state"], saved["local"], saved["strategy"]
-    start = msg.content["arrays"].to_torch_state_dict()
-    recs: list[dict[str, Any]] = []
-    ev = None
-    if int(conf["eval-global"]) >= 0 or bool(conf["eval-local"]):
-        ev = node.evaluator(build_extractor(node.cfg.eval.feature_extractor, node.cfg.eval.inception_weights), k)
-    if int(conf["eval-global"]) >= 0:  # the global model it receives is the last round's
-        eval_state = msg.content["eval-arrays"].to_torch_state_dict() if "eval-arrays" in msg.content else start
-        recs += _eval_global(node, engine, ev, {**start, **c.local, **eval_state}, int(conf["eval-global"]))
-    up, train_recs, timing = engine._train_client(r, c, start)
-    recs += train_recs
-    context.state["fedsynth"] = ConfigRecord({"state": _dumps({"opt_state": c.opt_state, "local": c.local,
-                                                              "strategy": c.strategy})})
-    meta = {"client-id": node.cid, "records": json.dumps(recs), "timing": json.dumps(timing)}
-    if up is None:  # the node failed mid-round (simulated drop-out)
-        return Message(RecordDict({"meta": ConfigRecord({**meta, "dropped": True})}), reply_to=msg)
-    if bool(conf["eval-local"]):
-        meta["records"] = json.dumps(recs + ev.evaluate(engine.trainer.gan.G, r, node.cid, node.cid))
-    metrics = {"num-examples": up.num_examples, "steps": up.steps, **{k: float(v) for k, v in up.metrics.items()}}
-    return Message(RecordDict({"arrays": ArrayRecord(up.weights), "metrics": MetricRecord(metrics),
-                               "meta": ConfigRecord({**meta, "dropped": False, "extra": _dumps(up.extra)})}),
-                   reply_to=msg)
+    """Score the received global model (if asked), train locally, score the local model."""
+    return _answer("train", msg, context)
 
 
 @client.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """The final global model against this node's own data."""
-    from ..metrics import build_extractor
-    cid = str(context.node_config.get("client-id", "?"))
-    try:
-        node = _Node(msg, context)
-    except UserError as e:
-        return _fail(msg, cid, e)
-    k = int(node.conf["num-classes"])
-    engine = node.engine(k)
-    local = {}
-    if "fedsynth" in context.state:
-        local = _loads(bytes(context.state["fedsynth"]["state"]))["local"]
-    ev = node.evaluator(build_extractor(node.cfg.eval.feature_extractor, node.cfg.eval.inception_weights), k)
-    state = {**msg.content["arrays"].to_torch_state_dict(), **local}
-    if "eval-arrays" in msg.content:
-        state.update(msg.content["eval-arrays"].to_torch_state_dict())
-    recs = _eval_global(node, engine, ev, state, int(node.conf["eval-global"]))
-    return Message(RecordDict({"meta": ConfigRecord({"client-id": node.cid, "records": json.dumps(recs)})}),
-                   reply_to=msg)
+    """Score the received global model against this node's own data."""
+    return _answer("evaluate", msg, context)
 
 
 # ------------------------------------------------------------------ server
@@ -255,6 +162,8 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _serve(grid: Grid, context: Context) -> None:
+    import torch
+
     from ..metrics import FeatureStats, build_extractor
     from ..models import build_gan
     from ..privacy.validation import validate_updates
@@ -263,6 +172,8 @@ def _serve(grid: Grid, context: Context) -> None:
     from ..utils import derive_seed, torch_generator
     from .engine import eval_rounds, model_spec, sample_clients, strategy_for
     from .evaluation import Evaluator, RealStats, sites_summary
+    from .node import dumps as _dumps
+    from .node import loads as _loads
     from .strategies import ClientUpdate, shared_keys
     rc = context.run_config
     if str(rc.get("config-text", "")).strip():  # sent with the run by `fedsynth deploy run`
@@ -432,7 +343,7 @@ def _serve(grid: Grid, context: Context) -> None:
             recs += node_records(rep)
             if rep.metadata.message_type != "train" or cid not in picked:
                 continue
-            timings.append(json.loads(str(meta["timing"])))
+            timings.append({**json.loads(str(meta["timing"])), "warm-worker": bool(meta.get("warm", False))})
             if meta["dropped"]:
                 continue
             mr = rep.content["metrics"]
