@@ -6,8 +6,9 @@ everything it spawned; it raises if anything survives).
   warm worker each), one with an unregistered key that must be refused; two rounds; global
   weights bit-identical to the in-process engine, and the evaluation (computed on the nodes,
   merged on the server) equal to the in-process numbers.
-* Client sampling across nodes (one of two per round), on plain ``flower-supernode`` nodes
-  (every message answered in a fresh ClientApp process), gives the in-process engine's weights.
+* Client sampling across nodes (one of two per round) with SCAFFOLD (control variates kept in
+  the node's context between rounds), on plain ``flower-supernode`` nodes (every message
+  answered in a fresh ClientApp process), gives the in-process engine's weights.
 * A node whose data folder is missing stops the run with an error that names the client.
 Skipped where flwr is not installed (pip install -e ".[flower]")."""
 
@@ -99,9 +100,10 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     assert {k[2] for k in flower if k[1] == "global"} == {"union", "0", "1", "sites"}
 
 
-def test_sampling_across_nodes_matches_the_in_process_engine(tmp_path, sites):
+def test_sampling_and_node_state_across_nodes_match_the_in_process_engine(tmp_path, sites):
     cfg_path = tmp_path / "fedsynth.toml"
-    cfg_path.write_text(CONFIG.replace("rounds = 2", "rounds = 3\nfraction = 0.5") + "[eval]\nenabled = false\n")
+    cfg_path.write_text(CONFIG.replace("rounds = 2", 'rounds = 3\nfraction = 0.5\nstrategy = "scaffold"')
+                        + "[eval]\nenabled = false\n")  # SCAFFOLD: control variates live on the node between rounds
     fed = _federation(tmp_path, sites, warm=False)  # plain flower-supernode: each message in a fresh process
     try:
         fed.start()

@@ -261,6 +261,12 @@ def _serve(grid: Grid, context: Context) -> None:
         from ..models import norm_keys
         travel -= norm_keys(gan)
     strategy.setup(global_state, {k for k, _ in gan.named_parameters()} & travel, len(ids))
+    # FedBN / partial sharing: some layers never leave the nodes, so the server holds no whole
+    # generator; the nodes score the global model with their own layers, the server does not
+    whole = set(global_state) <= travel
+    if not whole:
+        _say(f"{len(set(global_state) - travel)} tensor(s) stay on the nodes ({f.strategy}, fed.share): the global "
+             f"model is scored per site only; no union score and no sample grids on the server")
     ev = None
     to_eval: set[int] = set()
     if cfg.eval.enabled:
@@ -276,6 +282,8 @@ def _serve(grid: Grid, context: Context) -> None:
         return G
 
     def save_grid(r: int) -> None:
+        if not whole:
+            return
         G = load_G(global_state)
         G.eval()
         with torch.inference_mode():
@@ -283,7 +291,7 @@ def _serve(grid: Grid, context: Context) -> None:
         run_dir.save_grid(r, imgs, nrow=max(1, int(cfg.eval.grid_size ** 0.5)))
 
     def eval_union(r: int) -> list[dict[str, Any]]:
-        if ev is None:
+        if ev is None or not whole:
             return []
         return ev.evaluate(load_G(global_state), r, "global", None)
 
