@@ -51,14 +51,13 @@ def test_deploy_supernode_passes_every_option_through_and_starts_a_warm_worker(m
         raise SystemExit(0)
     monkeypatch.setattr(os, "execve", fake_execve)
     monkeypatch.setattr(fedsynth.deploy, "start_worker", lambda: "/tmp/fedsynth-node-x/worker.sock")
-    monkeypatch.delenv("FEDSYNTH_NODE_WORKER", raising=False)
     args = ["--root-certificates=/tls/ca.crt", "--superlink", "h:8000", "--node-config", 'data-path="/d" client-id="0"']
     CliRunner().invoke(app, ["deploy", "supernode", *args])
     path, argv, env = calls[-1]
     assert path.endswith("flower-supernode") and argv == ["flower-supernode", *args]
     assert env["FEDSYNTH_NODE_WORKER"] == "/tmp/fedsynth-node-x/worker.sock"
     assert env["FLWR_TELEMETRY_ENABLED"] == "0"
-    monkeypatch.delenv("FEDSYNTH_NODE_WORKER", raising=False)
+    assert "FEDSYNTH_NODE_WORKER" not in os.environ  # only the SuperNode's environment has it
     CliRunner().invoke(app, ["deploy", "supernode", "--no-warm-worker", *args])
     path, argv, env = calls[-1]
-    assert argv == ["flower-supernode", *args] and "FEDSYNTH_NODE_WORKER" not in env
+    assert argv == ["flower-supernode", *args] and env["FEDSYNTH_NODE_WORKER"] == ""

@@ -595,7 +595,7 @@ def deploy_certs(
 _PASS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 
-def _exec_flower(name: str, args: list[str]) -> None:
+def _exec_flower(name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
     """Replace this process with a Flower command (same PID), in fedsynth's Flower environment."""
     import os
 
@@ -604,7 +604,7 @@ def _exec_flower(name: str, args: list[str]) -> None:
         path = flower_bin(name)
     except UserError as e:
         _fail(str(e))
-    os.execve(path, [name, *args], flower_env())
+    os.execve(path, [name, *args], {**flower_env(), **(extra_env or {})})
 
 
 @deploy_app.command("superlink", context_settings=_PASS)
@@ -622,15 +622,13 @@ def deploy_supernode(ctx: typer.Context) -> None:
     Give the node its data: --node-config 'data-path="/data/site" client-id="0"'. The warm worker
     (fedsynth.fed.worker) keeps torch loaded so that Flower's per-message ClientApp process need
     not import it; it lives as long as the SuperNode. --no-warm-worker leaves it out."""
-    import os
-
     from .deploy import start_worker
+    from .fed.worker import ENV
     args = list(ctx.args)
     if "--no-warm-worker" in args:
         args.remove("--no-warm-worker")
-        _exec_flower("flower-supernode", args)
-    os.environ["FEDSYNTH_NODE_WORKER"] = start_worker()  # inherited by flower-supernode and its ClientApps
-    _exec_flower("flower-supernode", args)
+        _exec_flower("flower-supernode", args, {ENV: ""})
+    _exec_flower("flower-supernode", args, {ENV: start_worker()})  # inherited by its ClientApp processes
 
 
 @deploy_app.command("register", context_settings=_PASS)

@@ -229,6 +229,7 @@ class LocalFederation:
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.env = flower_env(env)
         self.env["FLWR_HOME"] = str(self.home)
+        self.env.pop("FEDSYNTH_NODE_WORKER", None)  # each warm SuperNode gets its own
         self.procs: list = []
         self.node_procs: list = []
 

@@ -62,7 +62,8 @@ def _recv(sock: socket.socket) -> Any:
 
 def request(path: str, kind: str, req: dict[str, Any], wait_s: float = 30.0) -> dict[str, Any]:
     """Send one request to the worker at ``path`` and return its answer. Waits up to ``wait_s``
-    for a worker that is still starting (its socket not there yet)."""
+    for a worker that is still starting (its folder exists, its socket not yet); gives up at
+    once if the folder does not exist."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -72,6 +73,8 @@ def request(path: str, kind: str, req: dict[str, Any], wait_s: float = 30.0) -> 
                 status, answer = _recv(s)
             break
         except (FileNotFoundError, ConnectionRefusedError) as e:
+            if not os.path.isdir(os.path.dirname(path)):  # never started (or gone): do not wait
+                raise WorkerUnavailable(f"no worker at {path}: its folder does not exist") from None
             if time.monotonic() > deadline:
                 raise WorkerUnavailable(f"no worker at {path}: {e}") from None
             time.sleep(0.05)
