@@ -134,3 +134,62 @@ def test_a_node_with_a_missing_data_folder_stops_the_run_naming_the_client(tmp_p
     print("flwr run exit code", run.returncode)
     assert "error: client 1" in text and "nowhere" in text, text[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _serverapps(flwr_home: str) -> list[int]:
+    """PIDs of the flwr-serverapp processes of this federation (their environment names its FLWR_HOME)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and b"flwr-serverapp" in (d / "cmdline").read_bytes() \
+                    and f"FLWR_HOME={flwr_home}".encode() in (d / "environ").read_bytes().split(b"\0"):
+                out.append(int(d.name))
+        except OSError:
+            continue
+    return out
+
+
+def test_a_killed_server_resumes_in_a_new_flower_run_bit_identical(tmp_path, sites):
+    """SIGKILL the ServerApp (and `fedsynth deploy run`) once round 2's checkpoint exists, then
+    `fedsynth deploy run --resume`: a new Flower run, so every node starts with an empty context
+    and must find its state (SCAFFOLD control variates, optimizer) on its own disk."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    cfg_path = tmp_path / "fedsynth.toml"
+    cfg_path.write_text(CONFIG.replace("rounds = 2", 'rounds = 4\nstrategy = "scaffold"')
+                        + "[eval]\nevery = 2\nnum-samples = 64\ngrid-size = 4\nkid-subset-size = 32\n")
+    out = tmp_path / "run"
+    fed = _federation(tmp_path, sites)
+    cli = [sys.executable, "-m", "fedsynth.cli", "deploy", "run", "--clients", "2"]
+    try:
+        fed.start()
+        first = subprocess.Popen(cli + ["--config", str(cfg_path), "--out", str(out)], env=fed.env,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 240
+        while not (out / "checkpoints" / "round-0002.pt").exists():
+            assert time.time() < deadline and first.poll() is None, "round 2 never finished"
+            time.sleep(0.05)
+        servers = _serverapps(str(fed.home))
+        assert servers
+        for p in servers:
+            os.kill(p, signal.SIGKILL)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+        res = subprocess.run(cli + ["--resume", str(out)], env=fed.env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+        assert "resuming after round 2" in res.stdout
+    finally:
+        fed.stop()
+    ck = torch.load(out / "checkpoints" / "round-0004.pt", weights_only=False)
+    ref = _in_process(cfg_path, sites)
+    assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
+    recs = [r for r in _records(out / "metrics.jsonl") if "extractor" in r or r["metric"] == "d-loss"]
+    keys = [_key(r) for r in recs]
+    assert len(keys) == len(set(keys))  # nothing of the lost round twice
+    inproc = {_key(r): r for r in ref.records if "extractor" in r or r["metric"] == "d-loss"}
+    assert set(keys) == {k for k in inproc if not (k[2] == "union" and k[3].startswith("kid"))}
+    for r in recs:
+        assert r["value"] == pytest.approx(inproc[_key(r)]["value"], rel=1e-6, abs=1e-9), _key(r)

@@ -647,6 +647,8 @@ def deploy_run(
     superlink: str = typer.Option("", "--superlink", help="SuperLink connection name in $FLWR_HOME/config.toml "
                                   "[default: its default]."),
     round_timeout: float = typer.Option(3600, "--round-timeout", help="Seconds a round waits for replies."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this Flower run directory from its "
+                                          "last checkpoint (its own config.toml; the nodes' saved state)."),
     print_app: bool = typer.Option(False, "--print-app", help="Print the Flower app folder and exit."),
 ) -> None:
     """Start a federated run on a running SuperLink and follow it (flwr run --stream underneath).
@@ -659,18 +661,27 @@ def deploy_run(
         print(APP_DIR)
         return
     try:
+        if resume is not None:
+            if config is not None or set_ or out is not None:
+                raise UserError("--resume continues a run with its own config.toml and folder: "
+                                "leave out --config, --set and --out")
+            if not (resume / "config.toml").is_file():
+                raise UserError(f"--resume {resume}: no config.toml there (not a run directory)")
+            config, target = resume / "config.toml", resume.resolve()
         cfg = load_config(config, set_)  # a bad config fails here, before anything is sent
         if clients < 1:
             raise UserError("--clients must be at least 1")
-        target = (out or Path("runs") / time.strftime("flower-%Y%m%d-%H%M%S")).resolve()
-        if (target / "config.toml").exists():
-            raise UserError(f"--out {target} already holds a run (config.toml exists); choose another directory")
+        if resume is None:
+            target = (out or Path("runs") / time.strftime("flower-%Y%m%d-%H%M%S")).resolve()
+            if (target / "config.toml").exists():
+                raise UserError(f"--out {target} already holds a run (config.toml exists); choose another "
+                                f"directory, or continue it with --resume {target}")
         flwr = flower_bin("flwr")
     except UserError as e:
         _fail(str(e))
     with tempfile.TemporaryDirectory() as d:
         rc = run_config_file(Path(d) / "run-config.toml", cfg.to_toml(), str(target), clients,
-                             {"round-timeout": round_timeout})
+                             {"round-timeout": round_timeout, "resume": resume is not None})
         args = [flwr, "run", str(APP_DIR), *([superlink] if superlink else []), "--stream", "--run-config", str(rc)]
         code = stream_run(args, flower_env(), echo=lambda line: print(line, flush=True))
     if code == 0:

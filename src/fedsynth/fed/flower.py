@@ -161,6 +161,23 @@ def main(grid: Grid, context: Context) -> None:
         raise RuntimeError(f"fedsynth: {e}") from None
 
 
+def _last_checkpoint(out: str, cfg) -> dict[str, Any]:
+    """The newest checkpoint of a Flower run directory, checked against the config."""
+    from pathlib import Path
+
+    from ..checkpoint import load_checkpoint
+    found = sorted((Path(out) / "checkpoints").glob("round-*.pt"))
+    if not found:
+        raise UserError(f"resume: {out}/checkpoints holds no checkpoint (was the run started?)")
+    ck = load_checkpoint(found[-1])
+    if "flower" not in ck:
+        raise UserError(f"resume: {found[-1]} was not written by a Flower run; resume it with fedsynth run --resume")
+    if ck["config"] != cfg.to_dict():
+        raise UserError(f"resume: the config differs from the one {found[-1]} was written with "
+                        f"(resume with the run directory's own config.toml)")
+    return ck
+
+
 def _serve(grid: Grid, context: Context) -> None:
     import torch
 
@@ -200,8 +217,22 @@ def _serve(grid: Grid, context: Context) -> None:
         kind = "inception" if extractor.metric == "fid" else "random"
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=kind))
     cfg_text = cfg.to_toml()
-    run_dir = RunDir.at(str(rc["out"]))
-    run_dir.write_text("config.toml", cfg_text)
+    ck = None
+    if bool(rc.get("resume", False)):  # a new Flower run continues from the last checkpoint
+        ck = _last_checkpoint(str(rc["out"]), cfg)
+        run_key = str(ck["flower"]["run-key"])
+        run_dir = RunDir.reopen(str(rc["out"]), upto_round=int(ck["round"]))
+        if ck["flower"]["pending-global"] >= 0:  # these per-site scores belong to the round that was lost
+            g = ck["flower"]["pending-global"]
+            run_dir.records = [x for x in run_dir.records
+                               if not (x["round"] == g and x["client"] == "global" and x.get("real") != "union")]
+            run_dir.log([])
+        _say(f"resuming after round {ck['round']} from {rc['out']}/checkpoints")
+    else:
+        import uuid
+        run_key = uuid.uuid4().hex  # names the nodes' saved state for this run (not a random draw of the study)
+        run_dir = RunDir.at(str(rc["out"]))
+        run_dir.write_text("config.toml", cfg_text)
 
     # --- who is there
     _say(f"waiting for {n_clients} SuperNode(s)")
@@ -238,6 +269,8 @@ def _serve(grid: Grid, context: Context) -> None:
                 raise UserError(f"client {cid} extracts features with {meta['extractor']}, the server with "
                                 f"{extractor.name}: install the same Inception weights everywhere (eval.inception-weights)")
     ids = sorted(info, key=_natural)
+    if ck is not None and ck["flower"]["clients"] != ids:
+        raise UserError(f"the checkpoint was written with clients {ck['flower']['clients']}, the nodes now are {ids}")
     for key in ("channels", "image-size"):
         seen = {cid: int(info[cid][key]) for cid in ids}
         if len(set(seen.values())) > 1:
@@ -296,7 +329,7 @@ def _serve(grid: Grid, context: Context) -> None:
         return ev.evaluate(load_G(global_state), r, "global", None)
 
     def config(r: int, eval_global: int, eval_local: bool) -> ConfigRecord:
-        return ConfigRecord({"fedsynth-config": cfg_text, "round": r, "num-classes": num_classes,
+        return ConfigRecord({"fedsynth-config": cfg_text, "round": r, "num-classes": num_classes, "run-key": run_key,
                              "eval-global": eval_global, "eval-local": eval_local,
                              "strategy": _dumps(strategy.state_dict())})
 
@@ -311,14 +344,22 @@ def _serve(grid: Grid, context: Context) -> None:
     if cfg.privacy.client_dp:
         from ..privacy.dp import accountant as make_accountant
         accountant = make_accountant()
-    save_grid(0)
     pending_global = -1  # the round whose global model the nodes evaluate on receipt
     recs0: list[dict[str, Any]] = []
-    if 0 in to_eval:
-        recs0 = eval_union(0)
-        pending_global = 0
+    first = 1
+    if ck is not None:
+        global_state = ck["global"]
+        strategy.load_state_dict(ck["strategy"])
+        pending_global, first = int(ck["flower"]["pending-global"]), int(ck["round"]) + 1
+        if accountant is not None:
+            accountant.history = list(ck["flower"]["accountant"])
+    else:
+        save_grid(0)
+        if 0 in to_eval:
+            recs0 = eval_union(0)
+            pending_global = 0
     t_run = time.perf_counter()
-    for r in range(1, f.rounds + 1):
+    for r in range(first, f.rounds + 1):
         t0 = time.perf_counter()
         picked = sample_clients(ids, f.fraction, f.min_clients, cfg.run.seed, r)
         targets = ids if pending_global >= 0 else picked  # every site scores the incoming model
@@ -388,7 +429,10 @@ def _serve(grid: Grid, context: Context) -> None:
         run_dir.save_checkpoint(r, {"format": "fedsynth-checkpoint/1", "round": r, "config": cfg.to_dict(),
                                     "model": {**spec.to_dict(), "class_names": json.loads(info[ids[0]]["class-names"])},
                                     "global": global_state, "ema": None, "strategy": strategy.state_dict(),
-                                    "clients": {}}, cfg.run.keep_checkpoints)
+                                    "clients": {},  # each node keeps its own state (see fedsynth.fed.node)
+                                    "flower": {"run-key": run_key, "pending-global": pending_global, "clients": ids,
+                                               "accountant": list(accountant.history) if accountant else None}},
+                                cfg.run.keep_checkpoints)
         if r in to_eval or not cfg.eval.enabled:
             save_grid(r)
         fd = [x["value"] for x in recs if x.get("client") == "global" and x.get("real") == "union"

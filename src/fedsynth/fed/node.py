@@ -9,7 +9,10 @@ was started with ``fedsynth deploy supernode`` -- in the node's warm worker
 (:mod:`fedsynth.fed.worker`), which has torch imported already.
 
 Requests: ``{"config": {...}, "node_config": {...}, "arrays": {name: ndarray} | None,
-"state": bytes | None}``. Answers: ``{"meta": {...}, "arrays": ..., "metrics": ..., "stats": ...,
+"state": bytes | None}``. The node's state after each round it trains is also saved on its own
+disk (``<cache>/flower-state/<run key>/<client id>/``, the newest three rounds), so that a run
+resumed from the server's checkpoint -- a new Flower run, with empty contexts -- continues
+exactly. Answers: ``{"meta": {...}, "arrays": ..., "metrics": ..., "stats": ...,
 "state": ...}`` (absent = nothing). A bad data folder or bad images give
 ``{"meta": {"client-id": ..., "error": "one line naming the path"}}``, never a traceback.
 """
@@ -83,6 +86,40 @@ class _Node:
                          conditional=c.model.conditional != "none", num_classes=num_classes)
 
 
+KEEP_STATES = 3  # saved node states per run (the server's last checkpoint may be a round behind)
+
+
+def _state_dir(node: "_Node"):
+    from ..utils import cache_dir
+    key = "".join(ch for ch in str(node.conf.get("run-key", "")) if ch.isalnum())
+    return cache_dir() / "flower-state" / key / "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in node.cid)
+
+
+def _saved_state(node: "_Node", req: dict[str, Any], before: int) -> bytes | None:
+    """This node's state between rounds: Flower's context keeps it for the run; a resumed run
+    (a new Flower run, empty contexts) finds it on the node's disk, as of the last round before
+    ``before`` that this node trained (a round the server lost may have been trained already)."""
+    if req.get("state") is not None:
+        return req["state"]
+    if not node.conf.get("run-key"):
+        return None
+    rounds = sorted(int(p.stem.split("-")[1]) for p in _state_dir(node).glob("round-*.pt"))
+    rounds = [r for r in rounds if r < before]
+    return (_state_dir(node) / f"round-{rounds[-1]:04d}.pt").read_bytes() if rounds else None
+
+
+def _save_state(node: "_Node", round_: int, state: bytes) -> None:
+    """Kept on the node's own disk (under its cache folder): optimizer and local-layer state,
+    never images. Written atomically; the newest :data:`KEEP_STATES` rounds are kept."""
+    from ..utils import atomic_write_bytes
+    if not node.conf.get("run-key"):
+        return
+    d = _state_dir(node)
+    atomic_write_bytes(d / f"round-{round_:04d}.pt", state)
+    for old in sorted(d.glob("round-*.pt"))[:-KEEP_STATES]:
+        old.unlink(missing_ok=True)
+
+
 def _hello(node: _Node) -> dict[str, Any]:
     """Who this node is, what its data looks like, and (if the run evaluates) the moments of its
     real images' features -- sums over images, never an image."""
@@ -117,8 +154,9 @@ def _train(node: _Node, req: dict[str, Any]) -> dict[str, Any]:
     engine = node.engine(k)
     engine.strategy.load_state_dict(loads(bytes(conf["strategy"])))
     c = engine.clients[node.cid]
-    if req.get("state") is not None:
-        saved = loads(req["state"])
+    saved_bytes = _saved_state(node, req, before=r)
+    if saved_bytes is not None:
+        saved = loads(saved_bytes)
         c.opt_state, c.local, c.strategy = saved["opt_state"], saved["local"], saved["strategy"]
     start = _tensors(req["arrays"])
     recs: list[dict[str, Any]] = []
@@ -128,6 +166,7 @@ def _train(node: _Node, req: dict[str, Any]) -> dict[str, Any]:
     up, train_recs, timing = engine._train_client(r, c, start)
     recs += train_recs
     state = dumps({"opt_state": c.opt_state, "local": c.local, "strategy": c.strategy})
+    _save_state(node, r, state)
     meta: dict[str, Any] = {"client-id": node.cid, "timing": json.dumps(timing), "dropped": up is None}
     if up is None:  # the node failed mid-round (simulated drop-out)
         return {"meta": {**meta, "records": json.dumps(recs)}, "state": state}
@@ -142,7 +181,8 @@ def _evaluate(node: _Node, req: dict[str, Any]) -> dict[str, Any]:
     """The global model against this node's own data (with its own local layers, if any)."""
     k = int(node.conf["num-classes"])
     engine = node.engine(k)
-    local = loads(req["state"])["local"] if req.get("state") is not None else {}
+    saved = _saved_state(node, req, before=int(node.conf["round"]) + 1)
+    local = loads(saved)["local"] if saved is not None else {}
     recs = _eval_global(node, engine, node.evaluator(k), {**_tensors(req["arrays"]), **local},
                         int(node.conf["eval-global"]))
     return {"meta": {"client-id": node.cid, "records": json.dumps(recs)}}
