@@ -642,10 +642,10 @@ def deploy_run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="fedsynth TOML config (sent with the run)."),
     set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set fed.rounds=5."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory the server writes "
-                                       "[default: runs/flower-<time>]."),
+                                       "(default: runs/flower-<time>)."),
     clients: int = typer.Option(2, "--clients", "-k", help="SuperNodes to wait for."),
     superlink: str = typer.Option("", "--superlink", help="SuperLink connection name in $FLWR_HOME/config.toml "
-                                  "[default: its default]."),
+                                  "(default: the one it names as default)."),
     round_timeout: float = typer.Option(3600, "--round-timeout", help="Seconds a round waits for replies."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this Flower run directory from its "
                                           "last checkpoint (its own config.toml; the nodes' saved state)."),
