@@ -141,6 +141,18 @@ def strategy_for(cfg: Config):
     return strategy
 
 
+def setup_strategy(cfg: Config, strategy, gan: torch.nn.Module, init: State, n_clients: int) -> set[str]:
+    """Set ``strategy`` up for ``gan`` and return the weights that travel: those ``fed.share``
+    names, minus the normalisation layers of a strategy that keeps them local (FedBN)."""
+    travel = shared_keys(list(init), cfg.fed.share)
+    if strategy.keeps_norm_local:
+        travel -= norm_keys(gan)
+    if not travel and strategy.aggregates:
+        raise UserError(f"config key 'fed.share' = {list(cfg.fed.share)} matches no weights: nothing would travel")
+    strategy.setup(init, {k for k, _ in gan.named_parameters()} & travel, n_clients)
+    return travel
+
+
 def _g_only(state: State) -> State:
     return {k[2:]: v for k, v in state.items() if k.startswith("G.")}
 
@@ -181,14 +193,8 @@ class FederatedRun:
         init = self.trainer.weights()
         if f.init_from:
             init = load_init(f.init_from, init)
-        all_keys = list(init)
-        travel = shared_keys(all_keys, f.share)
-        if self.strategy.keeps_norm_local:
-            travel -= norm_keys(gan)
-        if not travel and self.strategy.aggregates:
-            raise UserError(f"config key 'fed.share' = {list(f.share)} matches no weights: nothing would travel")
-        self.local_keys = [k for k in all_keys if k not in travel]
-        self.strategy.setup(init, {k for k, _ in gan.named_parameters()} & travel, len(self.clients))
+        travel = setup_strategy(cfg, self.strategy, gan, init, len(self.clients))
+        self.local_keys = [k for k in init if k not in travel]
         self.global_state: State | None = init
         for c in self.clients.values():
             c.local = {k: init[k].clone() for k in self.local_keys}

@@ -187,11 +187,11 @@ def _serve(grid: Grid, context: Context) -> None:
     from ..report import RunDir
     from ..report.plots import plot_fd
     from ..utils import derive_seed, torch_generator
-    from .engine import eval_rounds, model_spec, sample_clients, strategy_for
+    from .engine import eval_rounds, model_spec, sample_clients, setup_strategy, strategy_for
     from .evaluation import Evaluator, RealStats, sites_summary
     from .node import dumps as _dumps
     from .node import loads as _loads
-    from .strategies import ClientUpdate, shared_keys
+    from .strategies import ClientUpdate
     rc = context.run_config
     if str(rc.get("config-text", "")).strip():  # sent with the run by `fedsynth deploy run`
         import tomllib
@@ -263,8 +263,7 @@ def _serve(grid: Grid, context: Context) -> None:
                             f"node its own --node-config client-id")
         info[cid] = {"node": nid, **meta}
         if "stats" in rep.content:
-            stats[cid] = FeatureStats.from_npz_dict({k: v.numpy() for k, v in
-                                                    rep.content["stats"].to_torch_state_dict().items()})
+            stats[cid] = FeatureStats.from_npz_dict({k: a.numpy() for k, a in rep.content["stats"].items()})
             if meta["extractor"] != extractor.name:
                 raise UserError(f"client {cid} extracts features with {meta['extractor']}, the server with "
                                 f"{extractor.name}: install the same Inception weights everywhere (eval.inception-weights)")
@@ -289,11 +288,7 @@ def _serve(grid: Grid, context: Context) -> None:
     spec = model_spec(cfg, size, channels, num_classes)
     gan = build_gan(spec, seed=derive_seed(cfg.run.seed, "init"))
     global_state = {k: v.detach().clone() for k, v in gan.state_dict().items()}
-    travel = shared_keys(global_state, f.share)
-    if strategy.keeps_norm_local:
-        from ..models import norm_keys
-        travel -= norm_keys(gan)
-    strategy.setup(global_state, {k for k, _ in gan.named_parameters()} & travel, len(ids))
+    travel = setup_strategy(cfg, strategy, gan, global_state, len(ids))
     # FedBN / partial sharing: some layers never leave the nodes, so the server holds no whole
     # generator; the nodes score the global model with their own layers, the server does not
     whole = set(global_state) <= travel
@@ -328,10 +323,20 @@ def _serve(grid: Grid, context: Context) -> None:
             return []
         return ev.evaluate(load_G(global_state), r, "global", None)
 
-    def config(r: int, eval_global: int, eval_local: bool) -> ConfigRecord:
-        return ConfigRecord({"fedsynth-config": cfg_text, "round": r, "num-classes": num_classes, "run-key": run_key,
-                             "eval-global": eval_global, "eval-local": eval_local,
-                             "strategy": _dumps(strategy.state_dict())})
+    by_node = {info[c]["node"]: c for c in ids}
+
+    def messages(r: int, train: list[str], evaluate: list[str], eval_global: int, eval_local: bool) -> list[Message]:
+        """Round ``r``'s messages: ``train`` to the sampled clients, ``evaluate`` to the others
+        that must score the incoming global model. Weights and strategy state serialised once."""
+        base = {"fedsynth-config": cfg_text, "round": r, "num-classes": num_classes, "run-key": run_key,
+                "eval-global": eval_global, "strategy": _dumps(strategy.state_dict())}
+        arrays, out = ArrayRecord(global_state), []
+        for kind, cids in (("train", train), ("evaluate", evaluate)):
+            for cid in cids:
+                conf = ConfigRecord({**base, "eval-local": eval_local and kind == "train"})
+                out.append(Message(RecordDict({"arrays": arrays, "config": conf}),
+                                   message_type=kind, dst_node_id=info[cid]["node"]))
+        return out
 
     def node_records(rep: Message) -> list[dict[str, Any]]:
         return json.loads(str(rep.content["meta"]["records"])) if "records" in rep.content["meta"] else []
@@ -362,21 +367,11 @@ def _serve(grid: Grid, context: Context) -> None:
     for r in range(first, f.rounds + 1):
         t0 = time.perf_counter()
         picked = sample_clients(ids, f.fraction, f.min_clients, cfg.run.seed, r)
-        targets = ids if pending_global >= 0 else picked  # every site scores the incoming model
-        msgs = []
-        for cid in targets:
-            if cid in picked:
-                content = RecordDict({"arrays": ArrayRecord(global_state),
-                                      "config": config(r, pending_global, r in to_eval)})
-                msgs.append(Message(content=content, message_type="train", dst_node_id=info[cid]["node"]))
-            else:
-                content = RecordDict({"arrays": ArrayRecord(global_state), "config": config(r, pending_global, False)})
-                msgs.append(Message(content=content, message_type="evaluate", dst_node_id=info[cid]["node"]))
-        replies, silent = _exchange(grid, msgs, timeout, poll)
+        idle = [c for c in ids if c not in picked] if pending_global >= 0 else []  # every site scores the incoming model
+        replies, silent = _exchange(grid, messages(r, picked, idle, pending_global, r in to_eval), timeout, poll)
         recs = list(recs0)
         recs0 = []
         updates, timings = [], []
-        by_node = {info[c]["node"]: c for c in ids}
         for nid in silent:
             recs.append({"round": r, "client": by_node[nid], "metric": "dropped", "value": 1,
                          "reason": f"no reply within round-timeout = {timeout:.0f} s"})
@@ -440,9 +435,7 @@ def _serve(grid: Grid, context: Context) -> None:
         _say(f"round {r}/{f.rounds}: {len(updates)}/{len(picked)} update(s) aggregated, {wall:.1f} s"
              + (f" (training {train_s:.1f} s)" if timings else "") + (f", global {extractor.metric} {fd[0]:.4g}" if fd else ""))
     if pending_global >= 0:  # the last round's global model, scored where the data is
-        msgs = [Message(RecordDict({"arrays": ArrayRecord(global_state), "config": config(f.rounds, pending_global, False)}),
-                        message_type="evaluate", dst_node_id=info[c]["node"]) for c in ids]
-        replies, _silent = _exchange(grid, msgs, timeout, poll)
+        replies, _silent = _exchange(grid, messages(f.rounds, [], ids, pending_global, False), timeout, poll)
         recs = [x for rep in replies if not rep.has_error() for x in node_records(rep)]
         run_dir.log(recs + per_site(recs, pending_global))
     if cfg.eval.enabled:
