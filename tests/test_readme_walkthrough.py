@@ -7,10 +7,8 @@ process started is stopped by PID."""
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,19 +30,9 @@ def _sections() -> list[tuple[str, list[str]]]:
     return out
 
 
-def _wait_port(port: int, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
-
-
 @pytest.mark.smoke
 def test_readme_walkthrough_runs_as_written(tmp_path):
-    from fedsynth.deploy import stop_processes
+    from fedsynth.deploy import stop_processes, wait_port
     sections = _sections()
     terminals = [(t, cmds) for t, cmds in sections if t.startswith("terminal")]
     assert [t.split(":")[0] for t, _ in terminals] == ["terminal 1", "terminal 2", "terminal 3"]
@@ -71,7 +59,7 @@ def test_readme_walkthrough_runs_as_written(tmp_path):
             procs.append(subprocess.Popen(["bash", "-c", "set -e\n" + "\n".join(cmds)], cwd=work, env=env,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
             if i == 0:
-                _wait_port(port)
+                wait_port(port)
         run = subprocess.run(["bash", "-c", final[0]], cwd=work, env=env, capture_output=True, text=True, timeout=420)
         logs = "".join((tmp_path / f"terminal-{i + 1}.log").read_text()[-1500:] for i in range(3))
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:] + logs

@@ -159,6 +159,19 @@ def _session_members(sids: set[int]) -> list[int]:
     return out
 
 
+def wait_port(port: int, seconds: float = 60) -> None:
+    """Return once something listens on 127.0.0.1:``port``; TimeoutError after ``seconds``."""
+    import socket
+    import time
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
 def _descendants(pids: set[int]) -> set[int]:
     """Every live descendant of these PIDs (by parent PID, from /proc)."""
     children: dict[int, list[int]] = {}
@@ -239,25 +252,15 @@ class LocalFederation:
 
     def _popen(self, args: list[str], name: str):
         import subprocess
-        out = subprocess.DEVNULL
-        if self.log_dir is not None:
+        if self.log_dir is None:
+            p = subprocess.Popen(args, env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 start_new_session=True)
+        else:
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            out = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (closed with the process)
-        p = subprocess.Popen(args, env=self.env, stdout=out, stderr=subprocess.STDOUT if out is not
-                             subprocess.DEVNULL else subprocess.DEVNULL, start_new_session=True)
+            with open(self.log_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy
+                p = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
         return p
-
-    def _wait_port(self, port: int, seconds: float = 60) -> None:
-        import socket
-        import time
-        deadline = time.time() + seconds
-        while time.time() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            time.sleep(0.1)
-        raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
     def start_superlink(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -274,7 +277,7 @@ class LocalFederation:
         else:
             args += ["--insecure"]
         self._popen(args, "superlink")
-        self._wait_port(self.port)
+        wait_port(self.port)
 
     def register(self, k: int) -> None:
         """The operator registers hospital ``k``'s public key (TLS mode only)."""

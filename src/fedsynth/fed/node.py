@@ -77,12 +77,15 @@ class _Node:
         cfg = dataclasses.replace(self.cfg, eval=dataclasses.replace(self.cfg.eval, enabled=False))
         return FederatedRun(cfg, [self.data], client_ids=[self.cid], num_classes=num_classes)
 
-    def evaluator(self, num_classes: int):
+    def extractor(self):
+        """The feature network the server chose (it sends ``random`` or ``inception``, never ``auto``)."""
         from ..metrics import build_extractor
+        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights)
+
+    def evaluator(self, num_classes: int):
         from .evaluation import Evaluator
         c = self.cfg
-        return Evaluator(c.eval, build_extractor(c.eval.feature_extractor, c.eval.inception_weights),
-                         {self.cid: self.data}, c.model.nz, c.run.seed,
+        return Evaluator(c.eval, self.extractor(), {self.cid: self.data}, c.model.nz, c.run.seed,
                          conditional=c.model.conditional != "none", num_classes=num_classes)
 
 
@@ -103,9 +106,9 @@ def _saved_state(node: "_Node", req: dict[str, Any], before: int) -> bytes | Non
         return req["state"]
     if not node.conf.get("run-key"):
         return None
-    rounds = sorted(int(p.stem.split("-")[1]) for p in _state_dir(node).glob("round-*.pt"))
-    rounds = [r for r in rounds if r < before]
-    return (_state_dir(node) / f"round-{rounds[-1]:04d}.pt").read_bytes() if rounds else None
+    d = _state_dir(node)
+    rounds = [r for r in sorted(int(p.stem.split("-")[1]) for p in d.glob("round-*.pt")) if r < before]
+    return (d / f"round-{rounds[-1]:04d}.pt").read_bytes() if rounds else None
 
 
 def _save_state(node: "_Node", round_: int, state: bytes) -> None:
@@ -123,7 +126,6 @@ def _save_state(node: "_Node", round_: int, state: bytes) -> None:
 def _hello(node: _Node) -> dict[str, Any]:
     """Who this node is, what its data looks like, and (if the run evaluates) the moments of its
     real images' features -- sums over images, never an image."""
-    from ..metrics import build_extractor
     from .evaluation import real_statistics
     d = node.data
     meta: dict[str, Any] = {"client-id": node.cid, "num-examples": len(d), "channels": d.channels,
@@ -131,7 +133,7 @@ def _hello(node: _Node) -> dict[str, Any]:
                             "class-counts": json.dumps(d.class_counts())}
     out: dict[str, Any] = {"meta": meta}
     if node.cfg.eval.enabled:
-        ex = build_extractor(node.cfg.eval.feature_extractor, node.cfg.eval.inception_weights)
+        ex = node.extractor()
         st = real_statistics(d, ex, node.cfg.eval.max_real, node.cfg.run.seed).stats
         meta["extractor"] = ex.name
         out["stats"] = {k: np.asarray(v) for k, v in st.to_npz_dict().items()}
