@@ -45,8 +45,6 @@ def main() -> None:
     rd = RunDir.at(args.out) if not Path(args.out, "config.toml").exists() else RunDir.create(Path(args.out).parent, Path(args.out).name)
     rd.write_text("config.toml", cfg.to_toml())
     res = run.run(rd)
-    G = run.trainer.gan.G
-    G.load_state_dict({k[2:]: v for k, v in res.global_state.items() if k.startswith("G.")})
     print(f"trained in {time.perf_counter() - t0:.0f}s -> {rd.path}")
 
     # held-out real data (another seed: images the GAN never saw)
@@ -55,7 +53,7 @@ def main() -> None:
     train, test = held.subset(range(0, 600)), held.subset(range(600, 1200))
     clf = train_classifier(train.batch(), torch.from_numpy(train.labels), k, epochs=5, seed=0)
     real_acc = scores(predict(clf, test.batch()), torch.from_numpy(test.labels), k)["accuracy"]
-    acc = conditional_accuracy(G, clf, k, cfg.model.nz, n_per_class=300, seed=1)
+    acc = conditional_accuracy(run.model, res.global_state, clf, k, n_per_class=300, seed=1)
     print(f"\nclassifier on held-out real images: accuracy {real_acc:.3f}")
     print("| requested class | classified as requested |\n| --- | --- |")
     for k, name in enumerate(held.class_names):
@@ -66,9 +64,7 @@ def main() -> None:
     small = held.subset(range(0, args.real_train))
     g = torch.Generator().manual_seed(7)
     y = torch.arange(600) % k
-    with torch.inference_mode():
-        G.eval()
-        x = G(torch.randn(600, cfg.model.nz, generator=g), y)
+    x = run.model.sample(res.global_state, run.model.latents(600, g), y)
     util = downstream_utility(small, test, x, y, epochs=8, seed=0)
     print(f"\ndownstream utility ({args.real_train} real training images, 600 synthetic; 600 real test images)")
     print(util.markdown())

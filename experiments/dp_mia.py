@@ -42,13 +42,10 @@ def main() -> None:
         t0 = time.perf_counter()
         run = FederatedRun(cfg, partition_for(cfg, data))
         res = run.run()
-        run.trainer.gan.load_state_dict(res.global_state)
         members = data.batch()
         non = make_phantom("phantom-histo", args.members, 32, seed=4242).batch()
-        G = run.trainer.gan.G.eval()
-        with torch.inference_mode():
-            fake = G(torch.randn(1000, cfg.model.nz, generator=torch.Generator().manual_seed(5)))
-        auc_d = discriminator_mia(run.trainer.gan.D, members, non)
+        fake = run.model.sample(res.global_state, torch.randn(1000, cfg.model.nz, generator=torch.Generator().manual_seed(5)))
+        auc_d = discriminator_mia(run.model.gan.D, members, non)  # white-box: the GAN family's discriminator
         auc_g = distance_mia(fake, members, non)
         fd = [r["value"] for r in res.records if r["metric"] == "fd-random" and r["client"] == "global"
               and r["real"] == "union"][-1]

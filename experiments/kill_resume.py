@@ -61,8 +61,8 @@ def main() -> None:
             proc = subprocess.Popen([sys.executable, "-m", "fedsynth", "run", "--resume", str(out)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert proc.wait() == 0
-        a = torch.load(sorted((work / "ref" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
-        b = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+        a = torch.load(sorted((work / "ref" / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+        b = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)
         same_w = all(torch.equal(a["global"][k], b["global"][k]) for k in a["global"])
         same_m = (work / "ref" / "metrics.jsonl").read_bytes() == (out / "metrics.jsonl").read_bytes()
         print(f"{kills} kills; final round {b['round']}; final global weights bit-identical: {same_w}; "

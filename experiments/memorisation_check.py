@@ -30,10 +30,7 @@ def train(n_images: int, steps_per_round: int, rounds: int):
     data = load_dataset(cfg)
     run = FederatedRun(cfg, partition_for(cfg, data))
     res = run.run()
-    G = run.trainer.gan.G
-    G.load_state_dict({k[2:]: v for k, v in res.global_state.items() if k.startswith("G.")})
-    G.eval()
-    return G, data, cfg
+    return run.model, res.global_state, data, cfg
 
 
 def main() -> None:
@@ -46,11 +43,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, n in (("over-trained", 64), ("normal", 2000)):
         t0 = time.perf_counter()
-        G, data, cfg = train(n, 50, args.steps // 50)
+        model, state, data, cfg = train(n, 50, args.steps // 50)
         train_x = data.batch()
         held = make_phantom("phantom-histo", n, 32, seed=777).batch()
-        with torch.inference_mode():
-            fake = G(torch.randn(500, cfg.model.nz, generator=torch.Generator().manual_seed(3)))
+        fake = model.sample(state, model.latents(500, torch.Generator().manual_seed(3)))
         a = memorisation_audit(fake, train_x if n <= 2000 else train_x[:n], held)
         closest_pairs_image(fake, train_x, a.closest, f"{args.out}/memorisation-{name}-closest-pairs.png")
         print(f"| {name} | {n} | {args.steps} | {a.nearer_train_fraction:.1%} | {a.median_ratio:.3f} | "

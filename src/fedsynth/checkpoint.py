@@ -1,4 +1,9 @@
-"""Reading fedsynth checkpoints back: the generator a run released."""
+"""Reading fedsynth checkpoints back: for a resume, and the generator a run released.
+
+A checkpoint is a ``torch.save`` file of plain containers, numbers, strings and tensors, read
+with ``torch.load(weights_only=True)``: loading one never runs code from the file (a crafted
+pickle is refused with a clear error), so a checkpoint from anywhere is safe to open.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +13,81 @@ from typing import Any
 import torch
 
 from .config import UserError
-from .models import ModelSpec, build_gan
+from .models import GenerativeModel, model_from_description
+
+FORMAT = "fedsynth-checkpoint/1"
+
+
+def read_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """The contents of a checkpoint file, read without unpickling anything but tensors and
+    plain containers. Any failure is a :class:`UserError` naming ``what`` and the file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{what}: checkpoint not found: {p}")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file, a foreign pickle, not a torch file at all
+        reason = str(e).strip().splitlines()[0][:160] if "Weights only load failed" not in str(e) else \
+            "it holds objects other than tensors and plain data (refused: loading it could run code)"
+        raise UserError(f"{what}: cannot read checkpoint {p}: {reason}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file, or a run directory's newest readable checkpoint."""
     p = Path(path).expanduser()
-    if p.is_dir():  # a run directory: its newest checkpoint
-        cks = sorted((p / "checkpoints").glob("round-*.pt"))
-        if not cks:
-            raise UserError(f"no checkpoints in {p / 'checkpoints'}")
-        p = cks[-1]
-    if not p.is_file():
-        raise UserError(f"checkpoint not found: {p}")
-    try:
-        ck = torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"cannot read checkpoint {p}: {e.__class__.__name__}") from None
-    if not isinstance(ck, dict) or ck.get("format") != "fedsynth-checkpoint/1":
+    if p.is_dir():
+        ck, _skipped = latest_checkpoint(p)
+        return ck
+    ck = read_checkpoint_file(p)
+    if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise UserError(f"{p} is not a fedsynth checkpoint")
     return ck
 
 
-def load_generator(path: str | Path, client: str | None = None) -> tuple[torch.nn.Module, ModelSpec, list[str]]:
-    """The released generator: the global model (its EMA if the run kept one), or ``client``'s
-    own model for runs without a global model (``local``, ``ensemble``)."""
+def latest_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], list[tuple[Path, str]]]:
+    """The newest checkpoint of ``run_dir`` that reads back whole, and the newer ones skipped
+    (path, reason): a truncated newest file (a full disk, a cut copy) falls back to the round
+    before it."""
+    d = Path(run_dir).expanduser() / "checkpoints"
+    found = sorted(d.glob("round-*.pt"))
+    if not found:
+        raise UserError(f"no checkpoints in {d}")
+    skipped: list[tuple[Path, str]] = []
+    for p in reversed(found):
+        try:
+            ck = read_checkpoint_file(p)
+        except UserError as e:
+            skipped.append((p, str(e).split(": ", 2)[-1]))
+            continue
+        if isinstance(ck, dict) and ck.get("format") == FORMAT:
+            return ck, skipped
+        skipped.append((p, "not a fedsynth checkpoint"))
+    raise UserError(f"no readable checkpoint in {d}: " + "; ".join(f"{p.name}: {why}" for p, why in skipped))
+
+
+def load_released(path: str | Path, client: str | None = None) -> tuple[GenerativeModel, dict, list[str]]:
+    """The model a run released, as ``(model, weights, class names)``: the global model (its EMA
+    if the run kept one), or ``client``'s own model for runs without one (``local``, ``ensemble``)."""
     ck = load_checkpoint(path)
-    model = dict(ck["model"])
-    names = model.pop("class_names", [])
+    desc = dict(ck["model"])
+    names = desc.pop("class_names", [])
     try:
-        spec = ModelSpec(**model)
-    except TypeError:
-        raise UserError(f"{path}: unknown model description (written by another fedsynth version?)") from None
+        model = model_from_description(desc)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: unknown model description (written by another fedsynth version?): {e}") from None
     if client is not None:
-        c = ck["clients"].get(client)
+        c = ck.get("clients", {}).get(client)
         if c is None:
-            raise UserError(f"client {client!r} not in checkpoint (has {', '.join(ck['clients'])})")
+            raise UserError(f"client {client!r} not in checkpoint (has {', '.join(ck.get('clients', {}))})")
         state = c["weights"] or {**ck["global"], **c.get("local", {})}
     else:
         state = ck.get("ema") or ck.get("global")
         if state is None:
             raise UserError(f"{path}: this run has no global model (strategy "
                             f"{ck['config']['fed']['strategy']}); pass --client ID")
-    gan = build_gan(spec, seed=0)
     try:
-        gan.load_state_dict(state)
+        model.load(state)
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model the checkpoint describes "
                         f"(written by another fedsynth version?): {str(e).splitlines()[0][:160]}") from None
-    gan.G.eval()
-    return gan.G, spec, names
+    return model, state, names

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -13,8 +11,10 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
+                           TimeElapsedColumn)
 from rich.table import Table
+
+from .report.terminal import PROGRESS_COLUMNS, RichReporter, partition_table, summary_table
 
 from .config import Config, UserError, load_config
 
@@ -35,77 +35,6 @@ def _fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-class RichReporter:
-    """Two bars: rounds (with ETA) and the current round's local steps."""
-
-    def __init__(self, progress: Progress, metric_console: Console):
-        self.p, self.c = progress, metric_console
-        self.rounds_task = None
-        self.step_task = None
-
-    def run_start(self, rounds: int) -> None:
-        self.rounds_task = self.p.add_task("rounds", total=rounds)
-        self.step_task = self.p.add_task("", total=1, visible=False)
-
-    def round_start(self, r: int, clients, total_steps: int) -> None:
-        self.p.update(self.step_task, description=f"round {r}: clients {', '.join(clients)}",
-                      completed=0, total=total_steps, visible=True)
-
-    def step(self) -> None:
-        self.p.advance(self.step_task)
-
-    def evaluating(self, what: str) -> None:
-        if self.step_task is not None:
-            self.p.update(self.step_task, description=f"evaluating {what}")
-        else:
-            self.c.print(f"[dim]computing {what}…[/]")
-
-    def warning(self, text: str) -> None:
-        self.c.print(f"[yellow]warning:[/] {text}", highlight=False)
-
-    def round_end(self, r: int, records) -> None:
-        if self.rounds_task is not None and r > 0:
-            self.p.update(self.rounds_task, completed=r)
-        from .report import series_name
-        fd = [x for x in records if x["metric"] in ("fid", "fd-random")]
-        if fd:
-            parts = [f"{series_name(x).replace(' ', '-')}={x['value']:.2f}" for x in fd]
-            self.c.print(f"round {r:>3}  {fd[0]['metric']}: " + "  ".join(parts), highlight=False)
-
-
-def _summary_table(records: list[dict[str, Any]], metric: str, kid_metric: str) -> Table:
-    from .report import fd_series
-    fd, kid = fd_series(records, metric), fd_series(records, kid_metric)
-    t = Table(title=f"{metric} per participant (lower is better)")
-    for col in ("model", "before training", "final", "change", f"final {kid_metric}"):
-        t.add_column(col, justify="right" if col != "model" else "left")
-    for w in sorted(fd, key=lambda s: (s.startswith("global"), s != "global", s)):
-        (_, v0), (r1, v1) = fd[w][0], fd[w][-1]
-        change = (v1 - v0) / v0 * 100 if v0 else float("nan")
-        name = {"global": "global (union of clients)"}.get(w, w if w.startswith("global") else f"client {w}")
-        t.add_row(name, f"{v0:.3f}", f"{v1:.3f} (r{r1})", f"{change:+.1f}%",
-                  f"{dict(kid.get(w, [])).get(r1, float('nan')):.4f}")
-    return t
-
-
-PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-
-
-def _partition_info(scheme: str, parts, data) -> dict[str, Any]:
-    """What partition.json holds: scheme, images and class histogram per client, data provenance."""
-    from .data import summary
-    return {"scheme": scheme, **summary(parts, data.class_names), "data": data.provenance}
-
-
-def _start_run_dir(run_dir, cfg: Config, parts, data) -> dict[str, Any]:
-    """The resolved config first, then the partition summary."""
-    run_dir.write_text("config.toml", cfg.to_toml())
-    part = _partition_info(cfg.partition.scheme, parts, data)
-    run_dir.write_json("partition.json", part)
-    return part
-
-
 def _load_with_progress(cfg: Config):
     """Load (and prepare, or read from cache) the configured data, with a progress bar."""
     from .data import load_dataset
@@ -118,49 +47,6 @@ def _load_with_progress(cfg: Config):
         err_console.print(f"[yellow]skipped {len(skipped)} bad file(s)[/] (listed in partition.json), "
                           f"e.g. {skipped[0]['file']}: {skipped[0]['reason']}", highlight=False)
     return data
-
-
-def _partition_table(part: dict[str, Any]) -> Table:
-    names = part["class_names"]
-    t = Table(title=f"partition: {part.get('scheme', '')}")
-    t.add_column("client")
-    t.add_column("images", justify="right")
-    for c in names:
-        t.add_column(str(c), justify="right")
-    for cid, info in part["clients"].items():
-        t.add_row(cid, str(info["images"]), *(str(v) for v in info["class_counts"]))
-    return t
-
-
-def _source_overrides(source: str) -> list[str]:
-    """A phantom/sample name, or a path whose kind is guessed from its contents."""
-    from .config import SOURCES
-    if source in SOURCES:
-        return [f"data.source={source}"]
-    p = Path(source).expanduser()
-    if not p.exists():
-        raise UserError(f"no such data source or path: {source}")
-    if p.is_file() and p.suffix == ".npz":
-        import re
-        m = re.fullmatch(r"(.+?)(?:_(64|128|224))?\.npz", p.name)
-        size = m.group(2) or "28"
-        return ["data.source=medmnist", f'data.path="{p.parent}"', f"data.medmnist-flag={m.group(1)}",
-                f"data.medmnist-size={size}"]
-    names = [q.name.lower() for q in ([p] if p.is_file() else p.rglob("*")) if q.is_file()]
-    if any(n.endswith((".nii", ".nii.gz")) for n in names):
-        kind = "nifti"
-    elif any(n.endswith((".dcm", ".dicom")) for n in names):
-        kind = "dicom"
-    else:
-        kind = "folder"
-    return [f"data.source={kind}", f'data.path="{p}"']
-
-
-def _describe(cfg: Config) -> str:
-    if cfg.run.name:
-        return cfg.run.name
-    n = 1 if cfg.fed.strategy == "centralized" else cfg.partition.clients
-    return f"{cfg.data.source}-{cfg.fed.strategy}-{n}c-{cfg.data.image_size}px"
 
 
 @app.command()
@@ -186,81 +72,74 @@ def run(
         console.print(cfg.to_toml(), highlight=False, markup=False)
         return
 
-    from .data import partition_for
-    from .fed import FederatedRun
     from .fed.engine import StopRun
-    from .report import RunDir
+    from .fed.run import in_process, run_experiment
     from .utils import set_torch_threads
 
     threads = set_torch_threads(cfg.train.threads)
-    run_dir = None
-    try:
-        t0 = time.perf_counter()
-        data = _load_with_progress(cfg)
-        parts = partition_for(cfg, data)
-        engine = FederatedRun(cfg, parts)
-        if resume is not None:
-            from .checkpoint import load_checkpoint
-            ck = load_checkpoint(resume)
-            if ck["round"] >= cfg.fed.rounds:
-                console.print(f"{resume} is complete ({ck['round']} of {cfg.fed.rounds} rounds); nothing to resume")
-                return
-            engine.restore(ck)
-            run_dir = RunDir.reopen(resume, ck["round"])
-            console.print(f"resuming {resume} after round {ck['round']}")
-        else:
-            run_dir = RunDir.at(out) if out else RunDir.create(cfg.run.out_dir, _describe(cfg))
-            console.print(_partition_table(_start_run_dir(run_dir, cfg, parts, data)))
-        console.print(f"[bold]fedsynth[/] run → [cyan]{run_dir.path}[/]  "
-                      f"({cfg.data.source}, {len(data)} images {data.size}px, "
-                      f"{cfg.partition.clients} clients {cfg.partition.scheme}, strategy {cfg.fed.strategy}, "
-                      f"{cfg.fed.rounds} rounds; features: {engine.extractor.name}; "
-                      f"{threads} threads; data {time.perf_counter() - t0:.1f}s)", highlight=False)
-        import signal
+    t0 = time.perf_counter()
+    state: dict[str, Any] = {}
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=False) as progress:
+        reporter = RichReporter(progress, progress.console)
 
-        def _stop(signum, frame):  # first Ctrl-C: finish the current step, then stop cleanly
-            if engine.stop_requested:
+        def started(run_dir, fed, first):
+            state.update(run_dir=run_dir, fed=fed)
+            info = fed.data_info
+            if info.get("skipped"):
+                err_console.print(f"[yellow]skipped {len(info['skipped'])} bad file(s)[/] (listed in partition.json), "
+                                  f"e.g. {info['skipped'][0]['file']}: {info['skipped'][0]['reason']}", highlight=False)
+            if first > 1:
+                console.print(f"resuming {run_dir.path} after round {first - 1}")
+            elif fed.description is not None:
+                console.print(partition_table(fed.description[1]))
+            ev = fed.evaluator
+            console.print(f"[bold]fedsynth[/] run → [cyan]{run_dir.path}[/]  "
+                          f"({cfg.data.source}, {info.get('images', '?')} images {info.get('size', '?')}px, "
+                          f"{cfg.partition.clients} clients {cfg.partition.scheme}, strategy {cfg.fed.strategy}, "
+                          f"{cfg.fed.rounds} rounds; features: {ev.extractor.name if ev else 'none (eval off)'}; "
+                          f"{threads} threads; data {time.perf_counter() - t0:.1f}s)", highlight=False)
+            signal.signal(signal.SIGINT, lambda *_: _stop(fed))
+
+        def _stop(fed):  # first Ctrl-C: finish the current step, then stop cleanly
+            if fed.pool.stop_requested:
                 raise KeyboardInterrupt
-            engine.stop_requested = True
+            fed.pool.stop_requested = True
             err_console.print("stopping after the current step (Ctrl-C again to abort at once)…")
-        previous = signal.signal(signal.SIGINT, _stop)
+
+        import signal
+        previous = signal.getsignal(signal.SIGINT)
+        task = progress.add_task(f"loading {cfg.data.source}", total=None)
         try:
-            with Progress(*PROGRESS_COLUMNS, console=console, transient=False) as progress:
-                engine.reporter = RichReporter(progress, progress.console)
-                result = engine.run(run_dir)
+            out_ = run_experiment(cfg, out, reporter, resume,
+                                  in_process(lambda d, t: progress.update(task, completed=d, total=t)),
+                                  on_start=lambda *a: (progress.update(task, visible=False), started(*a)))
+        except UserError as e:
+            progress.stop()
+            _fail(str(e))
+        except (KeyboardInterrupt, StopRun):
+            progress.stop()
+            rd = state.get("run_dir")
+            where = f"; rounds up to the last checkpoint are kept: fedsynth run --resume {rd.path}" if rd else ""
+            err_console.print(f"stopped{where}")
+            raise typer.Exit(130)
         finally:
             signal.signal(signal.SIGINT, previous)
-    except UserError as e:
-        if run_dir is not None and resume is None and not (run_dir.path / "metrics.jsonl").exists():
-            shutil.rmtree(run_dir.path, ignore_errors=True)
-        _fail(str(e))
-    except (KeyboardInterrupt, StopRun):
-        where = (f"; rounds up to the last checkpoint are kept: fedsynth run --resume {run_dir.path}"
-                 if run_dir else "")
-        err_console.print(f"stopped{where}")
-        raise typer.Exit(130)
-    from .report.html import build_report
-    build_report(run_dir.path)
-    console.print(_summary_table(result.records, engine.extractor.metric, engine.extractor.kid_metric))
+    if out_.result is None:
+        console.print(f"{resume} is complete ({out_.resumed_from} of {cfg.fed.rounds} rounds); nothing to resume")
+        return
+    result, run_dir = out_.result, out_.run_dir
+    if result.metric:
+        ev = out_.federation.evaluator.extractor
+        console.print(summary_table(result.records, ev.metric, ev.kid_metric))
     console.print(f"done in {result.seconds:.0f}s. Results: [cyan]{run_dir.path}[/] "
                   f"(report.html, metrics.jsonl, fd.png, samples/, checkpoints/)", highlight=False)
 
 
 def _run_quietly(cfg: Config, out: Path) -> None:
-    """One run of a sweep: same code path as `fedsynth run`, one progress bar."""
-    from .data import partition_for
-    from .fed import FederatedRun
-    from .report import RunDir
-    data = _load_with_progress(cfg)
-    parts = partition_for(cfg, data)
-    engine = FederatedRun(cfg, parts)
-    run_dir = RunDir.at(out)
-    _start_run_dir(run_dir, cfg, parts, data)
+    """One run of a sweep: the same entry point as `fedsynth run`, one progress bar."""
+    from .fed.run import run_experiment
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
-        engine.reporter = RichReporter(progress, Console(quiet=True))
-        engine.run(run_dir)
-    from .report.html import build_report
-    build_report(run_dir.path)
+        run_experiment(cfg, out, RichReporter(progress, Console(quiet=True)))
 
 
 @app.command()
@@ -310,24 +189,16 @@ def sweep(
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
     """The ImageSet of a data source (phantom/sample name or path) prepared to ``size`` px."""
-    cfg = load_config(None, _source_overrides(source) + [f"data.image-size={size}", f"run.seed={seed}"]
-                      + ([f"data.num-images={n}"] if source.startswith("phantom-") else [f"data.max-images={n}"])
-                      + list(extra))
-    return _load_with_progress(cfg)
+    from .data.export import load_images
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(f"loading {source}", total=None)
+        return load_images(source, size, n, seed, extra, lambda d, t: progress.update(task, completed=d, total=t))
 
 
-def _generate(G, spec, n: int, seed: int, label: int | None = None):
-    import torch
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, spec.nz, generator=g)
-    if spec.g_conditioning != "none":
-        y = torch.full((n,), label, dtype=torch.long) if label is not None else torch.randint(0, spec.num_classes, (n,), generator=g)
-    else:
-        if label is not None:
-            raise UserError("--label needs a class-conditional generator (model.conditional)")
-        y = torch.zeros(n, dtype=torch.long)
-    with torch.inference_mode():
-        return torch.cat([G(z[i:i + 250], y[i:i + 250]) for i in range(0, n, 250)])
+def _released(checkpoint: Path, client: str | None = None):
+    from .checkpoint import load_released
+    return load_released(checkpoint, client)
 
 
 @app.command()
@@ -340,29 +211,25 @@ def generate(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write N generated images as PNG files."""
-    import tempfile
-    import numpy as np
-    from PIL import Image
-    from .checkpoint import load_generator
+    from .utils import atomic_folder, save_png
     try:
         if n < 1:
             raise UserError("--n must be at least 1")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
-        G, spec, names = load_generator(checkpoint, client)
-        if label is not None and not 0 <= label < max(spec.num_classes, 1):
-            raise UserError(f"--label {label} out of range: the model has {spec.num_classes} classes {names}")
-        x = _generate(G, spec, n, seed, label)
+        model, state, names = _released(checkpoint, client)
+        if label is not None and not 0 <= label < max(model.num_classes, 1):
+            raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
+        try:
+            x = model.generate(state, n, seed, label)
+        except ValueError as e:
+            raise UserError(f"--label: {e}") from None
     except UserError as e:
         _fail(str(e))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
-    for i, img in enumerate(arr):
-        Image.fromarray(img[0] if img.shape[0] == 1 else np.ascontiguousarray(img.transpose(1, 2, 0))).save(tmp / f"{i:06d}.png")
-    if out.exists():
-        out.rmdir()
-    tmp.rename(out)
+    with atomic_folder(out) as tmp:
+        for i, img in enumerate(arr):
+            save_png(img, tmp / f"{i:06d}.png")
     what = f"class {label} ({names[label]})" if label is not None and names else "images"
     console.print(f"wrote {n} {what} to {out}")
 
@@ -381,19 +248,19 @@ def evaluate(
 ) -> None:
     """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance
     between two image sets (or a checkpoint's samples and a data set)."""
-    from .metrics import FeatureStats, build_extractor, fd_from_stats, kernel_inception_distance, prdc, sliced_wasserstein
+    from .metrics import build_extractor
+    from .metrics.compare import compare_images
     from .privacy.audit import diversity
     try:
         if (fake is None) == (checkpoint is None):
             raise UserError("give either FAKE (a path) or --checkpoint")
-        G = spec = None
+        model = state = None
         if checkpoint is not None:
-            from .checkpoint import load_generator
-            G, spec, _ = load_generator(checkpoint)
-        side = size or (spec.image_size if spec else 64)
+            model, state, _ = _released(checkpoint)
+        side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
-        if G is not None:
-            xf = _generate(G, spec, min(n, len(r) if len(r) > 1 else n), seed + 1)
+        if model is not None:
+            xf = model.generate(state, min(n, len(r) if len(r) > 1 else n), seed + 1)
             if xf.shape[1] != r.channels:
                 raise UserError(f"the checkpoint makes {xf.shape[1]}-channel images, {real} has {r.channels}")
         else:
@@ -403,15 +270,7 @@ def evaluate(
         ext = build_extractor(extractor, inception_weights)
     except UserError as e:
         _fail(str(e))
-    fr, ff = ext.extract(xr).double().numpy(), ext.extract(xf).double().numpy()
-    res = {"extractor": ext.name, "real": real, "fake": fake or str(checkpoint), "num_real": len(xr), "num_fake": len(xf),
-           ext.metric: fd_from_stats(FeatureStats.of(fr), FeatureStats.of(ff))}
-    m = min(100, len(fr), len(ff))
-    if m >= 2:
-        res[ext.kid_metric] = kernel_inception_distance(fr, ff, 50, m, seed)[0]
-    if min(len(fr), len(ff)) > 5:
-        res.update(prdc(fr, ff, k=5))
-    res.update(sliced_wasserstein(xr, xf, seed=seed))
+    res = {"real": real, "fake": fake or str(checkpoint), **compare_images(xr, xf, ext, seed)}
     res["diversity_ratio"] = diversity(xf, xr)
     t = Table(title=f"{res['fake']} vs {real}")
     t.add_column("metric")
@@ -437,24 +296,16 @@ def audit(
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Memorisation (nearest training vs held-out image), diversity and a PCA plot."""
-    from .checkpoint import load_generator
-    from .metrics import RandomConvFeatures
-    from .privacy.audit import closest_pairs_image, embedding_plot, memorisation_audit
+    from .privacy.audit import write_audit
     try:
-        G, spec, _ = load_generator(checkpoint)
-        tr = _images_of(train, spec.image_size, 10**9, 0, list(train_set)).batch()
-        he = _images_of(held, spec.image_size, 10**9, 0, list(held_set)).batch()
-        xf = _generate(G, spec, n, seed)
+        model, state, _ = _released(checkpoint)
+        side = model.describe()["image_size"]
+        tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
+        he = _images_of(held, side, 10**9, 0, list(held_set)).batch()
+        xf = model.generate(state, n, seed)
     except UserError as e:
         _fail(str(e))
-    res = memorisation_audit(xf, tr, he, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    closest_pairs_image(xf, tr, res.closest, out / "closest-pairs.png")
-    ext = RandomConvFeatures()
-    embedding_plot(ext.extract(tr).numpy(), ext.extract(xf).numpy(), out / "embedding-pca.png")
-    from .utils import atomic_write_text
-    atomic_write_text(out / "audit.json", json.dumps({**res.as_dict(), "train_images": len(tr), "held_images": len(he),
-                                                     "generated": len(xf), "closest": res.closest}, indent=2) + "\n")
+    res = write_audit(xf, tr, he, out, seed)
     verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
     console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
                   f"held-out image (≈50% expected); median distance ratio train/held-out {res.median_ratio:.3f}; "
@@ -501,7 +352,8 @@ def data_inspect(
     """Counts, classes, raw sizes, intensity statistics and a montage of a data source."""
     import numpy as np
     try:
-        cfg = load_config(None, _source_overrides(source) + list(set_))
+        from .data.export import source_overrides
+        cfg = load_config(None, source_overrides(source) + list(set_))
         data = _load_with_progress(cfg)
     except UserError as e:
         _fail(str(e))
@@ -540,37 +392,21 @@ def data_split(
     set_: List[str] = typer.Option([], "--set", "-s", help="Other overrides, e.g. partition.majority=0.9."),
 ) -> None:
     """Write one folder per client (client-K/<class>/NNNNNN.png): what each hospital node reads."""
-    import tempfile
-    from PIL import Image
     from .data import partition_for
+    from .data.export import source_overrides, write_site_folders
+    from .fed.run import partition_info
     try:
-        cfg = load_config(None, _source_overrides(source) + list(set_)
+        cfg = load_config(None, source_overrides(source) + list(set_)
                           + [f"partition.clients={clients}", f"partition.scheme={scheme}"])
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         data = _load_with_progress(cfg)
         parts = partition_for(cfg, data)
+        info = partition_info(scheme, parts, data)
+        write_site_folders(parts, data.class_names, out, info)
     except UserError as e:
         _fail(str(e))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:  # write everything into a temporary folder, then rename: never half-written
-        safe = [re.sub(r"[^A-Za-z0-9._-]+", "_", str(c)) or f"class{i}" for i, c in enumerate(data.class_names)]
-        for k, part in enumerate(parts):
-            for i, (img, lab) in enumerate(zip(part.images, part.labels)):
-                d = tmp / f"client-{k}" / safe[lab]
-                d.mkdir(parents=True, exist_ok=True)
-                arr = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
-                Image.fromarray(arr).save(d / f"{i:06d}.png")
-        info = _partition_info(scheme, parts, data)
-        (tmp / "partition.json").write_text(json.dumps(info, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    console.print(_partition_table(info))
+    console.print(partition_table(info))
     console.print(f"wrote {len(parts)} client folders to {out}")
 
 
@@ -581,7 +417,7 @@ def deploy_certs(
     name: List[str] = typer.Option([], "--name", help="Extra DNS name or IP of the SuperLink (repeatable)."),
 ) -> None:
     """Create a CA, the SuperLink's TLS certificate and one SuperNode key pair per hospital."""
-    from .deploy import make_certs
+    from .fed.flower.deploy import make_certs
     try:
         if nodes < 1:
             raise UserError("--nodes must be at least 1")
@@ -599,7 +435,7 @@ def _exec_flower(name: str, args: list[str], extra_env: dict[str, str] | None = 
     """Replace this process with a Flower command (same PID), in fedsynth's Flower environment."""
     import os
 
-    from .deploy import flower_bin, flower_env
+    from .fed.flower.deploy import flower_bin, flower_env
     try:
         path = flower_bin(name)
     except UserError as e:
@@ -620,10 +456,10 @@ def deploy_supernode(ctx: typer.Context) -> None:
     """flower-supernode in fedsynth's Flower environment, with a warm worker; options pass through.
 
     Give the node its data: --node-config 'data-path="/data/site" client-id="0"'. The warm worker
-    (fedsynth.fed.worker) keeps torch loaded so that Flower's per-message ClientApp process need
+    (fedsynth.fed.flower.worker) keeps torch loaded so that Flower's per-message ClientApp process need
     not import it; it lives as long as the SuperNode. --no-warm-worker leaves it out."""
-    from .deploy import start_worker
-    from .fed.worker import ENV
+    from .fed.flower.deploy import start_worker
+    from .fed.flower.worker import ENV
     args = list(ctx.args)
     if "--no-warm-worker" in args:
         args.remove("--no-warm-worker")
@@ -654,36 +490,16 @@ def deploy_run(
     """Start a federated run on a running SuperLink and follow it (flwr run --stream underneath).
 
     Exits non-zero if the server reports an error (Flower's own exit code does not)."""
-    import tempfile
-
-    from .deploy import APP_DIR, flower_bin, flower_env, run_config_file, stream_run
+    from .fed.flower.deploy import APP_DIR, prepare_run, run_flower
     if print_app:
         print(APP_DIR)
         return
     try:
-        if resume is not None:
-            if config is not None or set_ or out is not None:
-                raise UserError("--resume continues a run with its own config.toml and folder: "
-                                "leave out --config, --set and --out")
-            if not (resume / "config.toml").is_file():
-                raise UserError(f"--resume {resume}: no config.toml there (not a run directory)")
-            config, target = resume / "config.toml", resume.resolve()
-        cfg = load_config(config, set_)  # a bad config fails here, before anything is sent
-        if clients < 1:
-            raise UserError("--clients must be at least 1")
-        if resume is None:
-            target = (out or Path("runs") / time.strftime("flower-%Y%m%d-%H%M%S")).resolve()
-            if (target / "config.toml").exists():
-                raise UserError(f"--out {target} already holds a run (config.toml exists); choose another "
-                                f"directory, or continue it with --resume {target}")
-        flwr = flower_bin("flwr")
+        cfg, target = prepare_run(config, set_, out, clients, resume)  # a bad config fails here, before anything is sent
     except UserError as e:
         _fail(str(e))
-    with tempfile.TemporaryDirectory() as d:
-        rc = run_config_file(Path(d) / "run-config.toml", cfg.to_toml(), str(target), clients,
-                             {"round-timeout": round_timeout, "resume": resume is not None})
-        args = [flwr, "run", str(APP_DIR), *([superlink] if superlink else []), "--stream", "--run-config", str(rc)]
-        code = stream_run(args, flower_env(), echo=lambda line: print(line, flush=True))
+    code = run_flower(cfg, target, clients, superlink, round_timeout, resume is not None,
+                      echo=lambda line: print(line, flush=True))
     if code == 0:
         console.print(f"run directory: {target} (report.html, metrics.jsonl, samples/, checkpoints/)")
     raise typer.Exit(code)

@@ -26,6 +26,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
+from .registry import EXTRACTORS, FAMILIES, LOSSES, ROBUST_RULES, SOURCES, STRATEGIES
+
 
 class UserError(Exception):
     """An error caused by user input (config, paths, data). Shown as one line, exit code 2."""
@@ -35,15 +37,11 @@ def _f(default: Any, help: str, **constraints: Any) -> Any:
     return field(default=default, metadata={"help": help, **constraints})
 
 
-SOURCES = ("phantom-xray", "phantom-ct", "phantom-histo", "folder", "dicom", "nifti", "medmnist",
-           "sample-retina", "sample-ihc", "sample-ct")
-
-
 @dataclass(frozen=True)
 class DataConfig:
     source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo (built-in); folder | "
                      "dicom | nifti | medmnist (files under 'path'); sample-retina | sample-ihc | "
-                     "sample-ct (small real images shipped by installed packages)", choices=SOURCES)
+                     "sample-ct (small real images shipped by installed packages)", choices=SOURCES.names())
     path: str = _f("", "file or folder for folder/dicom/nifti sources; MedMNIST root folder")
     image_size: int = _f(64, "image side in pixels (a power of two, 16-256)",
                          choices=(16, 32, 64, 128, 256))
@@ -99,6 +97,7 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    family: str = _f("gan", "model family: " + FAMILIES.help(), choices=FAMILIES.names())
     arch: str = _f("dcgan", "generator/discriminator family", choices=("dcgan",))
     nz: int = _f(100, "latent dimension", min=1)
     ngf: int = _f(32, "generator width (channels of the last hidden layer)", min=1)
@@ -116,8 +115,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    loss: str = _f("bce", "GAN loss: bce (non-saturating), hinge, wgan-gp",
-                   choices=("bce", "hinge", "wgan-gp"))
+    loss: str = _f("bce", "GAN loss: bce (non-saturating), hinge, wgan-gp", choices=LOSSES.names())
     n_critic: int = _f(5, "wgan-gp: critic steps per generator step", min=1)
     gp_lambda: float = _f(10.0, "wgan-gp: gradient-penalty weight", min=0.0)
     diffaugment: str = _f("", "DiffAugment policy for small data, e.g. color,translation,cutout")
@@ -137,9 +135,7 @@ class FedConfig:
     strategy: str = _f("fedavg", "fedavg fedsgd fedprox fednova scaffold feddyn fedavgm fedadam "
                        "fedyogi fedbn swt cwt ensemble, or a baseline: local (never aggregate) or "
                        "centralized (all data pooled in one client)",
-                       choices=("fedavg", "fedsgd", "fedprox", "fednova", "scaffold", "feddyn",
-                                "fedavgm", "fedadam", "fedyogi", "fedbn", "swt", "cwt", "ensemble",
-                                "local", "centralized"))
+                       choices=STRATEGIES.names())
     share: tuple = _f(("G", "D"), "modules/keys that travel: [\"G\", \"D\"] is full sharing, "
                       "[\"G\"] keeps each discriminator local; fnmatch patterns allowed",
                       length=0, item=str)
@@ -171,7 +167,7 @@ class EvalConfig:
     max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
     feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a "
                                 "frozen random network), inception, or random",
-                                choices=("auto", "inception", "random"))
+                                choices=EXTRACTORS.names())
     inception_weights: str = _f("", "path to the FID Inception weights "
                                 "(weights-inception-2015-12-05-6726825d.pth); never downloaded")
     kid_subsets: int = _f(50, "KID: number of random subsets", min=1)
@@ -194,7 +190,7 @@ class PrivacyConfig:
     client_dp_clip: float = _f(0.1, "client-level DP: update norm bound", min=0.0, exclusive_min=True)
     client_dp_noise: float = _f(1.0, "client-level DP: noise multiplier", min=0.0)
     robust: str = _f("none", "robust aggregation: median, trimmed-mean, krum, multi-krum, clip",
-                     choices=("none", "median", "trimmed-mean", "krum", "multi-krum", "clip"))
+                     choices=ROBUST_RULES.names())
     trim: float = _f(0.2, "trimmed-mean: fraction dropped at each end", min=0.0, max=0.49)
     byzantine: int = _f(1, "krum/multi-krum: number of clients assumed malicious", min=0)
     clip_norm: float = _f(0.0, "clip: bound on each update's norm (0: the round's median norm)", min=0.0)
@@ -379,7 +375,7 @@ def _check_cross_field(cfg: Config) -> None:
     if cfg.fed.min_clients > cfg.partition.clients:
         raise UserError(f"config key 'fed.min-clients' ({cfg.fed.min_clients}) exceeds "
                         f"'partition.clients' ({cfg.partition.clients})")
-    if cfg.data.source in ("folder", "dicom", "nifti", "medmnist") and not cfg.data.path:
+    if SOURCES[cfg.data.source].kind == "files" and not cfg.data.path:
         raise UserError(f"config key 'data.path' is required for data.source = '{cfg.data.source}'")
     q = cfg.preprocess.quantiles
     if q[0] >= q[1]:

@@ -102,16 +102,14 @@ def downstream_utility(real_train: ImageSet, real_test: ImageSet, synth_x: torch
     return UtilityResult(rows)
 
 
-def conditional_accuracy(G: nn.Module, classifier: nn.Module, num_classes: int, nz: int, n_per_class: int = 200,
+def conditional_accuracy(model, state, classifier: nn.Module, num_classes: int, n_per_class: int = 200,
                          seed: int = 0) -> dict[str, float]:
-    """Fraction of images generated for label k that ``classifier`` assigns to k, per class."""
+    """Fraction of images a class-conditional ``model`` (a :class:`fedsynth.models.GenerativeModel`
+    with weights ``state``) generates for label k that ``classifier`` assigns to k, per class."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    G.eval()
-    with torch.inference_mode():
-        for k in range(num_classes):
-            z = torch.randn(n_per_class, nz, generator=g)
-            x = G(z, torch.full((n_per_class,), k, dtype=torch.long))
-            out[str(k)] = float((predict(classifier, x) == k).float().mean())
+    for k in range(num_classes):
+        x = model.sample(state, model.latents(n_per_class, g), torch.full((n_per_class,), k, dtype=torch.long))
+        out[str(k)] = float((predict(classifier, x) == k).float().mean())
     out["mean"] = float(np.mean([out[str(k)] for k in range(num_classes)]))
     return out

@@ -79,3 +79,31 @@ def set_torch_threads(threads: int) -> int:
     n = threads if threads > 0 else (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n
+
+
+class atomic_folder:
+    """``with atomic_folder(out) as tmp:`` write into ``tmp``; on success it becomes ``out``
+    (which must not exist, or be empty), on any error it is removed: never half-written."""
+
+    def __init__(self, out: str | Path):
+        self.out = Path(out)
+
+    def __enter__(self) -> Path:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", dir=self.out.parent))
+        return self.tmp
+
+    def __exit__(self, kind, value, tb) -> None:
+        import shutil
+        if kind is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.out.exists():
+            self.out.rmdir()
+        self.tmp.rename(self.out)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """One uint8 image ``(C, H, W)``, C = 1 or 3, as a PNG file."""
+    from PIL import Image
+    Image.fromarray(image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))).save(path)

@@ -15,7 +15,8 @@ from .sources import DataError, load_source
 
 def load_dataset(cfg: Config, progress: Callable[[int, int], None] | None = None) -> ImageSet:
     """The whole data set a run's clients share out (research mode, one machine)."""
-    if cfg.data.source in PHANTOMS:
+    from ..registry import SOURCES
+    if SOURCES[cfg.data.source].kind == "phantom":
         return make_phantom(cfg.data.source, cfg.data.num_images, cfg.data.image_size, cfg.run.seed)
     return load_source(cfg, progress)
 

@@ -1,16 +1,18 @@
-"""The in-process federated engine (the default: every client in this process, in turn).
+"""The round loop, written once, and the in-process engine (the default).
 
-One round::
+One round of :class:`Federation`::
 
-    sample clients (seeded) -> each: start from the global weights (plus the keys it keeps
-    local) and its own optimizer state, train local epochs/steps with the strategy's hooks,
-    [evaluate its local model on its own data], send the keys that travel
-    -> strategy.aggregate(global, updates) -> [evaluate the global model on the union]
-    -> metrics.jsonl, sample grid, checkpoint
+    sample clients (seeded) -> the clients' rounds (client_round, wherever the clients are)
+    -> server_round (validate, aggregate, wrappers' accounting, EMA)
+    -> [evaluate: the global model against the union (merged moments) and each site]
+    -> records, timings, sample grid, checkpoint (atomic) -> progress
 
-Baselines run through the same loop: ``local`` (clients keep their own weights) and
-``centralized`` (one client holding all data: a federation of one). ``swt``/``cwt`` pass the
-weights from client to client; ``ensemble`` samples from the mixture of local generators.
+Where the clients are is a :class:`ClientPool`: :class:`InProcessClients` runs every client
+in this process in turn (baselines included: ``local`` clients keep their own models,
+``centralized`` is one client holding all data, ``swt``/``cwt`` pass the weights from client to
+client, ``ensemble`` samples from the mixture of local generators); the Flower adapter's pool
+(:mod:`fedsynth.fed.flower.server_app`) sends the same work to hospital nodes. Both run
+:func:`fedsynth.fed.client.client_round` for each client and this loop on the server.
 
 Randomness: model init, client sampling, data order and latents all derive from
 ``(run seed, purpose, round, client)``, so two runs with one seed give identical weights.
@@ -20,8 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -30,12 +31,16 @@ import torch
 from ..config import Config, UserError
 from ..data import ImageSet
 from ..metrics import build_extractor
-from ..models import ModelSpec, build_gan, norm_keys
-from ..report import RunDir, plot_fd
-from ..train import LocalTrainer, OptimConfig, build_loss, steps_per_epoch
-from ..utils import derive_seed, numpy_rng, torch_generator
-from .evaluation import Evaluator, sites_summary
-from .strategies import ClientUpdate, State, build_strategy, shared_keys, weighted_average
+from ..models import GenerativeModel, build_model
+from ..updates import State
+from ..utils import numpy_rng, torch_generator
+from .client import ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy
+from .evaluation import Evaluator, sites_summary, site_statistics
+from .server import ServerState, server_round
+from .strategies import strategy_from_config
+
+Record = dict[str, Any]
+CHECKPOINT_FORMAT = "fedsynth-checkpoint/1"
 
 
 class StopRun(Exception):
@@ -50,29 +55,28 @@ class Reporter:
     def round_start(self, round_: int, clients: Sequence[str], total_steps: int) -> None: ...
     def step(self) -> None: ...
     def evaluating(self, what: str) -> None: ...
-    def round_end(self, round_: int, records: list[dict[str, Any]]) -> None: ...
+    def round_end(self, round_: int, records: list[Record]) -> None: ...
     def warning(self, text: str) -> None: ...
 
 
-@dataclass
-class ClientState:
-    """Everything a client keeps between rounds (stays on its site)."""
+class MemorySink:
+    """Where a run's results go when it has no run directory: the records, in memory."""
 
-    id: str
-    data: ImageSet
-    opt_state: dict[str, Any] | None = None
-    weights: State | None = None        # whole model, when the strategy keeps models local
-    local: State = field(default_factory=dict)   # keys that never travel (own D, own BN)
-    strategy: dict[str, Any] = field(default_factory=dict)  # SCAFFOLD's c_i, FedDyn's g_i
+    def __init__(self) -> None:
+        self.records: list[Record] = []
 
-    @property
-    def n(self) -> int:
-        return len(self.data)
+    def log(self, records: list[Record]) -> None:
+        self.records.extend(records)
+
+    def log_timing(self, records: list[Record]) -> None: ...
+    def save_checkpoint(self, round_: int, obj: dict[str, Any], keep: int) -> None: ...
+    def save_grid(self, round_: int, images: torch.Tensor, nrow: int) -> None: ...
+    def plot(self, title: str) -> None: ...
 
 
 @dataclass
 class RunResult:
-    records: list[dict[str, Any]]
+    records: list[Record]
     global_state: State | None
     client_states: dict[str, ClientState]
     rounds: int
@@ -98,18 +102,21 @@ def sample_clients(ids: Sequence[str], fraction: float, min_clients: int, seed: 
     return [ids[i] for i in sorted(pick)]
 
 
-def state_bytes(state: State) -> int:
-    return sum(t.numel() * t.element_size() for t in state.values())
+def round_clients(cfg: Config, strategy: Any, ids: Sequence[str], r: int) -> list[str]:
+    """The clients of round ``r``: seeded sampling, or for single weight transfer one block of
+    rounds per client."""
+    if strategy.sequential and not strategy.cyclic:
+        per = math.ceil(cfg.fed.rounds / len(ids))
+        return [ids[min((r - 1) // per, len(ids) - 1)]]
+    return sample_clients(ids, cfg.fed.fraction, cfg.fed.min_clients, cfg.run.seed, r)
 
 
 def load_init(path: str, template: State) -> State:
     """Global weights from a fedsynth checkpoint (or a bare state dict), checked against the model."""
-    try:
-        obj = torch.load(Path(path).expanduser(), map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"config key 'fed.init-from': cannot read checkpoint {path}: {e.__class__.__name__}") from None
+    from ..checkpoint import read_checkpoint_file
+    obj = read_checkpoint_file(path, "config key 'fed.init-from'")
     state = obj.get("global") if isinstance(obj, dict) and "global" in obj else obj
-    if not isinstance(state, dict) or state is None:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"config key 'fed.init-from': {path} holds no global weights")
     missing = set(template) - set(state)
     if missing:
@@ -122,133 +129,237 @@ def load_init(path: str, template: State) -> State:
     return {k: state[k].to(v.dtype).clone() for k, v in template.items()}
 
 
-def model_spec(cfg: Config, image_size: int, channels: int, num_classes: int) -> ModelSpec:
-    """The GAN a config describes, for data of this size, channel count and number of classes."""
-    m = cfg.model
-    return ModelSpec(m.arch, image_size, channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm, m.spectral_norm,
-                     num_classes, m.conditional, m.d_conditioning)
+class ClientPool:
+    """Where the clients are. The loop asks a pool to run the sampled clients' rounds and to
+    score models where the data is; everything else happens in :class:`Federation`."""
+
+    ids: list[str]
+    whole: bool = True   # the server holds every weight (no layer stays on the nodes unseen)
+
+    def bind(self, fed: "Federation") -> None:
+        """Called once the model, strategy and initial weights exist."""
+
+    def train(self, r: int, ids: list[str], start: State | None, evaluate: bool) -> tuple[list[ClientResult], list[Record]]:
+        """Round ``r`` of clients ``ids`` from the global weights ``start``; with ``evaluate``
+        they score their local models. Returns their results and any other records."""
+        raise NotImplementedError
+
+    def evaluate_global(self, r: int) -> list[Record]:
+        """Scores of round ``r``'s released model(s) against the union and each site."""
+        raise NotImplementedError
+
+    def grid(self) -> torch.Tensor | None:
+        """The sample grid of the released model(s), or None if the server cannot draw one."""
+        raise NotImplementedError
+
+    def steps(self, cid: str) -> int:
+        """Local steps client ``cid`` takes this round (for progress)."""
+        raise NotImplementedError
+
+    def kept_local(self, updates: list) -> dict[str, tuple[State, int]] | None:
+        """The kept-local layers of these clients, where the server may see them (in-process)."""
+        return None
+
+    def finish(self) -> list[Record]:
+        """Records still owed after the last round (e.g. scores the nodes send later)."""
+        return []
+
+    def resumable_records(self, records: list[Record], ck: dict[str, Any] | None) -> list[Record]:
+        """The records of a resumed run directory that stay (the lost round's are already cut)."""
+        return records
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def strategy_for(cfg: Config):
-    """The strategy ``[fed]`` names, with its parameters."""
-    f, pv = cfg.fed, cfg.privacy
-    strategy = build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr, f.server_momentum,
-                              f.server_beta1, f.server_beta2, f.server_tau)
-    if pv.robust != "none":
-        strategy.robust = {"name": pv.robust, "trim": pv.trim, "byzantine": pv.byzantine, "clip_norm": pv.clip_norm}
-    if pv.client_dp:
-        strategy.client_dp = {"clip": pv.client_dp_clip, "noise": pv.client_dp_noise}
-    return strategy
-
-
-def setup_strategy(cfg: Config, strategy, gan: torch.nn.Module, init: State, n_clients: int) -> set[str]:
-    """Set ``strategy`` up for ``gan`` and return the weights that travel: those ``fed.share``
-    names, minus the normalisation layers of a strategy that keeps them local (FedBN)."""
-    travel = shared_keys(list(init), cfg.fed.share)
-    if strategy.keeps_norm_local:
-        travel -= norm_keys(gan)
-    if not travel and strategy.aggregates:
-        raise UserError(f"config key 'fed.share' = {list(cfg.fed.share)} matches no weights: nothing would travel")
-    strategy.setup(init, {k for k, _ in gan.named_parameters()} & travel, n_clients)
-    return travel
-
-
-def _g_only(state: State) -> State:
-    return {k[2:]: v for k, v in state.items() if k.startswith("G.")}
-
-
-class FederatedRun:
-    """Runs one configured experiment in this process.
+class Federation:
+    """One federated run: the model, the strategy, the server's state and the round loop.
 
     Parameters
     ----------
     cfg : Config
         The validated run configuration.
-    client_data : list[ImageSet]
-        One data set per client (already partitioned).
-    reporter : Reporter, optional
-        Progress hooks.
+    model : GenerativeModel
+        The server's workspace (initial weights from the run seed; samples for evaluation).
+    pool : ClientPool
+        Where the clients train.
+    evaluator : Evaluator, optional
+        Scores models (None: evaluation off).
     """
 
-    def __init__(self, cfg: Config, client_data: list[ImageSet], reporter: Reporter | None = None,
-                 client_ids: Sequence[str] | None = None, num_classes: int | None = None):
-        self.cfg = cfg
-        self.run_dir: RunDir | None = None
+    def __init__(self, cfg: Config, model: GenerativeModel, pool: ClientPool, evaluator: Evaluator | None,
+                 reporter: Reporter | None = None, class_names: Sequence[str] = ()):
+        self.cfg, self.model, self.pool, self.evaluator = cfg, model, pool, evaluator
         self.reporter = reporter or Reporter()
-        seed, f, t = cfg.run.seed, cfg.fed, cfg.train
-        if f.strategy == "centralized":
+        self.class_names = list(class_names)
+        self.strategy = strategy_from_config(cfg.fed, cfg.privacy)
+        init = model.state()
+        if cfg.fed.init_from:
+            init = load_init(cfg.fed.init_from, init)
+        self.init = init
+        self.travel = setup_strategy(cfg, self.strategy, model, init, len(pool.ids))
+        self.local_keys = [k for k in init if k not in self.travel]
+        self.server = ServerState(init if self.strategy.aggregates else None)
+        self.start_round = 1
+        self.sink: Any = MemorySink()
+        self.description: tuple[str, dict[str, Any]] | None = None  # (file, contents) describing the clients
+        self.data_info: dict[str, Any] = {}
+        pool.bind(self)
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, r: int) -> dict[str, Any]:
+        """Everything a resume needs: every random draw derives from (seed, round, client)."""
+        return {"format": CHECKPOINT_FORMAT, "round": r, "config": self.cfg.to_dict(),
+                "model": {**self.model.describe(), "class_names": self.class_names},
+                "global": self.server.global_state, "ema": self.server.ema_state,
+                "strategy": self.strategy.state_dict(), **self.pool.state_dict()}
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        if ck.get("format") != CHECKPOINT_FORMAT:
+            raise UserError("not a fedsynth checkpoint")
+        if ck["config"] != self.cfg.to_dict():
+            raise UserError("the checkpoint was written with a different configuration")
+        self.server = ServerState(ck["global"], ck.get("ema"))
+        self.strategy.load_state_dict(ck.get("strategy", {}))
+        self.pool.load_state_dict(ck)
+        self.start_round = ck["round"] + 1
+
+    # ------------------------------------------------------------------ the run
+    def run(self, sink: Any = None) -> RunResult:
+        """Train all rounds; records, grids, checkpoints and plots go to ``sink`` (a
+        :class:`fedsynth.report.RunDir`) if given."""
+        cfg, ev = self.cfg, self.evaluator
+        self.sink = sink or MemorySink()
+        t_start = time.perf_counter()
+        rounds = cfg.fed.rounds
+        to_eval = eval_rounds(rounds, cfg.eval.every) if ev is not None else set()
+        title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} client(s)"
+        self.reporter.run_start(rounds)
+        if self.start_round == 1 and 0 in to_eval:  # round 0: the model before any training
+            self._end_round(0, self.pool.evaluate_global(0), [], to_eval, title)
+
+        for r in range(self.start_round, rounds + 1):
+            t0 = time.perf_counter()
+            ids = round_clients(cfg, self.strategy, self.pool.ids, r)
+            self.reporter.round_start(r, ids, sum(self.pool.steps(i) for i in ids))
+            results, recs = self.pool.train(r, ids, self.server.global_state, r in to_eval)
+            for res in results:
+                recs += res.records
+                if res.update is None:
+                    self.reporter.warning(f"round {r}: client {res.client_id} dropped out")
+            updates = [res.update for res in results if res.update is not None]
+            out = server_round(cfg, self.strategy, self.server, r, updates, self.travel,
+                               len(ids) / len(self.pool.ids), self.pool.kept_local(updates))
+            for w in out.warnings:
+                self.reporter.warning(w)
+            recs += out.records
+            if r in to_eval:
+                recs += self.pool.evaluate_global(r)
+            timings = [res.timing for res in results]
+            wall = time.perf_counter() - t0
+            train_s = max((t.get("seconds", 0.0) for t in timings), default=0.0)
+            timings.append({"round": r, "client": "server", "wall_s": wall, "max_client_train_s": train_s,
+                            "overhead_s": wall - train_s})
+            self._end_round(r, recs, timings, to_eval, title)
+
+        if self.start_round <= rounds:
+            last = self.pool.finish()
+            if last:
+                self.sink.log(last)
+                self.sink.plot(title)
+        return RunResult(list(self.sink.records), self.server.global_state, getattr(self.pool, "clients", {}),
+                         rounds, time.perf_counter() - t_start, ev.extractor.metric if ev else "",
+                         ev.extractor.name if ev else "")
+
+    def _end_round(self, r: int, recs: list[Record], timings: list[Record], to_eval: set[int], title: str) -> None:
+        """Records, timings, checkpoint, grid and plot of round ``r``, each written atomically."""
+        self.sink.log(recs)
+        if r > 0:
+            self.sink.log_timing(timings)
+            self.sink.save_checkpoint(r, self.checkpoint(r), self.cfg.run.keep_checkpoints)
+        if r in to_eval:
+            grid = self.pool.grid()
+            if grid is not None:
+                self.sink.save_grid(r, grid, nrow=int(math.ceil(math.sqrt(self.cfg.eval.grid_size))))
+            self.sink.plot(title)
+        self.reporter.round_end(r, recs)
+
+
+class InProcessClients(ClientPool):
+    """Every client in this process, one after another, on one model workspace.
+
+    Parameters
+    ----------
+    cfg : Config
+    client_data : list[ImageSet]
+        One data set per client (already partitioned); ``centralized`` pools them.
+    client_ids : list of str, optional
+        Default ``"0", "1", ...``.
+    """
+
+    def __init__(self, cfg: Config, client_data: list[ImageSet], client_ids: Sequence[str] | None = None):
+        from ..registry import STRATEGIES
+        self.cfg = cfg
+        if STRATEGIES.load(cfg.fed.strategy).pools_data:
             client_data = [ImageSet.concat(client_data, "pooled")]
             ids = ["pooled"]
-        else:  # a Flower node passes its own id: seeds derive from it, as in-process
+        else:
             ids = list(client_ids) if client_ids is not None else [str(k) for k in range(len(client_data))]
-        self.clients = {cid: ClientState(cid, d) for cid, d in zip(ids, client_data)}
-        first = client_data[0]
-        num_classes = num_classes or max(d.num_classes for d in client_data)
-        self.spec = model_spec(cfg, first.size, first.channels, num_classes)
-        self.model_spec = {**self.spec.to_dict(), "class_names": list(first.class_names)}
-        gan = build_gan(self.spec, seed=derive_seed(seed, "init"))
-        loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
-        self.trainer = LocalTrainer(gan, loss, OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last)
-        self.strategy = strategy_for(cfg)
-        init = self.trainer.weights()
-        if f.init_from:
-            init = load_init(f.init_from, init)
-        travel = setup_strategy(cfg, self.strategy, gan, init, len(self.clients))
-        self.local_keys = [k for k in init if k not in travel]
-        self.global_state: State | None = init
-        for c in self.clients.values():
-            c.local = {k: init[k].clone() for k in self.local_keys}
-        if not self.strategy.aggregates:
-            for c in self.clients.values():
-                c.weights = {k: v.clone() for k, v in init.items()}
-            self.global_state = None
-        self.ema_state: State | None = None
-        pv = cfg.privacy
-        self.accountants: dict[str, Any] = {}
-        if pv.dp_sgd or pv.client_dp:
-            from ..privacy.dp import accountant
-            self.accountants = {cid: accountant() for cid in (list(self.clients) if pv.dp_sgd else [])}
-            if pv.client_dp:
-                self.accountants["server"] = accountant()
-        unknown = set(cfg.faults.attackers) - set(self.clients)
+        self.ids = ids
+        self.data = dict(zip(ids, client_data))
+        self.clients: dict[str, ClientState] = {}
+        self.stop_requested = False
+        self.on_step = self._on_step
+
+    # shape of the data the model is built for
+    @property
+    def first(self) -> ImageSet:
+        return self.data[self.ids[0]]
+
+    def num_classes(self) -> int:
+        return max(d.num_classes for d in self.data.values())
+
+    def statistics(self, extractor, cfg: Config, num_classes: int):
+        return site_statistics(self.data, extractor, cfg.eval, cfg.run.seed, num_classes)
+
+    def bind(self, fed: Federation) -> None:
+        self.fed = fed
+        self.setup = ClientSetup(self.cfg, fed.model, fed.strategy, fed.local_keys)
+        self.clients = {cid: self.setup.new_client(cid, d, fed.init) for cid, d in self.data.items()}
+        unknown = set(self.cfg.faults.attackers) - set(self.clients)
         if unknown:
             raise UserError(f"config key 'faults.attackers' names unknown client(s) {sorted(unknown)}; "
                             f"clients are {', '.join(self.clients)}")
-        self.start_round = 1
-        self.stop_requested = False
-        self.extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
-        if t.channels_last:
-            self.extractor = self.extractor.to(memory_format=torch.channels_last)
-        self.evaluator: Evaluator | None = None
-        self._records: list[dict[str, Any]] = []
 
-    # ------------------------------------------------------------------ helpers
-    def _steps(self, c: ClientState) -> int:
-        f = self.cfg.fed
-        if self.strategy.local_steps is not None:
-            return self.strategy.local_steps
-        if f.local_steps > 0:
-            return f.local_steps
-        return f.local_epochs * steps_per_epoch(c.n, self.cfg.train.batch_size)
+    def steps(self, cid: str) -> int:
+        return local_steps(self.cfg, self.fed.strategy, self.clients[cid].n)
 
-    def _log(self, records: list[dict[str, Any]]) -> None:
-        if self.run_dir is not None:
-            self.run_dir.log(records)
-        else:
-            self._records.extend(records)
+    def _on_step(self, _step: int) -> None:
+        self.fed.reporter.step()
+        if self.stop_requested:
+            raise StopRun()
 
-    @property
-    def records(self) -> list[dict[str, Any]]:
-        return self.run_dir.records if self.run_dir is not None else self._records
+    # ---- the clients' rounds
+    def train(self, r, ids, start, evaluate):
+        results = []
+        for cid in ids:
+            res = client_round(self.setup, self.clients[cid], r, start, self.fed.evaluator if evaluate else None,
+                               on_step=lambda s: self.on_step(s))
+            results.append(res)
+            if res.update is not None:
+                start = self.fed.strategy.next_start(start, res.update)  # the next client of swt/cwt continues
+        return results, []
 
-    def _eval_state(self) -> State | None:
-        """The global generator used for evaluation and samples (EMA if enabled)."""
-        return self.ema_state if self.ema_state is not None else self.global_state
+    def kept_local(self, updates):
+        if not self.fed.local_keys:
+            return None
+        return {u.client_id: (self.clients[u.client_id].local, self.clients[u.client_id].n) for u in updates}
 
-    def _load_G(self, state: State) -> torch.nn.Module:
-        G = self.trainer.gan.G
-        G.load_state_dict(_g_only(state))
-        return G
+    # ---- evaluation and grids
+    def _own_model(self, c: ClientState) -> State:
+        return c.weights if c.weights is not None else {**self.fed.server.global_state, **c.local}
 
     def _mixture_masks(self) -> list[tuple[ClientState, torch.Tensor]]:
         """Ensemble: each fixed latent is assigned to a client, with probability ~ its data."""
@@ -257,244 +368,124 @@ class FederatedRun:
                                  generator=torch_generator(self.cfg.run.seed, "ensemble-mixture"))
         return [(c, pick == i) for i, c in enumerate(self.clients.values())]
 
-    def _save_grid(self, round_: int) -> None:
-        if self.run_dir is None or self.evaluator is None:
-            return
-        ev = self.evaluator
-        if self._eval_state() is not None:
-            imgs = ev.grid(self._load_G(self._eval_state()))
-        else:  # local / ensemble: one block of rows per client
-            imgs = torch.cat([ev.grid(self._load_G(c.weights)) for c in self.clients.values()])
-        self.run_dir.save_grid(round_, imgs, nrow=int(math.ceil(math.sqrt(len(ev.z_grid)))))
-
-    def _evaluate_global(self, round_: int) -> list[dict[str, Any]]:
-        ev = self.evaluator
-        if self.strategy.name == "ensemble":
-            self.reporter.evaluating("ensemble of local generators")
-            feats = [ev.fake_features(self._load_G(c.weights), None, mask) for c, mask in self._mixture_masks()]
-            return ev.score(np.concatenate(feats), round_, "global", None)
-        if self._eval_state() is None:  # local baseline: each hospital's model on everyone's data
-            recs = []
+    def evaluate_global(self, r):
+        ev, fed = self.fed.evaluator, self.fed
+        own: list[Record] = []
+        if r == 0:  # each hospital's starting model on its own data
             for cid, c in self.clients.items():
-                recs += ev.evaluate(self._load_G(c.weights), round_, cid, None)
-            return recs
-        self.reporter.evaluating("global model")
-        G = self._load_G(self._eval_state())
-        feats = ev.fake_features(G, None)
-        recs = ev.score(feats, round_, "global", None)
+                own += ev.evaluate(self._own_model(c), 0, cid, cid)
+        recs: list[Record] = []
+        if fed.strategy.name == "ensemble":
+            fed.reporter.evaluating("ensemble of local generators")
+            feats = [ev.fake_features(c.weights, None, mask) for c, mask in self._mixture_masks()]
+            return ev.score(np.concatenate(feats), r, "global", None) + own
+        if fed.server.released is None:  # local baseline: each hospital's model on everyone's data
+            for cid, c in self.clients.items():
+                recs += ev.evaluate(c.weights, r, cid, None)
+            return own + recs
+        fed.reporter.evaluating("global model")
+        state = fed.server.released
+        feats = ev.fake_features(state, None)
+        recs += ev.score(feats, r, "global", None)
         if self.cfg.eval.per_site and len(self.clients) > 1:
-            recs += self._per_site(G, round_, None if ev.conditional else feats)
-        return recs
+            site = []
+            for cid in self.clients:
+                site += ev.score(feats if not ev.conditional else ev.fake_features(state, cid), r, "global", cid)
+            recs += site + sites_summary(site, ev.extractor, r)
+        return recs + own
 
-    def _per_site(self, G: torch.nn.Module, round_: int, feats: np.ndarray | None) -> list[dict[str, Any]]:
-        """Fairness: the global model on each client's own data, and the spread across sites.
-        An unconditional model's samples do not depend on the site: one feature pass serves all."""
-        ev, recs = self.evaluator, []
-        for cid in self.clients:
-            f = feats if feats is not None else ev.fake_features(G, cid)
-            recs += ev.score(f, round_, "global", cid)
-        return recs + sites_summary(recs, self.extractor, round_)
+    def grid(self):
+        ev, released = self.fed.evaluator, self.fed.server.released
+        if released is not None:
+            return ev.grid(released)
+        return torch.cat([ev.grid(c.weights) for c in self.clients.values()])  # one block of rows per client
 
-    def checkpoint(self, round_: int) -> dict[str, Any]:
-        return {
-            "format": "fedsynth-checkpoint/1",
-            "round": round_,
-            "config": self.cfg.to_dict(),
-            "model": self.model_spec,
-            "global": self.global_state,
-            "ema": self.ema_state,
-            "strategy": self.strategy.state_dict(),
-            "clients": {cid: {"opt_state": c.opt_state, "weights": c.weights, "local": c.local,
-                              "strategy": c.strategy} for cid, c in self.clients.items()},
-            "accountants": {k: list(a.history) for k, a in self.accountants.items()},
-        }
+    # ---- checkpoints
+    def state_dict(self):
+        return {"clients": {cid: c.saved() for cid, c in self.clients.items()}}
+
+    def load_state_dict(self, ck):
+        for cid, saved in ck["clients"].items():
+            self.clients[cid].restore(saved)
+
+
+def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporter | None = None,
+                     client_ids: Sequence[str] | None = None) -> Federation:
+    """A :class:`Federation` of in-process clients: model, evaluator (real statistics computed
+    per client, cached) and strategy as the configuration says."""
+    pool = InProcessClients(cfg, client_data, client_ids)
+    first = pool.first
+    model = build_model(cfg, first.size, first.channels, pool.num_classes())
+    evaluator = None
+    if cfg.eval.enabled:
+        (reporter or Reporter()).evaluating("real-data statistics")
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        if cfg.train.channels_last:
+            extractor = extractor.to(memory_format=torch.channels_last)
+        real, counts = pool.statistics(extractor, cfg, pool.num_classes())
+        evaluator = Evaluator(cfg.eval, extractor, real, counts, model, cfg.run.seed)
+    return Federation(cfg, model, pool, evaluator, reporter, class_names=first.class_names)
+
+
+class FederatedRun:
+    """The in-process engine as one object: ``FederatedRun(cfg, client_data).run(run_dir)``."""
+
+    def __init__(self, cfg: Config, client_data: list[ImageSet], reporter: Reporter | None = None,
+                 client_ids: Sequence[str] | None = None):
+        self.fed = build_in_process(cfg, client_data, reporter, client_ids)
+        self.cfg = cfg
+
+    @property
+    def reporter(self) -> Reporter:
+        return self.fed.reporter
+
+    @reporter.setter
+    def reporter(self, value: Reporter) -> None:
+        self.fed.reporter = value
+
+    @property
+    def stop_requested(self) -> bool:
+        return self.fed.pool.stop_requested
+
+    @stop_requested.setter
+    def stop_requested(self, value: bool) -> None:
+        self.fed.pool.stop_requested = value
+
+    @property
+    def _on_step(self):
+        return self.fed.pool.on_step
+
+    @_on_step.setter
+    def _on_step(self, fn) -> None:
+        self.fed.pool.on_step = fn
+
+    @property
+    def global_state(self) -> State | None:
+        return self.fed.server.global_state
+
+    @property
+    def strategy(self):
+        return self.fed.strategy
+
+    @property
+    def model(self) -> GenerativeModel:
+        return self.fed.model
+
+    @property
+    def evaluator(self) -> Evaluator | None:
+        return self.fed.evaluator
+
+    @property
+    def extractor(self):
+        return self.fed.evaluator.extractor if self.fed.evaluator else build_extractor(
+            self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights)
+
+    @property
+    def clients(self) -> dict[str, ClientState]:
+        return self.fed.pool.clients
 
     def restore(self, ck: dict[str, Any]) -> None:
-        """Continue from a checkpoint: everything random derives from (seed, round, client),
-        so weights, optimizer, strategy and accountant state are all a resume needs."""
-        if ck.get("format") != "fedsynth-checkpoint/1":
-            raise UserError("not a fedsynth checkpoint")
-        if ck["config"] != self.cfg.to_dict():
-            raise UserError("the checkpoint was written with a different configuration")
-        self.global_state, self.ema_state = ck["global"], ck.get("ema")
-        self.strategy.load_state_dict(ck.get("strategy", {}))
-        for cid, st in ck["clients"].items():
-            c = self.clients[cid]
-            c.opt_state, c.weights, c.local, c.strategy = st["opt_state"], st["weights"], st["local"], st["strategy"]
-        for k, hist in ck.get("accountants", {}).items():
-            self.accountants[k].history = list(hist)
-        self.start_round = ck["round"] + 1
+        self.fed.restore(ck)
 
-    # ------------------------------------------------------------------ one client
-    def _fails(self, r: int, cid: str) -> bool:
-        f = self.cfg.faults
-        return f"{r}:{cid}" in f.dropout_schedule or (
-            f.dropout > 0 and numpy_rng(self.cfg.run.seed, "dropout", r, cid).random() < f.dropout)
-
-    def _on_step(self, _step: int) -> None:
-        self.reporter.step()
-        if self.stop_requested:
-            raise StopRun()
-
-    def _attack(self, r: int, up: ClientUpdate, start: State) -> None:
-        """Simulated malicious client: rewrite what it sends (its own state is unchanged)."""
-        kind, s = self.cfg.faults.attack, self.cfg.faults.attack_scale
-        g = torch_generator(self.cfg.run.seed, "attack", r, up.client_id)
-        for k, v in up.weights.items():
-            if not v.is_floating_point():
-                continue
-            d = v - start[k]
-            if kind == "scale":
-                up.weights[k] = start[k] + s * d
-            elif kind == "sign-flip":
-                up.weights[k] = start[k] - s * d
-            elif kind == "random":
-                up.weights[k] = start[k] + s * (d.std() + 1e-8) * torch.randn(v.shape, generator=g)
-            elif kind == "nan":
-                up.weights[k] = torch.full_like(v, float("nan"))
-
-    def _train_client(self, r: int, c: ClientState, start: State) -> tuple[ClientUpdate | None, list[dict[str, Any]], dict]:
-        cfg = self.cfg
-        if c.weights is not None:
-            start = c.weights
-        elif self.local_keys:
-            start = {**start, **c.local}
-        opt = None if cfg.train.reset_optimizer else c.opt_state
-        self.trainer.load(start, opt)
-        hooks = self.strategy.client_hooks(c.strategy, start) if c.weights is None else []
-        steps = self._steps(c)
-        base = {"round": r, "client": c.id}
-        if self._fails(r, c.id):  # dies halfway through: its work and state changes are lost
-            self.trainer.train(c.data, max(1, steps // 2), cfg.train.batch_size,
-                               torch_generator(cfg.run.seed, "train", r, c.id), on_step=self._on_step, hooks=hooks)
-            return None, [{**base, "metric": "dropped", "value": 1}], {**base, "dropped": True}
-        dp = None
-        if cfg.privacy.dp_sgd:
-            from ..privacy.dp import DPSGD
-            dp = DPSGD(cfg.privacy.dp_clip, cfg.privacy.dp_noise, torch_generator(cfg.run.seed, "dp-noise", r, c.id))
-        res = self.trainer.train(c.data, steps, cfg.train.batch_size,
-                                 torch_generator(cfg.run.seed, "train", r, c.id),
-                                 on_step=self._on_step, hooks=hooks, dp=dp)
-        c.opt_state = self.trainer.opt_state()
-        new = self.trainer.weights()
-        extra = {}
-        if c.weights is not None:
-            c.weights = new
-        else:
-            extra = self.strategy.after_local(c.strategy, start, new, res.steps,
-                                              {"G": cfg.train.lr_g, "D": cfg.train.lr_d})
-            c.local = {k: new[k] for k in self.local_keys}
-        sent = {k: v for k, v in new.items() if k not in c.local} if c.weights is None else {}
-        up = ClientUpdate(c.id, sent, c.n, {"d-loss": res.d_loss, "g-loss": res.g_loss}, res.steps, extra)
-        if cfg.faults.attack != "none" and c.id in cfg.faults.attackers and c.weights is None:
-            self._attack(r, up, start)
-        recs = [{**base, "metric": "d-loss", "value": res.d_loss},
-                {**base, "metric": "g-loss", "value": res.g_loss},
-                {**base, "metric": "bytes-sent", "value": state_bytes(sent) + state_bytes(extra)}]
-        if dp is not None:
-            acc = self.accountants[c.id]
-            q = min(1.0, cfg.train.batch_size / c.n)
-            for _ in range(res.steps * self.trainer.loss.n_critic):
-                acc.step(noise_multiplier=cfg.privacy.dp_noise, sample_rate=q)
-            recs.append({**base, "metric": "dp-epsilon", "value": float(acc.get_epsilon(cfg.privacy.dp_delta)),
-                         "delta": cfg.privacy.dp_delta})
-        timing = {**base, "steps": res.steps, "images": res.images, "seconds": res.seconds,
-                  "images_per_s": res.images / max(res.seconds, 1e-9)}
-        return up, recs, timing
-
-    def _round_clients(self, r: int) -> list[str]:
-        ids, f = list(self.clients), self.cfg.fed
-        if self.strategy.sequential and not self.strategy.cyclic:  # swt: one block of rounds per client
-            per = math.ceil(f.rounds / len(ids))
-            return [ids[min((r - 1) // per, len(ids) - 1)]]
-        return sample_clients(ids, f.fraction, f.min_clients, self.cfg.run.seed, r)
-
-    # ------------------------------------------------------------------ the run
-    def run(self, run_dir: RunDir | None = None) -> RunResult:
-        """Train all rounds; records, grids, checkpoints and plots go to ``run_dir`` if given."""
-        cfg, seed = self.cfg, self.cfg.run.seed
-        self.run_dir = run_dir
-        t_start = time.perf_counter()
-        rounds = cfg.fed.rounds
-        to_eval = eval_rounds(rounds, cfg.eval.every) if cfg.eval.enabled else set()
-        if cfg.eval.enabled:
-            self.reporter.evaluating("real-data statistics")
-            self.evaluator = Evaluator(cfg.eval, self.extractor,
-                                       {cid: c.data for cid, c in self.clients.items()},
-                                       cfg.model.nz, seed, conditional=cfg.model.conditional != "none")
-        self.reporter.run_start(rounds)
-
-        if self.start_round == 1 and cfg.eval.enabled:  # round 0: the model before any training
-            recs = self._evaluate_global(0) if self.strategy.aggregates or self.strategy.name == "ensemble" else []
-            for cid, c in self.clients.items():
-                start = c.weights if c.weights is not None else {**self.global_state, **c.local}
-                recs += self.evaluator.evaluate(self._load_G(start), 0, cid, cid)
-            if not self.strategy.aggregates and self.strategy.name != "ensemble":
-                recs += self._evaluate_global(0)
-            self._log(recs)
-            self._save_grid(0)
-            self.reporter.round_end(0, recs)
-
-        for r in range(self.start_round, rounds + 1):
-            ids = self._round_clients(r)
-            self.reporter.round_start(r, ids, sum(self._steps(self.clients[i]) for i in ids))
-            updates, recs, timings = [], [], []
-            start = self.global_state
-            for cid in ids:
-                up, rec, timing = self._train_client(r, self.clients[cid], start)
-                recs += rec
-                timings.append(timing)
-                if up is None:
-                    self.reporter.warning(f"round {r}: client {cid} dropped out")
-                    continue
-                updates.append(up)
-                if r in to_eval:
-                    self.reporter.evaluating(f"client {cid}")
-                    recs += self.evaluator.evaluate(self.trainer.gan.G, r, cid, cid)
-                if self.strategy.sequential:  # the next client starts where this one ended
-                    start = {**start, **up.weights}
-            if self.strategy.aggregates and cfg.privacy.validate and not self.strategy.sequential:
-                from ..privacy.validation import validate_updates
-                shared = set(self.global_state) - set(self.local_keys)
-                updates, rejected = validate_updates(updates, self.global_state, shared, cfg.privacy.outlier_factor)
-                for cid, reason in rejected:
-                    recs.append({"round": r, "client": cid, "metric": "rejected", "value": 1, "reason": reason})
-                    self.reporter.warning(f"round {r}: update of client {cid} rejected: {reason}")
-            aggregate = self.strategy.aggregates
-            if aggregate and len(updates) < cfg.fed.min_clients:
-                aggregate = False
-                recs.append({"round": r, "client": "server", "metric": "round-skipped", "value": 1,
-                             "reason": f"{len(updates)} valid update(s), fed.min-clients = {cfg.fed.min_clients}"})
-                self.reporter.warning(f"round {r} skipped: only {len(updates)} valid update(s)")
-            if aggregate:
-                self.strategy.noise_generator = torch_generator(seed, "client-dp-noise", r)
-                self.global_state = self.strategy.aggregate(self.global_state, updates)
-                if cfg.privacy.client_dp:
-                    acc = self.accountants["server"]
-                    acc.step(noise_multiplier=cfg.privacy.client_dp_noise, sample_rate=len(ids) / len(self.clients))
-                    recs.append({"round": r, "client": "server", "metric": "client-dp-epsilon",
-                                 "value": float(acc.get_epsilon(cfg.privacy.dp_delta)), "delta": cfg.privacy.dp_delta})
-                if self.local_keys and updates:  # evaluation only: the clients' mean of what they keep local
-                    ups = sorted(u.client_id for u in updates)
-                    self.global_state.update(weighted_average(
-                        [self.clients[i].local for i in ups], [self.clients[i].n for i in ups]))
-                if cfg.fed.ema > 0:
-                    b = cfg.fed.ema
-                    prev = self.ema_state or self.global_state
-                    self.ema_state = {k: (b * prev[k].double() + (1 - b) * v.double()).to(v.dtype)
-                                      if v.is_floating_point() else v.clone()
-                                      for k, v in self.global_state.items()}
-            if r in to_eval:
-                recs += self._evaluate_global(r)
-                self._save_grid(r)
-            self._log(recs)
-            if self.run_dir is not None:
-                self.run_dir.log_timing(timings)
-                self.run_dir.save_checkpoint(r, self.checkpoint(r), cfg.run.keep_checkpoints)
-            if self.run_dir is not None and r in to_eval:
-                plot_fd(self.records, self.run_dir.path / "fd.png",
-                        title=f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.clients)} client(s)")
-            self.reporter.round_end(r, recs)
-
-        return RunResult(self.records, self.global_state, self.clients, rounds,
-                         time.perf_counter() - t_start, self.extractor.metric, self.extractor.name)
+    def run(self, run_dir: Any = None) -> RunResult:
+        return self.fed.run(run_dir)

@@ -24,6 +24,7 @@ import torch
 from ..config import EvalConfig
 from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, fd_from_stats, kernel_inception_distance
+from ..updates import State
 from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
 KID_MAX_REAL = 2000  # real features kept per client for KID
@@ -69,30 +70,28 @@ def real_statistics(data: ImageSet, extractor: FeatureExtractor, max_real: int =
     return out
 
 
+def site_statistics(clients: dict[str, ImageSet], extractor: FeatureExtractor, cfg: EvalConfig, seed: int,
+                    num_classes: int) -> tuple[dict[str, RealStats], dict[str, np.ndarray]]:
+    """Each site's real-image statistics and class counts, computed where its data is."""
+    real = {cid: real_statistics(d, extractor, cfg.max_real, seed) for cid, d in clients.items()}
+    counts = {cid: np.bincount(d.labels, minlength=num_classes) for cid, d in clients.items()}
+    return real, counts
+
+
 class Evaluator:
-    """Computes FD and KID of generators against clients' real statistics."""
+    """Frechet distance and KID of a model's samples against the sites' real statistics.
 
-    def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, clients: dict[str, ImageSet],
-                 nz: int, seed: int, conditional: bool = False, num_classes: int | None = None):
-        real = {cid: real_statistics(d, extractor, cfg.max_real, seed) for cid, d in clients.items()}
-        k = num_classes or max(d.num_classes for d in clients.values())
-        counts = {cid: np.bincount(d.labels, minlength=k) for cid, d in clients.items()}
-        self._setup(cfg, extractor, real, counts, nz, seed, conditional)
+    The evaluator never sees an image: each site's statistics (and class counts) were computed
+    where its data lives (:func:`site_statistics`); the union's are their exact merge. Without
+    ``kid_features`` no KID is scored against that target (KID needs real features, which do
+    not leave a site). Samples come from ``model`` (a :class:`fedsynth.models.GenerativeModel`)
+    from fixed latents, so curves move only because the weights do.
+    """
 
-    @classmethod
-    def from_stats(cls, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
-                   class_counts: dict[str, np.ndarray], nz: int, seed: int, conditional: bool = False) -> "Evaluator":
-        """An evaluator that never sees an image: each client's real statistics (and class
-        counts) were computed where its data lives. Without ``kid_features`` no KID is scored
-        against that target (KID needs real features, which do not leave a site)."""
-        self = cls.__new__(cls)
-        self._setup(cfg, extractor, real, class_counts, nz, seed, conditional)
-        return self
-
-    def _setup(self, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
-               counts: dict[str, np.ndarray], nz: int, seed: int, conditional: bool) -> None:
-        self.cfg, self.extractor, self.seed = cfg, extractor, seed
-        self.conditional = conditional
+    def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
+                 class_counts: dict[str, np.ndarray], model: Any, seed: int):
+        self.cfg, self.extractor, self.seed, self.model = cfg, extractor, seed, model
+        self.conditional = model.conditional
         self.real = real
         merged = None
         for r in self.real.values():
@@ -100,44 +99,44 @@ class Evaluator:
         kid = [r.kid_features for r in self.real.values()]
         self.union = RealStats(merged, None if any(f is None for f in kid) else np.concatenate(kid))
         # fixed latents: the same noise every round, so curves move only with the model
-        self.z_eval = torch.randn(cfg.num_samples, nz, generator=torch_generator(seed, "eval-latents"))
-        self.z_grid = torch.randn(cfg.grid_size, nz, generator=torch_generator(seed, "grid-latents"))
+        self.z_eval = model.latents(cfg.num_samples, torch_generator(seed, "eval-latents"))
+        self.z_grid = model.latents(cfg.grid_size, torch_generator(seed, "grid-latents"))
         # conditional models: fixed labels per evaluation target, drawn from its class mix
-        counts = dict(counts)
+        counts: dict[str | None, np.ndarray] = dict(class_counts)
         k = len(next(iter(counts.values())))
-        counts[None] = sum(counts.values())
+        counts[None] = sum(class_counts.values())
         self.y_eval = {t: torch.multinomial(torch.tensor(c, dtype=torch.float64), cfg.num_samples, True,
                                             generator=torch_generator(seed, "eval-labels", t))
                        for t, c in counts.items()}
         self.y_grid = torch.arange(cfg.grid_size) * k // cfg.grid_size  # rows of classes
 
-    @torch.inference_mode()
-    def generate(self, G: torch.nn.Module, z: torch.Tensor, y: torch.Tensor | None = None,
-                 batch: int = 250) -> torch.Tensor:
-        was = G.training
-        G.eval()
-        y = y if y is not None else torch.zeros(len(z), dtype=torch.long)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            out = torch.cat([G(z[i:i + batch], y[i:i + batch]) for i in range(0, len(z), batch)])
-        G.train(was)
-        return out.float()
-
-    def grid(self, G: torch.nn.Module) -> torch.Tensor:
-        return self.generate(G, self.z_grid, self.y_grid if self.conditional else None)
+    def grid(self, state: State | None) -> torch.Tensor:
+        """The sample grid of ``state`` (``None``: the weights loaded in the model now)."""
+        return self.model.sample(state, self.z_grid, self.y_grid if self.conditional else None, bf16=self.cfg.bf16)
 
     @torch.inference_mode()
-    def fake_features(self, G: torch.nn.Module, against: str | None, mask: torch.Tensor | None = None) -> np.ndarray:
-        """Features of G's images from the fixed latents (and labels) for target ``against``."""
+    def fake_features(self, state: State | None, against: str | None, mask: torch.Tensor | None = None) -> np.ndarray:
+        """Features of the model's images from the fixed latents (and labels) for target ``against``."""
         z, y = self.z_eval, self.y_eval[against]
         if mask is not None:
             z, y = z[mask], y[mask]
         if len(z) == 0:
             return np.zeros((0, self.extractor.dims))
-        return self.extractor.extract(self.generate(G, z, y)).double().numpy()
+        images = self.model.sample(state, z, y if self.conditional else None, bf16=self.cfg.bf16)
+        return self.extractor.extract(images).double().numpy()
 
-    def evaluate(self, G: torch.nn.Module, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
-        """Records for generator ``G`` (named ``who``) against client ``against`` (None: union)."""
-        return self.score(self.fake_features(G, against), round_, who, against)
+    def evaluate(self, state: State | None, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
+        """Records for the model ``state`` (named ``who``) against client ``against`` (None: union)."""
+        return self.score(self.fake_features(state, against), round_, who, against)
+
+    def per_site(self, state: State | None, round_: int, sites: list[str], who: str = "global") -> list[dict[str, Any]]:
+        """Fairness: ``state`` against each site's own data, and the spread across sites. An
+        unconditional model's samples do not depend on the site: one feature pass serves all."""
+        recs: list[dict[str, Any]] = []
+        shared = None if self.conditional else self.fake_features(state, None)
+        for cid in sites:
+            recs += self.score(shared if shared is not None else self.fake_features(state, cid), round_, who, cid)
+        return recs
 
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]

@@ -18,69 +18,16 @@ arXiv:2102.07623), cyclic/single weight transfer (Chang et al. 2018).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 
-State = dict[str, torch.Tensor]
+from ..registry import STRATEGIES as STRATEGY_NAMES
+from ..updates import Average, ClientUpdate, State, by_client, shared_keys, weighted_average
 
+__all__ = ["ClientUpdate", "State", "shared_keys", "weighted_average", "Strategy", "build_strategy", "STRATEGIES"]
 
-@dataclass
-class ClientUpdate:
-    """What one client sends after local training: weights and scalars only."""
-
-    client_id: str
-    weights: State
-    num_examples: int
-    metrics: dict[str, float] = field(default_factory=dict)
-    steps: int = 1
-    extra: State = field(default_factory=dict)   # SCAFFOLD: the change of the client's control variate
-
-
-def weighted_average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> State:
-    """``sum_k w_k * state_k / sum_k w_k``, key by key.
-
-    Floating tensors are accumulated in float64 and cast back to their dtype. Integer tensors
-    (BatchNorm's ``num_batches_tracked``) get the weighted mean rounded to the nearest integer
-    and keep their integer dtype. With one state the result equals it exactly.
-    """
-    if not states:
-        raise ValueError("weighted_average needs at least one state")
-    if len(states) != len(weights):
-        raise ValueError(f"{len(states)} states but {len(weights)} weights")
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("aggregation weights must sum to a positive number")
-    keys = list(states[0].keys())
-    for k, s in enumerate(states[1:], 1):
-        if list(s.keys()) != keys:
-            raise ValueError(f"state {k} has different keys from state 0")
-    out: State = {}
-    for key in keys:
-        ref = states[0][key]
-        acc = torch.zeros(ref.shape, dtype=torch.float64)
-        for s, w in zip(states, weights):
-            acc += s[key].to(torch.float64) * (float(w) / total)
-        out[key] = acc.round().to(ref.dtype) if not ref.is_floating_point() else acc.to(ref.dtype)
-    return out
-
-
-def shared_keys(keys: Iterable[str], patterns: Sequence[str]) -> set[str]:
-    """Keys that travel: ``"G"`` means every ``G.*`` key; other patterns are fnmatch patterns
-    (``"D.features.*"``)."""
-    out = set()
-    for k in keys:
-        for p in patterns:
-            if k == p or k.startswith(p + ".") or fnmatchcase(k, p):
-                out.add(k)
-                break
-    return out
-
-
-def _sorted(updates: Sequence[ClientUpdate]) -> list[ClientUpdate]:
-    return sorted(updates, key=lambda u: u.client_id)
+_sorted = by_client
 
 
 class GradHook:
@@ -113,6 +60,7 @@ class Strategy:
     """
 
     name = "base"
+    pools_data = False
     aggregates = True
     sequential = False
     local_steps: int | None = None
@@ -122,10 +70,11 @@ class Strategy:
         self.weighted = weighted
         self.param_keys: set[str] = set()
         self.num_clients = 1
-        # set by the engine: a robust rule or client-level DP replaces the plain average
-        self.robust: dict[str, Any] | None = None        # {"name", "trim", "byzantine", "clip_norm"}
-        self.client_dp: dict[str, Any] | None = None     # {"clip", "noise"}
-        self.noise_generator: torch.Generator | None = None
+
+    @classmethod
+    def from_config(cls, fed: Any) -> "Strategy":
+        """An instance from the ``[fed]`` section (each subclass takes the keys it uses)."""
+        return cls(weighted=fed.weighted)
 
     def setup(self, global_state: State, param_keys: set[str], num_clients: int) -> None:
         """Called once by the engine: which keys are parameters, how many clients exist."""
@@ -137,32 +86,38 @@ class Strategy:
         return []
 
     def after_local(self, client_state: dict[str, Any], global_state: State, new_state: State,
-                    steps: int, lrs: dict[str, float]) -> State:
-        """Update the client's strategy state; returns extra tensors to send (SCAFFOLD)."""
+                    steps: int, lrs) -> State:
+        """Update the client's strategy state; returns extra tensors to send (SCAFFOLD).
+        ``lrs[key]`` is the learning rate the model family trains parameter ``key`` with."""
         return {}
+
+    def next_start(self, start: State, update: ClientUpdate) -> State:
+        """Where the next client of the same round starts: the global weights (every strategy
+        but the sequential ones, whose next client continues from this one)."""
+        return {**start, **update.weights} if self.sequential else start
 
     # ---- server side
     def _weights(self, updates: Sequence[ClientUpdate]) -> list[float]:
         return [u.num_examples if self.weighted else 1.0 for u in updates]
 
-    def average(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
-        """The (weighted) mean of the updates -- or a robust rule, or client-level DP."""
+    def _mean(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
         ups = _sorted(updates)
-        if self.client_dp is not None:
-            from ..privacy.dp import client_dp_average
-            return client_dp_average(ups, global_state, self.client_dp["clip"], self.client_dp["noise"],
-                                     self.noise_generator)
-        if self.robust is not None:
-            from ..privacy.robust import robust_average
-            return robust_average(updates=ups, global_state=global_state, **self.robust)
         return weighted_average([u.weights for u in ups], self._weights(ups))
 
-    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate]) -> State:
+    def aggregate(self, global_state: State, updates: Sequence[ClientUpdate], rng: torch.Generator | None = None,
+                  average: Average | None = None) -> State:
+        """New global weights. ``average`` replaces the (weighted) mean the strategy builds on:
+        a robust rule or client-level DP (:mod:`fedsynth.privacy`); ``rng`` is the round's
+        generator for anything random."""
         if not updates:
             return global_state
         new = dict(global_state)
-        new.update(self.average(global_state, updates))
+        new.update((average or self._mean)(global_state, _sorted(updates)))
         return new
+
+    def round_records(self, round_: int, sample_rate: float) -> list[dict[str, Any]]:
+        """Records after an aggregation (privacy wrappers report epsilon here)."""
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -196,6 +151,10 @@ class FedProx(FedAvg):
         super().__init__(**kw)
         self.mu = mu
 
+    @classmethod
+    def from_config(cls, fed):
+        return cls(fed.mu, weighted=fed.weighted)
+
     def client_hooks(self, client_state, global_state):
         mu, g = self.mu, global_state
         return [GradHook(lambda k, p: mu * (p - g[k]), self.param_keys)]
@@ -208,7 +167,7 @@ class FedNova(FedAvg):
 
     name = "fednova"
 
-    def aggregate(self, global_state, updates):
+    def aggregate(self, global_state, updates, rng=None, average=None):
         if not updates:
             return global_state
         ups = _sorted(updates)
@@ -249,14 +208,14 @@ class Scaffold(FedAvg):
         ci = self._ci(client_state)
         delta = {}
         for k in self.param_keys:
-            lr = lrs[k.split(".", 1)[0]]
+            lr = lrs[k]
             new_ci = ci[k] - self.c[k] + (global_state[k] - new_state[k]) / (max(steps, 1) * lr)
             delta[k] = new_ci - ci[k]
             ci[k] = new_ci
         return delta
 
-    def aggregate(self, global_state, updates):
-        new = super().aggregate(global_state, updates)
+    def aggregate(self, global_state, updates, rng=None, average=None):
+        new = super().aggregate(global_state, updates, rng, average)
         if updates:
             frac = len(updates) / self.num_clients
             for k in self.c:
@@ -281,6 +240,10 @@ class FedDyn(FedAvg):
         super().__init__(**kw)
         self.alpha = alpha
 
+    @classmethod
+    def from_config(cls, fed):
+        return cls(fed.dyn_alpha, weighted=fed.weighted)
+
     def setup(self, global_state, param_keys, num_clients):
         super().setup(global_state, param_keys, num_clients)
         self.h = {k: torch.zeros_like(global_state[k]) for k in self.param_keys}
@@ -298,10 +261,10 @@ class FedDyn(FedAvg):
             gi[k] = gi[k] - self.alpha * (new_state[k] - global_state[k])
         return {}
 
-    def aggregate(self, global_state, updates):
+    def aggregate(self, global_state, updates, rng=None, average=None):
         if not updates:
             return global_state
-        new = super().aggregate(global_state, updates)
+        new = super().aggregate(global_state, updates, rng, average)
         for k in self.param_keys:
             drift = sum(u.weights[k] - global_state[k] for u in updates)
             self.h[k] = self.h[k] - self.alpha / self.num_clients * drift
@@ -329,13 +292,18 @@ class ServerOpt(FedAvg):
         self.m: State = {}
         self.v: State = {}
 
+    @classmethod
+    def from_config(cls, fed):
+        return cls(fed.server_lr, fed.server_momentum, fed.server_beta1, fed.server_beta2, fed.server_tau,
+                   weighted=fed.weighted)
+
     def step(self, k: str, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def aggregate(self, global_state, updates):
+    def aggregate(self, global_state, updates, rng=None, average=None):
         if not updates:
             return global_state
-        avg = super().aggregate(global_state, updates)
+        avg = super().aggregate(global_state, updates, rng, average)
         new = dict(avg)
         for k in self.param_keys & set(updates[0].weights):
             delta = avg[k].to(torch.float64) - global_state[k].to(torch.float64)
@@ -404,7 +372,7 @@ class SequentialTransfer(FedAvg):
         self.cyclic = cyclic
         self.name = "cwt" if cyclic else "swt"
 
-    def aggregate(self, global_state, updates):
+    def aggregate(self, global_state, updates, rng=None, average=None):
         if not updates:
             return global_state
         new = dict(global_state)
@@ -418,7 +386,7 @@ class Local(Strategy):
     name = "local"
     aggregates = False
 
-    def aggregate(self, global_state, updates):
+    def aggregate(self, global_state, updates, rng=None, average=None):
         return global_state
 
 
@@ -429,25 +397,45 @@ class Ensemble(Local):
     name = "ensemble"
 
 
-STRATEGIES = ("fedavg", "fedsgd", "fedprox", "fednova", "scaffold", "feddyn", "fedavgm", "fedadam",
-              "fedyogi", "fedbn", "swt", "cwt", "ensemble", "local", "centralized")
+class SingleWeightTransfer(SequentialTransfer):
+    def __init__(self, **kw):
+        super().__init__(cyclic=False, **kw)
+
+
+class CyclicWeightTransfer(SequentialTransfer):
+    def __init__(self, **kw):
+        super().__init__(cyclic=True, **kw)
+
+
+class Centralized(FedAvg):
+    """Baseline: FedAvg over a single client that holds all the data (the engine pools it)."""
+
+    name = "centralized"
+    pools_data = True
+
+
+STRATEGIES = STRATEGY_NAMES.names()
 
 
 def build_strategy(name: str, weighted: bool = True, mu: float = 0.01, dyn_alpha: float = 0.01,
                    server_lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
                    tau: float = 1e-3) -> Strategy:
-    """``centralized`` is FedAvg over a single client holding all the data."""
-    simple = {"fedavg": FedAvg, "centralized": FedAvg, "fedsgd": FedSGD, "fednova": FedNova,
-              "scaffold": Scaffold, "fedbn": FedBN, "local": Local, "ensemble": Ensemble}
-    if name in simple:
-        return simple[name](weighted=weighted)
-    if name == "fedprox":
-        return FedProx(mu, weighted=weighted)
-    if name == "feddyn":
-        return FedDyn(dyn_alpha, weighted=weighted)
-    if name in ("fedavgm", "fedadam", "fedyogi"):
-        cls = {"fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi}[name]
-        return cls(server_lr, momentum, beta1, beta2, tau, weighted=weighted)
-    if name in ("swt", "cwt"):
-        return SequentialTransfer(cyclic=name == "cwt", weighted=weighted)
-    raise ValueError(f"unknown strategy {name!r}")
+    """The strategy registered as ``name`` (:data:`fedsynth.registry.STRATEGIES`) with these
+    parameters (the ``[fed]`` keys of the same names; tests and scripts)."""
+    from ..config import FedConfig
+    return STRATEGY_NAMES.load(name).from_config(FedConfig(
+        strategy=name, weighted=weighted, mu=mu, dyn_alpha=dyn_alpha, server_lr=server_lr, server_momentum=momentum,
+        server_beta1=beta1, server_beta2=beta2, server_tau=tau))
+
+
+def strategy_from_config(fed, privacy=None) -> Strategy:
+    """The strategy the ``[fed]`` section names, wrapped by the ``[privacy]`` section's robust
+    rule or client-level DP (:mod:`fedsynth.privacy`)."""
+    s = STRATEGY_NAMES.load(fed.strategy).from_config(fed)
+    if privacy is not None and privacy.robust != "none":
+        from ..privacy.robust import RobustAggregation
+        s = RobustAggregation(s, privacy.robust, privacy.trim, privacy.byzantine, privacy.clip_norm)
+    if privacy is not None and privacy.client_dp:
+        from ..privacy.dp import ClientLevelDP
+        s = ClientLevelDP(s, privacy.client_dp_clip, privacy.client_dp_noise, privacy.dp_delta)
+    return s

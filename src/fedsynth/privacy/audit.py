@@ -101,3 +101,23 @@ def embedding_plot(real_feats: np.ndarray, fake_feats: np.ndarray, path, title: 
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def write_audit(fake: torch.Tensor, train: torch.Tensor, held: torch.Tensor, out, seed: int = 0) -> AuditResult:
+    """Run :func:`memorisation_audit` and write ``out/audit.json``, ``closest-pairs.png`` and
+    ``embedding-pca.png`` (features of the frozen random network)."""
+    import json
+    from pathlib import Path
+
+    from ..metrics import RandomConvFeatures
+    from ..utils import atomic_write_text
+    out = Path(out)
+    res = memorisation_audit(fake, train, held, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    closest_pairs_image(fake, train, res.closest, out / "closest-pairs.png")
+    ext = RandomConvFeatures()
+    embedding_plot(ext.extract(train).numpy(), ext.extract(fake).numpy(), out / "embedding-pca.png")
+    atomic_write_text(out / "audit.json", json.dumps({**res.as_dict(), "train_images": len(train),
+                                                     "held_images": len(held), "generated": len(fake),
+                                                     "closest": res.closest}, indent=2) + "\n")
+    return res

@@ -12,17 +12,18 @@ approximation). Requires a discriminator without BatchNorm.
 **Client-level DP at the server** (McMahan et al. 2018, DP-FedAvg): each client's change is
 clipped to norm ``S``, the clipped changes are averaged (unweighted) and Gaussian noise
 ``N(0, (sigma S / m)^2)`` is added; accounted with sample rate = clients per round / clients.
+:class:`ClientLevelDP` wraps any strategy this way and keeps the accountant's history in its
+state (so a resumed run reports the same epsilon).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from torch.func import functional_call, grad_and_value, vmap
 
-from ..fed.strategies import ClientUpdate, State
-from .validation import update_norm
+from ..updates import Average, ClientUpdate, State, StrategyWrapper, by_client, update_norm
 
 
 def accountant():
@@ -32,6 +33,16 @@ def accountant():
         from ..config import UserError
         raise UserError("differential privacy accounting needs opacus: pip install 'fedsynth[dp]'") from None
     return RDPAccountant()
+
+
+def account_dp_sgd(history: list, noise: float, sample_rate: float, steps: int, delta: float) -> tuple[list, float]:
+    """Add ``steps`` DP-SGD steps to an accountant ``history``; returns the new history and
+    epsilon at ``delta``. The history is plain numbers (a client keeps it between rounds)."""
+    acc = accountant()
+    acc.history = [tuple(h) for h in history]
+    for _ in range(steps):
+        acc.step(noise_multiplier=noise, sample_rate=sample_rate)
+    return [list(h) for h in acc.history], float(acc.get_epsilon(delta))
 
 
 class DPSGD:
@@ -63,7 +74,7 @@ class DPSGD:
 def client_dp_average(updates: Sequence[ClientUpdate], global_state: State, clip: float, noise: float,
                       generator: torch.Generator) -> State:
     """Clip each change to ``clip``, average unweighted, add ``N(0, (noise clip / m)^2)``."""
-    ups = sorted(updates, key=lambda u: u.client_id)
+    ups = by_client(updates)
     m = len(ups)
     keys = [k for k, v in ups[0].weights.items() if v.is_floating_point()]
     deltas = []
@@ -81,3 +92,34 @@ def client_dp_average(updates: Sequence[ClientUpdate], global_state: State, clip
         else:
             out[k] = torch.stack([u.weights[k].double() for u in ups]).median(dim=0).values.round().to(ref.dtype)
     return out
+
+
+class ClientLevelDP(StrategyWrapper):
+    """``inner`` with its mean replaced by :func:`client_dp_average` (noise drawn from the
+    generator passed to :meth:`aggregate`), and an RDP accountant for ``(epsilon, delta)``."""
+
+    def __init__(self, inner, clip: float, noise: float, delta: float):
+        super().__init__(inner)
+        self.clip, self.noise, self.delta = clip, noise, delta
+        self.accountant = accountant()
+
+    def aggregate(self, global_state, updates, rng=None, average: Average | None = None):
+        if rng is None:
+            raise ValueError("client-level DP needs a random generator for its noise")
+        clip, noise = self.clip, self.noise
+        return self.inner.aggregate(global_state, updates, rng=rng,
+                                    average=lambda g, ups: client_dp_average(ups, g, clip, noise, rng))
+
+    def round_records(self, round_: int, sample_rate: float) -> list[dict[str, Any]]:
+        """Account for one aggregation of a fraction ``sample_rate`` of the clients."""
+        self.accountant.step(noise_multiplier=self.noise, sample_rate=sample_rate)
+        return self.inner.round_records(round_, sample_rate) + [
+            {"round": round_, "client": "server", "metric": "client-dp-epsilon",
+             "value": float(self.accountant.get_epsilon(self.delta)), "delta": self.delta}]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict(), "accountant": [list(h) for h in self.accountant.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state["inner"])
+        self.accountant.history = [tuple(h) for h in state["accountant"]]

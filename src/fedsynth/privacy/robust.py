@@ -1,4 +1,4 @@
-"""Robust aggregation rules, usable as strategies or around any averaging strategy.
+"""Robust aggregation rules, wrapped around any strategy (:class:`RobustAggregation`).
 
 * coordinate-wise ``median`` (Yin et al. 2018);
 * coordinate-wise ``trimmed-mean``: drop the ``trim`` fraction at each end (Yin et al. 2018);
@@ -7,6 +7,10 @@
 * norm ``clip``: each update's change is scaled to at most a bound (the round's median norm by
   default), then weighted-averaged (Sun et al. 2019).
 Integer buffers take the (rounded) median.
+
+The rule replaces the plain mean *inside* the wrapped strategy: FedAvg returns it, a server
+optimiser (FedAdam, ...) takes its difference from the global weights as the pseudo-gradient,
+SCAFFOLD and FedDyn keep their own correction terms.
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ from typing import Sequence
 
 import torch
 
-from ..fed.strategies import ClientUpdate, State, weighted_average
-from .validation import update_norm
+from ..updates import Average, ClientUpdate, State, StrategyWrapper, by_client, update_norm, weighted_average
 
 
 def _stack(updates: Sequence[ClientUpdate], key: str) -> torch.Tensor:
@@ -72,7 +75,7 @@ def norm_clip(updates: Sequence[ClientUpdate], global_state: State, bound: float
 
 def robust_average(name: str, updates: Sequence[ClientUpdate], global_state: State, trim: float = 0.2,
                    byzantine: int = 1, clip_norm: float = 0.0) -> State:
-    ups = sorted(updates, key=lambda u: u.client_id)
+    ups = by_client(updates)
     if name == "median":
         return coordinate_median(ups)
     if name == "trimmed-mean":
@@ -82,3 +85,23 @@ def robust_average(name: str, updates: Sequence[ClientUpdate], global_state: Sta
     if name == "clip":
         return norm_clip(ups, global_state, clip_norm)
     raise ValueError(f"unknown robust aggregation {name!r}")
+
+
+class RobustAggregation(StrategyWrapper):
+    """``inner`` with its mean replaced by a robust rule (``median``, ``trimmed-mean``,
+    ``krum``, ``multi-krum``, ``clip``)."""
+
+    def __init__(self, inner, rule: str, trim: float = 0.2, byzantine: int = 1, clip_norm: float = 0.0):
+        super().__init__(inner)
+        if rule not in RULES:
+            raise ValueError(f"unknown robust aggregation {rule!r}")
+        self.rule, self.trim, self.byzantine, self.clip_norm = rule, trim, byzantine, clip_norm
+
+    def _average(self, global_state: State, updates) -> State:
+        return robust_average(self.rule, updates, global_state, self.trim, self.byzantine, self.clip_norm)
+
+    def aggregate(self, global_state, updates, rng=None, average: Average | None = None):
+        return self.inner.aggregate(global_state, updates, rng=rng, average=self._average)
+
+
+RULES = ("median", "trimmed-mean", "krum", "multi-krum", "clip")

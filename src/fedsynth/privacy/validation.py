@@ -12,13 +12,7 @@ from typing import Sequence
 
 import torch
 
-from ..fed.strategies import ClientUpdate, State
-
-
-def update_norm(update: State, global_state: State) -> float:
-    """Euclidean distance of an update's floating-point tensors from the global weights."""
-    return float(torch.sqrt(sum(((v.double() - global_state[k].double()) ** 2).sum()
-                                for k, v in update.items() if v.is_floating_point())))
+from ..updates import ClientUpdate, State, update_norm
 
 
 def check_update(u: ClientUpdate, expected: dict[str, torch.Tensor]) -> str | None:

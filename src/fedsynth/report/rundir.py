@@ -102,6 +102,13 @@ class RunDir:
         atomic_write_bytes(p, buf.getvalue())
         return p
 
+    def plot(self, title: str) -> Path:
+        """``fd.png``: the Frechet distance per client and global, per round, so far."""
+        from .plots import plot_fd
+        p = self.path / "fd.png"
+        plot_fd(self.records, p, title=title)
+        return p
+
     def save_checkpoint(self, round_: int, obj: dict[str, Any], keep: int) -> Path:
         d = self.path / "checkpoints"
         p = d / f"round-{round_:04d}.pt"

@@ -16,7 +16,6 @@ from typing import Any, Callable, Protocol, Sequence
 import torch
 
 from ..data import ImageSet
-from ..models import GAN
 from .losses import GANLoss
 
 
@@ -54,15 +53,15 @@ class LocalTrainer:
 
     Parameters
     ----------
-    gan : GAN
-        The workspace networks; their weights are overwritten by :meth:`load`.
+    gan : torch.nn.Module
+        The workspace networks (``gan.G``, ``gan.D``; :class:`fedsynth.models.gan.GAN`); their weights are overwritten by :meth:`load`.
     loss : GANLoss
         Computes the D and G phases.
     optim : OptimConfig
         Adam(2e-4, betas=(0.5, 0.999)) by default, as in DCGAN.
     """
 
-    def __init__(self, gan: GAN, loss: GANLoss, optim: OptimConfig = OptimConfig(), channels_last: bool = False):
+    def __init__(self, gan: torch.nn.Module, loss: GANLoss, optim: OptimConfig = OptimConfig(), channels_last: bool = False):
         self.channels_last = channels_last
         if channels_last:  # NHWC: measured faster for these convolutions on CPU
             gan = gan.to(memory_format=torch.channels_last)

@@ -149,14 +149,14 @@ class DiffAugment:
         return x
 
 
-LOSSES: dict[str, type[GANLoss]] = {"bce": NonSaturatingBCE, "hinge": Hinge, "wgan-gp": WGANGP}
-
-
 def build_loss(name: str, n_critic: int = 5, gp_lambda: float = 10.0, diffaugment: str = "",
                aux_weight: float = 1.0) -> GANLoss:
+    """The loss registered as ``name`` in :data:`fedsynth.registry.LOSSES`."""
+    from ..registry import LOSSES
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}")
     aug = DiffAugment(diffaugment) if diffaugment else None
-    if name == "wgan-gp":
-        return WGANGP(n_critic, gp_lambda, augment=aug, aux_weight=aux_weight)
-    return LOSSES[name](augment=aug, aux_weight=aux_weight)
+    cls = LOSSES.load(name)
+    if issubclass(cls, WGANGP):
+        return cls(n_critic, gp_lambda, augment=aug, aux_weight=aux_weight)
+    return cls(augment=aug, aux_weight=aux_weight)

@@ -5,11 +5,11 @@ Flower starts a new ``flwr-clientapp`` process for every message. Importing torc
 work, every round, on every node. ``fedsynth deploy supernode`` therefore starts this worker
 next to ``flower-supernode`` and tells the ClientApp where it listens
 (``FEDSYNTH_NODE_WORKER``): the ClientApp process then imports neither torch nor fedsynth's
-models, and hands the request (:mod:`fedsynth.fed.node`) to the worker.
+models, and hands the request (:mod:`fedsynth.fed.flower.node`) to the worker.
 
 * Local only: a Unix socket in a fresh folder only this user can enter (0700); nothing listens
   on the network, and nothing but Flower's own messages leaves the node.
-* Same answers: the worker runs the same :func:`fedsynth.fed.node.handle` the ClientApp would;
+* Same answers: the worker runs the same :func:`fedsynth.fed.flower.node.handle` the ClientApp would;
   every random draw is seeded from the run seed, round and client, so a warm worker and a fresh
   process give bit-identical weights (tested).
 * Tied to its SuperNode: it exits when the process that started it (the SuperNode) is gone,
@@ -17,15 +17,15 @@ models, and hands the request (:mod:`fedsynth.fed.node`) to the worker.
 * Never in the way: if the worker is missing, busy starting or dies mid-request, the ClientApp
   answers the message in its own process, as plain ``flower-supernode`` nodes always do.
 
-Wire format: 8-byte big-endian length + pickle, both ways. Pickle is safe here only because
-the socket folder admits no other user.
+Wire format: 8-byte big-endian length + :func:`encode`'s ``.npz`` archive (NumPy arrays, JSON
+structure), both ways, read with ``allow_pickle=False``: never a pickle, so even a process that
+reached the socket could not make the worker (or the ClientApp) run code.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import pickle
 import socket
 import struct
 import sys
@@ -40,8 +40,72 @@ class WorkerUnavailable(Exception):
     """The worker could not be reached or failed mid-request: answer in-process instead."""
 
 
+def encode(obj: Any) -> bytes:
+    """A request or answer as an ``.npz`` archive: every NumPy array (and ``bytes``, as uint8)
+    stored as itself, the structure around them as JSON. Read back with ``allow_pickle=False``:
+    no object arrays, nothing that could run code. NumPy and JSON only, so the ClientApp process
+    that relays to the worker never imports torch."""
+    import io
+    import json
+
+    import numpy as np
+    arrays: dict[str, Any] = {}
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, np.ndarray):
+            arrays[f"a{len(arrays)}"] = x
+            return {"__array__": f"a{len(arrays) - 1}"}
+        if isinstance(x, bytes):
+            arrays[f"a{len(arrays)}"] = np.frombuffer(x, dtype=np.uint8)
+            return {"__bytes__": f"a{len(arrays) - 1}"}
+        if isinstance(x, dict):
+            if not all(isinstance(k, str) for k in x):
+                raise TypeError("worker messages take string keys only")
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [walk(v) for v in x]
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"cannot send {type(x).__name__} to the worker")
+
+    skeleton = json.dumps(walk(obj)).encode()
+    buf = io.BytesIO()
+    np.savez(buf, __skeleton__=np.frombuffer(skeleton, dtype=np.uint8), **arrays)
+    return buf.getvalue()
+
+
+def decode(data: bytes) -> Any:
+    """The inverse of :func:`encode`; anything else raises ``ValueError``."""
+    import io
+    import json
+    import zipfile
+
+    import numpy as np
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        skeleton = json.loads(arrays.pop("__skeleton__").tobytes())
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"not a worker message: {e}") from None
+
+    def build(x: Any) -> Any:
+        if isinstance(x, dict):
+            if set(x) == {"__array__"}:
+                return arrays[x["__array__"]]
+            if set(x) == {"__bytes__"}:
+                return arrays[x["__bytes__"]].tobytes()
+            return {k: build(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [build(v) for v in x]
+        return x
+    try:
+        return build(skeleton)
+    except KeyError as e:
+        raise ValueError(f"worker message refers to a missing array {e}") from None
+
+
 def _send(sock: socket.socket, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    data = encode(obj)
     sock.sendall(struct.pack(">Q", len(data)) + data)
 
 
@@ -57,7 +121,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 def _recv(sock: socket.socket) -> Any:
     (n,) = struct.unpack(">Q", _recv_exact(sock, 8))
-    return pickle.loads(_recv_exact(sock, n))
+    return decode(_recv_exact(sock, n))
 
 
 def request(path: str, kind: str, req: dict[str, Any], wait_s: float = 30.0) -> dict[str, Any]:
@@ -69,7 +133,7 @@ def request(path: str, kind: str, req: dict[str, Any], wait_s: float = 30.0) -> 
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
                 s.connect(path)
-                _send(s, (kind, req))
+                _send(s, [kind, req])
                 status, answer = _recv(s)
             break
         except (FileNotFoundError, ConnectionRefusedError) as e:
@@ -78,7 +142,7 @@ def request(path: str, kind: str, req: dict[str, Any], wait_s: float = 30.0) -> 
             if time.monotonic() > deadline:
                 raise WorkerUnavailable(f"no worker at {path}: {e}") from None
             time.sleep(0.05)
-        except (OSError, EOFError, pickle.UnpicklingError, struct.error) as e:
+        except (OSError, EOFError, ValueError, struct.error) as e:  # serial.UnsafeOrCorrupt is a ValueError
             raise WorkerUnavailable(f"worker at {path} failed: {e}") from None
     if status != "ok":
         raise WorkerUnavailable(f"worker at {path} failed: {answer}")
@@ -107,12 +171,12 @@ def serve(path: str, parent: int) -> None:
                     conn.settimeout(None)
                     try:
                         kind, req = _recv(conn)
-                    except (OSError, EOFError, pickle.UnpicklingError, struct.error):
+                    except (OSError, EOFError, ValueError, struct.error):
                         continue
                     try:
-                        out = ("ok", handle(kind, req))
+                        out = ["ok", handle(kind, req)]
                     except Exception as e:  # noqa: BLE001 -- reported; the ClientApp retries in-process
-                        out = ("error", f"{type(e).__name__}: {e}")
+                        out = ["error", f"{type(e).__name__}: {e}"]
                     try:
                         _send(conn, out)
                     except OSError:

@@ -20,7 +20,7 @@ import ipaddress
 import os
 from pathlib import Path
 
-from .config import UserError
+from ...config import UserError
 
 
 def _write(path: Path, data: bytes, private: bool = False) -> None:
@@ -109,7 +109,7 @@ def flower_env(base: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def start_worker() -> str:
-    """Start a warm node worker (:mod:`fedsynth.fed.worker`) as a child of this process, which
+    """Start a warm node worker (:mod:`fedsynth.fed.flower.worker`) as a child of this process, which
     is about to become the SuperNode (``os.execve``); return its socket path, in a fresh folder
     only this user can enter. The worker exits when its parent does."""
     import subprocess
@@ -117,7 +117,7 @@ def start_worker() -> str:
     import tempfile
     folder = tempfile.mkdtemp(prefix="fedsynth-node-")  # mode 0700
     path = str(Path(folder) / "worker.sock")
-    subprocess.Popen([sys.executable, "-m", "fedsynth.fed.worker", "--socket", path, "--parent", str(os.getpid())],
+    subprocess.Popen([sys.executable, "-m", "fedsynth.fed.flower.worker", "--socket", path, "--parent", str(os.getpid())],
                      stdin=subprocess.DEVNULL)
     return path
 
@@ -335,7 +335,7 @@ class LocalFederation:
 # ------------------------------------------------------------------ starting a run
 
 #: The Flower app folder (its pyproject.toml names fedsynth's ServerApp and ClientApp).
-APP_DIR = Path(__file__).resolve().parent / "fed" / "flower_app"
+APP_DIR = Path(__file__).resolve().parent / "app"
 
 
 def run_config_file(path: Path, config_text: str, out: str, clients: int, extra: dict[str, object]) -> Path:
@@ -367,3 +367,41 @@ def stream_run(args: list[str], env: dict[str, str], echo=print) -> int:
     if p.returncode != 0:
         return p.returncode
     return 0 if done else 1
+
+
+def prepare_run(config, overrides, out, clients: int, resume) -> tuple:
+    """The config and run directory of ``fedsynth deploy run``, checked before anything is sent:
+    a resume takes the directory's own config.toml; a new run must not reuse a directory."""
+    import time
+
+    from ...config import load_config
+    target = None
+    if resume is not None:
+        if config is not None or overrides or out is not None:
+            raise UserError("--resume continues a run with its own config.toml and folder: "
+                            "leave out --config, --set and --out")
+        if not (Path(resume) / "config.toml").is_file():
+            raise UserError(f"--resume {resume}: no config.toml there (not a run directory)")
+        config, target = Path(resume) / "config.toml", Path(resume).resolve()
+    cfg = load_config(config, overrides)
+    if clients < 1:
+        raise UserError("--clients must be at least 1")
+    if target is None:
+        target = (Path(out) if out else Path("runs") / time.strftime("flower-%Y%m%d-%H%M%S")).resolve()
+        if (target / "config.toml").exists():
+            raise UserError(f"--out {target} already holds a run (config.toml exists); choose another "
+                            f"directory, or continue it with --resume {target}")
+    flower_bin("flwr")
+    return cfg, target
+
+
+def run_flower(cfg, target: Path, clients: int, superlink: str, round_timeout: float, resume: bool, echo=print) -> int:
+    """``flwr run APP [superlink] --stream`` with the fedsynth config sent along; the exit code is
+    non-zero when the server reported an error (Flower's own is not)."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        rc = run_config_file(Path(d) / "run-config.toml", cfg.to_toml(), str(target), clients,
+                             {"round-timeout": round_timeout, "resume": resume})
+        args = [flower_bin("flwr"), "run", str(APP_DIR), *([superlink] if superlink else []), "--stream",
+                "--run-config", str(rc)]
+        return stream_run(args, flower_env(), echo=echo)

@@ -1,0 +1,189 @@
+"""One client's round, the same code in every engine.
+
+:func:`client_round` is what a hospital does with the global weights it receives: start from
+them (plus the layers it keeps local, or from its own model where the strategy never
+aggregates), train local steps with its own optimizer state and the strategy's hooks (under
+DP-SGD if configured), update its strategy state, and send the weights that travel. The
+in-process engine calls it for each sampled client; a Flower node calls it for the one client
+it is (:mod:`fedsynth.fed.flower.node`).
+
+Randomness: data order, latents, drop-outs, attacks and DP noise all derive from
+``(run seed, purpose, round, client id)``, so a client's round is the same in any process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from ..data import ImageSet
+from ..models import GenerativeModel
+from ..train import steps_per_epoch
+from ..updates import ClientUpdate, State, shared_keys
+from ..utils import numpy_rng, torch_generator
+
+Record = dict[str, Any]
+
+
+@dataclass
+class ClientState:
+    """Everything a client keeps between rounds (it stays on its site)."""
+
+    id: str
+    data: ImageSet
+    opt_state: dict[str, Any] | None = None
+    weights: State | None = None        # whole model, when the strategy keeps models local
+    local: State = field(default_factory=dict)   # keys that never travel (own D, own BN)
+    strategy: dict[str, Any] = field(default_factory=dict)  # SCAFFOLD's c_i, FedDyn's g_i
+    dp_history: list = field(default_factory=list)         # DP-SGD accountant steps so far
+
+    @property
+    def n(self) -> int:
+        return len(self.data)
+
+    def saved(self) -> dict[str, Any]:
+        """What a checkpoint (or a Flower node's disk) keeps of this client: never images."""
+        return {"opt_state": self.opt_state, "weights": self.weights, "local": self.local,
+                "strategy": self.strategy, "dp_history": self.dp_history}
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.opt_state, self.weights, self.local = saved["opt_state"], saved["weights"], saved["local"]
+        self.strategy, self.dp_history = saved["strategy"], list(saved.get("dp_history", []))
+
+
+@dataclass
+class ClientSetup:
+    """What every client round of a run shares within one process: the configuration, the
+    model workspace, the strategy (with the server's state as last received) and the keys
+    that never leave a site."""
+
+    cfg: Any
+    model: GenerativeModel
+    strategy: Any
+    local_keys: list[str]
+
+    def new_client(self, cid: str, data: ImageSet, init: State) -> ClientState:
+        """A client before its first round: the initial weights of the keys it keeps."""
+        c = ClientState(cid, data, local={k: init[k].clone() for k in self.local_keys})
+        if not self.strategy.aggregates:
+            c.weights = {k: v.clone() for k, v in init.items()}
+        return c
+
+
+@dataclass
+class ClientResult:
+    """A client's round: its update (``None`` if it dropped out), records and timing."""
+
+    client_id: str
+    update: ClientUpdate | None
+    records: list[Record]
+    timing: dict[str, Any]
+
+
+def setup_strategy(cfg: Any, strategy: Any, model: GenerativeModel, init: State, num_clients: int) -> set[str]:
+    """Set ``strategy`` up for ``model`` and return the weights that travel: those ``fed.share``
+    names, minus the normalisation layers of a strategy that keeps them local (FedBN)."""
+    from ..config import UserError
+    travel = shared_keys(list(init), cfg.fed.share)
+    if strategy.keeps_norm_local:
+        travel -= model.norm_keys()
+    if not travel and strategy.aggregates:
+        raise UserError(f"config key 'fed.share' = {list(cfg.fed.share)} matches no weights: nothing would travel")
+    strategy.setup(init, model.parameter_keys() & travel, num_clients)
+    return travel
+
+
+def local_steps(cfg: Any, strategy: Any, n: int) -> int:
+    """Local steps of a client with ``n`` images this round."""
+    if strategy.local_steps is not None:
+        return strategy.local_steps
+    if cfg.fed.local_steps > 0:
+        return cfg.fed.local_steps
+    return cfg.fed.local_epochs * steps_per_epoch(n, cfg.train.batch_size)
+
+
+def fails(cfg: Any, r: int, cid: str) -> bool:
+    """Simulated drop-out: scheduled (``faults.dropout-schedule``) or drawn from the run seed."""
+    f = cfg.faults
+    return f"{r}:{cid}" in f.dropout_schedule or (
+        f.dropout > 0 and numpy_rng(cfg.run.seed, "dropout", r, cid).random() < f.dropout)
+
+
+def attack(cfg: Any, r: int, up: ClientUpdate, start: State) -> None:
+    """Simulated malicious client: rewrite what it sends (its own state is unchanged)."""
+    kind, s = cfg.faults.attack, cfg.faults.attack_scale
+    g = torch_generator(cfg.run.seed, "attack", r, up.client_id)
+    for k, v in up.weights.items():
+        if not v.is_floating_point():
+            continue
+        d = v - start[k]
+        if kind == "scale":
+            up.weights[k] = start[k] + s * d
+        elif kind == "sign-flip":
+            up.weights[k] = start[k] - s * d
+        elif kind == "random":
+            up.weights[k] = start[k] + s * (d.std() + 1e-8) * torch.randn(v.shape, generator=g)
+        elif kind == "nan":
+            up.weights[k] = torch.full_like(v, float("nan"))
+
+
+def state_bytes(state: State) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
+def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None,
+                 evaluator: Any = None, on_step: Callable[[int], None] | None = None) -> ClientResult:
+    """Client ``c``'s round ``r`` from the global weights ``start``.
+
+    Parameters
+    ----------
+    evaluator : fedsynth.fed.evaluation.Evaluator, optional
+        If given, the local model is scored against the client's own data after training.
+    on_step : callable, optional
+        Called after every local step (progress; may raise to stop the run).
+    """
+    cfg, model, strategy = setup.cfg, setup.model, setup.strategy
+    if c.weights is not None:
+        start = c.weights
+    elif setup.local_keys:
+        start = {**start, **c.local}
+    model.load(start, None if cfg.train.reset_optimizer else c.opt_state)
+    hooks = strategy.client_hooks(c.strategy, start) if c.weights is None else []
+    steps = local_steps(cfg, strategy, c.n)
+    base = {"round": r, "client": c.id}
+    gen = torch_generator(cfg.run.seed, "train", r, c.id)
+    if fails(cfg, r, c.id):  # dies halfway through: its work and state changes are lost
+        model.train(c.data, max(1, steps // 2), cfg.train.batch_size, gen, on_step=on_step, hooks=hooks)
+        return ClientResult(c.id, None, [{**base, "metric": "dropped", "value": 1}], {**base, "dropped": True})
+    dp = None
+    if cfg.privacy.dp_sgd:
+        from ..privacy.dp import DPSGD
+        dp = DPSGD(cfg.privacy.dp_clip, cfg.privacy.dp_noise, torch_generator(cfg.run.seed, "dp-noise", r, c.id))
+    res = model.train(c.data, steps, cfg.train.batch_size, gen, on_step=on_step, hooks=hooks, dp=dp)
+    c.opt_state = model.opt_state()
+    new = model.state()
+    extra: State = {}
+    if c.weights is not None:
+        c.weights = new
+    else:
+        extra = strategy.after_local(c.strategy, start, new, res.steps, model.learning_rates())
+        c.local = {k: new[k] for k in setup.local_keys}
+    sent = {k: v for k, v in new.items() if k not in c.local} if c.weights is None else {}
+    up = ClientUpdate(c.id, sent, c.n, dict(res.losses), res.steps, extra)
+    if cfg.faults.attack != "none" and c.id in cfg.faults.attackers and c.weights is None:
+        attack(cfg, r, up, start)
+    recs = [{**base, "metric": k, "value": v} for k, v in res.losses.items()]
+    recs.append({**base, "metric": "bytes-sent", "value": state_bytes(sent) + state_bytes(extra)})
+    if dp is not None:
+        from ..privacy.dp import account_dp_sgd
+        q = min(1.0, cfg.train.batch_size / c.n)
+        c.dp_history, eps = account_dp_sgd(c.dp_history, cfg.privacy.dp_noise, q, res.private_steps,
+                                           cfg.privacy.dp_delta)
+        recs.append({**base, "metric": "dp-epsilon", "value": eps, "delta": cfg.privacy.dp_delta})
+    if evaluator is not None:
+        recs += evaluator.evaluate(None, r, c.id, c.id)
+    timing = {**base, "steps": res.steps, "images": res.images, "seconds": res.seconds,
+              "images_per_s": res.images / max(res.seconds, 1e-9)}
+    return ClientResult(c.id, up, recs, timing)

@@ -1,0 +1,15 @@
+"""The Flower adapter -- the only code in fedsynth that imports ``flwr``.
+
+* :mod:`.server_app` -- the ServerApp: greets the nodes, then runs the same round loop as the
+  in-process engine (:class:`fedsynth.fed.engine.Federation`) with a pool whose clients are
+  SuperNodes, writing a normal run directory through :func:`fedsynth.fed.run.run_experiment`.
+* :mod:`.client_app` -- the ClientApp: message in, :func:`.node.handle` (in the warm worker if
+  there is one), message out. Imports neither torch nor fedsynth's models.
+* :mod:`.node` -- a node's work in plain NumPy/JSON terms: :func:`fedsynth.fed.client.client_round`.
+* :mod:`.worker` -- the warm worker beside each SuperNode (torch imported once).
+* :mod:`.deploy` -- TLS material, node keys, Flower's environment, process control
+  (``fedsynth deploy``, :class:`.deploy.LocalFederation` for tests and benchmarks).
+* ``app/`` -- the Flower app folder ``flwr run`` packs.
+
+Nothing is imported here: Flower loads ``client_app`` in a new process for every message.
+"""

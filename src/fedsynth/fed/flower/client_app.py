@@ -1,0 +1,84 @@
+"""The Flower ClientApp: each hospital node's side of a Flower run (imports ``flwr``, not torch).
+
+Flower starts one ``flwr-clientapp`` process per message. This module turns the message into a
+plain request (the config, this node's own node config, NumPy arrays, the node's state bytes)
+and hands it to :func:`fedsynth.fed.flower.node.handle` -- in the node's warm worker when
+``fedsynth deploy supernode`` started one (torch already imported there), else in this process --
+then turns the answer into a Flower reply. The node reads its *own* data from its node config
+(``data-path``, optional ``data-source``; never sent by the server); what must survive rounds on
+the node lives in ``context.state`` (bytes in :mod:`fedsynth.serial` format, never a pickle).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+client = ClientApp()
+
+
+def _dispatch(kind: str, req: dict[str, Any]) -> dict[str, Any]:
+    """Run the node's work in its warm worker if it has one, else here."""
+    path = os.environ.get("FEDSYNTH_NODE_WORKER", "")
+    if path:
+        from .worker import WorkerUnavailable, request
+        try:
+            res = request(path, kind, req)
+            res["meta"]["warm"] = True
+            return res
+        except WorkerUnavailable as e:
+            print(f"[fedsynth] warm worker unavailable, answering in this process: {e}", file=sys.stderr)
+    from .node import handle
+    res = handle(kind, req)
+    res["meta"]["warm"] = False
+    return res
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord(array_dict={k: Array(v if v.flags.c_contiguous else v.copy(order="C"))
+                                   for k, v in arrays.items()})  # (keeps 0-d arrays 0-d)
+
+
+def _answer(kind: str, msg: Message, context: Context) -> Message:
+    """Flower message -> plain request -> :func:`_dispatch` -> Flower reply. Arrays travel as
+    the NumPy arrays Flower stores (bit-exact both ways)."""
+    content = msg.content
+
+    def arrays_of(name: str) -> dict[str, np.ndarray] | None:
+        return {k: a.numpy() for k, a in content[name].items()} if name in content else None
+    req: dict[str, Any] = {"config": dict(content["config"]), "node_config": dict(context.node_config),
+                           "arrays": arrays_of("arrays"), "strategy": arrays_of("strategy"),
+                           "state": bytes(context.state["fedsynth"]["state"]) if "fedsynth" in context.state else None}
+    res = _dispatch(kind, req)
+    if res.get("state") is not None:
+        context.state["fedsynth"] = ConfigRecord({"state": res["state"]})
+    out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
+    for name in ("arrays", "extra", "stats"):
+        if res.get(name) is not None:
+            out[name] = _record({k: np.asarray(v) for k, v in res[name].items()})
+    if res.get("metrics") is not None:
+        out["metrics"] = MetricRecord(res["metrics"])
+    return Message(RecordDict(out), reply_to=msg)
+
+
+@client.query()
+def hello(msg: Message, context: Context) -> Message:
+    """First contact: client id, data shape and classes, real-image feature moments."""
+    return _answer("hello", msg, context)
+
+
+@client.train()
+def train(msg: Message, context: Context) -> Message:
+    """Score the received global model (if asked), train locally, score the local model."""
+    return _answer("train", msg, context)
+
+
+@client.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Score the received global model against this node's own data."""
+    return _answer("evaluate", msg, context)

@@ -1,0 +1,206 @@
+"""One hospital node's work for a Flower message, in plain Python, NumPy and JSON (no ``flwr``).
+
+:func:`handle` greets, trains or evaluates with the same code as the in-process engine: the
+client's round is :func:`fedsynth.fed.client.client_round`. The run config arrives as TOML text,
+the global weights and the strategy's state as NumPy arrays (the strategy's structure as JSON),
+the node's own state from earlier rounds (optimizer, local layers, SCAFFOLD/FedDyn state, DP
+accountant) as :mod:`fedsynth.serial` bytes -- nothing is ever unpickled. The ClientApp
+(:mod:`fedsynth.fed.flower.client_app`) turns Flower messages into these requests and back, and
+runs :func:`handle` in its own process or in the node's warm worker
+(:mod:`fedsynth.fed.flower.worker`).
+
+Requests: ``{"config": {...}, "node_config": {...}, "arrays": {name: ndarray} | None,
+"strategy": {name: ndarray} | None, "state": bytes | None}``. The node's state after each round
+it trains is also saved on its own disk (``<cache>/flower-state/<run key>/<client id>/``, the
+newest three rounds), so that a run resumed from the server's checkpoint -- a new Flower run,
+with empty contexts -- continues exactly. Answers: ``{"meta": {...}, "arrays": ..., "extra":
+..., "metrics": ..., "stats": ..., "state": ...}`` (absent = nothing). A bad data folder or bad
+input gives ``{"meta": {"client-id": ..., "error": "one line"}}``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...config import Config, UserError, build_config
+from ...serial import UnsafeOrCorrupt, from_bytes, to_bytes, unpack
+from ...utils import set_torch_threads
+from ..client import ClientSetup, ClientState, client_round, setup_strategy
+
+KEEP_STATES = 3  # saved node states per run (the server's last checkpoint may be a round behind)
+
+
+def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+
+
+def arrays(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().contiguous().numpy() for k, v in state.items()}
+
+
+class Node:
+    """What one message needs on the node: the run config, this node's id and its own data."""
+
+    def __init__(self, req: dict[str, Any]):
+        import tomllib
+
+        from ...data import load_dataset
+        nc = req["node_config"]
+        for key in ("data-path", "client-id"):
+            if key not in nc:
+                raise UserError(f"node config has no '{key}' (flower-supernode --node-config "
+                                f"'data-path=\"/data/site\" client-id=\"0\"')")
+        self.cid, self.path = str(nc["client-id"]), str(nc["data-path"])
+        self.conf = req["config"]
+        try:
+            cfg: Config = build_config(tomllib.loads(str(self.conf["fedsynth-config"])))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"the server's config is not valid TOML: {e}") from None
+        set_torch_threads(cfg.train.threads or 1)
+        source = str(nc.get("data-source", "folder"))
+        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=self.path))
+        try:
+            self.data = load_dataset(self.cfg)
+        except UserError as e:
+            raise UserError(f"data-path {self.path}: {e}") from None
+
+    def extractor(self):
+        """The feature network the server chose (it sends a concrete kind, never ``auto``)."""
+        from ...metrics import build_extractor
+        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights)
+
+    def setup(self, req: dict[str, Any], before: int) -> tuple[ClientSetup, ClientState, dict[str, torch.Tensor]]:
+        """The model workspace, the strategy with the server's state, and this client as of
+        the last round before ``before`` it trained (from the message's context, or the node's disk)."""
+        from ...fed.strategies import strategy_from_config
+        from ...models import build_model
+        conf = self.conf
+        model = build_model(self.cfg, self.data.size, self.data.channels, int(conf["num-classes"]))
+        strategy = strategy_from_config(self.cfg.fed, self.cfg.privacy)
+        start = tensors(req["arrays"])
+        travel = setup_strategy(self.cfg, strategy, model, model.state(), int(conf["num-clients"]))
+        if req.get("strategy") is not None:
+            strategy.load_state_dict(unpack(req["strategy"], str(conf["strategy"]), what="the server's 'strategy'"))
+        setup = ClientSetup(self.cfg, model, strategy, [k for k in start if k not in travel])
+        c = setup.new_client(self.cid, self.data, start)
+        saved = saved_state(self, req, before)
+        if saved is not None:
+            c.restore({"weights": None, **from_bytes(saved, what=f"node state of client {self.cid}")})
+        return setup, c, start
+
+    def evaluator(self, model):
+        from ...fed.evaluation import Evaluator, site_statistics
+        c = self.cfg
+        k = int(self.conf["num-classes"])
+        ex = self.extractor()
+        real, counts = site_statistics({self.cid: self.data}, ex, c.eval, c.run.seed, k)
+        return Evaluator(c.eval, ex, real, counts, model, c.run.seed)
+
+
+def _state_dir(node: Node):
+    from ...utils import cache_dir
+    key = "".join(ch for ch in str(node.conf.get("run-key", "")) if ch.isalnum())
+    return cache_dir() / "flower-state" / key / "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in node.cid)
+
+
+def saved_state(node: Node, req: dict[str, Any], before: int) -> bytes | None:
+    """This node's state between rounds: Flower's context keeps it for the run; a resumed run
+    (a new Flower run, empty contexts) finds it on the node's disk, as of the last round before
+    ``before`` that this node trained (a round the server lost may have been trained already)."""
+    if req.get("state") is not None:
+        return req["state"]
+    if not node.conf.get("run-key"):
+        return None
+    d = _state_dir(node)
+    rounds = [r for r in sorted(int(p.stem.split("-")[1]) for p in d.glob("round-*.state")) if r < before]
+    return (d / f"round-{rounds[-1]:04d}.state").read_bytes() if rounds else None
+
+
+def save_state(node: Node, round_: int, state: bytes) -> None:
+    """Kept on the node's own disk (under its cache folder): optimizer and local-layer state,
+    never images. Written atomically; the newest :data:`KEEP_STATES` rounds are kept."""
+    from ...utils import atomic_write_bytes
+    if not node.conf.get("run-key"):
+        return
+    d = _state_dir(node)
+    atomic_write_bytes(d / f"round-{round_:04d}.state", state)
+    for old in sorted(d.glob("round-*.state"))[:-KEEP_STATES]:
+        old.unlink(missing_ok=True)
+
+
+def _hello(node: Node) -> dict[str, Any]:
+    """Who this node is, what its data looks like, and (if the run evaluates) the moments of its
+    real images' features -- sums over images, never an image."""
+    from ...fed.evaluation import real_statistics
+    d = node.data
+    meta: dict[str, Any] = {"client-id": node.cid, "num-examples": len(d), "channels": d.channels,
+                            "image-size": d.size, "class-names": json.dumps(list(d.class_names)),
+                            "class-counts": json.dumps(d.class_counts())}
+    out: dict[str, Any] = {"meta": meta}
+    if node.cfg.eval.enabled:
+        ex = node.extractor()
+        st = real_statistics(d, ex, node.cfg.eval.max_real, node.cfg.run.seed).stats
+        meta["extractor"] = ex.name
+        out["stats"] = {k: np.asarray(v) for k, v in st.to_npz_dict().items()}
+    return out
+
+
+def _eval_global(node: Node, ev, state: dict[str, torch.Tensor], round_: int) -> list[dict[str, Any]]:
+    """The global model of ``round_`` against this node's own data (per-site fairness). Before
+    training (round 0) it is also this client's starting model, recorded as such."""
+    feats = ev.fake_features(state, node.cid)
+    recs = ev.score(feats, round_, "global", node.cid)
+    if round_ == 0:
+        recs += ev.score(feats, 0, node.cid, node.cid)
+    return recs
+
+
+def _train(node: Node, req: dict[str, Any]) -> dict[str, Any]:
+    conf = node.conf
+    r = int(conf["round"])
+    setup, c, start = node.setup(req, before=r)
+    eval_global, eval_local = int(conf["eval-global"]), bool(conf["eval-local"])
+    ev = node.evaluator(setup.model) if eval_global >= 0 or eval_local else None
+    recs: list[dict[str, Any]] = []
+    if eval_global >= 0:  # the global model it receives is the last round's
+        recs += _eval_global(node, ev, {**start, **c.local}, eval_global)
+    res = client_round(setup, c, r, start, ev if eval_local else None)
+    recs += res.records
+    saved = c.saved()
+    state = to_bytes({k: v for k, v in saved.items() if k != "weights"})
+    save_state(node, r, state)
+    meta: dict[str, Any] = {"client-id": node.cid, "timing": json.dumps(res.timing), "dropped": res.update is None,
+                            "records": json.dumps(recs)}
+    if res.update is None:  # the node failed mid-round (simulated drop-out)
+        return {"meta": meta, "state": state}
+    up = res.update
+    metrics = {"num-examples": up.num_examples, "steps": up.steps, **{k: float(v) for k, v in up.metrics.items()}}
+    return {"meta": meta, "arrays": arrays(up.weights), "extra": arrays(up.extra), "metrics": metrics, "state": state}
+
+
+def _evaluate(node: Node, req: dict[str, Any]) -> dict[str, Any]:
+    """The global model against this node's own data (with its own local layers, if any)."""
+    setup, c, start = node.setup(req, before=int(node.conf["round"]) + 1)
+    recs = _eval_global(node, node.evaluator(setup.model), {**start, **c.local}, int(node.conf["eval-global"]))
+    return {"meta": {"client-id": node.cid, "records": json.dumps(recs)}}
+
+
+def handle(kind: str, req: dict[str, Any]) -> dict[str, Any]:
+    """Answer one request: ``kind`` is ``hello``, ``train`` or ``evaluate``."""
+    cid = str(req.get("node_config", {}).get("client-id", "?"))
+    try:
+        node = Node(req)
+        if kind == "hello":
+            return _hello(node)
+        if kind == "train":
+            return _train(node, req)
+        if kind == "evaluate":
+            return _evaluate(node, req)
+        raise UserError(f"unknown request kind {kind!r}")
+    except (UserError, UnsafeOrCorrupt) as e:
+        return {"meta": {"client-id": cid, "error": str(e).splitlines()[0][:500]}}

@@ -1,0 +1,393 @@
+"""The Flower ServerApp: the in-process engine's round loop with SuperNodes as the clients.
+
+The server greets the nodes (client id, data shape, the moments of their real-image features),
+then runs :class:`fedsynth.fed.engine.Federation` -- the same loop, ``server_round`` and
+evaluation as in-process -- through :func:`fedsynth.fed.run.run_experiment`, with
+:class:`FlowerClients` as its pool: a round sends one ``train`` message per sampled node (global
+weights and the strategy's state as ArrayRecords, everything else as JSON/config values) and
+turns the replies into the clients' updates. Nodes run :func:`fedsynth.fed.client.client_round`
+(:mod:`.node`). Nothing from a node is unpickled: a reply that does not parse is rejected for
+that round and recorded, the round goes on.
+
+Evaluation happens where the data is: the nodes score their local model after training, and
+the global model of round r inside round r+1's ``train`` message (it is the model they receive
+anyway), so an evaluated round costs no extra round trip; only the last round's global model
+needs one ``evaluate`` message. The server scores the global model against the *merged*
+moments. Replies are polled every 50 ms (Flower's ``Grid.send_and_receive`` sleeps 3 s).
+
+Run config (``[tool.flwr.app.config]`` of the app, or ``flwr run --run-config``):
+``config-text`` (a fedsynth config sent with the run, as ``fedsynth deploy run`` does) or
+``config-path`` (a fedsynth TOML on the SuperLink's machine), ``out`` (run directory),
+``clients`` (nodes to wait for), ``connect-timeout``, ``round-timeout`` and ``poll-interval``
+(seconds), ``resume``. Node config: ``data-path``, ``client-id``, ``data-source`` (default
+``folder``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+from ...config import UserError, build_config, load_config
+
+POLL_S = 0.05  # how often the server asks the SuperLink for replies
+
+server = ServerApp()
+
+
+def _natural(cid: str) -> tuple:
+    """Client ids in the in-process engine's order: "2" before "10"."""
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", cid) if p)
+
+
+def _say(text: str) -> None:
+    print(f"[fedsynth] {text}", flush=True)
+
+
+def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S
+             ) -> tuple[list[Message], list[int]]:
+    """Push ``messages`` and poll for their replies every ``poll`` seconds, for at most
+    ``timeout`` seconds. Returns the replies and the destination nodes that did not answer."""
+    dst = [m.metadata.dst_node_id for m in messages]
+    ids = list(grid.push_messages(messages))
+    waiting = dict(zip(ids, dst))
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(waiting)))
+        for m in got:
+            waiting.pop(m.metadata.reply_to_message_id, None)
+        replies += got
+        if waiting:
+            time.sleep(poll)
+    return replies, list(waiting.values())
+
+
+def _error_line(rep: Message) -> str:
+    return str(rep.error.reason).strip().splitlines()[-1][:300] if str(rep.error.reason).strip() else "failed"
+
+
+def parse_records(content: RecordDict, cid: str) -> list[dict[str, Any]]:
+    """A node's metric records (JSON in its ``meta``); ``ValueError`` if they do not parse."""
+    meta = content["meta"]
+    if "records" not in meta:
+        return []
+    recs = json.loads(str(meta["records"]))
+    if not isinstance(recs, list) or not all(isinstance(x, dict) and {"round", "metric", "value"} <= set(x)
+                                             for x in recs):
+        raise ValueError("field 'records' is not a list of metric records")
+    return [{**x, "client": str(x.get("client", cid))} for x in recs]
+
+
+def parse_train_reply(content: RecordDict, cid: str):
+    """``(records, timing, update or None)`` from a node's ``train`` reply. Tensors come only
+    from ArrayRecords (NumPy, read without pickle), everything else from JSON or config
+    values; anything missing or of the wrong kind raises ``ValueError``/``KeyError``/``TypeError``
+    naming the field -- the caller rejects the client for the round."""
+    from ...updates import ClientUpdate
+    meta = content["meta"]
+    recs = parse_records(content, cid)
+    timing = json.loads(str(meta["timing"]))
+    if not isinstance(timing, dict):
+        raise ValueError("field 'timing' is not a JSON object")
+    timing["warm-worker"] = bool(meta.get("warm", False))
+    if bool(meta["dropped"]):
+        return recs, timing, None
+    for name, kind in (("arrays", ArrayRecord), ("extra", ArrayRecord), ("metrics", MetricRecord)):
+        if name not in content:
+            raise ValueError(f"field '{name}' is missing")
+        if not isinstance(content[name], kind):
+            raise ValueError(f"field '{name}' is not a {kind.__name__}")
+    mr = content["metrics"]
+    metrics = {k: float(v) for k, v in mr.items() if k not in ("num-examples", "steps")}
+    return recs, timing, ClientUpdate(cid, content["arrays"].to_torch_state_dict(), int(mr["num-examples"]),
+                                      metrics, int(mr["steps"]), content["extra"].to_torch_state_dict())
+
+
+class FlowerClients:
+    """The clients of a :class:`fedsynth.fed.engine.Federation`, on SuperNodes.
+
+    Greets the nodes on construction; the rest of the :class:`fedsynth.fed.engine.ClientPool`
+    interface moves the loop's requests and results between processes.
+    """
+
+    whole = True
+
+    def __init__(self, grid: Grid, cfg: Any, n_clients: int, timeout: float, connect_timeout: float,
+                 poll: float = POLL_S):
+        import uuid
+        self.grid, self.cfg, self.timeout, self.poll = grid, cfg, timeout, poll
+        self.cfg_text = cfg.to_toml()
+        self.run_key = uuid.uuid4().hex  # names the nodes' saved state (not a random draw of the study)
+        self.pending = -1  # the round whose global model the nodes score on receipt
+        self._greet(n_clients, connect_timeout)
+
+    # ---- who is there
+    def _greet(self, n_clients: int, connect_timeout: float) -> None:
+        from ...metrics import FeatureStats
+        grid = self.grid
+        _say(f"waiting for {n_clients} SuperNode(s)")
+        deadline = time.monotonic() + connect_timeout
+        while len(list(grid.get_node_ids())) < n_clients:
+            if time.monotonic() > deadline:
+                raise UserError(f"only {len(list(grid.get_node_ids()))} of {n_clients} SuperNodes connected "
+                                f"within connect-timeout = {connect_timeout:g} s")
+            time.sleep(POLL_S)
+        hello = ConfigRecord({"fedsynth-config": self.cfg_text})
+        replies, silent = exchange(grid, [Message(RecordDict({"config": hello}), message_type="query", dst_node_id=n)
+                                          for n in sorted(grid.get_node_ids())], self.timeout)
+        if silent:
+            raise UserError(f"SuperNode(s) {silent} did not answer the greeting within {self.timeout:.0f} s")
+        info: dict[str, dict[str, Any]] = {}
+        self.stats: dict[str, Any] = {}
+        for rep in replies:
+            nid = rep.metadata.src_node_id
+            if rep.has_error():
+                raise UserError(f"SuperNode {nid} failed: {_error_line(rep)}")
+            meta = dict(rep.content["meta"])
+            cid = str(meta["client-id"])
+            if "error" in meta:
+                raise UserError(f"client {cid} (SuperNode {nid}): {meta['error']}")
+            if cid in info:
+                raise UserError(f"client id '{cid}' is used by SuperNodes {info[cid]['node']} and {nid}; give each "
+                                f"node its own --node-config client-id")
+            info[cid] = {"node": nid, **meta}
+            if "stats" in rep.content:
+                self.stats[cid] = FeatureStats.from_npz_dict({k: a.numpy() for k, a in rep.content["stats"].items()})
+        self.info = info
+        self.ids = sorted(info, key=_natural)
+        self.by_node = {info[c]["node"]: c for c in self.ids}
+        for key in ("channels", "image-size"):
+            seen = {cid: int(info[cid][key]) for cid in self.ids}
+            if len(set(seen.values())) > 1:
+                raise UserError(f"the nodes' images differ in {key}: {seen}; every site must preprocess to the same shape")
+        self.channels, self.size = int(info[self.ids[0]]["channels"]), int(info[self.ids[0]]["image-size"])
+        counts = {cid: np.array(json.loads(info[cid]["class-counts"])) for cid in self.ids}
+        self.num_classes = max(len(c) for c in counts.values())
+        self.counts = {cid: np.pad(c, (0, self.num_classes - len(c))) for cid, c in counts.items()}
+        self.class_names = json.loads(info[self.ids[0]]["class-names"])
+        listing = ", ".join(f"{c} ({info[c]['num-examples']} images)" for c in self.ids)
+        _say(f"clients {listing}; {self.channels} channel(s), {self.size} px, {self.num_classes} class(es)")
+
+    def check_extractor(self, name: str) -> None:
+        for cid in self.ids:
+            if cid in self.stats and self.info[cid]["extractor"] != name:
+                raise UserError(f"client {cid} extracts features with {self.info[cid]['extractor']}, the server "
+                                f"with {name}: install the same Inception weights everywhere (eval.inception-weights)")
+
+    def describe(self) -> dict[str, Any]:
+        """nodes.json: which SuperNode is which client, with its images and classes."""
+        return {cid: {"node-id": self.info[cid]["node"], "images": int(self.info[cid]["num-examples"]),
+                      "classes": json.loads(self.info[cid]["class-names"]), "class-counts": self.counts[cid].tolist()}
+                for cid in self.ids}
+
+    # ---- the pool interface
+    def bind(self, fed) -> None:
+        self.fed = fed
+        # FedBN / partial sharing: some layers never leave the nodes, so the server holds no whole
+        # generator; the nodes score the global model with their own layers, the server does not
+        self.whole = set(fed.init) <= fed.travel
+        if not self.whole:
+            _say(f"{len(set(fed.init) - fed.travel)} tensor(s) stay on the nodes ({self.cfg.fed.strategy}, "
+                 f"fed.share): the global model is scored per site only; no union score and no sample grids")
+
+    def steps(self, cid: str) -> int:
+        from ..client import local_steps
+        return local_steps(self.cfg, self.fed.strategy, int(self.info[cid]["num-examples"]))
+
+    def _messages(self, r: int, train: list[str], evaluate: list[str], eval_local: bool) -> list[Message]:
+        """Round ``r``'s messages: ``train`` to the sampled clients, ``evaluate`` to the others
+        that must score the incoming global model. Weights and strategy state serialised once."""
+        from ...serial import pack
+        tensors, skeleton = pack(self.fed.strategy.state_dict())
+        base = {"fedsynth-config": self.cfg_text, "round": r, "num-classes": self.num_classes,
+                "num-clients": len(self.ids), "run-key": self.run_key, "eval-global": self.pending,
+                "strategy": json.dumps(skeleton)}
+        weights = ArrayRecord(self.fed.server.global_state)
+        strategy = ArrayRecord(array_dict={k: Array(v.detach().contiguous().numpy()) for k, v in tensors.items()})
+        out = []
+        for kind, cids in (("train", train), ("evaluate", evaluate)):
+            for cid in cids:
+                conf = ConfigRecord({**base, "eval-local": eval_local and kind == "train"})
+                out.append(Message(RecordDict({"arrays": weights, "strategy": strategy, "config": conf}),
+                                   message_type=kind, dst_node_id=self.info[cid]["node"]))
+        return out
+
+    def _site_summary(self, recs: list[dict[str, Any]], r: int) -> list[dict[str, Any]]:
+        from ..evaluation import sites_summary
+        if r < 0 or self.fed.evaluator is None or not (self.cfg.eval.per_site and len(self.ids) > 1):
+            return []
+        site = [x for x in recs if x.get("client") == "global" and x.get("round") == r and x.get("real") in self.ids]
+        return sites_summary(site, self.fed.evaluator.extractor, r)
+
+    def train(self, r, ids, start, evaluate):
+        from ..client import ClientResult
+        idle = [c for c in self.ids if c not in ids] if self.pending >= 0 else []  # every site scores the incoming model
+        replies, silent = exchange(self.grid, self._messages(r, ids, idle, evaluate), self.timeout, self.poll)
+        recs: list[dict[str, Any]] = [{"round": r, "client": self.by_node[nid], "metric": "dropped", "value": 1,
+                                       "reason": f"no reply within round-timeout = {self.timeout:.0f} s"}
+                                      for nid in silent]
+        results = []
+        for rep in sorted(replies, key=lambda x: _natural(self.by_node.get(x.metadata.src_node_id, "?"))):
+            cid = self.by_node.get(rep.metadata.src_node_id, f"node-{rep.metadata.src_node_id}")
+            if rep.has_error():
+                recs.append({"round": r, "client": cid, "metric": "dropped", "value": 1, "reason": _error_line(rep)})
+                continue
+            meta = rep.content["meta"]
+            if "error" in meta:
+                raise UserError(f"client {cid}: {meta['error']}")
+            try:
+                if rep.metadata.message_type != "train" or cid not in ids:
+                    recs += parse_records(rep.content, cid)
+                    continue
+                node_recs, timing, update = parse_train_reply(rep.content, cid)
+            except (KeyError, TypeError, ValueError) as e:  # a reply that does not parse: this client sits out
+                why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                recs.append({"round": r, "client": cid, "metric": "rejected", "value": 1,
+                             "reason": f"malformed reply from SuperNode {rep.metadata.src_node_id}: {why}"})
+                _say(f"round {r}: reply of client {cid} rejected: {why}")
+                continue
+            results.append(ClientResult(cid, update, node_recs, timing))
+        recs += self._site_summary(recs + [x for res in results for x in res.records], self.pending)
+        self.pending = -1
+        return results, recs
+
+    def kept_local(self, updates):
+        return None  # the layers a node keeps never reach the server
+
+    def evaluate_global(self, r):
+        self.pending = r  # the nodes score it when they receive it
+        ev, state = self.fed.evaluator, self.fed.server.released
+        if not self.whole or state is None:
+            return []
+        return ev.evaluate(state, r, "global", None)
+
+    def grid(self):
+        return self.fed.evaluator.grid(self.fed.server.released) if self.whole else None
+
+    def finish(self):
+        if self.pending < 0:  # the last round's global model, scored where the data is
+            return []
+        replies, _silent = exchange(self.grid, self._messages(self.cfg.fed.rounds, [], self.ids, False),
+                                    self.timeout, self.poll)
+        recs: list[dict[str, Any]] = []
+        for rep in replies:
+            cid = self.by_node.get(rep.metadata.src_node_id, "?")
+            try:
+                recs += [] if rep.has_error() else parse_records(rep.content, cid)
+            except (KeyError, TypeError, ValueError) as e:
+                recs.append({"round": self.pending, "client": cid, "metric": "rejected", "value": 1,
+                             "reason": f"malformed reply: {str(e).splitlines()[0][:200] if str(e) else type(e).__name__}"})
+        return recs + self._site_summary(recs, self.pending)
+
+    # ---- checkpoints
+    def state_dict(self):
+        return {"clients": {},  # each node keeps its own state on its own disk (see .node)
+                "flower": {"run-key": self.run_key, "pending-global": self.pending, "clients": list(self.ids)}}
+
+    def load_state_dict(self, ck):
+        if "flower" not in ck:
+            raise UserError("resume: the checkpoint was not written by a Flower run; resume it with fedsynth run --resume")
+        if ck["flower"]["clients"] != self.ids:
+            raise UserError(f"the checkpoint was written with clients {ck['flower']['clients']}, the nodes now are {self.ids}")
+        self.run_key, self.pending = str(ck["flower"]["run-key"]), int(ck["flower"]["pending-global"])
+
+    def resumable_records(self, records, ck):
+        """The per-site scores of the pending global model belong to the round that was lost:
+        the nodes send them again."""
+        g = int(ck["flower"]["pending-global"]) if ck is not None else -1
+        return [x for x in records if not (x["round"] == g and x["client"] == "global" and x.get("real") != "union")]
+
+
+class _Progress:
+    """One line per round on the server's output (``flwr run --stream`` shows it)."""
+
+    def __init__(self, rounds: int):
+        self.rounds, self.t0 = rounds, time.perf_counter()
+
+    def run_start(self, rounds): ...
+    def round_start(self, r, clients, total_steps): self.t0 = time.perf_counter()  # noqa: E704
+    def step(self): ...
+    def evaluating(self, what): ...
+
+    def warning(self, text):
+        _say(text)
+
+    def round_end(self, r, records):
+        if r == 0:
+            return
+        fd = [x for x in records if x.get("client") == "global" and x.get("real") == "union"
+              and x["metric"] in ("fid", "fd-random")]
+        n = sum(1 for x in records if x["metric"] == "bytes-sent")
+        _say(f"round {r}/{self.rounds}: {n} update(s), {time.perf_counter() - self.t0:.1f} s"
+             + (f", global {fd[0]['metric']} {fd[0]['value']:.4g}" if fd else ""))
+
+
+@server.main()
+def main(grid: Grid, context: Context) -> None:
+    try:
+        _serve(grid, context)
+    except UserError as e:
+        _say(f"error: {e}")
+        # an Exception (not SystemExit): Flower then flushes the logs and marks the run failed
+        raise RuntimeError(f"fedsynth: {e}") from None
+
+
+def _config(rc) -> Any:
+    if str(rc.get("config-text", "")).strip():  # sent with the run by `fedsynth deploy run`
+        import tomllib
+        try:
+            return build_config(tomllib.loads(str(rc["config-text"])))
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"run config 'config-text' is not valid TOML: {e}") from None
+    return load_config(str(rc["config-path"]))
+
+
+def _serve(grid: Grid, context: Context) -> None:
+    from ...metrics import build_extractor
+    from ...models import build_model
+    from ...registry import STRATEGIES
+    from ..run import run_experiment
+    from ..engine import Federation
+    from ..evaluation import Evaluator, RealStats
+    rc = context.run_config
+    cfg = _config(rc)
+    why = STRATEGIES[cfg.fed.strategy].flower
+    if why:
+        raise UserError(f"config key 'fed.strategy' = '{cfg.fed.strategy}' cannot run over Flower ({why}); "
+                        f"use it in-process")
+    extractor = None
+    if cfg.eval.enabled:  # the nodes must use exactly the server's extractor
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        kind = "inception" if extractor.metric == "fid" else "random"
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=kind))
+
+    def engine(cfg, reporter) -> Federation:
+        pool = FlowerClients(grid, cfg, int(rc["clients"]), float(rc.get("round-timeout", 3600)),
+                             float(rc.get("connect-timeout", 300)), float(rc.get("poll-interval", POLL_S)))
+        model = build_model(cfg, pool.size, pool.channels, pool.num_classes)
+        ev = None
+        if extractor is not None:
+            pool.check_extractor(extractor.name)
+            ev = Evaluator(cfg.eval, extractor, {c: RealStats(pool.stats[c], None) for c in pool.ids}, pool.counts,
+                           model, cfg.run.seed)
+        fed = Federation(cfg, model, pool, ev, reporter, class_names=pool.class_names)
+        fed.description = ("nodes.json", pool.describe())
+        return fed
+
+    resume = bool(rc.get("resume", False))
+    t0 = time.perf_counter()
+
+    def started(run_dir, fed, first):
+        if resume:
+            _say(f"resuming after round {first - 1} from {run_dir.path}/checkpoints")
+    out = run_experiment(cfg, str(rc["out"]), _Progress(cfg.fed.rounds), resume=str(rc["out"]) if resume else None,
+                         engine=engine, on_start=started)
+    _say(f"done: {cfg.fed.rounds} rounds in {time.perf_counter() - t0:.1f} s; run directory {out.run_dir.path}")

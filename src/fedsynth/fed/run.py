@@ -1,0 +1,119 @@
+"""A run, from a configuration to a finished run directory: the one library entry point
+(``fedsynth.fed.run``; the Flower ServerApp uses it too, so it lives inside ``fed``).
+
+:func:`run_experiment` is what ``fedsynth run``, ``fedsynth sweep``, the experiments and the
+Flower server (:mod:`fedsynth.fed.flower.server_app`) call::
+
+    config -> engine (its clients: in-process from the data, or Flower nodes)
+           -> run directory (created exclusively; or reopened to resume from its newest
+              readable checkpoint) -> config.toml, partition.json / nodes.json
+           -> the rounds (metrics.jsonl, timings.jsonl, samples/, checkpoints/, fd.png)
+           -> report.html
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import Config, UserError
+from ..report import RunDir
+from .engine import Federation, Reporter, RunResult, build_in_process
+
+
+@dataclass
+class Outcome:
+    run_dir: RunDir | None
+    result: RunResult | None        # None when a resumed run was already complete
+    federation: Federation | None
+    resumed_from: int = 0           # the round of the checkpoint a resume continued from
+    skipped: tuple = ()             # checkpoints a resume could not read: (path, reason)
+
+
+def describe(cfg: Config) -> str:
+    """The default run-directory name: data, strategy, clients, size (or ``run.name``)."""
+    if cfg.run.name:
+        return cfg.run.name
+    n = 1 if cfg.fed.strategy == "centralized" else cfg.partition.clients
+    return f"{cfg.data.source}-{cfg.fed.strategy}-{n}c-{cfg.data.image_size}px"
+
+
+def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[Config, Reporter], Federation]:
+    """The default engine: load and partition the configured data, every client in this process."""
+    def build(cfg: Config, reporter: Reporter) -> Federation:
+        from ..data import load_dataset, partition_for
+        data = load_dataset(cfg, progress)
+        parts = partition_for(cfg, data)
+        fed = build_in_process(cfg, parts, reporter)
+        fed.description = ("partition.json", partition_info(cfg.partition.scheme, parts, data))
+        fed.data_info = {"images": len(data), "size": data.size, "skipped": data.provenance.get("skipped", [])}
+        return fed
+    return build
+
+
+def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporter | None = None,
+                   resume: str | Path | None = None,
+                   engine: Callable[[Config, Reporter], Federation] | None = None,
+                   on_start: Callable[[RunDir, Federation, int], None] | None = None) -> Outcome:
+    """Run ``cfg`` into a run directory and write its report.
+
+    Parameters
+    ----------
+    out : path, optional
+        The run directory (must not hold a run); default ``run.out-dir/NNNN-<describe(cfg)>``.
+    resume : path, optional
+        Continue this run directory from its newest readable checkpoint (``cfg`` must be its
+        own ``config.toml``).
+    engine : callable, optional
+        ``(cfg, reporter) -> Federation``: where the clients are (default :func:`in_process`).
+    on_start : callable, optional
+        ``(run_dir, federation, first_round)``, once the directory is ready (the CLI prints
+        the partition and a header here).
+    """
+    reporter = reporter or Reporter()
+    skipped: list = []
+    ck = None
+    if resume is not None:
+        from ..checkpoint import latest_checkpoint
+        try:
+            ck, skipped = latest_checkpoint(resume)
+        except UserError as e:
+            if "no checkpoints" not in str(e):
+                raise
+        for p, why in skipped:
+            reporter.warning(f"skipped checkpoint {p.name}: {why}")
+        if ck is not None and ck["round"] >= cfg.fed.rounds:
+            return Outcome(RunDir(Path(resume)), None, None, ck["round"], tuple(skipped))
+    fed = (engine or in_process())(cfg, reporter)
+    first = 1
+    if resume is not None:
+        if ck is not None:
+            fed.restore(ck)
+            first = ck["round"] + 1
+        run_dir = RunDir.reopen(resume, ck["round"] if ck is not None else -1)  # no checkpoint: start over
+        run_dir.records = fed.pool.resumable_records(run_dir.records, ck)
+        run_dir.log([])
+    else:
+        run_dir = RunDir.at(out) if out else RunDir.create(cfg.run.out_dir, describe(cfg))
+        run_dir.write_text("config.toml", cfg.to_toml())
+        if fed.description is not None:
+            run_dir.write_json(*fed.description)
+    if on_start is not None:
+        on_start(run_dir, fed, first)
+    try:
+        result = fed.run(run_dir)
+    except UserError:
+        if resume is None and not (run_dir.path / "metrics.jsonl").exists():
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+        raise
+    from ..report.html import build_report
+    build_report(run_dir.path)
+    return Outcome(run_dir, result, fed, first - 1, tuple(skipped))
+
+
+def partition_info(scheme: str, parts: list, data: Any) -> dict[str, Any]:
+    """What partition.json holds: scheme, images and class histogram per client, data provenance."""
+    from ..data import summary
+    return {"scheme": scheme, **summary(parts, data.class_names), "data": data.provenance}

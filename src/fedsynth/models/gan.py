@@ -1,0 +1,159 @@
+"""The GAN family: a generator and a discriminator trained adversarially.
+
+Networks: DCGAN (:mod:`fedsynth.models.dcgan`), with BatchNorm/GroupNorm, spectral norm and
+class conditioning. Training: the loss objects and loop of :mod:`fedsynth.train` (the loop
+schedules the D and G phases; the loss computes them). Weights: one state dict with keys
+``G.*`` and ``D.*``, so one update carries both (or, with ``fed.share = ["G"]``, only G).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..train import LocalTrainer, OptimConfig, build_loss
+from .base import GenerativeModel, TrainResult
+from .dcgan import Discriminator, Generator, dcgan_init_
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a GAN (stored in checkpoints)."""
+
+    arch: str = "dcgan"
+    image_size: int = 64
+    channels: int = 1
+    nz: int = 100
+    ngf: int = 32
+    ndf: int = 16
+    g_norm: str = "batch"
+    d_norm: str = "batch"
+    spectral_norm: bool = False
+    num_classes: int = 0
+    g_conditioning: str = "none"
+    d_conditioning: str = "none"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class GAN(nn.Module):
+    """G and D in one module, so one state dict (keys ``G.*`` and ``D.*``) travels per update."""
+
+    def __init__(self, G: nn.Module, D: nn.Module, spec: ModelSpec | None = None):
+        super().__init__()
+        self.G, self.D = G, D
+        self.spec = spec
+
+    @property
+    def conditional(self) -> bool:
+        return self.spec is not None and self.spec.g_conditioning != "none"
+
+
+def build_gan(arch: str | ModelSpec, image_size: int = 64, channels: int = 1, nz: int = 100,
+              ngf: int = 32, ndf: int = 16, seed: int = 0) -> GAN:
+    """Build and initialise a GAN from a :class:`ModelSpec` (or the basic arguments).
+
+    Initialisation draws from ``seed`` only: the global RNG is forked, so building a model
+    neither depends on nor disturbs any other random stream.
+    """
+    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch, image_size, channels, nz, ngf, ndf)
+    if spec.arch != "dcgan":
+        raise ValueError(f"unknown architecture {spec.arch!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        G = Generator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
+                      spec.num_classes, spec.g_conditioning)
+        D = Discriminator(spec.image_size, spec.channels, spec.ndf, spec.d_norm, spec.spectral_norm,
+                          spec.num_classes, spec.d_conditioning)
+        gan = GAN(G, D, spec)
+        dcgan_init_(gan)
+    return gan
+
+
+def norm_keys(module: nn.Module) -> set[str]:
+    """State-dict keys of normalisation layers (what FedBN keeps local)."""
+    keys = set()
+    for name, m in module.named_modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            keys.update(f"{name}.{k}" for k in m.state_dict())
+    return keys
+
+
+class GANModel(GenerativeModel):
+    """The GAN family behind :class:`GenerativeModel`: a :class:`GAN` and its
+    :class:`fedsynth.train.LocalTrainer` (two Adam optimizers, the configured loss)."""
+
+    family = "gan"
+
+    def __init__(self, spec: ModelSpec, seed: int = 0, train: Any = None):
+        from ..config import TrainConfig
+        t = train or TrainConfig()
+        self.spec = spec
+        loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
+        self.trainer = LocalTrainer(build_gan(spec, seed=seed), loss,
+                                    OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last)
+        self.gan = self.trainer.gan
+        self.num_classes = spec.num_classes
+        self.conditional = spec.g_conditioning != "none"
+        self._lrs = {f"{net}.{k}": lr for net, lr in (("G", t.lr_g), ("D", t.lr_d))
+                     for k, _ in getattr(self.gan, net).named_parameters()}
+
+    # ---- build
+    @classmethod
+    def from_config(cls, cfg, image_size: int, channels: int, num_classes: int) -> "GANModel":
+        from ..utils import derive_seed
+        m = cfg.model
+        spec = ModelSpec(m.arch, image_size, channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm, m.spectral_norm,
+                         num_classes, m.conditional, m.d_conditioning)
+        return cls(spec, seed=derive_seed(cfg.run.seed, "init"), train=cfg.train)
+
+    @classmethod
+    def from_description(cls, desc: dict[str, Any]) -> "GANModel":
+        names = {f.name for f in fields(ModelSpec)}
+        unknown = set(desc) - names - {"family", "class_names"}
+        if unknown:
+            raise ValueError(f"unknown GAN description field(s) {sorted(unknown)}")
+        return cls(ModelSpec(**{k: v for k, v in desc.items() if k in names}))
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.family, **self.spec.to_dict()}
+
+    # ---- weights
+    def state(self):
+        return self.trainer.weights()
+
+    def load(self, state, opt_state=None):
+        self.trainer.load(state, opt_state)
+
+    def opt_state(self):
+        return self.trainer.opt_state()
+
+    def parameter_keys(self):
+        return {k for k, _ in self.gan.named_parameters()}
+
+    def norm_keys(self):
+        return norm_keys(self.gan)
+
+    def learning_rates(self):
+        return dict(self._lrs)
+
+    # ---- train
+    def train(self, data, steps, batch_size, generator, on_step=None, hooks=(), dp=None) -> TrainResult:
+        r = self.trainer.train(data, steps, batch_size, generator, on_step=on_step, hooks=hooks, dp=dp)
+        return TrainResult(r.steps, r.images, r.seconds, {"d-loss": r.d_loss, "g-loss": r.g_loss},
+                           private_steps=r.steps * self.trainer.loss.n_critic if dp is not None else 0)
+
+    # ---- sample
+    def latents(self, n, generator):
+        return torch.randn(n, self.spec.nz, generator=generator)
+
+    def sampler(self, state):
+        G = self.gan.G
+        if state is not None:
+            G.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("G.")})
+        G.eval()
+        return G

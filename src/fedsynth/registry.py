@@ -1,0 +1,133 @@
+"""One registry per list of names: model families, strategies, GAN losses, feature extractors,
+data sources.
+
+Each registry is the single place a name is spelled. Config validation takes its ``choices``
+from here, the builders resolve a name to its implementation here (imported only when used,
+so reading a config never imports torch), and the Flower server asks here whether a strategy
+can run across nodes. Standard library only: this module sits below everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered name.
+
+    Attributes
+    ----------
+    name : str
+        What users write in a config.
+    target : str
+        ``"module:attribute"`` of the implementation, relative to the ``fedsynth`` package.
+    help : str
+        One line for ``--help`` texts and the configuration reference.
+    flower : str
+        Empty if the entry runs over Flower; otherwise why it cannot (shown to the user).
+    kind : str
+        A family tag the builders branch on (data sources: ``phantom``, ``files``, ``sample``).
+    """
+
+    name: str
+    target: str = ""
+    help: str = ""
+    flower: str = ""
+    kind: str = ""
+
+    def load(self) -> Any:
+        module, _, attr = self.target.partition(":")
+        return getattr(import_module(f"fedsynth.{module}"), attr)
+
+
+class Registry:
+    def __init__(self, key: str, entries: list[Entry]):
+        self.key = key  # the config key whose values these are, e.g. "fed.strategy"
+        self._entries = {e.name: e for e in entries}
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __getitem__(self, name: str) -> Entry:
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"unknown {self.key} {name!r}; choose from {', '.join(self._entries)}") from None
+
+    def load(self, name: str) -> Any:
+        """The implementation registered under ``name`` (imported now)."""
+        return self[name].load()
+
+    def help(self) -> str:
+        return "; ".join(f"{e.name}: {e.help}" if e.help else e.name for e in self._entries.values())
+
+
+FAMILIES = Registry("model.family", [
+    Entry("gan", "models.gan:GANModel", "generator and discriminator trained adversarially (DCGAN family)"),
+])
+
+_ONE_MODEL = "clients never share one model to aggregate"
+STRATEGIES = Registry("fed.strategy", [
+    Entry("fedavg", "fed.strategies:FedAvg", "federated averaging (McMahan et al. 2017)"),
+    Entry("fedsgd", "fed.strategies:FedSGD", "FedAvg with one local step per round"),
+    Entry("fedprox", "fed.strategies:FedProx", "proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)"),
+    Entry("fednova", "fed.strategies:FedNova", "normalised averaging (Wang et al. 2020)"),
+    Entry("scaffold", "fed.strategies:Scaffold", "control variates (Karimireddy et al. 2020)"),
+    Entry("feddyn", "fed.strategies:FedDyn", "dynamic regularisation (Acar et al. 2021)"),
+    Entry("fedavgm", "fed.strategies:FedAvgM", "server momentum (Hsu et al. 2019)"),
+    Entry("fedadam", "fed.strategies:FedAdam", "server Adam (Reddi et al. 2021)"),
+    Entry("fedyogi", "fed.strategies:FedYogi", "server Yogi (Reddi et al. 2021)"),
+    Entry("fedbn", "fed.strategies:FedBN", "FedAvg with normalisation layers kept local (Li et al. 2021)"),
+    Entry("swt", "fed.strategies:SingleWeightTransfer", "single weight transfer: one block of rounds per client",
+          flower="it passes one model from site to site"),
+    Entry("cwt", "fed.strategies:CyclicWeightTransfer", "cyclic weight transfer: every client in turn each round",
+          flower="it passes one model from site to site"),
+    Entry("ensemble", "fed.strategies:Ensemble", "clients train alone; samples from the mixture of their models",
+          flower=_ONE_MODEL),
+    Entry("local", "fed.strategies:Local", "baseline: every hospital alone", flower=_ONE_MODEL),
+    Entry("centralized", "fed.strategies:Centralized", "baseline: all data pooled in one client",
+          flower="it pools every site's images in one place"),
+])
+
+LOSSES = Registry("train.loss", [
+    Entry("bce", "train.losses:NonSaturatingBCE", "non-saturating BCE (Goodfellow et al. 2014), as in DCGAN"),
+    Entry("hinge", "train.losses:Hinge", "hinge loss (Lim & Ye 2017)"),
+    Entry("wgan-gp", "train.losses:WGANGP", "Wasserstein loss with gradient penalty (Gulrajani et al. 2017)"),
+])
+
+EXTRACTORS = Registry("eval.feature-extractor", [
+    Entry("auto", "", "Inception if its weights are on disk, else the random network"),
+    Entry("inception", "metrics.features:InceptionFeatures", "the standard FID Inception-v3 (local weights file)"),
+    Entry("random", "metrics.features:RandomConvFeatures", "a frozen, seeded random conv net (fd-random, not FID)"),
+])
+
+SOURCES = Registry("data.source", [
+    Entry("phantom-xray", "data.phantoms:make_phantom", "built-in chest radiograph phantoms", kind="phantom"),
+    Entry("phantom-ct", "data.phantoms:make_phantom", "built-in axial CT phantoms", kind="phantom"),
+    Entry("phantom-histo", "data.phantoms:make_phantom", "built-in RGB H&E tile phantoms", kind="phantom"),
+    Entry("folder", "data.sources:load_source", "PNG/JPEG/TIFF/BMP files under data.path", kind="files"),
+    Entry("dicom", "data.sources:load_source", "DICOM files under data.path", kind="files"),
+    Entry("nifti", "data.sources:load_source", "NIfTI volumes under data.path", kind="files"),
+    Entry("medmnist", "data.sources:load_source", "a MedMNIST .npz file under data.path", kind="files"),
+    Entry("sample-retina", "data.sources:load_source", "fundus tiles shipped with scikit-image", kind="sample"),
+    Entry("sample-ihc", "data.sources:load_source", "IHC tiles shipped with scikit-image", kind="sample"),
+    Entry("sample-ct", "data.sources:load_source", "pydicom's CT test slices", kind="sample"),
+])
+
+ROBUST_RULES = Registry("privacy.robust", [
+    Entry("none", "", "plain (weighted) mean"),
+    Entry("median", "privacy.robust:RobustAggregation", "coordinate-wise median (Yin et al. 2018)"),
+    Entry("trimmed-mean", "privacy.robust:RobustAggregation", "coordinate-wise trimmed mean (Yin et al. 2018)"),
+    Entry("krum", "privacy.robust:RobustAggregation", "Krum (Blanchard et al. 2017)"),
+    Entry("multi-krum", "privacy.robust:RobustAggregation", "Multi-Krum (Blanchard et al. 2017)"),
+    Entry("clip", "privacy.robust:RobustAggregation", "norm clipping, then the mean (Sun et al. 2019)"),
+])
