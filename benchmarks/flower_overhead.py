@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/flower_overhead.py [--rounds 6]
 
-Starts a SuperLink and two SuperNodes on 127.0.0.1 (fedsynth.deploy.LocalFederation) for each
+Starts a SuperLink and two SuperNodes on 127.0.0.1 (fedsynth.fed.flower.deploy.LocalFederation) for each
 setting in turn and runs the same tiny federated GAN (16 px, 32 images per hospital, training
 < 0.1 s per round), so nearly all of a round is overhead:
 
@@ -36,14 +36,19 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-from fedsynth.deploy import APP_DIR as APP  # noqa: E402
+from fedsynth.fed.flower.deploy import APP_DIR as APP  # noqa: E402
 
 
 def setting(name: str, tmp: Path, rounds: int, poll: float, superexec_poll: str, tls: bool, noop: bool,
-            warm: bool = False) -> dict:
-    from fedsynth.deploy import LocalFederation
+            warm: bool = False, src: str = "") -> dict:
+    """One setting; ``src``: run fedsynth from another source tree (its ``src`` folder)."""
+    from fedsynth.fed.flower.deploy import LocalFederation
     work = tmp / name
     env = {**os.environ, "FEDSYNTH_CACHE": str(tmp / "cache"), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": superexec_poll}
+    app = APP
+    if src:  # the other tree's code in every process, and its own Flower app folder
+        env["PYTHONPATH"] = src
+        app = next(p.parent for p in Path(src, "fedsynth").rglob("pyproject.toml") if "flwr" in p.read_text())
     fed = LocalFederation(work, [(str(tmp / "sites" / f"client-{k}"), str(k)) for k in (0, 1)],
                           certs=tmp / "certs" if tls else None, port=18700 + os.getpid() % 500, env=env,
                           log_dir=work / "logs", warm=warm)
@@ -54,7 +59,7 @@ def setting(name: str, tmp: Path, rounds: int, poll: float, superexec_poll: str,
             res = fed.run(HERE / "flower_noop", {"rounds": rounds, "poll-interval": poll,
                                                  "out": str(work / "noop.json")})
         else:
-            res = fed.run(APP, {"config-path": str(tmp / "fedsynth.toml"), "out": str(work / "run"),
+            res = fed.run(app, {"config-path": str(tmp / "fedsynth.toml"), "out": str(work / "run"),
                                 "poll-interval": poll})
     finally:
         fed.stop()
@@ -77,11 +82,14 @@ def setting(name: str, tmp: Path, rounds: int, poll: float, superexec_poll: str,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--against", default="", help="another checkout's src folder: run only the warm fedsynth "
+                    "setting, alternating this tree and that one, --repeat times each (before/after a change)")
+    ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     from typer.testing import CliRunner
 
     from fedsynth.cli import app
-    from fedsynth.deploy import make_certs
+    from fedsynth.fed.flower.deploy import make_certs
     import flwr
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -92,6 +100,8 @@ def main() -> None:
             "[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\nbatch-size = 16\nthreads = 1\n"
             f"[fed]\nrounds = {args.rounds}\n[eval]\nenabled = false\n")
         make_certs(tmp / "certs", 2)
+        if args.against:
+            return compare(tmp, args)
         out = [setting("noop-floor", tmp, args.rounds, 0.05, "0.05", False, True),
                setting("flower-defaults", tmp, args.rounds, 3.0, "1.0", False, False),
                setting("fedsynth-cold", tmp, args.rounds, 0.05, "0.05", False, False),
@@ -109,6 +119,21 @@ def main() -> None:
           f"fedsynth / fedsynth-cold: {med['fedsynth'] / med['fedsynth-cold']:.2f}; "
           f"above the no-op floor: fedsynth {med['fedsynth'] - med['noop-floor']:+.2f} s, "
           f"fedsynth-cold {med['fedsynth-cold'] - med['noop-floor']:+.2f} s")
+
+
+def compare(tmp: Path, args) -> None:
+    """This tree vs ``--against``, the warm-worker setting, alternating so that both see the
+    same machine load."""
+    rows: dict[str, list[float]] = {"this tree": [], args.against: []}
+    for i in range(args.repeat):
+        for label, src in (("this tree", ""), (args.against, args.against)):
+            r = setting(f"fedsynth-{i}-{'a' if src else 'b'}", tmp, args.rounds, 0.05, "0.05", False, False,
+                        warm=True, src=src)
+            rows[label].append(r["median_overhead_s"])
+    print(f"2 SuperNodes (warm workers) on 127.0.0.1, {args.rounds} rounds, {args.repeat} runs each, alternating\n")
+    print("| code | median overhead per round, each run | median |\n| --- | --- | --- |")
+    for label, vals in rows.items():
+        print(f"| {label} | {', '.join(f'{v:.2f} s' for v in vals)} | {statistics.median(vals):.2f} s |")
 
 
 if __name__ == "__main__":

@@ -134,19 +134,19 @@ def eval_cost() -> None:
     c = next(iter(run.clients.values()))
     t = time.perf_counter()
     for c in run.clients.values():
-        run.trainer.load(run.global_state, None)
-        run.trainer.train(c.data, steps_per_epoch(c.n, BS), BS, torch.Generator().manual_seed(0))
+        run.model.load(run.global_state, None)
+        run.model.train(c.data, steps_per_epoch(c.n, BS), BS, torch.Generator().manual_seed(0))
     train_s = time.perf_counter() - t
     t = time.perf_counter()
-    run._evaluate_global(1)
+    run.fed.pool.evaluate_global(1)
     glob = time.perf_counter() - t
     t = time.perf_counter()
     for cid in run.clients:
-        run.evaluator.evaluate(run.trainer.gan.G, 1, cid, cid)
+        run.evaluator.evaluate(None, 1, cid, cid)
     per_client = time.perf_counter() - t
     run.evaluator.cfg = dataclasses.replace(run.evaluator.cfg, bf16=True)
     t = time.perf_counter()
-    run._evaluate_global(1)
+    run.fed.pool.evaluate_global(1)
     glob_bf16 = time.perf_counter() - t
     print(f"evaluation cost per round (2,000 samples): global model {glob:.2f}s = {glob / train_s:.0%} of the "
           f"round's training ({train_s:.2f}s); with eval.bf16 = true {glob_bf16:.2f}s = {glob_bf16 / train_s:.0%}; "

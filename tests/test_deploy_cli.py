@@ -7,7 +7,7 @@ import sys
 from typer.testing import CliRunner
 
 from fedsynth.cli import app
-from fedsynth.deploy import APP_DIR, flower_env, stream_run
+from fedsynth.fed.flower.deploy import APP_DIR, flower_env, stream_run
 
 
 def test_flower_env_turns_telemetry_update_check_and_runtime_installs_off_but_lets_the_user_win():
@@ -43,14 +43,14 @@ def test_deploy_run_rejects_a_bad_config_before_sending_anything(tmp_path):
 
 
 def test_deploy_supernode_passes_every_option_through_and_starts_a_warm_worker(monkeypatch):
-    import fedsynth.deploy
+    import fedsynth.fed.flower.deploy
     calls = []
 
     def fake_execve(path, argv, env):
         calls.append((path, argv, env))
         raise SystemExit(0)
     monkeypatch.setattr(os, "execve", fake_execve)
-    monkeypatch.setattr(fedsynth.deploy, "start_worker", lambda: "/tmp/fedsynth-node-x/worker.sock")
+    monkeypatch.setattr(fedsynth.fed.flower.deploy, "start_worker", lambda: "/tmp/fedsynth-node-x/worker.sock")
     args = ["--root-certificates=/tls/ca.crt", "--superlink", "h:8000", "--node-config", 'data-path="/d" client-id="0"']
     CliRunner().invoke(app, ["deploy", "supernode", *args])
     path, argv, env = calls[-1]

@@ -1,5 +1,5 @@
 """Flower deployment engine on 127.0.0.1: a SuperLink and SuperNodes, each hospital reading its
-own folder, started and stopped by fedsynth.deploy.LocalFederation (every process by PID, with
+own folder, started and stopped by fedsynth.fed.flower.deploy.LocalFederation (every process by PID, with
 everything it spawned; it raises if anything survives).
 
 * TLS + SuperNode authentication: two registered nodes (``fedsynth deploy supernode``, with a
@@ -22,7 +22,7 @@ import torch
 
 pytest.importorskip("flwr")
 
-from fedsynth.deploy import APP_DIR as APP  # noqa: E402
+from fedsynth.fed.flower.deploy import APP_DIR as APP  # noqa: E402
 CONFIG = ("[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\nbatch-size = 16\nthreads = 1\n"
           "[fed]\nrounds = 2\n")
 
@@ -40,7 +40,7 @@ def sites(tmp_path_factory):
 
 
 def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
-    from fedsynth.deploy import LocalFederation
+    from fedsynth.fed.flower.deploy import LocalFederation
     nodes = nodes or [(str(sites / f"client-{k}"), str(k)) for k in (0, 1)]
     return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=18000 + os.getpid() % 1000, warm=warm,
                            env={**os.environ, "FEDSYNTH_CACHE": str(tmp_path / "cache")}, log_dir=tmp_path / "logs")
@@ -66,7 +66,7 @@ def _key(r):
 
 @pytest.mark.smoke
 def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, sites):
-    from fedsynth.deploy import make_certs
+    from fedsynth.fed.flower.deploy import make_certs
     cfg_path = tmp_path / "fedsynth.toml"
     cfg_path.write_text(CONFIG + "[eval]\nnum-samples = 64\ngrid-size = 4\nkid-subset-size = 32\n")
     make_certs(tmp_path / "certs", 3)
@@ -193,3 +193,32 @@ def test_a_killed_server_resumes_in_a_new_flower_run_bit_identical(tmp_path, sit
     assert set(keys) == {k for k in inproc if not (k[2] == "union" and k[3].startswith("kid"))}
     for r in recs:
         assert r["value"] == pytest.approx(inproc[_key(r)]["value"], rel=1e-6, abs=1e-9), _key(r)
+
+
+def test_ema_over_tls_authenticated_supernodes_matches_the_in_process_engine(tmp_path, sites):
+    """fed.ema works over Flower (one server round for both engines): global and EMA weights
+    bit-identical to the in-process engine."""
+    from fedsynth.fed.flower.deploy import make_certs
+    cfg_path = tmp_path / "fedsynth.toml"
+    cfg_path.write_text(CONFIG.replace("rounds = 2", "rounds = 2\nema = 0.5") + "[eval]\nenabled = false\n")
+    make_certs(tmp_path / "certs", 2)
+    fed = _federation(tmp_path, sites, certs=tmp_path / "certs")
+    try:
+        fed.start()
+        run = fed.run(APP, {"config-path": str(cfg_path), "out": str(tmp_path / "run")}, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    finally:
+        fed.stop()
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0002.pt", weights_only=True)
+    from fedsynth.config import load_config
+    from fedsynth.data import load_dataset
+    from fedsynth.fed import FederatedRun
+    cfg = load_config(cfg_path)
+    engine = FederatedRun(cfg, [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, source="folder", path=str(sites / f"client-{k}")))) for k in (0, 1)], client_ids=["0", "1"])
+    ref = engine.run()
+    ref_ema = engine.fed.server.ema_state
+    assert ck["ema"] is not None and ref_ema is not None
+    assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
+    assert all(torch.equal(ref_ema[k], ck["ema"][k]) for k in ref_ema)
+    assert not all(torch.equal(ck["ema"][k], ck["global"][k]) for k in ck["global"] if ck["global"][k].is_floating_point())

@@ -185,13 +185,13 @@ def test_membership_inference_aucs():
 
 def test_every_message_to_the_server_holds_only_weights_and_scalars(tiny):
     e = _engine(tiny + ['fed.share=["G"]', "fed.strategy=scaffold"])
-    model = e.trainer.gan.state_dict()
+    model = e.model.state()
     seen = []
     orig = e.strategy.aggregate
 
-    def spy(global_state, updates):
+    def spy(global_state, updates, **kw):
         seen.extend(updates)
-        return orig(global_state, updates)
+        return orig(global_state, updates, **kw)
     e.strategy.aggregate = spy
     e.run()
     assert len(seen) == 4
