@@ -135,6 +135,7 @@ class ClientPool:
 
     ids: list[str]
     whole: bool = True   # the server holds every weight (no layer stays on the nodes unseen)
+    remote: bool = False  # clients in other processes: the server logs its round time and overhead
 
     def bind(self, fed: "Federation") -> None:
         """Called once the model, strategy and initial weights exist."""
@@ -258,10 +259,11 @@ class Federation:
             if r in to_eval:
                 recs += self.pool.evaluate_global(r)
             timings = [res.timing for res in results]
-            wall = time.perf_counter() - t0
-            train_s = max((t.get("seconds", 0.0) for t in timings), default=0.0)
-            timings.append({"round": r, "client": "server", "wall_s": wall, "max_client_train_s": train_s,
-                            "overhead_s": wall - train_s})
+            if self.pool.remote:  # what the round cost beyond the slowest client's training
+                wall = time.perf_counter() - t0
+                train_s = max((t.get("seconds", 0.0) for t in timings), default=0.0)
+                timings.append({"round": r, "client": "server", "wall_s": wall, "max_client_train_s": train_s,
+                                "overhead_s": wall - train_s})
             self._end_round(r, recs, timings, to_eval, title)
 
         if self.start_round <= rounds:

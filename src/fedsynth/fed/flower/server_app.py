@@ -119,11 +119,12 @@ class FlowerClients:
     """
 
     whole = True
+    remote = True
 
     def __init__(self, grid: Grid, cfg: Any, n_clients: int, timeout: float, connect_timeout: float,
                  poll: float = POLL_S):
         import uuid
-        self.grid, self.cfg, self.timeout, self.poll = grid, cfg, timeout, poll
+        self.flower_grid, self.cfg, self.timeout, self.poll = grid, cfg, timeout, poll
         self.cfg_text = cfg.to_toml()
         self.run_key = uuid.uuid4().hex  # names the nodes' saved state (not a random draw of the study)
         self.pending = -1  # the round whose global model the nodes score on receipt
@@ -132,7 +133,7 @@ class FlowerClients:
     # ---- who is there
     def _greet(self, n_clients: int, connect_timeout: float) -> None:
         from ...metrics import FeatureStats
-        grid = self.grid
+        grid = self.flower_grid
         _say(f"waiting for {n_clients} SuperNode(s)")
         deadline = time.monotonic() + connect_timeout
         while len(list(grid.get_node_ids())) < n_clients:
@@ -230,7 +231,7 @@ class FlowerClients:
     def train(self, r, ids, start, evaluate):
         from ..client import ClientResult
         idle = [c for c in self.ids if c not in ids] if self.pending >= 0 else []  # every site scores the incoming model
-        replies, silent = exchange(self.grid, self._messages(r, ids, idle, evaluate), self.timeout, self.poll)
+        replies, silent = exchange(self.flower_grid, self._messages(r, ids, idle, evaluate), self.timeout, self.poll)
         recs: list[dict[str, Any]] = [{"round": r, "client": self.by_node[nid], "metric": "dropped", "value": 1,
                                        "reason": f"no reply within round-timeout = {self.timeout:.0f} s"}
                                       for nid in silent]
@@ -275,7 +276,7 @@ class FlowerClients:
     def finish(self):
         if self.pending < 0:  # the last round's global model, scored where the data is
             return []
-        replies, _silent = exchange(self.grid, self._messages(self.cfg.fed.rounds, [], self.ids, False),
+        replies, _silent = exchange(self.flower_grid, self._messages(self.cfg.fed.rounds, [], self.ids, False),
                                     self.timeout, self.poll)
         recs: list[dict[str, Any]] = []
         for rep in replies:
