@@ -425,7 +425,27 @@ def deploy_certs(
     except UserError as e:
         _fail(str(e))
     console.print(f"wrote {len(files)} files to {out}; register each hospital with "
-                  f"`flwr supernode register {out}/keys/node<k>.pub <superlink>`; keep ca.key offline")
+                  f"`fedsynth deploy register {out}/keys/node<k>.pub [CONNECTION]`; keep ca.key offline",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@deploy_app.command("keygen")
+def deploy_keygen(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for NAME (private key, 0600) and NAME.pub."),
+    name: str = typer.Option(..., "--name", help="This hospital's key name, e.g. hospital-a."),
+) -> None:
+    """Make this hospital's SuperNode key pair on site (ECDSA P-384, OpenSSH format).
+
+    The private key stays here (flower-supernode --auth-supernode-private-key); send only
+    NAME.pub to the operator, who runs `fedsynth deploy register NAME.pub`. Never overwrites."""
+    from .deploy import make_node_key
+    try:
+        priv, pub = make_node_key(out, name)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"wrote {priv} (private key, mode 0600: keep it on this site) and {pub}; send only {pub} "
+                  f"to the operator (`fedsynth deploy register {pub.name}`)",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 _PASS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -469,7 +489,9 @@ def deploy_supernode(ctx: typer.Context) -> None:
 
 @deploy_app.command("register", context_settings=_PASS)
 def deploy_register(ctx: typer.Context) -> None:
-    """flwr supernode register PUBLIC_KEY SUPERLINK, in fedsynth's Flower environment."""
+    """flwr supernode register PUBLIC_KEY [CONNECTION], in fedsynth's Flower environment.
+
+    CONNECTION names a [superlink.CONNECTION] table of $FLWR_HOME/config.toml (default: its default)."""
     _exec_flower("flwr", ["supernode", "register", *ctx.args])
 
 
