@@ -85,3 +85,18 @@ def test_certs_counts_every_file_it_writes_and_names_the_register_command(tmp_pa
     for p in files:   # every private key 0600
         if p.name in ("ca.key", "server.key") or (p.parent.name == "keys" and p.suffix != ".pub"):
             assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+
+
+def test_certs_with_no_node_keys_for_hospitals_that_make_their_own(tmp_path):
+    res = _cli("deploy", "certs", "--out", "certs", "--nodes", "0", "--name", "fedsynth.consortium.example",
+               cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "certs").rglob("*") if p.is_file()) == \
+        ["ca.crt", "ca.key", "server.key", "server.pem"]
+    assert "wrote 4 files" in res.stdout and "fedsynth deploy keygen" in res.stdout
+    from cryptography import x509
+    cert = x509.load_pem_x509_certificate((tmp_path / "certs" / "server.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "fedsynth.consortium.example" in san.get_values_for_type(x509.DNSName)
+    res = _cli("deploy", "certs", "--out", "c2", "--nodes", "-1", cwd=tmp_path)
+    assert res.returncode == 2 and "--nodes" in res.stderr and not (tmp_path / "c2").exists()
