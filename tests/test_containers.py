@@ -196,8 +196,8 @@ def test_dockerfile_pins_fedsynth_and_flower_runs_unprivileged_and_enters_fedsyn
     uid, gid = (int(x) for x in user.split(":"))
     assert uid != 0 and gid != 0
     assert f"--uid {uid}" in " ".join(rest for _, rest in st["base"])
-    # entry point: tini, then `fedsynth deploy`; compose/manifests give `superlink ...` / `supernode ...`
-    assert json.loads(one(final, "ENTRYPOINT")) == ["tini", "--", "fedsynth", "deploy"]
+    # entry point: dumb-init (PID 1), then `fedsynth deploy`; compose/manifests give `superlink ...` / `supernode ...`
+    assert json.loads(one(final, "ENTRYPOINT")) == ["dumb-init", "--", "fedsynth", "deploy"]
     from fedsynth.cli import deploy_app
     sub = {c.name for c in deploy_app.registered_commands}
     assert {"superlink", "supernode", "register", "keygen", "certs", "run"} <= sub
@@ -248,7 +248,7 @@ def test_images_and_entrypoints_agree_across_dockerfile_compose_and_manifests():
             m = IMAGE.match(ct["image"])
             assert m and m["version"] == version, (f, ct["image"])
             images.add(ct["image"])
-            assert "command" not in ct, f"{f}: `command` would replace the image's ENTRYPOINT (tini)"
+            assert "command" not in ct, f"{f}: `command` would replace the image's ENTRYPOINT (dumb-init)"
             assert ct["args"][0] == ct["name"] and ct["name"] in ("superlink", "supernode"), f
     assert images == {f"fedsynth:{version}-cpu"}  # one image everywhere
 
