@@ -87,7 +87,10 @@ def one(stage, ins: str) -> str:
 
 
 def pyproject() -> dict:
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib
     return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
