@@ -208,8 +208,8 @@ def test_dockerfile_pins_fedsynth_and_flower_runs_unprivileged_and_enters_fedsyn
     from fedsynth.cli import deploy_app
     sub = {c.name for c in deploy_app.registered_commands}
     assert {"superlink", "supernode", "register", "keygen", "certs", "run"} <= sub
-    # Flower's switches are in the image's environment, as fedsynth.deploy sets them
-    from fedsynth.deploy import FLOWER_ENV
+    # Flower's switches are in the image's environment, as fedsynth.fed.flower.deploy sets them
+    from fedsynth.fed.flower.deploy import FLOWER_ENV
     env = env_of(final)
     for k in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK", "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"):
         assert env[k] == FLOWER_ENV[k]
@@ -265,7 +265,7 @@ def _user_uid() -> int:
 
 
 def test_ports_env_users_and_probes_agree():
-    from fedsynth.deploy import FLOWER_ENV
+    from fedsynth.fed.flower.deploy import FLOWER_ENV
     exposed = {int(p) for p in one(stages()["<final>"], "EXPOSE").split()}
     uid = _user_uid()
     # --- compose: the SuperLink's port is the one published; nodes publish nothing
@@ -430,7 +430,7 @@ def _fake_flower(tmp_path: Path, name: str, tls: bool) -> tuple[subprocess.Popen
         "srv.serve_forever()\n")
     args = ["--host", "0.0.0.0", "--port", str(port)]
     if tls:
-        from fedsynth.deploy import make_certs
+        from fedsynth.fed.flower.deploy import make_certs
         make_certs(tmp_path / "certs", 0)
         args += ["--ssl-certfile", str(tmp_path / "certs" / "server.pem"),
                  "--ssl-keyfile", str(tmp_path / "certs" / "server.key")]

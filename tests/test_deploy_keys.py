@@ -13,7 +13,7 @@ pytest.importorskip("cryptography")
 from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key  # noqa: E402
 
-from fedsynth.deploy import make_node_key  # noqa: E402
+from fedsynth.fed.flower.deploy import make_node_key  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parent.parent / "src")
 
