@@ -413,19 +413,42 @@ def data_split(
 @deploy_app.command("certs")
 def deploy_certs(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for ca.crt, server.pem/.key and keys/node<k>[.pub]."),
-    nodes: int = typer.Option(..., "--nodes", "-n", help="Number of hospitals (one key pair each)."),
+    nodes: int = typer.Option(..., "--nodes", "-n", help="Number of hospitals to make key pairs for (0: each "
+                              "hospital makes its own with `fedsynth deploy keygen`)."),
     name: List[str] = typer.Option([], "--name", help="Extra DNS name or IP of the SuperLink (repeatable)."),
 ) -> None:
-    """Create a CA, the SuperLink's TLS certificate and one SuperNode key pair per hospital."""
+    """Create a CA, the SuperLink's TLS certificate and one SuperNode key pair per hospital (--nodes 0: none)."""
     from .fed.flower.deploy import make_certs
     try:
-        if nodes < 1:
-            raise UserError("--nodes must be at least 1")
+        if nodes < 0:
+            raise UserError("--nodes must be 0 or more (0: hospitals make their own keys with `fedsynth deploy keygen`)")
         files = make_certs(out, nodes, tuple(name))
     except UserError as e:
         _fail(str(e))
-    console.print(f"wrote {len(files)} files to {out}; register each hospital with "
-                  f"`flwr supernode register {out}/keys/node<k>.pub <superlink>`; keep ca.key offline")
+    pub = f"{out}/keys/node<k>.pub" if nodes else "NAME.pub"
+    made = "" if nodes else " (it makes its key pair with `fedsynth deploy keygen` and sends NAME.pub)"
+    console.print(f"wrote {len(files)} files to {out}; register each hospital{made} with "
+                  f"`fedsynth deploy register {pub} [CONNECTION]`; send ca.crt to the hospitals; keep ca.key offline",
+                  highlight=False, markup=False, soft_wrap=True)
+
+
+@deploy_app.command("keygen")
+def deploy_keygen(
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for NAME (private key, 0600) and NAME.pub."),
+    name: str = typer.Option(..., "--name", help="This hospital's key name, e.g. hospital-a."),
+) -> None:
+    """Make this hospital's SuperNode key pair on site (ECDSA P-384, OpenSSH format).
+
+    The private key stays here (flower-supernode --auth-supernode-private-key); send only
+    NAME.pub to the operator, who runs `fedsynth deploy register NAME.pub`. Never overwrites."""
+    from .fed.flower.deploy import make_node_key
+    try:
+        priv, pub = make_node_key(out, name)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"wrote {priv} (private key, mode 0600: keep it on this site) and {pub}; send only {pub} "
+                  f"to the operator (`fedsynth deploy register {pub.name}`)",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 _PASS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -469,7 +492,9 @@ def deploy_supernode(ctx: typer.Context) -> None:
 
 @deploy_app.command("register", context_settings=_PASS)
 def deploy_register(ctx: typer.Context) -> None:
-    """flwr supernode register PUBLIC_KEY SUPERLINK, in fedsynth's Flower environment."""
+    """flwr supernode register PUBLIC_KEY [CONNECTION], in fedsynth's Flower environment.
+
+    CONNECTION names a [superlink.CONNECTION] table of $FLWR_HOME/config.toml (default: its default)."""
     _exec_flower("flwr", ["supernode", "register", *ctx.args])
 
 

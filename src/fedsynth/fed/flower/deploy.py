@@ -10,7 +10,9 @@
                                 operator registers the .pub with `flwr supernode register`,
                                 the hospital keeps the private key for --auth-supernode-private-key
 
-Private keys are written with mode 0600.
+Private keys are written with mode 0600. ``make_node_key(out, name)`` makes one such key pair
+alone, for a hospital that makes its own key on site (``fedsynth deploy keygen``) and sends only
+the ``.pub`` to the operator.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from pathlib import Path
 from ...config import UserError
 
 
-def _write(path: Path, data: bytes, private: bool = False) -> None:
+def _write(path: Path, data: bytes, private: bool = False, exclusive: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
+    fd = os.open(path, flags, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
@@ -72,14 +75,49 @@ def make_certs(out: str | Path, nodes: int, names: tuple[str, ...] = (), days: i
     _write(out / "ca.key", ca_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_enc), private=True)
     _write(out / "server.pem", srv.public_bytes(pem))
     _write(out / "server.key", srv_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, no_enc), private=True)
-    written = [out / "ca.crt", out / "server.pem", out / "server.key"]
+    written = [out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key"]
     for k in range(nodes):
-        key = ec.generate_private_key(ec.SECP384R1())
-        _write(out / "keys" / f"node{k}", key.private_bytes(pem, serialization.PrivateFormat.OpenSSH, no_enc), private=True)
-        _write(out / "keys" / f"node{k}.pub", key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                                           serialization.PublicFormat.OpenSSH))
-        written.append(out / "keys" / f"node{k}.pub")
+        written += _write_node_key(out / "keys", f"node{k}")
     return written
+
+
+def _write_node_key(folder: Path, name: str, exclusive: bool = False) -> list[Path]:
+    """A fresh ECDSA P-384 key pair, OpenSSH format: ``folder/name`` (0600) and ``folder/name.pub``."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    key = ec.generate_private_key(ec.SECP384R1())
+    priv, pub = folder / name, folder / f"{name}.pub"
+    _write(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                   serialization.NoEncryption()), private=True, exclusive=exclusive)
+    _write(pub, key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+           + b"\n", exclusive=exclusive)
+    return [priv, pub]
+
+
+def make_node_key(out: str | Path, name: str) -> tuple[Path, Path]:
+    """One hospital's SuperNode key pair, made on site: ``out/name`` (private, mode 0600; it
+    never leaves the hospital: ``flower-supernode --auth-supernode-private-key``) and
+    ``out/name.pub`` (the only file sent to the operator, for ``fedsynth deploy register``).
+    ECDSA P-384 in OpenSSH format, as :func:`make_certs` makes them. Refuses to overwrite either
+    file; returns (private, public)."""
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:  # pragma: no cover
+        raise UserError("making keys needs cryptography: pip install 'fedsynth[flower]'") from None
+    if not name or name in (".", "..") or "/" in name or os.sep in name or name.startswith("-"):
+        raise UserError(f"--name {name!r}: give a plain file name such as 'hospital-a' (no path)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    priv, pub = out / name, out / f"{name}.pub"
+    for f in (priv, pub):
+        if f.exists() or f.is_symlink():
+            raise UserError(f"{f} already exists; refusing to overwrite a key (move it away or choose another --name)")
+    out.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder: only this user enters it
+    try:
+        return tuple(_write_node_key(out, name, exclusive=True))  # type: ignore[return-value]
+    except FileExistsError as e:  # appeared meanwhile
+        raise UserError(f"{e.filename} already exists; refusing to overwrite a key") from None
 
 
 # ------------------------------------------------------------------ Flower processes
