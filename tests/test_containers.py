@@ -7,11 +7,9 @@ health check, and the pinned versions against pyproject.toml."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import time
