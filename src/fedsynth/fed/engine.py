@@ -133,7 +133,7 @@ def strategy_for(cfg: Config):
     """The strategy ``[fed]`` names, with its parameters."""
     f, pv = cfg.fed, cfg.privacy
     strategy = build_strategy(f.strategy, f.weighted, f.mu, f.dyn_alpha, f.server_lr, f.server_momentum,
-                              f.server_beta1, f.server_beta2, f.server_tau)
+                              f.server_beta1, f.server_beta2, f.server_tau, f.server_bias_correction)
     if pv.robust != "none":
         strategy.robust = {"name": pv.robust, "trim": pv.trim, "byzantine": pv.byzantine, "clip_norm": pv.clip_norm}
     if pv.client_dp:

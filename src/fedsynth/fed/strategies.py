@@ -316,18 +316,35 @@ class FedDyn(FedAvg):
 
 
 class ServerOpt(FedAvg):
-    """FedOpt family: the averaged update ``delta = mean(w_i) - w_g`` (parameters only) is a
-    pseudo-gradient for a server optimiser; buffers are plainly averaged."""
+    """FedOpt family (Reddi et al. 2021, arXiv:2003.00295, Algorithm 2): the averaged update
+    ``delta = mean(w_i) - w_g`` (parameters only) is a pseudo-gradient for a server optimiser;
+    buffers are plainly averaged.
+
+    Parameters
+    ----------
+    lr : float
+        Server learning rate; 0 picks the class's ``default_lr``.
+    momentum : float
+        FedAvgM's server momentum (default 0.9).
+    beta1, beta2, tau : float
+        FedAdam/FedYogi moment decays (0.9, 0.99) and adaptivity (1e-3), as in the paper and Flower.
+    bias_correction : bool
+        FedAdam/FedYogi: scale the step by ``sqrt(1 - beta2^t) / (1 - beta1^t)`` at the t-th
+        server step (Kingma & Ba 2015, arXiv:1412.6980). The paper's Algorithm 2 has none;
+        Flower's FedAdam has it (with ``t`` one ahead), its FedYogi not. Ignored by FedAvgM.
+    """
 
     default_lr = 1.0
 
     def __init__(self, lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, **kw):
+                 tau: float = 1e-3, bias_correction: bool = False, **kw):
         super().__init__(**kw)
         self.lr = lr or self.default_lr
         self.momentum, self.beta1, self.beta2, self.tau = momentum, beta1, beta2, tau
+        self.bias_correction = bias_correction
         self.m: State = {}
         self.v: State = {}
+        self.t = 0   # server steps taken (rounds that aggregated something)
 
     def step(self, k: str, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -337,20 +354,23 @@ class ServerOpt(FedAvg):
             return global_state
         avg = super().aggregate(global_state, updates)
         new = dict(avg)
-        for k in self.param_keys & set(updates[0].weights):
+        self.t += 1
+        for k in sorted(self.param_keys & set(updates[0].weights)):
             delta = avg[k].to(torch.float64) - global_state[k].to(torch.float64)
             new[k] = (global_state[k].to(torch.float64) + self.step(k, delta)).to(global_state[k].dtype)
         return new
 
     def state_dict(self):
-        return {"m": self.m, "v": self.v}
+        return {"m": self.m, "v": self.v, "t": self.t}
 
     def load_state_dict(self, state):
         self.m, self.v = state["m"], state["v"]
+        self.t = int(state.get("t", 0))  # checkpoints from before the counter: never bias-corrected
 
 
 class FedAvgM(ServerOpt):
-    """Server momentum: ``v = beta v + delta; w = w_g + lr v``."""
+    """Server momentum (Hsu et al. 2019, arXiv:1909.06335): ``v = beta v + delta; w = w_g + lr v``.
+    With constant updates the step tends to ``lr / (1 - beta)`` times the FedAvg step."""
 
     name = "fedavgm"
 
@@ -360,7 +380,11 @@ class FedAvgM(ServerOpt):
 
 
 class FedAdam(ServerOpt):
-    """``m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; w = w_g + lr m / (sqrt(v) + tau)``."""
+    """``m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; w = w_g + lr_t m / (sqrt(v) + tau)`` with
+    ``lr_t = lr`` or, with bias correction, ``lr sqrt(1 - b2^t) / (1 - b1^t)``.
+
+    Each weight moves by about ``lr`` per round whatever the size of its update, so ``lr`` must be
+    on the scale of what one round of local training moves a weight (see docs/results.md)."""
 
     name = "fedadam"
     default_lr = 1e-3
@@ -368,12 +392,18 @@ class FedAdam(ServerOpt):
     def _v(self, k, d2):
         return self.beta2 * self.v[k] + (1 - self.beta2) * d2
 
+    def lr_t(self) -> float:
+        """The step size of server step ``self.t`` (1-based)."""
+        if not self.bias_correction:
+            return self.lr
+        return self.lr * (1 - self.beta2 ** self.t) ** 0.5 / (1 - self.beta1 ** self.t)
+
     def step(self, k, delta):
         z = torch.zeros_like(delta)
         self.m[k] = self.beta1 * self.m.get(k, z) + (1 - self.beta1) * delta
         self.v.setdefault(k, z.clone())
         self.v[k] = self._v(k, delta * delta)
-        return self.lr * self.m[k] / (self.v[k].sqrt() + self.tau)
+        return self.lr_t() * self.m[k] / (self.v[k].sqrt() + self.tau)
 
 
 class FedYogi(FedAdam):
@@ -435,7 +465,7 @@ STRATEGIES = ("fedavg", "fedsgd", "fedprox", "fednova", "scaffold", "feddyn", "f
 
 def build_strategy(name: str, weighted: bool = True, mu: float = 0.01, dyn_alpha: float = 0.01,
                    server_lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
-                   tau: float = 1e-3) -> Strategy:
+                   tau: float = 1e-3, bias_correction: bool = False) -> Strategy:
     """``centralized`` is FedAvg over a single client holding all the data."""
     simple = {"fedavg": FedAvg, "centralized": FedAvg, "fedsgd": FedSGD, "fednova": FedNova,
               "scaffold": Scaffold, "fedbn": FedBN, "local": Local, "ensemble": Ensemble}
@@ -447,7 +477,7 @@ def build_strategy(name: str, weighted: bool = True, mu: float = 0.01, dyn_alpha
         return FedDyn(dyn_alpha, weighted=weighted)
     if name in ("fedavgm", "fedadam", "fedyogi"):
         cls = {"fedavgm": FedAvgM, "fedadam": FedAdam, "fedyogi": FedYogi}[name]
-        return cls(server_lr, momentum, beta1, beta2, tau, weighted=weighted)
+        return cls(server_lr, momentum, beta1, beta2, tau, bias_correction, weighted=weighted)
     if name in ("swt", "cwt"):
         return SequentialTransfer(cyclic=name == "cwt", weighted=weighted)
     raise ValueError(f"unknown strategy {name!r}")
