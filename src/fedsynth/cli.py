@@ -178,6 +178,8 @@ def run(
                 raise UserError("--resume takes no --config, --set or --out: the run's own config.toml is used")
             if not (resume / "config.toml").is_file():
                 raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
+            from .report.rundir import claim_for_resume
+            claim_for_resume(resume)  # refused while a live run holds the directory
             config = resume / "config.toml"
         cfg = load_config(config, set_)
     except UserError as e:
