@@ -191,6 +191,7 @@ def run(
     from .data import partition_for
     from .fed import FederatedRun
     from .fed.engine import StopRun
+    from .fed.evaluation import check_enough_images
     from .report import RunDir
     from .utils import set_torch_threads
 
@@ -200,6 +201,7 @@ def run(
         t0 = time.perf_counter()
         data = _load_with_progress(cfg)
         parts = partition_for(cfg, data)
+        check_enough_images(cfg, parts)  # before anything is written
         engine = FederatedRun(cfg, parts)
         if resume is not None:
             from .checkpoint import load_checkpoint
