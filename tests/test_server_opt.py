@@ -49,7 +49,7 @@ def test_fedadam_second_step_bias_corrected_by_hand():
     assert g2["p"].item() == pytest.approx(w1 + lr2 * m / (math.sqrt(v) + 1e-3), rel=1e-6)
     assert g2["bn.running_mean"].item() == pytest.approx(w1 + 1.0)   # buffers averaged, never optimised
     # without the correction the second step is larger (m has warmed up faster than v)
-    plain = _setup(FedAdam(lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3), G0)
+    plain = _setup(FedAdam(lr=0.1, beta1=0.9, beta2=0.99, tau=1e-3, bias_correction=False), G0)
     p2 = plain.aggregate(plain.aggregate(G0, _ups(2.0)), _ups(w1 + 1.0))
     assert p2["p"].item() == pytest.approx(w1 + 0.1 * m / (math.sqrt(v) + 1e-3), rel=1e-6)
 
@@ -85,7 +85,7 @@ def test_fedadam_with_bias_correction_is_torch_adam_on_the_pseudo_gradient():
 
 def test_fedadam_without_bias_correction_differs_from_torch_adam():
     # the same sequence, uncorrected: the steps of rounds 2.. are larger (lr m / sqrt(v) > lr m_hat / sqrt(v_hat))
-    s = FedAdam(lr=0.01, beta1=0.9, beta2=0.99, tau=1e-12)
+    s = FedAdam(lr=0.01, beta1=0.9, beta2=0.99, tau=1e-12, bias_correction=False)
     g = {"p": torch.zeros(1, dtype=torch.float64)}
     s.setup(g, {"p"}, num_clients=1)
     for _ in range(5):
@@ -127,6 +127,6 @@ def test_defaults_and_config_reach_the_strategy():
     s = strategy_for(cfg)
     assert isinstance(s, FedYogi) and s.lr == 0.02 and s.bias_correction is False
     s = strategy_for(load_config(None, ["fed.strategy=fedadam"]))
-    assert s.lr == FedAdam.default_lr
-    assert s.bias_correction is load_config().fed.server_bias_correction
-    assert build_strategy("fedavgm").lr == FedAvgM.default_lr
+    assert (s.lr, s.bias_correction) == (1e-2, True)  # the defaults the server-lr sweep chose
+    assert load_config().fed.server_bias_correction is True and FedYogi().bias_correction is True
+    assert build_strategy("fedavgm").lr == 0.3 and build_strategy("fedyogi").lr == 1e-2
