@@ -93,7 +93,7 @@ def test_fedadam_without_bias_correction_differs_from_torch_adam():
     # constant delta 1: step t = lr (1 - 0.9^t) / sqrt(1 - 0.99^t)
     expect = sum(0.01 * (1 - 0.9 ** t) / math.sqrt(1 - 0.99 ** t) for t in range(1, 6))
     assert g["p"].item() == pytest.approx(expect, rel=1e-9)
-    assert expect > 5 * 0.01 * 1.5   # 1.5x more than bias-corrected Adam's 5 * lr
+    assert expect > 5 * 0.01 * 1.4   # 7.5 lr: 1.5x bias-corrected Adam's 5 lr (test above)
 
 
 @pytest.mark.parametrize("cls", [FedAdam, FedYogi, FedAvgM])
