@@ -214,3 +214,27 @@ def test_resume_refused_while_the_run_lives_and_allowed_after_kill_9(tmp_path, t
     # the OS dropped the killed run's lock with its process: another process can take it at once
     lock_run_dir(out)
     release_run_dir(out)
+
+
+def test_a_sweep_never_deletes_a_variant_a_live_run_is_writing(tmp_path, tiny):
+    from fedsynth.sweep import run_sweep
+    d = tmp_path / "sw" / "a"
+    d.mkdir(parents=True)
+    (d / "config.toml").write_text("")  # unfinished: the sweep would delete and redo it
+    ready, q = FORK.Event(), FORK.Queue()
+
+    def live_run():
+        release_run_dir(d)
+        lock_run_dir(d)
+        ready.set()
+        q.get(timeout=60)  # hold the lock until told to stop
+    p = FORK.Process(target=live_run)
+    p.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(UserError, match=rf"variant a: {d} is in use by a live run \(pid {p.pid}\)"):
+            run_sweep(None, tiny, [("a", ["fed.strategy=fedavg"])], tmp_path / "sw", lambda cfg, out: None)
+        assert (d / "config.toml").is_file()
+    finally:
+        q.put("stop")
+        p.join(30)

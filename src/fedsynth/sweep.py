@@ -263,6 +263,12 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
         d = out / name
         if not _finished(d, cfg.fed.rounds):
             if d.exists():
+                from .report.rundir import RunDirBusy, lock_run_dir
+                try:  # never delete a directory a live run (another sweep) is writing
+                    lock_run_dir(d)
+                except RunDirBusy as e:
+                    raise UserError(f"variant {name}: {d} is in use by a live run ({e.holder}); "
+                                    f"wait for it or use another --out") from None
                 shutil.rmtree(d)
             todo.append((name, cfg))
     if jobs > 1:
