@@ -270,7 +270,7 @@ def _run_quietly(cfg: Config, out: Path) -> None:
 @app.command()
 def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run directory per variant + results."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies, study, clients, noniid."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies, study, clients, noniid, server-lr."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base TOML config."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
     grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
