@@ -64,6 +64,8 @@ def run(
                 raise UserError("--resume takes no --config, --set or --out: the run's own config.toml is used")
             if not (resume / "config.toml").is_file():
                 raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
+            from .report.rundir import claim_for_resume
+            claim_for_resume(resume)  # refused while a live run holds the directory
             config = resume / "config.toml"
         cfg = load_config(config, set_)
     except UserError as e:
@@ -145,7 +147,7 @@ def _run_quietly(cfg: Config, out: Path) -> None:
 @app.command()
 def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run directory per variant + results."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies, study, clients, noniid."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies, study, clients, noniid, server-lr."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base TOML config."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
     grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
@@ -347,9 +349,12 @@ def data_preview(
 def data_inspect(
     source: str = typer.Argument(..., help="A phantom or sample name, or a folder/file path."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Data/preprocess overrides, e.g. preprocess.clahe=0.02."),
-    montage: Optional[Path] = typer.Option(None, "--montage", help="Write a montage PNG here."),
+    montage: Optional[Path] = typer.Option(None, "--montage", "--out", "-o",
+                                           help="Write a montage PNG (8 images per class) to this file."),
 ) -> None:
-    """Counts, classes, raw sizes, intensity statistics and a montage of a data source."""
+    """Counts, classes, raw sizes and intensity statistics of a data source; a montage with --montage.
+
+    Nothing is written unless --montage names a file (prepared data may be cached, as for a run)."""
     import numpy as np
     try:
         from .data.export import source_overrides
@@ -377,10 +382,18 @@ def data_inspect(
         console.print(f"skipped: {len(prov['skipped'])} file(s)")
     if prov.get("cache"):
         console.print(f"cache: {prov['cache']}")
+    if montage is None:
+        console.print("montage: not written (add --montage FILE.png to write one)")
+        return
     from .report.montage import save_class_montage
-    out = montage or Path(f"{Path(source).name or 'data'}-montage.png")
-    save_class_montage(data, out, per_class=8)
-    console.print(f"montage: {out}")
+    try:
+        if montage.is_dir():
+            raise UserError(f"--montage {montage} is a folder; give a file name such as {montage / 'montage.png'}")
+        montage.parent.mkdir(parents=True, exist_ok=True)
+    except UserError as e:
+        _fail(str(e))
+    save_class_montage(data, montage, per_class=8)
+    console.print(f"montage: {montage}")
 
 
 @data_app.command("split")

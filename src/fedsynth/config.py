@@ -141,12 +141,14 @@ class FedConfig:
                       length=0, item=str)
     mu: float = _f(0.01, "fedprox: proximal weight", min=0.0)
     dyn_alpha: float = _f(0.01, "feddyn: regularisation weight", min=0.0, exclusive_min=True)
-    server_lr: float = _f(0.0, "fedavgm/fedadam/fedyogi server learning rate (0: 1.0 for "
-                          "fedavgm, 1e-3 for fedadam/fedyogi)", min=0.0)
+    server_lr: float = _f(0.0, "fedavgm/fedadam/fedyogi server learning rate (0: 0.3 for "
+                          "fedavgm, 1e-2 for fedadam/fedyogi; see docs/results.md)", min=0.0)
     server_momentum: float = _f(0.9, "fedavgm: server momentum", min=0.0, max=1.0)
     server_beta1: float = _f(0.9, "fedadam/fedyogi: beta1", min=0.0, max=1.0)
     server_beta2: float = _f(0.99, "fedadam/fedyogi: beta2", min=0.0, max=1.0)
     server_tau: float = _f(1e-3, "fedadam/fedyogi: adaptivity tau", min=0.0, exclusive_min=True)
+    server_bias_correction: bool = _f(True, "fedadam/fedyogi: Adam's bias correction of the server "
+                                      "step, lr sqrt(1-beta2^t)/(1-beta1^t) at server step t")
     init_from: str = _f("", "start from this checkpoint's global weights (pretrain, then fine-tune)")
     ema: float = _f(0.0, "server-side EMA of the global generator per round (0: off; e.g. 0.5)",
                     min=0.0, max=0.9999)

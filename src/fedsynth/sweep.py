@@ -74,6 +74,21 @@ PRESETS["noniid"] = {
     "variants": [(f"majority-{int(m * 100)}", [f"partition.majority={m}"]) for m in (0.6, 0.7, 0.8, 0.9)],
 }
 
+# issue 18: the server learning rate of FedAdam/FedYogi/FedAvgM, under the `strategies` preset's
+# label skew, scaled to ~15 CPU-minutes on one core: 300 images and 250 local steps per client,
+# evaluation only before training and at the end.
+PRESETS["server-lr"] = {
+    "base": ["data.source=phantom-histo", "data.image-size=32", "data.num-images=1200", "partition.clients=4",
+             "partition.scheme=label-skew", "partition.majority=0.9", "fed.rounds=10", "fed.local-steps=25",
+             "eval.every=0", "eval.num-samples=300", "eval.per-site=false"],
+    "variants": [("fedavg", ["fed.strategy=fedavg"])]
+    + [(f"{s}-lr{lr}", [f"fed.strategy={s}", f"fed.server-lr={lr}", "fed.server-bias-correction=true"])
+       for s in ("fedadam", "fedyogi") for lr in ("1e-3", "1e-2", "3e-2", "1e-1")]
+    + [("fedadam-lr1e-2-nobc", ["fed.strategy=fedadam", "fed.server-lr=1e-2", "fed.server-bias-correction=false"])]
+    + [(f"fedavgm-lr{lr}", ["fed.strategy=fedavgm", f"fed.server-lr={lr}", "fed.server-momentum=0.9"])
+       for lr in ("0.1", "0.3", "1.0")],
+}
+
 
 def study_figure(out: Path) -> Path | None:
     """The FedAvg-DCGAN study's figure: rows = modality, columns = aggregation period; per-client
@@ -248,6 +263,12 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
         d = out / name
         if not _finished(d, cfg.fed.rounds):
             if d.exists():
+                from .report.rundir import RunDirBusy, lock_run_dir
+                try:  # never delete a directory a live run (another sweep) is writing
+                    lock_run_dir(d)
+                except RunDirBusy as e:
+                    raise UserError(f"variant {name}: {d} is in use by a live run ({e.holder}); "
+                                    f"wait for it or use another --out") from None
                 shutil.rmtree(d)
             todo.append((name, cfg))
     if jobs > 1:

@@ -21,13 +21,45 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import EvalConfig
+from ..config import EvalConfig, UserError
 from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, fd_from_stats, kernel_inception_distance
 from ..updates import State
 from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
 KID_MAX_REAL = 2000  # real features kept per client for KID
+MIN_REAL_PER_SITE = 2  # a Frechet distance needs the real features' covariance: at least 2 images
+
+
+def _too_few(sizes: dict[str, int]) -> str | None:
+    """The one-line complaint if a site has fewer real images than evaluation needs, else None."""
+    small = [(cid, n) for cid, n in sizes.items() if n < MIN_REAL_PER_SITE]
+    if not small:
+        return None
+    k, total = len(sizes), sum(sizes.values())
+    where = ", ".join(f"site {cid} has {n}" for cid, n in small[:3]) + (", ..." if len(small) > 3 else "")
+    fewer = "" if k == 1 else " (or fewer sites: partition.clients)"
+    return (f"too few images to evaluate: {where} of {total} image(s) over {k} site(s); evaluation scores every "
+            f"site against its own real images and a Frechet distance needs at least {MIN_REAL_PER_SITE} of "
+            f"them per site, so at least {MIN_REAL_PER_SITE * k} images here{fewer}; "
+            f"or set eval.enabled = false to train without evaluation")
+
+
+def check_enough_images(cfg, parts: list[ImageSet]) -> None:
+    """Refuse, before a run writes anything, data that evaluation cannot score: every site
+    (the pooled one for ``centralized``) needs ``MIN_REAL_PER_SITE`` real images. Splitting
+    needs one image per site (:func:`fedsynth.data.partition` says so itself)."""
+    if not cfg.eval.enabled:
+        return
+    if cfg.fed.strategy == "centralized":
+        sizes = {"pooled": sum(len(p) for p in parts)}
+    else:
+        sizes = {str(k): len(p) for k, p in enumerate(parts)}
+    msg = _too_few(sizes)
+    if msg:
+        raise UserError(msg)
+
+
 
 
 @dataclass
@@ -92,6 +124,9 @@ class Evaluator:
                  class_counts: dict[str, np.ndarray], model: Any, seed: int):
         self.cfg, self.extractor, self.seed, self.model = cfg, extractor, seed, model
         self.conditional = model.conditional
+        msg = _too_few({cid: r.stats.n for cid, r in real.items()})
+        if msg:  # callers that did not check first (a sweep, a Flower server) still get a clear error
+            raise UserError(msg)
         self.real = real
         merged = None
         for r in self.real.values():

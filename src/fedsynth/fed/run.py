@@ -44,8 +44,10 @@ def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[
     """The default engine: load and partition the configured data, every client in this process."""
     def build(cfg: Config, reporter: Reporter) -> Federation:
         from ..data import load_dataset, partition_for
+        from .evaluation import check_enough_images
         data = load_dataset(cfg, progress)
         parts = partition_for(cfg, data)
+        check_enough_images(cfg, parts)  # before anything is written
         fed = build_in_process(cfg, parts, reporter)
         fed.description = ("partition.json", partition_info(cfg.partition.scheme, parts, data))
         fed.data_info = {"images": len(data), "size": data.size, "skipped": data.provenance.get("skipped", [])}
@@ -77,6 +79,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
     ck = None
     if resume is not None:
         from ..checkpoint import latest_checkpoint
+        from ..report.rundir import claim_for_resume
+        claim_for_resume(resume)  # refused while a live run holds the directory
         try:
             ck, skipped = latest_checkpoint(resume)
         except UserError as e:

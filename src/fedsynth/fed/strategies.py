@@ -279,23 +279,42 @@ class FedDyn(FedAvg):
 
 
 class ServerOpt(FedAvg):
-    """FedOpt family: the averaged update ``delta = mean(w_i) - w_g`` (parameters only) is a
-    pseudo-gradient for a server optimiser; buffers are plainly averaged."""
+    """FedOpt family (Reddi et al. 2021, arXiv:2003.00295, Algorithm 2): the averaged update
+    ``delta = mean(w_i) - w_g`` (parameters only) is a pseudo-gradient for a server optimiser;
+    buffers are plainly averaged.
+
+    Parameters
+    ----------
+    lr : float
+        Server learning rate; 0 picks the class's ``default_lr`` (FedAvgM 0.3, FedAdam/FedYogi
+        1e-2: chosen by the server-learning-rate sweep in docs/results.md).
+    momentum : float
+        FedAvgM's server momentum (default 0.9).
+    beta1, beta2, tau : float
+        FedAdam/FedYogi moment decays (0.9, 0.99) and adaptivity (1e-3), as in the paper and Flower.
+    bias_correction : bool
+        FedAdam/FedYogi (default True): scale the step by ``sqrt(1 - beta2^t) / (1 - beta1^t)``
+        at the t-th server step (Kingma & Ba 2015, arXiv:1412.6980), so that each weight moves
+        by about ``lr`` from the first round on. The paper's Algorithm 2 has none; Flower's
+        FedAdam has it (with ``t`` one ahead), its FedYogi not. Ignored by FedAvgM.
+    """
 
     default_lr = 1.0
 
     def __init__(self, lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, **kw):
+                 tau: float = 1e-3, bias_correction: bool = True, **kw):
         super().__init__(**kw)
         self.lr = lr or self.default_lr
         self.momentum, self.beta1, self.beta2, self.tau = momentum, beta1, beta2, tau
+        self.bias_correction = bias_correction
         self.m: State = {}
         self.v: State = {}
+        self.t = 0   # server steps taken (rounds that aggregated something)
 
     @classmethod
     def from_config(cls, fed):
         return cls(fed.server_lr, fed.server_momentum, fed.server_beta1, fed.server_beta2, fed.server_tau,
-                   weighted=fed.weighted)
+                   bias_correction=fed.server_bias_correction, weighted=fed.weighted)
 
     def step(self, k: str, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -305,22 +324,27 @@ class ServerOpt(FedAvg):
             return global_state
         avg = super().aggregate(global_state, updates, rng, average)
         new = dict(avg)
-        for k in self.param_keys & set(updates[0].weights):
+        self.t += 1
+        for k in sorted(self.param_keys & set(updates[0].weights)):
             delta = avg[k].to(torch.float64) - global_state[k].to(torch.float64)
             new[k] = (global_state[k].to(torch.float64) + self.step(k, delta)).to(global_state[k].dtype)
         return new
 
     def state_dict(self):
-        return {"m": self.m, "v": self.v}
+        return {"m": self.m, "v": self.v, "t": self.t}
 
     def load_state_dict(self, state):
         self.m, self.v = state["m"], state["v"]
+        self.t = int(state.get("t", 0))  # checkpoints from before the counter: never bias-corrected
 
 
 class FedAvgM(ServerOpt):
-    """Server momentum: ``v = beta v + delta; w = w_g + lr v``."""
+    """Server momentum (Hsu et al. 2019, arXiv:1909.06335): ``v = beta v + delta; w = w_g + lr v``.
+    With constant updates the step tends to ``lr / (1 - beta)`` times the FedAvg step: 3x with
+    the defaults (lr 0.3, beta 0.9); Flower's lr 1.0 with beta 0.9 (10x) diverged in the sweep."""
 
     name = "fedavgm"
+    default_lr = 0.3
 
     def step(self, k, delta):
         self.m[k] = self.momentum * self.m.get(k, torch.zeros_like(delta)) + delta
@@ -328,20 +352,30 @@ class FedAvgM(ServerOpt):
 
 
 class FedAdam(ServerOpt):
-    """``m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; w = w_g + lr m / (sqrt(v) + tau)``."""
+    """``m = b1 m + (1-b1) d; v = b2 v + (1-b2) d^2; w = w_g + lr_t m / (sqrt(v) + tau)`` with
+    ``lr_t = lr`` or, with bias correction, ``lr sqrt(1 - b2^t) / (1 - b1^t)``.
+
+    Each weight moves by about ``lr`` per round whatever the size of its update, so ``lr`` must be
+    on the scale of what one round of local training moves a weight (see docs/results.md)."""
 
     name = "fedadam"
-    default_lr = 1e-3
+    default_lr = 1e-2
 
     def _v(self, k, d2):
         return self.beta2 * self.v[k] + (1 - self.beta2) * d2
+
+    def lr_t(self) -> float:
+        """The step size of server step ``self.t`` (1-based)."""
+        if not self.bias_correction:
+            return self.lr
+        return self.lr * (1 - self.beta2 ** self.t) ** 0.5 / (1 - self.beta1 ** self.t)
 
     def step(self, k, delta):
         z = torch.zeros_like(delta)
         self.m[k] = self.beta1 * self.m.get(k, z) + (1 - self.beta1) * delta
         self.v.setdefault(k, z.clone())
         self.v[k] = self._v(k, delta * delta)
-        return self.lr * self.m[k] / (self.v[k].sqrt() + self.tau)
+        return self.lr_t() * self.m[k] / (self.v[k].sqrt() + self.tau)
 
 
 class FedYogi(FedAdam):
@@ -419,13 +453,13 @@ STRATEGIES = STRATEGY_NAMES.names()
 
 def build_strategy(name: str, weighted: bool = True, mu: float = 0.01, dyn_alpha: float = 0.01,
                    server_lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
-                   tau: float = 1e-3) -> Strategy:
+                   tau: float = 1e-3, bias_correction: bool = True) -> Strategy:
     """The strategy registered as ``name`` (:data:`fedsynth.registry.STRATEGIES`) with these
     parameters (the ``[fed]`` keys of the same names; tests and scripts)."""
     from ..config import FedConfig
     return STRATEGY_NAMES.load(name).from_config(FedConfig(
         strategy=name, weighted=weighted, mu=mu, dyn_alpha=dyn_alpha, server_lr=server_lr, server_momentum=momentum,
-        server_beta1=beta1, server_beta2=beta2, server_tau=tau))
+        server_beta1=beta1, server_beta2=beta2, server_tau=tau, server_bias_correction=bias_correction))
 
 
 def strategy_from_config(fed, privacy=None) -> Strategy:

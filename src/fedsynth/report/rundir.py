@@ -13,13 +13,22 @@ Layout (written in this order)::
 
 Every file is written atomically (temp file + rename): a killed run leaves the previous
 complete version, never a half-written one.
+
+One run owns one directory. Creating it is exclusive (``mkdir`` without ``exist_ok``, or, for an
+existing empty ``--out``, a claim made under the lock below), and a directory that already holds
+anything is refused. While a run is live it holds an advisory lock, ``fcntl.flock`` on the
+file ``.lock`` inside the directory, for the rest of its process's life; the OS drops it when the
+process ends, however it ends (even ``kill -9``), so a lock never outlives its run. A second run
+-- a new one with the same ``--out``, or ``--resume`` -- is refused while the lock is held.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +41,83 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-zA-Z0-9.]+", "-", text).strip("-").lower()[:60] or "run"
 
 
+LOCK_NAME = ".lock"
+
+# Locks this process holds, by resolved directory: held for the process's life (the OS releases
+# them when it ends). A process may reopen a directory it already owns (a run, then its resume,
+# in one Python session); every other process is refused.
+_HELD: dict[str, int] = {}
+
+
+class RunDirBusy(Exception):
+    """Another live process holds this run directory's lock."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is in use by a live run ({holder})")
+        self.path, self.holder = path, holder
+
+
+def lock_run_dir(path: str | Path) -> None:
+    """Take ``path/.lock`` for the rest of this process's life, or raise :class:`RunDirBusy`.
+
+    ``flock`` is advisory and tied to the open file: it needs no clean-up, and a killed
+    process's lock vanishes with the process. The lock file itself is never removed (removing
+    it would let two processes lock two different files of the same name)."""
+    path = Path(path)
+    key = str(path.resolve())
+    if key in _HELD:
+        try:
+            if os.path.samestat(os.fstat(_HELD[key]), os.stat(path / LOCK_NAME)):
+                return
+        except OSError:
+            pass
+        release_run_dir(path)  # the directory was removed and made again: lock the new one
+    fd = os.open(path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): exclusivity rests on mkdir alone
+        _HELD[key] = fd
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        try:
+            for _ in range(40):  # the holder writes its pid just after it locks
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+                if holder:
+                    break
+                time.sleep(0.005)
+        finally:
+            os.close(fd)
+        raise RunDirBusy(path, holder or "process id not written yet") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+    _HELD[key] = fd
+
+
+def release_run_dir(path: str | Path) -> None:
+    """Give up this process's lock on ``path`` early (a library caller done with a run)."""
+    fd = _HELD.pop(str(Path(path).resolve()), None)
+    if fd is not None:
+        os.close(fd)  # closing the file releases the flock
+
+
+def claim_for_resume(path: str | Path) -> None:
+    """Lock an existing run directory to continue it; a :class:`UserError` if a live run has it."""
+    from ..config import UserError
+    try:
+        lock_run_dir(path)
+    except RunDirBusy as e:
+        raise UserError(f"--resume {path}: a live run ({e.holder}) is still writing this directory; "
+                        f"wait for it to finish or stop it first") from None
+    except OSError as e:
+        raise UserError(f"--resume {path}: cannot lock the directory: {e}") from None
+
+
+def _contents(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if p.name != LOCK_NAME)
+
+
 class RunDir:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -40,7 +126,8 @@ class RunDir:
 
     @classmethod
     def create(cls, parent: str | Path, desc: str) -> "RunDir":
-        """A new numbered directory ``parent/NNNN-desc`` (the number is one past the highest)."""
+        """A new numbered directory ``parent/NNNN-desc`` (the number is one past the highest),
+        created exclusively and locked."""
         parent = Path(parent)
         parent.mkdir(parents=True, exist_ok=True)
         while True:
@@ -48,24 +135,49 @@ class RunDir:
             path = parent / f"{max(nums, default=-1) + 1:04d}-{_slug(desc)}"
             try:
                 path.mkdir()
-                return cls(path)
             except FileExistsError:  # another run took this number: try the next
                 continue
+            try:
+                lock_run_dir(path)
+            except RunDirBusy:  # an --out naming this very path got in first: it is theirs
+                continue
+            return cls(path)
 
     @classmethod
     def at(cls, path: str | Path) -> "RunDir":
-        """Use exactly ``path`` (``--out DIR``); it must not hold an earlier run."""
+        """Use exactly ``path`` (``--out DIR``): created, or an existing empty directory; in both
+        cases claimed under its lock, so of two runs started together exactly one gets it."""
+        from ..config import UserError
         path = Path(path)
-        if (path / "config.toml").exists():
-            from ..config import UserError
-            raise UserError(f"--out {path} already holds a run (config.toml exists); choose another directory")
-        path.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            if not path.is_dir():
+                raise UserError(f"--out {path} exists and is not a directory") from None
+        try:
+            lock_run_dir(path)
+        except RunDirBusy as e:
+            raise UserError(f"--out {path} is in use by another live run ({e.holder}); "
+                            f"choose another directory") from None
+        except OSError as e:
+            raise UserError(f"--out {path}: cannot lock the directory: {e}") from None
+        held = _contents(path)
+        if held:
+            release_run_dir(path)
+            if "config.toml" in held:
+                raise UserError(f"--out {path} already holds a run (config.toml exists); choose another "
+                                f"directory, or continue it with --resume {path}")
+            raise UserError(f"--out {path} is not empty ({', '.join(held[:3])}{', ...' if len(held) > 3 else ''}): "
+                            f"a half-created run or other files; choose another directory")
         return cls(path)
 
     @classmethod
     def reopen(cls, path: str | Path, upto_round: int) -> "RunDir":
         """An existing run directory, its records cut back to ``upto_round`` (the last
-        checkpoint): anything written after it belongs to the round that was lost."""
+        checkpoint): anything written after it belongs to the round that was lost. Refused while
+        another live process holds the directory's lock."""
+        claim_for_resume(path)
         rd = cls(Path(path))
         if (rd.path / "metrics.jsonl").is_file():
             rd.records = [r for r in read_metrics(rd.path) if r["round"] <= upto_round]
