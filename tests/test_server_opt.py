@@ -8,7 +8,7 @@ import torch
 
 from fedsynth.config import load_config
 from fedsynth.fed import ClientUpdate
-from fedsynth.fed.engine import strategy_for
+from fedsynth.fed.strategies import strategy_from_config
 from fedsynth.fed.strategies import FedAdam, FedAvgM, FedYogi, build_strategy
 
 
@@ -124,9 +124,9 @@ def test_old_checkpoint_without_step_counter_loads():
 
 def test_defaults_and_config_reach_the_strategy():
     cfg = load_config(None, ["fed.strategy=fedyogi", "fed.server-lr=0.02", "fed.server-bias-correction=false"])
-    s = strategy_for(cfg)
+    s = strategy_from_config(cfg.fed, cfg.privacy)
     assert isinstance(s, FedYogi) and s.lr == 0.02 and s.bias_correction is False
-    s = strategy_for(load_config(None, ["fed.strategy=fedadam"]))
+    s = strategy_from_config(load_config(None, ["fed.strategy=fedadam"]).fed)
     assert (s.lr, s.bias_correction) == (1e-2, True)  # the defaults the server-lr sweep chose
     assert load_config().fed.server_bias_correction is True and FedYogi().bias_correction is True
     assert build_strategy("fedavgm").lr == 0.3 and build_strategy("fedyogi").lr == 1e-2
