@@ -116,10 +116,10 @@ def run(
                                   in_process(lambda d, t: progress.update(task, completed=d, total=t)),
                                   on_start=lambda *a: (progress.update(task, visible=False), started(*a)))
         except UserError as e:
-            progress.stop()
+            _stop_progress(progress)
             _fail(str(e))
         except (KeyboardInterrupt, StopRun):
-            progress.stop()
+            _stop_progress(progress)
             rd = state.get("run_dir")
             where = f"; rounds up to the last checkpoint are kept: fedsynth run --resume {rd.path}" if rd else ""
             err_console.print(f"stopped{where}")
@@ -135,6 +135,13 @@ def run(
         console.print(summary_table(result.records, ev.metric, ev.kid_metric))
     console.print(f"done in {result.seconds:.0f}s. Results: [cyan]{run_dir.path}[/] "
                   f"(report.html, metrics.jsonl, fd.png, samples/, checkpoints/)", highlight=False)
+
+
+def _stop_progress(progress: Progress) -> None:
+    """Stop the bars and take them off the screen (an error or a stop is the last word)."""
+    for t in progress.task_ids:
+        progress.update(t, visible=False)
+    progress.stop()
 
 
 def _run_quietly(cfg: Config, out: Path) -> None:
