@@ -84,6 +84,7 @@ def test_check_counts_the_pooled_site_for_centralized():
 
 
 def test_evaluator_refuses_a_site_with_one_image_clearly():
+    from fedsynth.models import build_model
     """Callers that do not check first (sweeps, the Flower server) get the same UserError,
     not numpy's covariance ValueError."""
     ext = build_extractor("random")
@@ -92,4 +93,4 @@ def test_evaluator_refuses_a_site_with_one_image_clearly():
             "1": RealStats(FeatureStats.of(gen.random((1, ext.dims))), None)}
     counts = {"0": np.array([5]), "1": np.array([1])}
     with pytest.raises(UserError, match="site 1 has 1 of 6 image"):
-        Evaluator.from_stats(load_config().eval, ext, real, counts, nz=8, seed=0)
+        Evaluator(load_config().eval, ext, real, counts, build_model(load_config(), 16, 1, 1), seed=0)
