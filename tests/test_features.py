@@ -73,7 +73,7 @@ def test_effnet_fd_equals_torchmetrics_fid_with_it_as_feature_module(effnet):
     tm.update(real, real=True)
     tm.update(fake, real=False)
     assert effnet.metric == "fd-effnet" and effnet.dims == 1280
-    assert ours > 1.0 and ours == pytest.approx(float(tm.compute()), rel=1e-5)
+    assert ours > 1.0 and ours == pytest.approx(float(tm.compute()), rel=1e-6)  # torchmetrics returns float32
 
 
 @pytest.mark.parametrize("kind", ["random", "effnet-lite0"])
