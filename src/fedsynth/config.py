@@ -167,9 +167,10 @@ class EvalConfig:
     every: int = _f(1, "evaluate every N rounds (0: only before training and at the end)", min=0)
     num_samples: int = _f(1000, "generated images per Frechet distance", min=2)
     max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
-    feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a "
-                                "frozen random network), inception, or random",
-                                choices=EXTRACTORS.names())
+    feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a frozen random "
+                                "network), inception (FID), effnet-lite0 (fd-effnet), dinov2 (fd-dinov2), xrv "
+                                "(chest X-ray DenseNet, fd-xrv), or random (fd-random); `fedsynth weights fetch "
+                                "NAME` gets weights", choices=EXTRACTORS.names())
     inception_weights: str = _f("", "path to the FID Inception weights "
                                 "(weights-inception-2015-12-05-6726825d.pth); never downloaded")
     kid_subsets: int = _f(50, "KID: number of random subsets", min=1)

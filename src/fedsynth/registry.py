@@ -107,6 +107,9 @@ LOSSES = Registry("train.loss", [
 EXTRACTORS = Registry("eval.feature-extractor", [
     Entry("auto", "", "Inception if its weights are on disk, else the random network"),
     Entry("inception", "metrics.features:InceptionFeatures", "the standard FID Inception-v3 (local weights file)"),
+    Entry("effnet-lite0", "metrics.features:EffNetLite0Features", "ImageNet EfficientNet-Lite0 (fd-effnet; weights ship in a package)"),
+    Entry("dinov2", "metrics.features:DinoV2Features", "DINOv2 ViT-L/14 (fd-dinov2; weights from the cache)"),
+    Entry("xrv", "metrics.features:XrvFeatures", "torchxrayvision's chest-radiograph DenseNet (fd-xrv; weights from the cache)"),
     Entry("random", "metrics.features:RandomConvFeatures", "a frozen, seeded random conv net (fd-random, not FID)"),
 ])
 
@@ -131,3 +134,17 @@ ROBUST_RULES = Registry("privacy.robust", [
     Entry("multi-krum", "privacy.robust:RobustAggregation", "Multi-Krum (Blanchard et al. 2017)"),
     Entry("clip", "privacy.robust:RobustAggregation", "norm clipping, then the mean (Sun et al. 2019)"),
 ])
+
+
+def is_fd_metric(metric: str) -> bool:
+    """A Frechet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary)."""
+    return (metric == "fid" or metric.startswith("fd-")) and "-sites-" not in metric
+
+
+def is_kid_metric(metric: str) -> bool:
+    return (metric == "kid" or metric.startswith("kid-")) and "-sites-" not in metric
+
+
+def kid_metric(fd_metric: str) -> str:
+    """The KID metric measured with the same network: fid -> kid, fd-random -> kid-random."""
+    return "kid" if fd_metric == "fid" else "kid-" + fd_metric[3:]

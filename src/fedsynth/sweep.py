@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import UserError, load_config
+from .registry import is_fd_metric
 from .report import read_metrics
 from .utils import atomic_write_text
 
@@ -198,14 +199,14 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def _finished(run: Path, rounds: int) -> bool:
     try:
-        return any(r["round"] == rounds and r["metric"] in ("fid", "fd-random") for r in read_metrics(run))
+        return any(r["round"] == rounds and is_fd_metric(r["metric"]) for r in read_metrics(run))
     except (OSError, ValueError):
         return False
 
 
 def summarise(run: Path) -> dict[str, Any]:
     recs = read_metrics(run)
-    fd = [r for r in recs if r["metric"] in ("fid", "fd-random")]
+    fd = [r for r in recs if is_fd_metric(r["metric"])]
     last = max(r["round"] for r in fd)
     at_last = [r for r in fd if r["round"] == last]
     glob = [r["value"] for r in at_last if r["client"] == "global" and r.get("real") == "union"]

@@ -1,11 +1,15 @@
-"""Metrics: feature extractors, mergeable statistics, Frechet distance and KID."""
+"""Metrics: feature extractors, mergeable statistics, Frechet distance, KID, precision/recall
+and the per-sample realism score."""
 
-from .features import (FeatureExtractor, InceptionFeatures, RandomConvFeatures, build_extractor,
-                       find_inception_weights)
+from .features import (KINDS, DinoV2Features, EffNetLite0Features, FeatureExtractor, InceptionFeatures,
+                       RandomConvFeatures, XrvFeatures, build_extractor, find_inception_weights)
 from .prdc import prdc
+from .realism import realism_scores, realism_summary
 from .stats import FeatureStats, fd_from_stats, frechet_distance, kernel_inception_distance
 from .swd import laplacian_pyramid, sliced_wasserstein
 
-__all__ = ["FeatureExtractor", "RandomConvFeatures", "InceptionFeatures", "build_extractor",
+__all__ = ["FeatureExtractor", "RandomConvFeatures", "InceptionFeatures", "EffNetLite0Features",
+           "DinoV2Features", "XrvFeatures", "KINDS", "build_extractor",
            "find_inception_weights", "FeatureStats", "frechet_distance", "fd_from_stats",
-           "kernel_inception_distance", "prdc", "sliced_wasserstein", "laplacian_pyramid"]
+           "kernel_inception_distance", "prdc", "realism_scores", "realism_summary",
+           "sliced_wasserstein", "laplacian_pyramid"]

@@ -35,8 +35,9 @@ def _curves(records: list[dict[str, Any]]) -> str:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fd_metric = next((r["metric"] for r in records if r["metric"] in ("fid", "fd-random")), None)
-    kid_metric = {"fid": "kid", "fd-random": "kid-random"}.get(fd_metric)
+    from ..registry import is_fd_metric, kid_metric as kid_of
+    fd_metric = next((r["metric"] for r in records if is_fd_metric(r["metric"])), None)
+    kid_metric = kid_of(fd_metric) if fd_metric else None
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.2), dpi=100)
     panels = [(axes[0, 0], fd_metric, "per client (own data) and global (union)", lambda k: not k.startswith("global on")),
               (axes[0, 1], kid_metric, "KID", lambda k: not k.startswith("global on")),
@@ -73,7 +74,8 @@ def _curves(records: list[dict[str, Any]]) -> str:
 
 
 def _final_table(records: list[dict[str, Any]]) -> str:
-    fd = [r for r in records if r["metric"] in ("fid", "fd-random", "kid", "kid-random")]
+    from ..registry import is_fd_metric, is_kid_metric
+    fd = [r for r in records if is_fd_metric(r["metric"]) or is_kid_metric(r["metric"])]
     if not fd:
         return "<p>No evaluation records.</p>"
     last = max(r["round"] for r in fd)

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
+from ..registry import is_fd_metric
 from ..utils import atomic_write_bytes
 
 
@@ -24,7 +25,7 @@ def fd_series(records: list[dict[str, Any]], metric: str | None = None) -> dict[
     """Frechet-distance (or ``metric``) values per series, sorted by round."""
     out: dict[str, list[tuple[int, float]]] = {}
     for r in records:
-        if (metric is None and r["metric"] in ("fid", "fd-random")) or r["metric"] == metric:
+        if (metric is None and is_fd_metric(r["metric"])) or r["metric"] == metric:
             out.setdefault(series_name(r), []).append((r["round"], r["value"]))
     return {k: sorted(v) for k, v in out.items()}
 
@@ -36,7 +37,7 @@ def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") ->
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    fd = [r for r in records if r["metric"] in ("fid", "fd-random")]
+    fd = [r for r in records if is_fd_metric(r["metric"])]
     if not fd:
         return None
     metric = fd[0]["metric"]

@@ -41,7 +41,8 @@ class RichReporter:
         if self.rounds_task is not None and r > 0:
             self.p.update(self.rounds_task, completed=r)
         from .plots import series_name
-        fd = [x for x in records if x["metric"] in ("fid", "fd-random")]
+        from ..registry import is_fd_metric
+        fd = [x for x in records if is_fd_metric(x["metric"])]
         if fd:
             parts = [f"{series_name(x).replace(' ', '-')}={x['value']:.2f}" for x in fd]
             self.c.print(f"round {r:>3}  {fd[0]['metric']}: " + "  ".join(parts), highlight=False)

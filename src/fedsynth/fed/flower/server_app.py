@@ -36,6 +36,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.serverapp import Grid, ServerApp
 
 from ...config import UserError, build_config, load_config
+from ...registry import is_fd_metric
 
 POLL_S = 0.05  # how often the server asks the SuperLink for replies
 
@@ -325,7 +326,7 @@ class _Progress:
         if r == 0:
             return
         fd = [x for x in records if x.get("client") == "global" and x.get("real") == "union"
-              and x["metric"] in ("fid", "fd-random")]
+              and is_fd_metric(x["metric"])]
         n = sum(1 for x in records if x["metric"] == "bytes-sent")
         _say(f"round {r}/{self.rounds}: {n} update(s), {time.perf_counter() - self.t0:.1f} s"
              + (f", global {fd[0]['metric']} {fd[0]['value']:.4g}" if fd else ""))
@@ -367,8 +368,7 @@ def _serve(grid: Grid, context: Context) -> None:
     extractor = None
     if cfg.eval.enabled:  # the nodes must use exactly the server's extractor
         extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
-        kind = "inception" if extractor.metric == "fid" else "random"
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=kind))
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor.kind))
 
     def engine(cfg, reporter) -> Federation:
         pool = FlowerClients(grid, cfg, int(rc["clients"]), float(rc.get("round-timeout", 3600)),
