@@ -8,21 +8,70 @@ import time
 from pathlib import Path
 from typing import Any, List, Optional
 
+import click
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
+from typer.core import TyperGroup
 
 from .report.terminal import PROGRESS_COLUMNS, RichReporter, partition_table, summary_table
 
 from .config import Config, UserError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Federated GANs for medical image synthesis.")
-data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect built-in and local data.")
+
+def _keep_argument_help() -> None:
+    """Keep ``typer.Argument(help=...)`` on screen with Click 8.5+.
+
+    Click 8.5 gave ``click.Argument`` a ``help`` of its own: Typer sets the help and then calls
+    Click's constructor, which sets it back to None, so every argument (evaluate's REAL and FAKE,
+    report's RUN_DIR, ...) lost its help line. Setting it again after the constructor is a no-op
+    with an older Click.
+    """
+    from typer.core import TyperArgument
+    init = TyperArgument.__init__
+    if getattr(init, "_keeps_help", False):
+        return
+
+    def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:
+        init(self, *args, help=help, **kwargs)
+        self.help = help
+
+    __init__._keeps_help = True  # type: ignore[attr-defined]
+    TyperArgument.__init__ = __init__  # type: ignore[method-assign]
+
+
+_keep_argument_help()
+
+
+class _Group(TyperGroup):
+    """A command group that suggests one command for a typo.
+
+    Click 8.2+ adds "Did you mean 'run'?" to its own error and Typer appended the same again;
+    Typer's suggestion is kept only for an older Click that makes none.
+    """
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        try:
+            return click.Group.resolve_command(self, ctx, args)
+        except click.UsageError as e:
+            if getattr(e, "possibilities", None) or not self.suggest_commands:
+                raise
+        return super().resolve_command(ctx, args)  # raises again, with Typer's suggestion
+
+
+def _typer(help: str) -> typer.Typer:
+    """A command group: help for no arguments, one suggestion per typo."""
+    return typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
+                       pretty_exceptions_enable=False, help=help)
+
+
+app = _typer("Federated GANs for medical image synthesis.")
+data_app = _typer("Inspect built-in and local data.")
 app.add_typer(data_app, name="data")
-deploy_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Helpers for a Flower deployment.")
+deploy_app = _typer("Helpers for a Flower deployment.")
 app.add_typer(deploy_app, name="deploy")
 
 console = Console()
@@ -31,7 +80,8 @@ err_console = Console(stderr=True)
 
 def _fail(msg: str, code: int = 2) -> None:
     first = str(msg).strip().splitlines()[0] if str(msg).strip() else "error"
-    err_console.print(f"[bold red]error:[/] {first}", highlight=False, markup=True, soft_wrap=True)
+    # the message is text, not rich markup: "known in [fed]: ..." must keep its [fed]
+    err_console.print(f"[bold red]error:[/] {escape(first)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -433,8 +483,7 @@ def data_split(
 
 
 # --- fedsynth weights: feature-network weights in the folders their libraries read -------------
-weights_app = typer.Typer(add_completion=False, no_args_is_help=True,
-                          help="Feature-network weights: list what is cached, fetch once (checked).")
+weights_app = _typer("Feature-network weights: list what is cached, fetch once (checked).")
 app.add_typer(weights_app, name="weights")
 
 
@@ -603,7 +652,7 @@ def main() -> None:
     try:
         app()
     except UserError as e:  # any user error that escaped a command
-        err_console.print(f"[bold red]error:[/] {str(e).splitlines()[0]}")
+        err_console.print(f"[bold red]error:[/] {escape(str(e).splitlines()[0])}", highlight=False)
         sys.exit(2)
 
 
