@@ -63,9 +63,10 @@ class _Group(TyperGroup):
 
 
 def _typer(help: str) -> typer.Typer:
-    """A command group: help for no arguments, one suggestion per typo."""
+    """A command group: -h as well as --help, help for no arguments, one suggestion per typo."""
     return typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
-                       pretty_exceptions_enable=False, help=help)
+                       pretty_exceptions_enable=False, help=help,
+                       context_settings={"help_option_names": ["-h", "--help"]})
 
 
 app = _typer("Federated GANs for medical image synthesis.")
@@ -76,6 +77,28 @@ app.add_typer(deploy_app, name="deploy")
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _version() -> str:
+    """fedsynth's version from the installed package's metadata (the source tree's if not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("fedsynth")
+    except PackageNotFoundError:
+        from . import __version__
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        console.print(f"fedsynth {_version()}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
+                                       help="Print fedsynth's version and exit.")) -> None:
+    """Federated GANs for medical image synthesis."""
 
 
 def _fail(msg: str, code: int = 2) -> None:
