@@ -280,6 +280,11 @@ def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
         return load_images(source, size, n, seed, extra, lambda d, t: progress.update(task, completed=d, total=t))
 
 
+def _old_n() -> Any:
+    """``--n``, the old spelling of ``--images``: hidden, still accepted (scripts and notes use it)."""
+    return typer.Option(None, "--n", hidden=True, help="Old spelling of --images.")
+
+
 def _released(checkpoint: Path, client: str | None = None):
     from .checkpoint import load_released
     return load_released(checkpoint, client)
@@ -288,17 +293,19 @@ def _released(checkpoint: Path, client: str | None = None):
 @app.command()
 def generate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
-    n: int = typer.Option(64, "--n", help="Number of images."),
+    images: int = typer.Option(64, "--images", "-n", help="Number of images to generate."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files (created)."),
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
     seed: int = typer.Option(0, "--seed"),
+    n: Optional[int] = _old_n(),
 ) -> None:
     """Write N generated images as PNG files."""
     from .utils import atomic_folder, save_png
+    n = images if n is None else n
     try:
         if n < 1:
-            raise UserError("--n must be at least 1")
+            raise UserError("--images must be at least 1")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         model, state, names = _released(checkpoint, client)
@@ -323,18 +330,20 @@ def evaluate(
     real: str = typer.Argument(..., help="Real images: a phantom/sample name or a path."),
     fake: Optional[str] = typer.Argument(None, help="Generated images (a path), or use --checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Generate from this checkpoint instead."),
-    n: int = typer.Option(1000, "--n", help="Images per set (at most)."),
+    images: int = typer.Option(1000, "--images", "-n", help="Images per set (at most)."),
     size: int = typer.Option(0, "--size", help="Image size (default: the checkpoint's, else 64)."),
     extractor: str = typer.Option("auto", "--extractor", help="auto | inception | random"),
     inception_weights: str = typer.Option("", "--inception-weights", help="Local FID Inception weights file."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the numbers as JSON here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the numbers as JSON here."),
     seed: int = typer.Option(0, "--seed"),
+    n: Optional[int] = _old_n(),
 ) -> None:
     """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance
     between two image sets (or a checkpoint's samples and a data set)."""
     from .metrics import build_extractor
     from .metrics.compare import compare_images
     from .privacy.audit import diversity
+    n = images if n is None else n
     try:
         if (fake is None) == (checkpoint is None):
             raise UserError("give either FAKE (a path) or --checkpoint")
@@ -374,13 +383,15 @@ def audit(
     train: str = typer.Option(..., "--train", help="The images the model was trained on (name or path)."),
     held: str = typer.Option(..., "--held", help="Held-out images of the same distribution (name or path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the audit (JSON, closest pairs, PCA plot)."),
-    n: int = typer.Option(500, "--n", help="Generated images."),
+    images: int = typer.Option(500, "--images", "-n", help="Number of images to generate and audit."),
     train_set: List[str] = typer.Option([], "--train-set", help="Overrides for reading --train (e.g. data.num-images=64)."),
     held_set: List[str] = typer.Option([], "--held-set", help="Overrides for reading --held (e.g. run.seed=99)."),
     seed: int = typer.Option(0, "--seed"),
+    n: Optional[int] = _old_n(),
 ) -> None:
     """Memorisation (nearest training vs held-out image), diversity and a PCA plot."""
     from .privacy.audit import write_audit
+    n = images if n is None else n
     try:
         model, state, _ = _released(checkpoint)
         side = model.describe()["image_size"]
@@ -411,17 +422,19 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
 def data_preview(
     name: str = typer.Argument(..., help="phantom-xray, phantom-ct or phantom-histo"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    n: int = typer.Option(32, "--n", help="Number of images."),
+    images: int = typer.Option(32, "--images", "-n", help="Number of images in the montage."),
     size: int = typer.Option(64, "--size", help="Image side in pixels."),
     seed: int = typer.Option(0, "--seed"),
+    n: Optional[int] = _old_n(),
 ) -> None:
     """Write a montage PNG of a built-in data set, one row per class."""
     from .data import PHANTOMS, make_phantom
     from .report.montage import save_class_montage
+    n = images if n is None else n
     if name not in PHANTOMS:
         _fail(f"unknown data set {name!r}; choose from {', '.join(PHANTOMS)}")
     if not 16 <= size <= 256 or n < 1:
-        _fail("--size must be 16-256 and --n at least 1")
+        _fail("--size must be 16-256 and --images at least 1")
     data = make_phantom(name, max(n * 4, 64), size, seed)
     save_class_montage(data, out, per_class=max(1, n // data.num_classes))
     console.print(f"wrote {out}")
@@ -554,7 +567,7 @@ def weights_fetch(
 @deploy_app.command("certs")
 def deploy_certs(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for ca.crt, server.pem/.key and keys/node<k>[.pub]."),
-    nodes: int = typer.Option(..., "--nodes", "-n", help="Number of hospitals to make key pairs for (0: each "
+    nodes: int = typer.Option(..., "--nodes", help="Number of hospitals to make key pairs for (0: each "
                               "hospital makes its own with `fedsynth deploy keygen`)."),
     name: List[str] = typer.Option([], "--name", help="Extra DNS name or IP of the SuperLink (repeatable)."),
 ) -> None:
@@ -642,7 +655,7 @@ def deploy_register(ctx: typer.Context) -> None:
 @deploy_app.command("run")
 def deploy_run(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="fedsynth TOML config (sent with the run)."),
-    set_: List[str] = typer.Option([], "--set", help="Override a config key, e.g. --set fed.rounds=5."),
+    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key, e.g. --set fed.rounds=5."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory the server writes "
                                        "(default: runs/flower-<time>)."),
     clients: int = typer.Option(2, "--clients", "-k", help="SuperNodes to wait for."),
