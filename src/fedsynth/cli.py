@@ -20,6 +20,7 @@ from typer.core import TyperGroup
 from .report.terminal import PROGRESS_COLUMNS, RichReporter, partition_table, summary_table
 
 from .config import Config, UserError, load_config
+from .registry import EXTRACTORS
 
 
 def _keep_argument_help() -> None:
@@ -297,7 +298,7 @@ def generate(
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files (created)."),
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
     n: Optional[int] = _old_n(),
 ) -> None:
     """Write N generated images as PNG files."""
@@ -331,15 +332,19 @@ def evaluate(
     fake: Optional[str] = typer.Argument(None, help="Generated images (a path), or use --checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Generate from this checkpoint instead."),
     images: int = typer.Option(1000, "--images", "-n", help="Images per set (at most)."),
-    size: int = typer.Option(0, "--size", help="Image size (default: the checkpoint's, else 64)."),
-    extractor: str = typer.Option("auto", "--extractor", help="auto | inception | random"),
+    size: Optional[int] = typer.Option(None, "--size", show_default=False,
+                                       help="Image side in pixels (default: the checkpoint's image size, else 64)."),
+    extractor: str = typer.Option("auto", "--extractor", help="Feature network: " + " | ".join(EXTRACTORS.names())
+                                  + " (as eval.feature-extractor)."),
     inception_weights: str = typer.Option("", "--inception-weights", help="Local FID Inception weights file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the numbers as JSON here."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the image subsets, the KID subsets and (with --checkpoint) "
+                             "the generated images."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance
-    between two image sets (or a checkpoint's samples and a data set)."""
+    """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
+
+    Between two image sets, or between a checkpoint's samples and a data set."""
     from .metrics import build_extractor
     from .metrics.compare import compare_images
     from .privacy.audit import diversity
@@ -386,7 +391,7 @@ def audit(
     images: int = typer.Option(500, "--images", "-n", help="Number of images to generate and audit."),
     train_set: List[str] = typer.Option([], "--train-set", help="Overrides for reading --train (e.g. data.num-images=64)."),
     held_set: List[str] = typer.Option([], "--held-set", help="Overrides for reading --held (e.g. run.seed=99)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated images and of the audit's sampling."),
     n: Optional[int] = _old_n(),
 ) -> None:
     """Memorisation (nearest training vs held-out image), diversity and a PCA plot."""
@@ -424,7 +429,7 @@ def data_preview(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
     images: int = typer.Option(32, "--images", "-n", help="Number of images in the montage."),
     size: int = typer.Option(64, "--size", help="Image side in pixels."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the phantom generator."),
     n: Optional[int] = _old_n(),
 ) -> None:
     """Write a montage PNG of a built-in data set, one row per class."""
