@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import time
@@ -47,12 +48,30 @@ def _keep_argument_help() -> None:
 _keep_argument_help()
 
 
+def _reflow(help: Optional[str]) -> Optional[str]:
+    """A docstring as help: prose paragraphs become one line each (rich wraps them to the
+    terminal), a paragraph with indented lines (an "Examples:" block) stays as written."""
+    if not help:
+        return help
+    paragraphs = inspect.cleandoc(help).split("\n\n")
+    return "\n\n".join(p if any(ln.startswith(" ") for ln in p.splitlines()) else " ".join(p.split("\n"))
+                       for p in paragraphs)
+
+
 class _Group(TyperGroup):
-    """A command group that suggests one command for a typo.
+    """A command group that suggests one command for a typo and shows its commands' help reflowed.
 
     Click 8.2+ adds "Did you mean 'run'?" to its own error and Typer appended the same again;
-    Typer's suggestion is kept only for an older Click that makes none.
+    Typer's suggestion is kept only for an older Click that makes none. Typer's rich help keeps
+    the docstrings' line breaks after the first paragraph, so they are reflowed here (_reflow).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = _reflow(self.help)
+        for command in self.commands.values():
+            if not isinstance(command, TyperGroup):  # a sub-group reflows its own
+                command.help = _reflow(command.help)
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         try:
@@ -625,36 +644,89 @@ def _exec_flower(name: str, args: list[str], extra_env: dict[str, str] | None = 
     os.execve(path, [name, *args], {**flower_env(), **(extra_env or {})})
 
 
+def _flower_help(*command: str) -> Any:
+    """``--flower-help``: Flower's own option list for ``command`` (all of it passes through)."""
+    def show(value: bool) -> None:
+        if value:
+            _exec_flower(command[0], [*command[1:], "--help"])
+            raise typer.Exit()  # only reached when _exec_flower did not replace this process
+    return typer.Option(False, "--flower-help", callback=show, is_eager=True,
+                        help=f"Show Flower's own options ({' '.join(command)} --help) and exit.")
+
+
 @deploy_app.command("superlink", context_settings=_PASS)
-def deploy_superlink(ctx: typer.Context) -> None:
+def deploy_superlink(
+    ctx: typer.Context,
+    flower_help: bool = _flower_help("flower-superlink"),
+) -> None:
     """flower-superlink in fedsynth's Flower environment (telemetry, update check, per-run installs off).
 
-    Every flower-superlink option passes through; the SuperExec polls for tasks every 50 ms."""
+    Every flower-superlink option passes through (--flower-help lists them: TLS files, --database,
+    --enable-supernode-auth, addresses and ports, ...); the SuperExec polls for tasks every 50 ms.
+
+    Examples:
+      fedsynth deploy superlink --flower-help
+      fedsynth deploy superlink --ssl-ca-certfile certs/ca.crt \\
+          --ssl-certfile certs/server.pem --ssl-keyfile certs/server.key \\
+          --enable-supernode-auth --database state.db
+      fedsynth deploy superlink --insecure     # a local test without TLS"""
     _exec_flower("flower-superlink", ctx.args)
 
 
 @deploy_app.command("supernode", context_settings=_PASS)
-def deploy_supernode(ctx: typer.Context) -> None:
+def deploy_supernode(
+    ctx: typer.Context,
+    no_warm_worker: bool = typer.Option(False, "--no-warm-worker", help="Leave the warm worker out: each of "
+                                        "Flower's ClientApp processes imports torch itself."),
+    flower_help: bool = _flower_help("flower-supernode"),
+) -> None:
     """flower-supernode in fedsynth's Flower environment, with a warm worker; options pass through.
 
     Give the node its data: --node-config 'data-path="/data/site" client-id="0"'. The warm worker
     (fedsynth.fed.flower.worker) keeps torch loaded so that Flower's per-message ClientApp process need
-    not import it; it lives as long as the SuperNode. --no-warm-worker leaves it out."""
+    not import it; it lives as long as the SuperNode. Every flower-supernode option passes through
+    (--flower-help lists them: --superlink, --root-certificates, --auth-supernode-private-key, ...).
+
+    Examples:
+      fedsynth deploy supernode --flower-help
+      fedsynth deploy supernode --superlink 127.0.0.1:18000 \\
+          --root-certificates certs/ca.crt \\
+          --auth-supernode-private-key certs/keys/node0 \\
+          --node-config 'data-path="sites/client-0" client-id="0"'"""
     from .fed.flower.deploy import start_worker
     from .fed.flower.worker import ENV
     args = list(ctx.args)
-    if "--no-warm-worker" in args:
-        args.remove("--no-warm-worker")
+    if no_warm_worker:
         _exec_flower("flower-supernode", args, {ENV: ""})
+        return
     _exec_flower("flower-supernode", args, {ENV: start_worker()})  # inherited by its ClientApp processes
 
 
 @deploy_app.command("register", context_settings=_PASS)
-def deploy_register(ctx: typer.Context) -> None:
-    """flwr supernode register PUBLIC_KEY [CONNECTION], in fedsynth's Flower environment.
+def deploy_register(
+    ctx: typer.Context,
+    public_key: Path = typer.Argument(..., help="The hospital's SuperNode public key: keys/node<k>.pub from "
+                                      "`deploy certs`, or the NAME.pub it made with `deploy keygen`."),
+    connection: Optional[str] = typer.Argument(None, help=escape(
+        "A [superlink.CONNECTION] table of $FLWR_HOME/config.toml (default: the one it names as default).")),
+    name: Optional[str] = typer.Option(None, "--name", help="Name of the SuperNode (flwr's --name)."),
+    location: Optional[str] = typer.Option(None, "--location", help='Where the SuperNode is, as '
+                                           '"<latitude>,<longitude>" (flwr\'s --location).'),
+    format_: Optional[str] = typer.Option(None, "--format", help="Output: default or json (flwr's --format)."),
+    flower_help: bool = _flower_help("flwr", "supernode", "register"),
+) -> None:
+    r"""flwr supernode register PUBLIC_KEY [CONNECTION], in fedsynth's Flower environment.
 
-    CONNECTION names a [superlink.CONNECTION] table of $FLWR_HOME/config.toml (default: its default)."""
-    _exec_flower("flwr", ["supernode", "register", *ctx.args])
+    CONNECTION names a \[superlink.CONNECTION] table of $FLWR_HOME/config.toml (default: its default).
+    Other flwr supernode register options pass through after the arguments (--flower-help lists them).
+
+    Examples:
+      fedsynth deploy register certs/keys/node0.pub
+      fedsynth deploy register hospital-a.pub production --name hospital-a"""
+    opts = [a for flag, v in (("--name", name), ("--location", location), ("--format", format_))
+            if v is not None for a in (flag, v)]
+    _exec_flower("flwr", ["supernode", "register", str(public_key), *([connection] if connection else []),
+                          *opts, *ctx.args])
 
 
 @deploy_app.command("run")
