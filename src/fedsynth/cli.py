@@ -50,12 +50,19 @@ _keep_argument_help()
 
 def _reflow(help: Optional[str]) -> Optional[str]:
     """A docstring as help: prose paragraphs become one line each (rich wraps them to the
-    terminal), a paragraph with indented lines (an "Examples:" block) stays as written."""
+    terminal), a paragraph with indented lines (an "Examples:" block) stays as written.
+
+    Typer dedents the text after the summary as one block (inspect.cleandoc, which measures the
+    indent from its second line on), so an Examples block right after the summary would lose its
+    indent; an empty paragraph before it keeps it (cleandoc drops the blank line again)."""
     if not help:
         return help
-    paragraphs = inspect.cleandoc(help).split("\n\n")
-    return "\n\n".join(p if any(ln.startswith(" ") for ln in p.splitlines()) else " ".join(p.split("\n"))
-                       for p in paragraphs)
+    def block(p: str) -> bool:
+        return any(ln.startswith(" ") for ln in p.splitlines())
+    paragraphs = [p if block(p) else " ".join(p.split("\n")) for p in inspect.cleandoc(help).split("\n\n")]
+    if len(paragraphs) > 1 and block(paragraphs[1]):
+        paragraphs.insert(1, "")
+    return "\n\n".join(paragraphs)
 
 
 class _Group(TyperGroup):
@@ -150,7 +157,14 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
 ) -> None:
-    """Train a GAN federatedly (or a baseline) and evaluate it; writes a run directory."""
+    """Train a GAN federatedly (or a baseline) and evaluate it; writes a run directory.
+
+    Examples:
+      fedsynth run                            # the default: 2 sites, x-rays
+      fedsynth run -s fed.strategy=local      # baseline: each hospital alone
+      fedsynth run -c examples/quick.toml -s fed.rounds=4 -o runs/quick
+      fedsynth run --dry-run -s partition.clients=3   # the resolved config
+      fedsynth run --resume runs/quick"""
     try:
         if resume is not None:
             if config is not None or set_ or out is not None:
@@ -256,7 +270,12 @@ def sweep(
     variant: List[str] = typer.Option([], "--variant", help="'name: key=value; key=value' (repeatable)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Variants run at once (separate processes; cores shared out)."),
 ) -> None:
-    """Run several configurations and print one comparison table (resumable)."""
+    """Run several configurations and print one comparison table (resumable).
+
+    Examples:
+      fedsynth sweep --preset strategies -o runs/sweep-strategies
+      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5
+      fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .sweep import PRESETS, grid_variants, parse_variant, run_sweep
     from .utils import set_torch_threads
     try:
@@ -320,7 +339,12 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Write N generated images as PNG files."""
+    """Write N generated images as PNG files.
+
+    Examples:
+      fedsynth generate --checkpoint runs/quick -o synth/
+      fedsynth generate --checkpoint runs/cond -n 100 --label 1 -o class1/
+      (runs/cond: a run with model.conditional=multiply)"""
     from .utils import atomic_folder, save_png
     n = images if n is None else n
     try:
@@ -363,7 +387,11 @@ def evaluate(
 ) -> None:
     """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
 
-    Between two image sets, or between a checkpoint's samples and a data set."""
+    Between two image sets, or between a checkpoint's samples and a data set.
+
+    Examples:
+      fedsynth evaluate phantom-xray --checkpoint runs/quick
+      fedsynth evaluate /data/real_pngs /data/fake_pngs --size 64 -o fd.json"""
     from .metrics import build_extractor
     from .metrics.compare import compare_images
     from .privacy.audit import diversity
@@ -413,7 +441,11 @@ def audit(
     seed: int = typer.Option(0, "--seed", help="Seed of the generated images and of the audit's sampling."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Memorisation (nearest training vs held-out image), diversity and a PCA plot."""
+    """Memorisation (nearest training vs held-out image), diversity and a PCA plot.
+
+    Examples:
+      fedsynth audit --checkpoint runs/quick --train phantom-xray \\
+          --held phantom-xray --held-set run.seed=99 -o audit/"""
     from .privacy.audit import write_audit
     n = images if n is None else n
     try:
@@ -435,7 +467,10 @@ def audit(
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
-    """(Re)write RUN_DIR/report.html: one self-contained page with everything about a run."""
+    """(Re)write RUN_DIR/report.html: one self-contained page with everything about a run.
+
+    Examples:
+      fedsynth report runs/quick"""
     from .report.html import build_report
     if not (run_dir / "metrics.jsonl").is_file():
         _fail(f"{run_dir} is not a run directory (no metrics.jsonl)")
@@ -451,7 +486,11 @@ def data_preview(
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom generator."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Write a montage PNG of a built-in data set, one row per class."""
+    """Write a montage PNG of a built-in data set, one row per class.
+
+    Examples:
+      fedsynth data preview phantom-histo -o histo.png
+      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png"""
     from .data import PHANTOMS, make_phantom
     from .report.montage import save_class_montage
     n = images if n is None else n
@@ -473,7 +512,12 @@ def data_inspect(
 ) -> None:
     """Counts, classes, raw sizes and intensity statistics of a data source; a montage with --montage.
 
-    Nothing is written unless --montage names a file (prepared data may be cached, as for a run)."""
+    Nothing is written unless --montage names a file (prepared data may be cached, as for a run).
+
+    Examples:
+      fedsynth data inspect phantom-ct
+      fedsynth data inspect /data/cxr --montage cxr.png
+      fedsynth data inspect sample-ct -s preprocess.clahe=0.02"""
     import numpy as np
     try:
         from .data.export import source_overrides
@@ -523,7 +567,11 @@ def data_split(
     out: Path = typer.Option(..., "--out", "-o", help="Folder to create: one sub-folder per client."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Other overrides, e.g. partition.majority=0.9."),
 ) -> None:
-    """Write one folder per client (client-K/<class>/NNNNNN.png): what each hospital node reads."""
+    """Write one folder per client (client-K/<class>/NNNNNN.png): what each hospital node reads.
+
+    Examples:
+      fedsynth data split phantom-xray -k 2 -o sites -s data.image-size=32
+      fedsynth data split /data/cxr -k 4 --scheme dirichlet -o sites"""
     from .data import partition_for
     from .data.export import source_overrides, write_site_folders
     from .fed.run import partition_info
@@ -549,7 +597,10 @@ app.add_typer(weights_app, name="weights")
 
 @weights_app.command("list")
 def weights_list() -> None:
-    """Each downloadable weights file, where its library looks for it, and whether it is there."""
+    """Each downloadable weights file, where its library looks for it, and whether it is there.
+
+    Examples:
+      fedsynth weights list"""
     from .weights import WEIGHTS, cached, target_path
     t = Table(title="feature-network weights")
     for col in ("name", "network", "present", "path"):
@@ -568,7 +619,11 @@ def weights_fetch(
                                "which have no pinned one)."),
     force: bool = typer.Option(False, "--force", help="Download again even if the file is there."),
 ) -> None:
-    """Download NAME's weights once, verify them, store them atomically where the library looks."""
+    """Download NAME's weights once, verify them, store them atomically where the library looks.
+
+    Examples:
+      fedsynth weights fetch inception
+      fedsynth weights fetch xrv --sha256 <the upstream's SHA-256>"""
     from rich.progress import DownloadColumn, TransferSpeedColumn
     from .weights import fetch, spec
     try:
@@ -595,7 +650,11 @@ def deploy_certs(
                               "hospital makes its own with `fedsynth deploy keygen`)."),
     name: List[str] = typer.Option([], "--name", help="Extra DNS name or IP of the SuperLink (repeatable)."),
 ) -> None:
-    """Create a CA, the SuperLink's TLS certificate and one SuperNode key pair per hospital (--nodes 0: none)."""
+    """Create a CA, the SuperLink's TLS certificate and one SuperNode key pair per hospital (--nodes 0: none).
+
+    Examples:
+      fedsynth deploy certs -o certs --nodes 2
+      fedsynth deploy certs -o certs --nodes 0 --name superlink.example.org"""
     from .fed.flower.deploy import make_certs
     try:
         if nodes < 0:
@@ -618,7 +677,10 @@ def deploy_keygen(
     """Make this hospital's SuperNode key pair on site (ECDSA P-384, OpenSSH format).
 
     The private key stays here (flower-supernode --auth-supernode-private-key); send only
-    NAME.pub to the operator, who runs `fedsynth deploy register NAME.pub`. Never overwrites."""
+    NAME.pub to the operator, who runs `fedsynth deploy register NAME.pub`. Never overwrites.
+
+    Examples:
+      fedsynth deploy keygen -o keys --name hospital-a"""
     from .fed.flower.deploy import make_node_key
     try:
         priv, pub = make_node_key(out, name)
@@ -745,7 +807,12 @@ def deploy_run(
 ) -> None:
     """Start a federated run on a running SuperLink and follow it (flwr run --stream underneath).
 
-    Exits non-zero if the server reports an error (Flower's own exit code does not)."""
+    Exits non-zero if the server reports an error (Flower's own exit code does not).
+
+    Examples:
+      fedsynth deploy run -k 2 -s fed.rounds=3 -o runs/flower-demo
+      fedsynth deploy run --resume runs/flower-demo
+      fedsynth deploy run --print-app"""
     from .fed.flower.deploy import APP_DIR, prepare_run, run_flower
     if print_app:
         print(APP_DIR)
