@@ -46,14 +46,18 @@ def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
                            env={**os.environ, "FEDSYNTH_CACHE": str(tmp_path / "cache")}, log_dir=tmp_path / "logs")
 
 
-def _in_process(cfg_path, sites):
+def _in_process_engine(cfg_path, sites):
     from fedsynth.config import load_config
     from fedsynth.data import load_dataset
     from fedsynth.fed import FederatedRun
     cfg = load_config(cfg_path)
     parts = [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, source="folder", path=str(sites / f"client-{k}")))) for k in (0, 1)]
-    return FederatedRun(cfg, parts, client_ids=["0", "1"]).run()
+    return FederatedRun(cfg, parts, client_ids=["0", "1"])
+
+
+def _in_process(cfg_path, sites):
+    return _in_process_engine(cfg_path, sites).run()
 
 
 def _records(path):
@@ -210,12 +214,7 @@ def test_ema_over_tls_authenticated_supernodes_matches_the_in_process_engine(tmp
     finally:
         fed.stop()
     ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0002.pt", weights_only=True)
-    from fedsynth.config import load_config
-    from fedsynth.data import load_dataset
-    from fedsynth.fed import FederatedRun
-    cfg = load_config(cfg_path)
-    engine = FederatedRun(cfg, [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
-        cfg.data, source="folder", path=str(sites / f"client-{k}")))) for k in (0, 1)], client_ids=["0", "1"])
+    engine = _in_process_engine(cfg_path, sites)
     ref = engine.run()
     ref_ema = engine.fed.server.ema_state
     assert ck["ema"] is not None and ref_ema is not None

@@ -69,7 +69,6 @@ import math
 import os
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -650,32 +649,8 @@ def save_file(obj: Any, path: str | os.PathLike[str], *, root: str = "") -> None
     OSError
         If the file cannot be written.
     """
-    data = to_bytes(obj, root=root)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dfd = os.open(p.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+    from .utils import atomic_write_bytes
+    atomic_write_bytes(path, to_bytes(obj, root=root))
 
 
 def load_file(path: str | os.PathLike[str], what: str | None = None) -> Any:

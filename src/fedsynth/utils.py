@@ -53,6 +53,16 @@ def _atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Non
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # the rename itself survives a crash once the folder is synced
+        dfd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
