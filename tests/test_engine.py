@@ -105,7 +105,7 @@ def test_run_directory_contents(tiny, tmp_path):
     assert sorted(p.name for p in (rd.path / "samples").iterdir()) == ["round-0000.png", "round-0001.png", "round-0002.png"]
     ck = sorted((rd.path / "checkpoints").iterdir())
     assert [p.name for p in ck] == ["round-0002.pt"]
-    state = torch.load(ck[0], weights_only=False)
+    state = torch.load(ck[0], weights_only=True)
     assert state["round"] == 2 and "G.net.0.weight" in state["global"]
     assert set(state["clients"]) == {"0", "1"} and state["clients"]["0"]["opt_state"] is not None
     assert not list(rd.path.rglob("*.tmp"))  # atomic writes leave no temp files

@@ -84,7 +84,7 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     finally:
         fed.stop()
     out = tmp_path / "run"
-    ck = torch.load(out / "checkpoints" / "round-0002.pt", weights_only=False)
+    ck = torch.load(out / "checkpoints" / "round-0002.pt", weights_only=True)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["round-0000.png", "round-0001.png", "round-0002.png"]
     assert (out / "report.html").is_file() and (out / "fd.png").is_file()
     assert json.loads((out / "nodes.json").read_text())["1"]["images"] == 32
@@ -121,7 +121,7 @@ def test_sampling_and_node_state_across_nodes_match_the_in_process_engine(tmp_pa
     assert len(trained) == 3  # one of the two hospitals per round
     timings = [r for r in _records(tmp_path / "run" / "timings.jsonl") if r["client"] != "server"]
     assert len(timings) == 3 and not any(r["warm-worker"] for r in timings)
-    ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0003.pt", weights_only=False)
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0003.pt", weights_only=True)
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
 
 
@@ -187,7 +187,7 @@ def test_a_killed_server_resumes_in_a_new_flower_run_bit_identical(tmp_path, sit
         assert "resuming after round 2" in res.stdout
     finally:
         fed.stop()
-    ck = torch.load(out / "checkpoints" / "round-0004.pt", weights_only=False)
+    ck = torch.load(out / "checkpoints" / "round-0004.pt", weights_only=True)
     ref = _in_process(cfg_path, sites)
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
     recs = [r for r in _records(out / "metrics.jsonl") if "extractor" in r or r["metric"] == "d-loss"]

@@ -263,8 +263,8 @@ def test_kill_9_then_resume_gives_identical_final_weights(tiny, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    a = torch.load(sorted((tmp_path / "ref" / "checkpoints").glob("*.pt"))[-1], weights_only=False)
-    b = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+    a = torch.load(sorted((tmp_path / "ref" / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+    b = torch.load(sorted((out / "checkpoints").glob("*.pt"))[-1], weights_only=True)
     assert a["round"] == b["round"] == 6
     assert all(torch.equal(a["global"][k], b["global"][k]) for k in a["global"])
     assert (tmp_path / "ref" / "metrics.jsonl").read_text() == (out / "metrics.jsonl").read_text()

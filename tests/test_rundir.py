@@ -181,7 +181,7 @@ def test_two_cli_runs_on_one_out_exactly_one_runs(tmp_path, tiny):
             assert (d / name).read_bytes() == (ref / name).read_bytes(), (i, name)
         cks = sorted(p.name for p in (d / "checkpoints").iterdir())
         assert cks == sorted(p.name for p in (ref / "checkpoints").iterdir()), i
-        last = torch.load(d / "checkpoints" / cks[-1], weights_only=False)
+        last = torch.load(d / "checkpoints" / cks[-1], weights_only=True)
         assert last["config"]["run"]["seed"] == {"a": 1, "b": 2}[win]
     res0 = CliRunner().invoke(app, ["run", "--resume", str(tmp_path / "race-0")])
     assert res0.exit_code == 0 and "complete (2 of 2 rounds)" in " ".join(res0.output.split()), res0.output

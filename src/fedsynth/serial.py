@@ -4,7 +4,7 @@ user may have downloaded).
 
 Why
 ---
-``pickle`` -- and ``torch.load(..., weights_only=False)``, which is pickle -- runs code chosen by
+``pickle`` -- and ``torch.load`` with weights_only off, which is pickle -- runs code chosen by
 whoever wrote the bytes. A registered but malicious hospital, a compromised server or a
 checkpoint downloaded from the internet could run any command on the reader's machine. Nothing
 received from a message, a socket or a user's file may therefore be unpickled (see the
