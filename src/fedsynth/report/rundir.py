@@ -102,16 +102,21 @@ def release_run_dir(path: str | Path) -> None:
         os.close(fd)  # closing the file releases the flock
 
 
-def claim_for_resume(path: str | Path) -> None:
-    """Lock an existing run directory to continue it; a :class:`UserError` if a live run has it."""
+def _lock_or_fail(path: str | Path, option: str, busy: str) -> None:
+    """:func:`lock_run_dir`, its failures as one-line :class:`UserError`s naming ``option``."""
     from ..config import UserError
     try:
         lock_run_dir(path)
     except RunDirBusy as e:
-        raise UserError(f"--resume {path}: a live run ({e.holder}) is still writing this directory; "
-                        f"wait for it to finish or stop it first") from None
+        raise UserError(f"{option} {path}{busy.format(holder=e.holder)}") from None
     except OSError as e:
-        raise UserError(f"--resume {path}: cannot lock the directory: {e}") from None
+        raise UserError(f"{option} {path}: cannot lock the directory: {e}") from None
+
+
+def claim_for_resume(path: str | Path) -> None:
+    """Lock an existing run directory to continue it; a :class:`UserError` if a live run has it."""
+    _lock_or_fail(path, "--resume", ": a live run ({holder}) is still writing this directory; "
+                                    "wait for it to finish or stop it first")
 
 
 def _contents(path: Path) -> list[str]:
@@ -155,13 +160,7 @@ class RunDir:
         except FileExistsError:
             if not path.is_dir():
                 raise UserError(f"--out {path} exists and is not a directory") from None
-        try:
-            lock_run_dir(path)
-        except RunDirBusy as e:
-            raise UserError(f"--out {path} is in use by another live run ({e.holder}); "
-                            f"choose another directory") from None
-        except OSError as e:
-            raise UserError(f"--out {path}: cannot lock the directory: {e}") from None
+        _lock_or_fail(path, "--out", " is in use by another live run ({holder}); choose another directory")
         held = _contents(path)
         if held:
             release_run_dir(path)
