@@ -164,15 +164,6 @@ class Evaluator:
         """Records for the model ``state`` (named ``who``) against client ``against`` (None: union)."""
         return self.score(self.fake_features(state, against), round_, who, against)
 
-    def per_site(self, state: State | None, round_: int, sites: list[str], who: str = "global") -> list[dict[str, Any]]:
-        """Fairness: ``state`` against each site's own data, and the spread across sites. An
-        unconditional model's samples do not depend on the site: one feature pass serves all."""
-        recs: list[dict[str, Any]] = []
-        shared = None if self.conditional else self.fake_features(state, None)
-        for cid in sites:
-            recs += self.score(shared if shared is not None else self.fake_features(state, cid), round_, who, cid)
-        return recs
-
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
         fd = fd_from_stats(FeatureStats.of(fake), real.stats)
