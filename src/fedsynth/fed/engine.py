@@ -28,6 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
+from ..checkpoint import read_checkpoint_file
 from ..config import Config, UserError
 from ..data import ImageSet
 from ..metrics import build_extractor
@@ -40,7 +42,6 @@ from .server import ServerState, server_round
 from .strategies import strategy_from_config
 
 Record = dict[str, Any]
-CHECKPOINT_FORMAT = "fedsynth-checkpoint/1"
 
 
 class StopRun(Exception):
@@ -113,7 +114,6 @@ def round_clients(cfg: Config, strategy: Any, ids: Sequence[str], r: int) -> lis
 
 def load_init(path: str, template: State) -> State:
     """Global weights from a fedsynth checkpoint (or a bare state dict), checked against the model."""
-    from ..checkpoint import read_checkpoint_file
     obj = read_checkpoint_file(path, "config key 'fed.init-from'")
     state = obj.get("global") if isinstance(obj, dict) and "global" in obj else obj
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
