@@ -312,21 +312,13 @@ def sweep(
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
     """The ImageSet of a data source (phantom/sample name or path) prepared to ``size`` px."""
-    from .data.export import load_images
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
-        task = progress.add_task(f"loading {source}", total=None)
-        return load_images(source, size, n, seed, extra, lambda d, t: progress.update(task, completed=d, total=t))
+    from .data.export import images_config
+    return _load_with_progress(images_config(source, size, n, seed, extra))
 
 
 def _old_n() -> Any:
     """``--n``, the old spelling of ``--images``: hidden, still accepted (scripts and notes use it)."""
     return typer.Option(None, "--n", hidden=True, help="Old spelling of --images.")
-
-
-def _released(checkpoint: Path, client: str | None = None):
-    from .checkpoint import load_released
-    return load_released(checkpoint, client)
 
 
 @app.command()
@@ -352,7 +344,8 @@ def generate(
             raise UserError("--images must be at least 1")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
-        model, state, names = _released(checkpoint, client)
+        from .checkpoint import load_released
+        model, state, names = load_released(checkpoint, client)
         if label is not None and not 0 <= label < max(model.num_classes, 1):
             raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
         try:
@@ -401,7 +394,8 @@ def evaluate(
             raise UserError("give either FAKE (a path) or --checkpoint")
         model = state = None
         if checkpoint is not None:
-            model, state, _ = _released(checkpoint)
+            from .checkpoint import load_released
+            model, state, _ = load_released(checkpoint)
         side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
         if model is not None:
@@ -449,7 +443,8 @@ def audit(
     from .privacy.audit import write_audit
     n = images if n is None else n
     try:
-        model, state, _ = _released(checkpoint)
+        from .checkpoint import load_released
+        model, state, _ = load_released(checkpoint)
         side = model.describe()["image_size"]
         tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
         he = _images_of(held, side, 10**9, 0, list(held_set)).batch()

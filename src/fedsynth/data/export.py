@@ -53,12 +53,10 @@ def source_overrides(source: str) -> list[str]:
     return [f"data.source={kind}", f'data.path="{p}"']
 
 
-def load_images(source: str, size: int, n: int, seed: int, extra: list[str], progress=None) -> ImageSet:
-    """The images of a data source (built-in name or path) prepared to ``size`` px: at most
-    ``n`` (a seeded subset), with extra ``--set`` overrides."""
+def images_config(source: str, size: int, n: int, seed: int, extra: list[str]):
+    """The config that reads a data source (built-in name or path) prepared to ``size`` px: at
+    most ``n`` images (a seeded subset), with extra ``--set`` overrides."""
     from ..config import load_config
-    from . import load_dataset
-    cfg = load_config(None, source_overrides(source) + [f"data.image-size={size}", f"run.seed={seed}"]
-                      + ([f"data.num-images={n}"] if source.startswith("phantom-") else [f"data.max-images={n}"])
-                      + list(extra))
-    return load_dataset(cfg, progress)
+    return load_config(None, source_overrides(source) + [f"data.image-size={size}", f"run.seed={seed}"]
+                       + ([f"data.num-images={n}"] if source.startswith("phantom-") else [f"data.max-images={n}"])
+                       + list(extra))
