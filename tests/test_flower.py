@@ -60,6 +60,17 @@ def _in_process(cfg_path, sites):
     return _in_process_engine(cfg_path, sites).run()
 
 
+def _run_app(fed, cfg_path, out):
+    """Start the federation, run fedsynth's app on it to the end, stop every process."""
+    try:
+        fed.start()
+        run = fed.run(APP, {"config-path": str(cfg_path), "out": str(out)}, timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    finally:
+        fed.stop()
+    return run
+
+
 def _records(path):
     return [json.loads(x) for x in Path(path).read_text().splitlines()]
 
@@ -109,12 +120,7 @@ def test_sampling_and_node_state_across_nodes_match_the_in_process_engine(tmp_pa
     cfg_path.write_text(CONFIG.replace("rounds = 2", 'rounds = 3\nfraction = 0.5\nstrategy = "scaffold"')
                         + "[eval]\nenabled = false\n")  # SCAFFOLD: control variates live on the node between rounds
     fed = _federation(tmp_path, sites, warm=False)  # plain flower-supernode: each message in a fresh process
-    try:
-        fed.start()
-        run = fed.run(APP, {"config-path": str(cfg_path), "out": str(tmp_path / "run")}, timeout=300)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    finally:
-        fed.stop()
+    _run_app(fed, cfg_path, tmp_path / "run")
     trained = {(r["round"], r["client"]) for r in _records(tmp_path / "run" / "metrics.jsonl") if r["metric"] == "d-loss"}
     ref = _in_process(cfg_path, sites)
     assert trained == {(r["round"], r["client"]) for r in ref.records if r["metric"] == "d-loss"}
@@ -207,12 +213,7 @@ def test_ema_over_tls_authenticated_supernodes_matches_the_in_process_engine(tmp
     cfg_path.write_text(CONFIG.replace("rounds = 2", "rounds = 2\nema = 0.5") + "[eval]\nenabled = false\n")
     make_certs(tmp_path / "certs", 2)
     fed = _federation(tmp_path, sites, certs=tmp_path / "certs")
-    try:
-        fed.start()
-        run = fed.run(APP, {"config-path": str(cfg_path), "out": str(tmp_path / "run")}, timeout=300)
-        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    finally:
-        fed.stop()
+    _run_app(fed, cfg_path, tmp_path / "run")
     ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0002.pt", weights_only=True)
     engine = _in_process_engine(cfg_path, sites)
     ref = engine.run()

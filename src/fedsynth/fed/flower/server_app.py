@@ -37,6 +37,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from ...config import UserError, build_config, load_config
 from ...registry import is_fd_metric
+from ..engine import ClientPool
 
 POLL_S = 0.05  # how often the server asks the SuperLink for replies
 
@@ -112,14 +113,14 @@ def parse_train_reply(content: RecordDict, cid: str):
                                       metrics, int(mr["steps"]), content["extra"].to_torch_state_dict())
 
 
-class FlowerClients:
+class FlowerClients(ClientPool):
     """The clients of a :class:`fedsynth.fed.engine.Federation`, on SuperNodes.
 
     Greets the nodes on construction; the rest of the :class:`fedsynth.fed.engine.ClientPool`
-    interface moves the loop's requests and results between processes.
+    interface moves the loop's requests and results between processes. The layers a node keeps
+    never reach the server (``kept_local`` stays the base class's ``None``).
     """
 
-    whole = True
     remote = True
 
     def __init__(self, grid: Grid, cfg: Any, n_clients: int, timeout: float, connect_timeout: float,
@@ -260,9 +261,6 @@ class FlowerClients:
         recs += self._site_summary(recs + [x for res in results for x in res.records], self.pending)
         self.pending = -1
         return results, recs
-
-    def kept_local(self, updates):
-        return None  # the layers a node keeps never reach the server
 
     def evaluate_global(self, r):
         self.pending = r  # the nodes score it when they receive it
