@@ -36,7 +36,8 @@ from ..metrics import build_extractor
 from ..models import GenerativeModel, build_model
 from ..updates import State
 from ..utils import numpy_rng, torch_generator
-from .client import ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy
+from .client import (ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy,
+                     workload_notes)
 from .evaluation import Evaluator, sites_summary, site_statistics
 from .server import ServerState, server_round
 from .strategies import strategy_from_config
@@ -153,9 +154,13 @@ class ClientPool:
         """The sample grid of the released model(s), or None if the server cannot draw one."""
         raise NotImplementedError
 
+    def size(self, cid: str) -> int:
+        """Images client ``cid`` trains on."""
+        raise NotImplementedError
+
     def steps(self, cid: str) -> int:
         """Local steps client ``cid`` takes this round (for progress)."""
-        raise NotImplementedError
+        return local_steps(self.fed.cfg, self.fed.strategy, self.size(cid))
 
     def kept_local(self, updates: list) -> dict[str, tuple[State, int]] | None:
         """The kept-local layers of these clients, where the server may see them (in-process)."""
@@ -238,6 +243,9 @@ class Federation:
         to_eval = eval_rounds(rounds, cfg.eval.every) if ev is not None else set()
         title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} client(s)"
         self.reporter.run_start(rounds)
+        if self.start_round == 1:
+            for text in workload_notes(cfg, self.strategy, {i: self.pool.size(i) for i in self.pool.ids}):
+                self.reporter.warning(text)
         if self.start_round == 1 and 0 in to_eval:  # round 0: the model before any training
             self._end_round(0, self.pool.evaluate_global(0), [], to_eval, title)
 
@@ -335,8 +343,8 @@ class InProcessClients(ClientPool):
             raise UserError(f"config key 'faults.attackers' names unknown client(s) {sorted(unknown)}; "
                             f"clients are {', '.join(self.clients)}")
 
-    def steps(self, cid: str) -> int:
-        return local_steps(self.cfg, self.fed.strategy, self.clients[cid].n)
+    def size(self, cid: str) -> int:
+        return self.clients[cid].n
 
     def _on_step(self, _step: int) -> None:
         self.fed.reporter.step()
