@@ -154,13 +154,13 @@ class ClientPool:
         """The sample grid of the released model(s), or None if the server cannot draw one."""
         raise NotImplementedError
 
-    def size(self, cid: str) -> int:
+    def num_images(self, cid: str) -> int:
         """Images client ``cid`` trains on."""
         raise NotImplementedError
 
     def steps(self, cid: str) -> int:
         """Local steps client ``cid`` takes this round (for progress)."""
-        return local_steps(self.fed.cfg, self.fed.strategy, self.size(cid))
+        return local_steps(self.fed.cfg, self.fed.strategy, self.num_images(cid))
 
     def kept_local(self, updates: list) -> dict[str, tuple[State, int]] | None:
         """The kept-local layers of these clients, where the server may see them (in-process)."""
@@ -244,7 +244,7 @@ class Federation:
         title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} client(s)"
         self.reporter.run_start(rounds)
         if self.start_round == 1:
-            for text in workload_notes(cfg, self.strategy, {i: self.pool.size(i) for i in self.pool.ids}):
+            for text in workload_notes(cfg, self.strategy, {i: self.pool.num_images(i) for i in self.pool.ids}):
                 self.reporter.warning(text)
         if self.start_round == 1 and 0 in to_eval:  # round 0: the model before any training
             self._end_round(0, self.pool.evaluate_global(0), [], to_eval, title)
@@ -343,7 +343,7 @@ class InProcessClients(ClientPool):
             raise UserError(f"config key 'faults.attackers' names unknown client(s) {sorted(unknown)}; "
                             f"clients are {', '.join(self.clients)}")
 
-    def size(self, cid: str) -> int:
+    def num_images(self, cid: str) -> int:
         return self.clients[cid].n
 
     def _on_step(self, _step: int) -> None:
