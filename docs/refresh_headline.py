@@ -27,6 +27,7 @@ import platform
 import re
 import shlex
 import shutil
+import textwrap
 import sys
 from pathlib import Path
 
@@ -123,10 +124,10 @@ def _change(v0: float, v1: float) -> str:
     return f"{pct:+.1f} %".replace("-", "−")
 
 
-def render(run: Path, prefix: str, machine: str, note: str = "") -> str:
+def render(run: Path, prefix: str, machine: str) -> str:
+    """The block between the markers, with image paths relative to the page (``prefix``)."""
     h = headline(run)
     s, last, metric = h["series"], h["last"], h["metric"]
-    grids = sorted((run / "samples").glob("round-*.png"))
     rows = ["| model | Fréchet distance before training | after round {0} | change |".format(last),
             "| --- | --- | --- | --- |"]
     for n in h["clients"]:
@@ -148,25 +149,22 @@ def render(run: Path, prefix: str, machine: str, note: str = "") -> str:
     took = ""
     if (run / "report.html").is_file():
         took = f", {(run / 'report.html').stat().st_mtime - (run / 'config.toml').stat().st_mtime:.0f} s"
-    what = ("a frozen, seeded, random network's features (`fd-random`: comparable between fedsynth runs, "
-            "not with published FIDs; it is not FID)" if "random" in metric else f"`{metric}` features")
+    what = ("`fd-random` features (a frozen random network: compare between fedsynth runs, not with "
+            "published FIDs)" if "random" in metric else f"`{metric}` features")
+    said = (f"Measured with `{command_of(run)}` on {machine}, {made:%Y-%m-%d}{took}. Fréchet distance "
+            f"on {what}; lower is better.")
     lines = [
         START,
-        "<!-- written by docs/refresh_headline.py; edit that script, not this block -->",
         "<p>",
         f'<img src="{prefix}default-fd.png" width="48%" align="top" alt="Fréchet distance per round">',
-        f'<img src="{prefix}default-samples.png" width="40%" align="top" alt="samples of the global model after round {last}">',
+        f'<img src="{prefix}default-samples.png" width="40%" align="top" alt="samples of the global model after '
+        f'round {last}">',
         "</p>",
         "",
         *rows,
         "",
-        f"Measured with `{command_of(run)}` on {machine}, {made:%Y-%m-%d}{took}. Fréchet distance on "
-        f"{what}; lower is better. Left: one curve per client and the global model; right: the global "
-        f"generator's samples after round {last}, from fixed latents"
-        + (f" (`samples/{grids[-1].name}`)." if grids else "."),
+        *textwrap.wrap(said, 100, break_long_words=False, break_on_hyphens=False),
     ]
-    if note:
-        lines += ["", note]
     lines.append(END)
     return "\n".join(lines)
 
