@@ -214,11 +214,12 @@ def flower_task(monkeypatch, tmp_path):
     monkeypatch.delenv("FEDSYNTH_NODE_WORKER", raising=False)
 
 
-def _serve(cfg_path, sites, out, audit):
+def _serve(cfg_path, sites, out, audit, **node_config):
     from flwr.app import Context, RecordDict
 
     from fedsynth.fed.flower.server_app import _serve as serve
-    grid = DirectGrid({11 + k: {"data-path": str(sites / f"client-{k}"), "client-id": str(k)} for k in (0, 1)})
+    grid = DirectGrid({11 + k: {"data-path": str(sites / f"client-{k}"), "client-id": str(k), **node_config}
+                       for k in (0, 1)})
     serve(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(),
                         run_config={"config-path": str(cfg_path), "out": str(out), "clients": 2,
                                     "poll-interval": 0.0, "audit-dir": str(audit)}))
@@ -279,7 +280,7 @@ def test_secure_rounds_show_the_server_only_masked_vectors_and_give_fedavg_withi
                                                                                           flower_task):
     from fedsynth.fed.flower import secagg
     cfg_path = tmp_path / "fedsynth.toml"
-    cfg_path.write_text(CONFIG)
+    cfg_path.write_text(CONFIG.replace("rounds = 2", "rounds = 1"))  # round 1 is the same in a 2-round run
     init, updates, plain = _plain_updates(cfg_path, sites)
 
     # positive control: the same audit of a plain Flower run finds the individual updates
@@ -334,3 +335,30 @@ def test_a_node_whose_change_would_be_clipped_drops_out_and_the_round_is_skipped
     assert all("exceeds the secure-aggregation clipping range" in r["reason"] for r in dropped), dropped
     assert [r["metric"] for r in recs if r["client"] == "server"] == ["round-skipped"]
     assert ck["global"] is not None  # the global model stays as it was
+
+
+def test_a_node_that_requires_secure_aggregation_refuses_a_plain_round(sites, tmp_path, flower_task):
+    """The hospital's own rule (node config secure-aggregation=true): a run without secure
+    aggregation stops with an error naming the client before any update leaves."""
+    cfg_path = tmp_path / "fedsynth.toml"
+    cfg_path.write_text(CONFIG.replace("rounds = 2", "rounds = 1"))
+    with pytest.raises(UserError, match="client 0: this node sends its update only through secure aggregation"):
+        _serve(cfg_path, sites, tmp_path / "run", tmp_path / "audit", **{"secure-aggregation": True})
+    replies = _audited(tmp_path / "audit")
+    assert len(replies) == 2 and not any(arrays for arrays, _ in replies)  # two refusals, no tensor
+
+
+def test_a_secure_round_request_outside_the_protocol_is_refused(flower_task, tmp_path):
+    """A server that sends the FitIns of a secure round without SecAgg+'s records would get the
+    node's change unmasked: the ClientApp refuses (secaggplus_mod masks only inside the protocol)."""
+    from flwr.app import Context, Message, RecordDict
+    from flwr.common import FitIns, ndarrays_to_parameters
+    from flwr.compat.common import recorddict_compat as compat
+
+    from fedsynth.fed.flower.client_app import client
+    content = compat.fitins_to_recorddict(FitIns(ndarrays_to_parameters([np.zeros(3)]), {"weight-keys": '["a"]'}), True)
+    msg = Message(content, dst_node_id=11, message_type="train")
+    ctx = Context(run_id=1, node_id=11, node_config={"data-path": str(tmp_path), "client-id": "0"},
+                  state=RecordDict(), run_config={})
+    with pytest.raises(RuntimeError, match="without SecAgg\\+'s records"):
+        client(msg, ctx)

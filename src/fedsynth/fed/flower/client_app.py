@@ -10,7 +10,9 @@ the node lives in ``context.state`` (bytes in :mod:`fedsynth.serial` format, nev
 
 With ``fed.secure-aggregation`` a round's ``train`` messages are SecAgg+ messages: Flower's
 ``secaggplus_mod`` (through :func:`.secagg.secure_mod`) answers the protocol's stages and masks
-the node's update, which :func:`.secagg.fit_reply` hands it in Flower's legacy FitRes form.
+the node's update, which :func:`.secagg.fit_reply` hands it in Flower's legacy FitRes form. A
+node started with ``--node-config 'secure-aggregation=true'`` answers no other train message:
+the hospital, not only the run's config, decides that its update never leaves unmasked.
 """
 
 from __future__ import annotations
@@ -97,8 +99,17 @@ def hello(msg: Message, context: Context) -> Message:
 @client.train()
 def train(msg: Message, context: Context) -> Message:
     """Score the received global model (if asked), train locally, score the local model."""
-    if "fitins.parameters" in msg.content.array_records:  # a secure round (fed.secure-aggregation)
+    if secagg.is_secure(msg):  # a secure round: secaggplus_mod called this and masks what it returns
         return _answer_secure(msg, context)
+    if "fitins.parameters" in msg.content.array_records:  # a secure-round request outside the protocol
+        raise RuntimeError("a secure-aggregation train request without SecAgg+'s records: refused (nothing "
+                           "would mask the update)")
+    if str(context.node_config.get("secure-aggregation", "")).lower() == "true":  # the hospital's own rule
+        cid = str(context.node_config.get("client-id", "?"))
+        return Message(RecordDict({"meta": ConfigRecord({"client-id": cid, "error": (
+            "this node sends its update only through secure aggregation (its node config says "
+            "secure-aggregation=true), and this run does not use it: set fed.secure-aggregation = true")})}),
+            reply_to=msg)
     return _answer("train", msg, context)
 
 
