@@ -73,7 +73,8 @@ def main() -> None:
                     srv = [r for r in rows if r["client"] == "server"]
                     wall[name] += [r["wall_s"] for r in srv[1:]]
                     train[name] += [r["max_client_train_s"] for r in srv[1:]]
-                    first.setdefault(name, torch.load(out / "checkpoints" / "round-0001.pt", weights_only=True)["global"])
+                    ck = torch.load(out / "checkpoints" / "round-0001.pt", weights_only=True)
+                    first.setdefault(name, ck["global"])
                     print(f"  run {rep + 1} {name}: s/round {[round(r['wall_s'], 2) for r in srv]}", flush=True)
         finally:
             fed.stop()

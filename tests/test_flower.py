@@ -277,8 +277,9 @@ def test_secure_aggregation_over_tls_authenticated_supernodes(tmp_path, sites):
         for u in updates:
             for key, w in u.weights.items():
                 for ref in (w.double(), w.double() - init[key].double()):
-                    assert not (a.shape == tuple(ref.shape) and np.allclose(a.astype(np.float64), ref.numpy(), atol=1e-6,
-                                                                            rtol=0)), (name, u.client_id, key)
+                    same = a.shape == tuple(ref.shape) and np.allclose(a.astype(np.float64), ref.numpy(), atol=1e-6,
+                                                                       rtol=0)
+                    assert not same, (name, u.client_id, key)
     masked = np.concatenate([v.ravel() for k, v in received.items() if "masked_params" in k]).astype(np.float64)
     assert masked.size > 10_000 and np.mean(masked <= secagg.QUANTIZATION_RANGE) < 0.01
     assert abs(masked.mean() / secagg.MODULUS_RANGE - 0.5) < 0.01

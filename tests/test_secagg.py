@@ -112,6 +112,24 @@ def test_codec_round_trip_scales_integers_and_refuses_what_would_be_clipped():
         secagg.decode([vec[0].ravel(), vec[1]], start, keys, scale)
 
 
+def test_a_secure_request_carries_weights_and_strategy_state_through_flowers_legacy_records():
+    """FitIns configs hold scalars and bytes only (no lists): FedAdam's server state travels as
+    one .npz archive; weights keep their names, dtypes and 0-d shapes."""
+    from flwr.compat.common import recorddict_compat as compat
+
+    from fedsynth.fed.flower import secagg
+    weights = {"G.w": np.arange(6, dtype=np.float32).reshape(2, 3), "G.n": np.array(4, np.int64)}
+    strategy = {"m.G.w": np.ones((2, 3), np.float32), "t": np.array(3)}
+    ins = secagg.fit_instructions({"round": 2, "strategy": "{}"}, weights, strategy)
+    conf, got, st = secagg.train_request(compat.fitins_to_recorddict(ins, keep_input=True))
+    assert conf == {"round": 2, "strategy": "{}"}
+    for ref, back in ((weights, got), (strategy, st)):
+        assert list(back) == list(ref) and all(
+            np.array_equal(back[k], ref[k]) and back[k].dtype == ref[k].dtype and back[k].shape == ref[k].shape
+            for k in ref)
+    assert secagg.train_request(compat.fitins_to_recorddict(secagg.fit_instructions({}, weights, {}), True))[2] == {}
+
+
 def test_zero_dim_tensors_travel_as_one_element_arrays_because_flower_skips_them_when_unmasking():
     """flwr 1.42's unmask stage does ``for vec in aggregated: vec += offset; vec *= 1 / total``;
     dequantize turns a 0-d array into a NumPy scalar, which those in-place updates never reach
@@ -320,7 +338,8 @@ def test_secure_rounds_show_the_server_only_masked_vectors_and_give_fedavg_withi
     assert all(diff[k] <= 1 and ck["global"][k].shape == plain[k].shape for k in plain
                if not plain[k].is_floating_point())  # num_batches_tracked: rounded mean
     recs = [json.loads(x) for x in (tmp_path / "secure" / "metrics.jsonl").read_text().splitlines()]
-    assert {(r["round"], r["client"]) for r in recs if r["metric"] == "d-loss"} == {(1, "0"), (1, "1"), (2, "0"), (2, "1")}
+    trained = {(r["round"], r["client"]) for r in recs if r["metric"] == "d-loss"}
+    assert trained == {(1, "0"), (1, "1"), (2, "0"), (2, "1")}
     assert [r["value"] for r in recs if r["metric"] == "secagg-clients"] == [2, 2]
 
 

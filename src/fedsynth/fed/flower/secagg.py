@@ -36,6 +36,7 @@ NumPy's global generator; each node seeds it from the run seed first (``secagg-s
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
@@ -43,7 +44,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
-from flwr.common import Code, FitIns, FitRes, Parameters, Status, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import Strategy
@@ -155,9 +156,9 @@ def train_request(content: RecordDict) -> tuple[dict[str, Any], dict[str, np.nda
         raise ValueError(f"the server sent {len(arrays)} tensors for {len(names)} weight names")
     strategy: dict[str, np.ndarray] = {}  # the strategy's tensors (its structure is in the config's 'strategy')
     if "strategy-arrays" in conf:
-        blobs = conf.pop("strategy-arrays")
         snames = json.loads(str(conf.pop("strategy-keys")))
-        strategy = dict(zip(snames, parameters_to_ndarrays(Parameters(list(blobs), "numpy.ndarray"))))
+        with np.load(io.BytesIO(bytes(conf.pop("strategy-arrays"))), allow_pickle=False) as z:
+            strategy = {name: z[f"arr_{i}"] for i, name in enumerate(snames)}
     return conf, dict(zip(names, arrays)), strategy
 
 
@@ -223,11 +224,14 @@ class Relay(Strategy):
 def fit_instructions(config: dict[str, Any], weights: dict[str, np.ndarray],
                      strategy: dict[str, np.ndarray]) -> FitIns:
     """A node's FitIns: the global weights as legacy Parameters (names in ``weight-keys``), the
-    strategy's tensors as ``.npy`` bytes (read back with ``allow_pickle=False``)."""
+    strategy's tensors as one ``.npz`` archive (a FitIns config holds scalars and bytes, not
+    lists; read back with ``allow_pickle=False``)."""
     conf = {**config, "weight-keys": json.dumps(list(weights))}
     if strategy:
+        buf = io.BytesIO()
+        np.savez(buf, *strategy.values())
         conf["strategy-keys"] = json.dumps(list(strategy))
-        conf["strategy-arrays"] = list(ndarrays_to_parameters(list(strategy.values())).tensors)
+        conf["strategy-arrays"] = buf.getvalue()
     return FitIns(ndarrays_to_parameters(list(weights.values())), conf)
 
 

@@ -81,12 +81,12 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 
 
 class PollingGrid(Grid):
     """``grid`` with a ``send_and_receive`` that polls every ``poll`` seconds (Flower's sleeps 3 s;
-    SecAgg+ calls it four times a round), keeping every reply it pulls in :attr:`pulled` and,
-    with an ``audit`` folder, writing each one there (:func:`write_audit`)."""
+    SecAgg+ calls it four times a round), noting each error reply in :attr:`errors` (node id,
+    last line) and, with an ``audit`` folder, writing every reply there (:func:`write_audit`)."""
 
     def __init__(self, grid: Grid, poll: float = POLL_S, audit: str = ""):
         self.grid, self.poll, self.audit = grid, poll, audit
-        self.pulled: list[Message] = []
+        self.errors: list[tuple[int, str]] = []
         self.count = 0
 
     def set_run(self, run) -> None:
@@ -107,9 +107,10 @@ class PollingGrid(Grid):
 
     def pull_messages(self, message_ids):
         got = list(self.grid.pull_messages(message_ids))
-        self.pulled += got
         for m in got:
             self.count += 1
+            if m.has_error():
+                self.errors.append((m.metadata.src_node_id, _error_line(m)))
             if self.audit:
                 write_audit(self.audit, self.count, m)
         return got
@@ -439,9 +440,10 @@ class SecureFlowerClients(FlowerClients):
         self.max_weight = float(max(counts)) if self.cfg.fed.weighted else 1.0
 
     def train(self, r, ids, start, evaluate):
-        from ...utils import derive_seed
         import torch
+        from flwr.common import parameters_to_ndarrays
 
+        from ...utils import derive_seed
         from .node import arrays
         recs: list[dict[str, Any]] = []
         results: list[Any] = []
@@ -460,10 +462,10 @@ class SecureFlowerClients(FlowerClients):
             {**base, "secagg-seed": derive_seed(self.cfg.run.seed, "secagg-rounding", r, c) % 2 ** 32},
             weights, strategy) for c in ids}
         grid = self.flower_grid
-        seen = len(grid.pulled)
+        grid.errors.clear()
         relay = secagg.run_secure_round(grid, r, instructions, self.max_weight,
                                         float(self.cfg.fed.secagg_clipping_range), self.timeout)
-        failed = {m.metadata.src_node_id: _error_line(m) for m in grid.pulled[seen:] if m.has_error()}
+        failed = dict(grid.errors)
         answered = {p.node_id for p, _ in relay.results}
         for nid in sorted(set(instructions) - answered):
             recs.append({"round": r, "client": self.by_node[nid], "metric": "dropped", "value": 1,
@@ -471,7 +473,6 @@ class SecureFlowerClients(FlowerClients):
         mean = None
         if relay.results:
             try:
-                from flwr.common import parameters_to_ndarrays
                 vec = parameters_to_ndarrays(relay.results[0][1].parameters)
                 mean = {k: torch.from_numpy(np.array(v)) for k, v in
                         secagg.decode(vec, weights, self.keys, self.scales).items()}  # (keeps 0-d tensors 0-d)
