@@ -798,6 +798,9 @@ def deploy_run(
     round_timeout: float = typer.Option(3600, "--round-timeout", help="Seconds a round waits for replies."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this Flower run directory from its "
                                           "last checkpoint (its own config.toml; the nodes' saved state)."),
+    audit_dir: Optional[Path] = typer.Option(None, "--audit-dir", help="Also write every reply the server "
+                                             "receives to this folder (tensors .npz, the rest .json), to check "
+                                             "what left the sites."),
     print_app: bool = typer.Option(False, "--print-app", help="Print the Flower app folder and exit."),
 ) -> None:
     """Start a federated run on a running SuperLink and follow it (flwr run --stream underneath).
@@ -807,6 +810,7 @@ def deploy_run(
     Examples:
       fedsynth deploy run -k 2 -s fed.rounds=3 -o runs/flower-demo
       fedsynth deploy run --resume runs/flower-demo
+      fedsynth deploy run -k 3 -c secure.toml --audit-dir runs/audit
       fedsynth deploy run --print-app"""
     from .fed.flower.deploy import APP_DIR, prepare_run, run_flower
     if print_app:
@@ -817,7 +821,8 @@ def deploy_run(
     except UserError as e:
         _fail(str(e))
     code = run_flower(cfg, target, clients, superlink, round_timeout, resume is not None,
-                      echo=lambda line: print(line, flush=True))
+                      echo=lambda line: print(line, flush=True),
+                      audit_dir=str(audit_dir.resolve()) if audit_dir is not None else "")
     if code == 0:
         console.print(f"run directory: {target} (report.html, metrics.jsonl, samples/, checkpoints/)")
     raise typer.Exit(code)

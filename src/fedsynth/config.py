@@ -184,6 +184,13 @@ class FedConfig:
                          exclusive_min=True)
     min_clients: int = _f(1, "minimum clients sampled per round", min=1)
     weighted: bool = _f(True, "weight FedAvg by client sample count (else a plain mean)")
+    secure_aggregation: bool = _f(False, "Flower deployment only: the server learns only the (weighted) sum "
+                                  "of the updates (SecAgg+, Flower's secaggplus_mod); needs privacy.validate = "
+                                  "false, no robust rule or client-level DP, a strategy that averages, and at "
+                                  "least 2 clients per round (docs/deployment.md)")
+    secagg_clipping_range: float = _f(8.0, "secure aggregation: bound on each weight's change in one round "
+                                      "(Flower's clipping_range; a larger change is refused by its node); "
+                                      "the quantisation step is 2 x this / 2^22", min=0.0, exclusive_min=True)
 
 
 @dataclass(frozen=True)
@@ -436,12 +443,35 @@ def _check_cross_field(cfg: Config) -> None:
                             "diffaugment or spectral norm")
     if pv.client_dp and pv.robust != "none":
         raise UserError("config keys 'privacy.client-dp' and 'privacy.robust' cannot be combined")
+    if cfg.fed.secure_aggregation:
+        _check_secure_aggregation(cfg)
     for item in cfg.faults.dropout_schedule:
         if not re.fullmatch(r"\d+:[^:]+", item):
             raise UserError(f"config key 'faults.dropout-schedule': {item!r} is not 'round:client'")
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")
+
+
+def _check_secure_aggregation(cfg: Config) -> None:
+    """Secure aggregation shows the server only the sum of the updates: everything that needs a
+    single client's update cannot run beside it. Neither side is switched off silently -- a
+    hospital that asked for validation or a robust rule must not lose it without saying so."""
+    pv = cfg.privacy
+    conflicts = []
+    if pv.validate:
+        conflicts.append("privacy.validate = true (per-update validation checks each update; set it to false)")
+    if pv.robust != "none":
+        conflicts.append(f"privacy.robust = '{pv.robust}' (a robust rule ranks, trims or clips each update)")
+    if pv.client_dp:
+        conflicts.append("privacy.client-dp = true (clips each update before the noise)")
+    why = STRATEGIES[cfg.fed.strategy].secagg
+    if why:
+        conflicts.append(f"fed.strategy = '{cfg.fed.strategy}' ({why})")
+    if conflicts:
+        raise UserError("config key 'fed.secure-aggregation' = true shows the server only the sum of the updates, "
+                        "so these keys, which need each client's update, cannot be used with it: "
+                        + "; ".join(conflicts))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -28,6 +28,11 @@ class Entry:
         One line for ``--help`` texts and the configuration reference.
     flower : str
         Empty if the entry runs over Flower; otherwise why it cannot (shown to the user).
+    secagg : str
+        Strategies: empty if the strategy's aggregation needs nothing but the (weighted) mean
+        of the updates, so it runs under secure aggregation (the server learns only that mean);
+        otherwise why it cannot (shown to the user). ``tests/test_secagg.py`` checks every
+        strategy that claims it.
     kind : str
         A family tag the builders branch on (data sources: ``phantom``, ``files``, ``sample``).
     """
@@ -36,6 +41,7 @@ class Entry:
     target: str = ""
     help: str = ""
     flower: str = ""
+    secagg: str = ""
     kind: str = ""
 
     def load(self) -> Any:
@@ -76,26 +82,30 @@ FAMILIES = Registry("model.family", [
 ])
 
 _ONE_MODEL = "clients never share one model to aggregate"
+_NO_MEAN = "it needs each client's update, and secure aggregation shows the server only their sum"
 STRATEGIES = Registry("fed.strategy", [
     Entry("fedavg", "fed.strategies:FedAvg", "federated averaging (McMahan et al. 2017)"),
     Entry("fedsgd", "fed.strategies:FedSGD", "FedAvg with one local step per round"),
     Entry("fedprox", "fed.strategies:FedProx", "proximal term mu/2 ||w - w_global||^2 (Li et al. 2020)"),
-    Entry("fednova", "fed.strategies:FedNova", "normalised averaging (Wang et al. 2020)"),
-    Entry("scaffold", "fed.strategies:Scaffold", "control variates (Karimireddy et al. 2020)"),
-    Entry("feddyn", "fed.strategies:FedDyn", "dynamic regularisation (Acar et al. 2021)"),
+    Entry("fednova", "fed.strategies:FedNova", "normalised averaging (Wang et al. 2020)",
+          secagg="it weights each client's change by that client's own step count"),
+    Entry("scaffold", "fed.strategies:Scaffold", "control variates (Karimireddy et al. 2020)",
+          secagg="its control-variate changes travel beside the weights, outside the secure sum"),
+    Entry("feddyn", "fed.strategies:FedDyn", "dynamic regularisation (Acar et al. 2021)",
+          secagg="its correction sums the unweighted drift of each client's update"),
     Entry("fedavgm", "fed.strategies:FedAvgM", "server momentum (Hsu et al. 2019)"),
     Entry("fedadam", "fed.strategies:FedAdam", "server Adam (Reddi et al. 2021)"),
     Entry("fedyogi", "fed.strategies:FedYogi", "server Yogi (Reddi et al. 2021)"),
     Entry("fedbn", "fed.strategies:FedBN", "FedAvg with normalisation layers kept local (Li et al. 2021)"),
     Entry("swt", "fed.strategies:SingleWeightTransfer", "single weight transfer: one block of rounds per client",
-          flower="it passes one model from site to site"),
+          flower="it passes one model from site to site", secagg=_NO_MEAN),
     Entry("cwt", "fed.strategies:CyclicWeightTransfer", "cyclic weight transfer: every client in turn each round",
-          flower="it passes one model from site to site"),
+          flower="it passes one model from site to site", secagg=_NO_MEAN),
     Entry("ensemble", "fed.strategies:Ensemble", "clients train alone; samples from the mixture of their models",
-          flower=_ONE_MODEL),
-    Entry("local", "fed.strategies:Local", "baseline: every hospital alone", flower=_ONE_MODEL),
+          flower=_ONE_MODEL, secagg=_NO_MEAN),
+    Entry("local", "fed.strategies:Local", "baseline: every hospital alone", flower=_ONE_MODEL, secagg=_NO_MEAN),
     Entry("centralized", "fed.strategies:Centralized", "baseline: all data pooled in one client",
-          flower="it pools every site's images in one place"),
+          flower="it pools every site's images in one place", secagg=_NO_MEAN),
 ])
 
 LOSSES = Registry("train.loss", [

@@ -423,6 +423,10 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
                      client_ids: Sequence[str] | None = None) -> Federation:
     """A :class:`Federation` of in-process clients: model, evaluator (real statistics computed
     per client, cached) and strategy as the configuration says."""
+    if cfg.fed.secure_aggregation:
+        raise UserError("config key 'fed.secure-aggregation' = true needs the Flower deployment (fedsynth deploy "
+                        "run): in one process the server trains every client itself, so no update is hidden from "
+                        "it; leave the key false here")
     pool = InProcessClients(cfg, client_data, client_ids)
     first = pool.first
     model = build_model(cfg, first.size, first.channels, pool.num_classes())

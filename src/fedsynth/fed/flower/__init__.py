@@ -7,6 +7,8 @@
   there is one), message out. Imports neither torch nor fedsynth's models.
 * :mod:`.node` -- a node's work in plain NumPy/JSON terms: :func:`fedsynth.fed.client.client_round`.
 * :mod:`.worker` -- the warm worker beside each SuperNode (torch imported once).
+* :mod:`.secagg` -- ``fed.secure-aggregation``: fedsynth's round through Flower's SecAgg+
+  (``SecAggPlusWorkflow`` + ``secaggplus_mod``), the update codec, the relay strategy.
 * :mod:`.deploy` -- TLS material, node keys, Flower's environment, process control
   (``fedsynth deploy``, :class:`.deploy.LocalFederation` for tests and benchmarks).
 * ``app/`` -- the Flower app folder ``flwr run`` packs.

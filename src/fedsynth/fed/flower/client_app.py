@@ -7,6 +7,12 @@ and hands it to :func:`fedsynth.fed.flower.node.handle` -- in the node's warm wo
 then turns the answer into a Flower reply. The node reads its *own* data from its node config
 (``data-path``, optional ``data-source``; never sent by the server); what must survive rounds on
 the node lives in ``context.state`` (bytes in :mod:`fedsynth.serial` format, never a pickle).
+
+With ``fed.secure-aggregation`` a round's ``train`` messages are SecAgg+ messages: Flower's
+``secaggplus_mod`` (through :func:`.secagg.secure_mod`) answers the protocol's stages and masks
+the node's update, which :func:`.secagg.fit_reply` hands it in Flower's legacy FitRes form. A
+node started with ``--node-config 'secure-aggregation=true'`` answers no other train message:
+the hospital, not only the run's config, decides that its update never leaves unmasked.
 """
 
 from __future__ import annotations
@@ -19,7 +25,10 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-client = ClientApp()
+from . import secagg
+
+# SecAgg+ messages go through Flower's secaggplus_mod (fed.secure-aggregation); the others pass untouched
+client = ClientApp(mods=[secagg.secure_mod])
 
 
 def _dispatch(kind: str, req: dict[str, Any]) -> dict[str, Any]:
@@ -44,6 +53,18 @@ def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
                                    for k, v in arrays.items()})  # (keeps 0-d arrays 0-d)
 
 
+def _run(kind: str, config: dict[str, Any], arrays: dict[str, np.ndarray] | None,
+         strategy: dict[str, np.ndarray] | None, context: Context) -> dict[str, Any]:
+    """A plain request -> :func:`_dispatch`; the node's state kept in Flower's context."""
+    req: dict[str, Any] = {"config": config, "node_config": dict(context.node_config), "arrays": arrays,
+                           "strategy": strategy,
+                           "state": bytes(context.state["fedsynth"]["state"]) if "fedsynth" in context.state else None}
+    res = _dispatch(kind, req)
+    if res.get("state") is not None:
+        context.state["fedsynth"] = ConfigRecord({"state": res["state"]})
+    return res
+
+
 def _answer(kind: str, msg: Message, context: Context) -> Message:
     """Flower message -> plain request -> :func:`_dispatch` -> Flower reply. Arrays travel as
     the NumPy arrays Flower stores (bit-exact both ways)."""
@@ -51,12 +72,7 @@ def _answer(kind: str, msg: Message, context: Context) -> Message:
 
     def arrays_of(name: str) -> dict[str, np.ndarray] | None:
         return {k: a.numpy() for k, a in content[name].items()} if name in content else None
-    req: dict[str, Any] = {"config": dict(content["config"]), "node_config": dict(context.node_config),
-                           "arrays": arrays_of("arrays"), "strategy": arrays_of("strategy"),
-                           "state": bytes(context.state["fedsynth"]["state"]) if "fedsynth" in context.state else None}
-    res = _dispatch(kind, req)
-    if res.get("state") is not None:
-        context.state["fedsynth"] = ConfigRecord({"state": res["state"]})
+    res = _run(kind, dict(content["config"]), arrays_of("arrays"), arrays_of("strategy"), context)
     out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
     for name in ("arrays", "extra", "stats"):
         if res.get(name) is not None:
@@ -64,6 +80,14 @@ def _answer(kind: str, msg: Message, context: Context) -> Message:
     if res.get("metrics") is not None:
         out["metrics"] = MetricRecord(res["metrics"])
     return Message(RecordDict(out), reply_to=msg)
+
+
+def _answer_secure(msg: Message, context: Context) -> Message:
+    """A secure round's train request (SecAgg+'s collect-masked-vectors stage): the same node
+    work, answered as the FitRes that ``secaggplus_mod`` masks before anything leaves."""
+    conf, start, strategy = secagg.train_request(msg.content)
+    res = _run("train", conf, start, strategy, context)
+    return secagg.fit_reply(msg, conf, start, res)
 
 
 @client.query()
@@ -75,6 +99,17 @@ def hello(msg: Message, context: Context) -> Message:
 @client.train()
 def train(msg: Message, context: Context) -> Message:
     """Score the received global model (if asked), train locally, score the local model."""
+    if secagg.is_secure(msg):  # a secure round: secaggplus_mod called this and masks what it returns
+        return _answer_secure(msg, context)
+    if "fitins.parameters" in msg.content.array_records:  # a secure-round request outside the protocol
+        raise RuntimeError("a secure-aggregation train request without SecAgg+'s records: refused (nothing "
+                           "would mask the update)")
+    if str(context.node_config.get("secure-aggregation", "")).lower() == "true":  # the hospital's own rule
+        cid = str(context.node_config.get("client-id", "?"))
+        return Message(RecordDict({"meta": ConfigRecord({"client-id": cid, "error": (
+            "this node sends its update only through secure aggregation (its node config says "
+            "secure-aggregation=true), and this run does not use it: set fed.secure-aggregation = true")})}),
+            reply_to=msg)
     return _answer("train", msg, context)
 
 

@@ -437,13 +437,15 @@ def prepare_run(config, overrides, out, clients: int, resume) -> tuple:
     return cfg, target
 
 
-def run_flower(cfg, target: Path, clients: int, superlink: str, round_timeout: float, resume: bool, echo=print) -> int:
+def run_flower(cfg, target: Path, clients: int, superlink: str, round_timeout: float, resume: bool, echo=print,
+               audit_dir: str = "") -> int:
     """``flwr run APP [superlink] --stream`` with the fedsynth config sent along; the exit code is
-    non-zero when the server reported an error (Flower's own is not)."""
+    non-zero when the server reported an error (Flower's own is not). ``audit_dir``: the server
+    writes every reply it receives there."""
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         rc = run_config_file(Path(d) / "run-config.toml", cfg.to_toml(), str(target), clients,
-                             {"round-timeout": round_timeout, "resume": resume})
+                             {"round-timeout": round_timeout, "resume": resume, "audit-dir": audit_dir})
         args = [flower_bin("flwr"), "run", str(APP_DIR), *([superlink] if superlink else []), "--stream",
                 "--run-config", str(rc)]
         return stream_run(args, flower_env(), echo=echo)

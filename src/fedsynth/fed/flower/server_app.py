@@ -19,7 +19,13 @@ Run config (``[tool.flwr.app.config]`` of the app, or ``flwr run --run-config``)
 ``config-text`` (a fedsynth config sent with the run, as ``fedsynth deploy run`` does) or
 ``config-path`` (a fedsynth TOML on the SuperLink's machine), ``out`` (run directory),
 ``clients`` (nodes to wait for), ``connect-timeout``, ``round-timeout`` and ``poll-interval``
-(seconds), ``resume``. Node config: ``data-path``, ``client-id``, ``data-source`` (default
+(seconds), ``resume``, ``audit-dir`` (a folder: every reply the server receives is written there,
+tensors as ``.npz`` and the rest as JSON, for checking what left the sites).
+
+With ``fed.secure-aggregation`` the pool is :class:`SecureFlowerClients`: each round's training
+runs Flower's SecAgg+ (:mod:`.secagg`), and the server sees only the weighted mean of the updates.
+
+Node config: ``data-path``, ``client-id``, ``data-source`` (default
 ``folder``).
 """
 
@@ -38,6 +44,7 @@ from flwr.serverapp import Grid, ServerApp
 from ...config import UserError, build_config, load_config
 from ...registry import is_fd_metric
 from ..engine import ClientPool
+from . import secagg
 
 POLL_S = 0.05  # how often the server asks the SuperLink for replies
 
@@ -72,6 +79,90 @@ def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = 
     return replies, list(waiting.values())
 
 
+class PollingGrid(Grid):
+    """``grid`` with a ``send_and_receive`` that polls every ``poll`` seconds (Flower's sleeps 3 s;
+    SecAgg+ calls it four times a round), noting each error reply in :attr:`errors` (node id,
+    last line) and, with an ``audit`` folder, writing every reply there (:func:`write_audit`)."""
+
+    def __init__(self, grid: Grid, poll: float = POLL_S, audit: str = ""):
+        self.grid, self.poll, self.audit = grid, poll, audit
+        self.errors: list[tuple[int, str]] = []
+        self.count = 0
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self.grid.create_message(*args, **kwargs)
+
+    def get_node_ids(self):
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages):
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        got = list(self.grid.pull_messages(message_ids))
+        for m in got:
+            self.count += 1
+            if m.has_error():
+                self.errors.append((m.metadata.src_node_id, _error_line(m)))
+            if self.audit:
+                write_audit(self.audit, self.count, m)
+        return got
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies, _silent = exchange(self, list(messages), float("inf") if timeout is None else timeout, self.poll)
+        return replies
+
+
+def message_arrays(msg: Message) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Every tensor in a message (ArrayRecords, and ``.npy`` bytes inside ConfigRecords, as
+    SecAgg+ sends its masked vectors) and every other value, keyed ``record/name[/index]``."""
+    from flwr.common import bytes_to_ndarray
+    arrays: dict[str, np.ndarray] = {}
+    other: dict[str, Any] = {"type": msg.metadata.message_type, "src-node": msg.metadata.src_node_id}
+    if msg.has_error():
+        other["error"] = str(msg.error.reason)
+        return arrays, other
+
+    def npy(b: Any) -> bool:
+        return isinstance(b, bytes) and b[:6] == b"\x93NUMPY"
+    for name, rec in msg.content.items():
+        for key, v in rec.items():
+            at = f"{name}/{key}"
+            if isinstance(rec, ArrayRecord):
+                arrays[at] = v.numpy() if v.dtype else bytes_to_ndarray(v.data)  # legacy arrays carry .npy bytes
+            elif npy(v):
+                arrays[at] = bytes_to_ndarray(v)
+            elif isinstance(v, list) and v and all(npy(x) for x in v):
+                arrays.update((f"{at}/{i}", bytes_to_ndarray(x)) for i, x in enumerate(v))
+            elif isinstance(v, bytes) or (isinstance(v, list) and any(isinstance(x, bytes) for x in v)):
+                other[at] = f"<{len(v)} bytes>" if isinstance(v, bytes) else f"<list of {len(v)}>"
+            else:
+                other[at] = v
+    return arrays, other
+
+
+def write_audit(folder: str, k: int, msg: Message) -> None:
+    """``<folder>/<k>-<type>-node<id>.npz`` (its tensors) and ``.json`` (everything else): what
+    the server received, for an officer to check (run config ``audit-dir``)."""
+    import io
+    from pathlib import Path
+
+    from ...utils import atomic_write_bytes
+    arrays, other = message_arrays(msg)
+    stem = Path(folder) / f"{k:06d}-{msg.metadata.message_type}-node{msg.metadata.src_node_id}"
+    buf = io.BytesIO()
+    np.savez(buf, **{a.replace("/", "|"): v for a, v in arrays.items()})
+    atomic_write_bytes(stem.with_suffix(".npz"), buf.getvalue())
+    atomic_write_bytes(stem.with_suffix(".json"), json.dumps(other, default=str).encode())
+
+
 def _error_line(rep: Message) -> str:
     return str(rep.error.reason).strip().splitlines()[-1][:300] if str(rep.error.reason).strip() else "failed"
 
@@ -81,7 +172,12 @@ def parse_records(content: RecordDict, cid: str) -> list[dict[str, Any]]:
     meta = content["meta"]
     if "records" not in meta:
         return []
-    recs = json.loads(str(meta["records"]))
+    return records_from_json(str(meta["records"]), cid)
+
+
+def records_from_json(text: str, cid: str) -> list[dict[str, Any]]:
+    """A node's metric records, sent as JSON; ``ValueError`` if they do not parse."""
+    recs = json.loads(text)
     if not isinstance(recs, list) or not all(isinstance(x, dict) and {"round", "metric", "value"} <= set(x)
                                              for x in recs):
         raise ValueError("field 'records' is not a list of metric records")
@@ -126,7 +222,8 @@ class FlowerClients(ClientPool):
     def __init__(self, grid: Grid, cfg: Any, n_clients: int, timeout: float, connect_timeout: float,
                  poll: float = POLL_S):
         import uuid
-        self.flower_grid, self.cfg, self.timeout, self.poll = grid, cfg, timeout, poll
+        self.flower_grid = grid if isinstance(grid, PollingGrid) else PollingGrid(grid, poll)
+        self.cfg, self.timeout, self.poll = cfg, timeout, poll
         self.cfg_text = cfg.to_toml()
         self.run_key = uuid.uuid4().hex  # names the nodes' saved state (not a random draw of the study)
         self.pending = -1  # the round whose global model the nodes score on receipt
@@ -204,14 +301,19 @@ class FlowerClients(ClientPool):
     def num_images(self, cid: str) -> int:
         return int(self.info[cid]["num-examples"])
 
+    def _request(self, r: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Round ``r``'s train/evaluate request besides the weights: the strategy's tensors, and
+        the config values (the strategy's structure as JSON)."""
+        from ...serial import pack
+        tensors, skeleton = pack(self.fed.strategy.state_dict())
+        return tensors, {"fedsynth-config": self.cfg_text, "round": r, "num-classes": self.num_classes,
+                         "num-clients": len(self.ids), "run-key": self.run_key, "eval-global": self.pending,
+                         "strategy": json.dumps(skeleton)}
+
     def _messages(self, r: int, train: list[str], evaluate: list[str], eval_local: bool) -> list[Message]:
         """Round ``r``'s messages: ``train`` to the sampled clients, ``evaluate`` to the others
         that must score the incoming global model. Weights and strategy state serialised once."""
-        from ...serial import pack
-        tensors, skeleton = pack(self.fed.strategy.state_dict())
-        base = {"fedsynth-config": self.cfg_text, "round": r, "num-classes": self.num_classes,
-                "num-clients": len(self.ids), "run-key": self.run_key, "eval-global": self.pending,
-                "strategy": json.dumps(skeleton)}
+        tensors, base = self._request(r)
         weights = ArrayRecord(self.fed.server.global_state)
         strategy = ArrayRecord(array_dict={k: Array(v.detach().contiguous().numpy()) for k, v in tensors.items()})
         out = []
@@ -230,9 +332,16 @@ class FlowerClients(ClientPool):
         return sites_summary(site, self.fed.evaluator.extractor, r)
 
     def train(self, r, ids, start, evaluate):
-        from ..client import ClientResult
         idle = [c for c in self.ids if c not in ids] if self.pending >= 0 else []  # every site scores the incoming model
         replies, silent = exchange(self.flower_grid, self._messages(r, ids, idle, evaluate), self.timeout, self.poll)
+        results, recs = self._collect(r, ids, replies, silent)
+        recs += self._site_summary(recs + [x for res in results for x in res.records], self.pending)
+        self.pending = -1
+        return results, recs
+
+    def _collect(self, r: int, ids: list[str], replies: list[Message], silent: list[int]):
+        """Results and records from round ``r``'s replies (``train`` from ``ids``, ``evaluate`` from the others)."""
+        from ..client import ClientResult
         recs: list[dict[str, Any]] = [{"round": r, "client": self.by_node[nid], "metric": "dropped", "value": 1,
                                        "reason": f"no reply within round-timeout = {self.timeout:.0f} s"}
                                       for nid in silent]
@@ -257,8 +366,6 @@ class FlowerClients(ClientPool):
                 _say(f"round {r}: reply of client {cid} rejected: {why}")
                 continue
             results.append(ClientResult(cid, update, node_recs, timing))
-        recs += self._site_summary(recs + [x for res in results for x in res.records], self.pending)
-        self.pending = -1
         return results, recs
 
     def evaluate_global(self, r):
@@ -303,6 +410,103 @@ class FlowerClients(ClientPool):
         the nodes send them again."""
         g = int(ck["flower"]["pending-global"]) if ck is not None else -1
         return [x for x in records if not (x["round"] == g and x["client"] == "global" and x.get("real") != "union")]
+
+
+class SecureFlowerClients(FlowerClients):
+    """:class:`FlowerClients` whose rounds run Flower's SecAgg+ (``fed.secure-aggregation``): the
+    server learns only the weighted mean of the sampled nodes' updates (:mod:`.secagg`).
+
+    Each participant's update carries that mean, with the node's own image count, step count
+    and losses -- as ``SecAggPlusWorkflow`` hands a legacy strategy one result per node with the
+    aggregate as their parameters -- so ``server_round`` and the strategy (one whose aggregation
+    is a function of the mean; the configuration refuses the others) run unchanged.
+    """
+
+    def bind(self, fed) -> None:
+        from ..engine import sample_clients
+        super().bind(fed)
+        per_round = len(sample_clients(self.ids, self.cfg.fed.fraction, self.cfg.fed.min_clients, 0, 1))
+        if per_round < 2:
+            raise UserError(f"secure aggregation needs at least 2 clients per round, this run samples {per_round} of "
+                            f"{len(self.ids)}: raise fed.fraction or fed.min-clients (or add nodes)")
+        if per_round == 2:
+            _say("warning: secure aggregation over 2 clients per round: each learns the other's update from the "
+                 "mean, and Flower 1.42 derives its masks from 32-bit seeds (docs/deployment.md); use 3 or more")
+        g = fed.server.global_state
+        self.keys = sorted(fed.travel)
+        self.scales = secagg.scales({k: str(g[k].numpy().dtype) for k in self.keys})
+        counts = [int(self.info[c]["num-examples"]) for c in self.ids]
+        self.max_weight = float(max(counts)) if self.cfg.fed.weighted else 1.0
+
+    def train(self, r, ids, start, evaluate):
+        import torch
+        from flwr.common import parameters_to_ndarrays
+
+        from ...utils import derive_seed
+        from .node import arrays
+        recs: list[dict[str, Any]] = []
+        results: list[Any] = []
+        idle = [c for c in self.ids if c not in ids] if self.pending >= 0 else []
+        if idle:  # the sites that sit this round out score the incoming global model
+            replies, silent = exchange(self.flower_grid, self._messages(r, [], idle, False), self.timeout, self.poll)
+            results, recs = self._collect(r, [], replies, silent)
+        strategy_tensors, base = self._request(r)
+        weights = arrays(start)
+        strategy = arrays(strategy_tensors)
+        base.update({"eval-local": bool(evaluate), "secagg-keys": json.dumps(self.keys),
+                     "secagg-scales": json.dumps([self.scales[k] for k in self.keys]),
+                     "secagg-weighted": bool(self.cfg.fed.weighted), "secagg-max-weight": self.max_weight,
+                     "secagg-clipping-range": float(self.cfg.fed.secagg_clipping_range)})
+        instructions = {self.info[c]["node"]: secagg.fit_instructions(
+            {**base, "secagg-seed": derive_seed(self.cfg.run.seed, "secagg-rounding", r, c) % 2 ** 32},
+            weights, strategy) for c in ids}
+        grid = self.flower_grid
+        grid.errors.clear()
+        relay = secagg.run_secure_round(grid, r, instructions, self.max_weight,
+                                        float(self.cfg.fed.secagg_clipping_range), self.timeout)
+        failed = dict(grid.errors)
+        answered = {p.node_id for p, _ in relay.results}
+        for nid in sorted(set(instructions) - answered):
+            recs.append({"round": r, "client": self.by_node[nid], "metric": "dropped", "value": 1,
+                         "reason": failed.get(nid, "left the secure aggregation (no reply, or the protocol halted)")})
+        mean = None
+        if relay.results:
+            try:
+                vec = parameters_to_ndarrays(relay.results[0][1].parameters)
+                mean = {k: torch.from_numpy(np.array(v)) for k, v in
+                        secagg.decode(vec, weights, self.keys, self.scales).items()}  # (keeps 0-d tensors 0-d)
+            except ValueError as e:
+                recs.append({"round": r, "client": "server", "metric": "rejected", "value": 1,
+                             "reason": f"secure aggregate: {e}"})
+        if mean is not None:
+            recs.append({"round": r, "client": "server", "metric": "secagg-clients", "value": len(relay.results)})
+            for proxy, fitres in sorted(relay.results, key=lambda x: _natural(self.by_node[x[0].node_id])):
+                results.append(self._secure_result(r, self.by_node[proxy.node_id], fitres, mean, recs))
+        recs += self._site_summary(recs + [x for res in results for x in res.records], self.pending)
+        self.pending = -1
+        return results, recs
+
+    @staticmethod
+    def _secure_result(r: int, cid: str, fitres, mean, recs: list[dict[str, Any]]):
+        """Client ``cid``'s result: the secure mean as its update (its own contribution is inside
+        it and cannot be taken out), its scalars from the FitRes metrics."""
+        from ...updates import ClientUpdate
+        from ..client import ClientResult
+        m = dict(fitres.metrics)
+        try:
+            node_recs = records_from_json(str(m.pop("records")), cid)
+            timing = json.loads(str(m.pop("timing")))
+            if not isinstance(timing, dict):
+                raise ValueError("field 'timing' is not a JSON object")
+            timing["warm-worker"] = bool(m.pop("warm", False))
+            n, steps = int(m.pop("num-examples")), int(m.pop("steps"))
+            losses = {k: float(v) for k, v in m.items() if k != "client-id"}
+        except (KeyError, TypeError, ValueError) as e:
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            recs.append({"round": r, "client": cid, "metric": "rejected", "value": 1,
+                         "reason": f"malformed metrics (its update is inside the secure sum): {why}"})
+            node_recs, timing, n, steps, losses = [], {"round": r, "client": cid}, int(fitres.num_examples), 1, {}
+        return ClientResult(cid, ClientUpdate(cid, mean, n, losses, steps, {}), node_recs, timing)
 
 
 class _Progress:
@@ -368,8 +572,10 @@ def _serve(grid: Grid, context: Context) -> None:
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor.kind))
 
     def engine(cfg, reporter) -> Federation:
-        pool = FlowerClients(grid, cfg, int(rc["clients"]), float(rc.get("round-timeout", 3600)),
-                             float(rc.get("connect-timeout", 300)), float(rc.get("poll-interval", POLL_S)))
+        poll = float(rc.get("poll-interval", POLL_S))
+        pool = (SecureFlowerClients if cfg.fed.secure_aggregation else FlowerClients)(
+            PollingGrid(grid, poll, str(rc.get("audit-dir", ""))), cfg, int(rc["clients"]),
+            float(rc.get("round-timeout", 3600)), float(rc.get("connect-timeout", 300)), poll)
         model = build_model(cfg, pool.size, pool.channels, pool.num_classes)
         ev = None
         if extractor is not None:
