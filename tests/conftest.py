@@ -6,6 +6,7 @@ TINY = [
     "train.batch-size=16", "fed.rounds=2", "eval.num-samples=64", "eval.kid-subsets=5",
     "eval.kid-subset-size=16", "eval.grid-size=16",
     "eval.feature-extractor=random",  # auto would pick the trained EfficientNet: seconds per evaluation
+    "fed.min-local-steps=0",  # one epoch (2 steps) per round: tests check mechanics, not learning
 ]
 
 

@@ -24,7 +24,7 @@ pytest.importorskip("flwr")
 
 from fedsynth.fed.flower.deploy import APP_DIR as APP  # noqa: E402
 CONFIG = ("[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\nbatch-size = 16\nthreads = 1\n"
-          "[fed]\nrounds = 2\n")
+          "[fed]\nrounds = 2\nmin-local-steps = 0\n")
 
 
 @pytest.fixture(scope="module")

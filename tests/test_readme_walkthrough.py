@@ -1,4 +1,4 @@
-"""The README's Flower walkthrough, run as written: the bash block after the
+"""The Flower walkthrough of the docs (docs/flower.md), run as written: the bash block after the
 ``<!-- walkthrough`` marker. The lines before ``# terminal 1`` run first; each ``# terminal N``
 section runs in a process group of its own, as if typed into its own terminal (terminal 1 first,
 the others once its port answers); the last section starts the run, which must succeed. HOME is
@@ -15,11 +15,11 @@ import pytest
 
 pytest.importorskip("flwr")
 
-README = Path(__file__).parent.parent / "README.md"
+WALKTHROUGH = Path(__file__).parent.parent / "docs" / "flower.md"
 
 
 def _sections() -> list[tuple[str, list[str]]]:
-    text = README.read_text()
+    text = WALKTHROUGH.read_text()
     block = re.search(r"<!-- walkthrough.*?-->\s*```bash\n(.*?)```", text, re.S).group(1)
     out: list[tuple[str, list[str]]] = [("setup", [])]
     for line in block.splitlines():

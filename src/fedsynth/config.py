@@ -12,6 +12,7 @@ code 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 import sys
@@ -28,6 +29,11 @@ import tomli_w
 
 from .registry import EXTRACTORS, FAMILIES, LOSSES, ROBUST_RULES, SOURCES, STRATEGIES
 
+# Fewest local steps a round trains by default. A site of 84 images at batch 32 takes 2 steps per
+# epoch, and a DCGAN given 2 steps a round learned nothing in 6 rounds; the built-in default
+# (1,000 images per site) takes 31 steps an epoch, so this floor leaves it unchanged.
+MIN_LOCAL_STEPS = 30
+
 
 class UserError(Exception):
     """An error caused by user input (config, paths, data). Shown as one line, exit code 2."""
@@ -39,6 +45,9 @@ def _f(default: Any, help: str, **constraints: Any) -> Any:
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Where the images come from: a built-in phantom, a folder, DICOM, NIfTI, MedMNIST or a
+    packaged sample (``[data]``)."""
+
     source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo (built-in); folder | "
                      "dicom | nifti | medmnist (files under 'path'); sample-retina | sample-ihc | "
                      "sample-ct (small real images shipped by installed packages)", choices=SOURCES.names())
@@ -67,6 +76,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
+    """How images are prepared before training: intensity rescaling, crop, resize to a square,
+    channels, CLAHE, gamma, binning (``[preprocess]``)."""
+
     rescale: str = _f("auto", "intensity to [0, 1]: auto (quantiles for >8-bit data, /255 for "
                       "8-bit), quantile, minmax, none (/255)",
                       choices=("auto", "quantile", "minmax", "none"))
@@ -85,6 +97,8 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
+    """How the images are split among the clients (hospitals), seeded (``[partition]``)."""
+
     clients: int = _f(2, "number of clients (hospitals)", min=1, max=10_000)
     scheme: str = _f("iid", "iid | label-skew | by-label | dirichlet | quantity-skew",
                      choices=("iid", "label-skew", "by-label", "dirichlet", "quantity-skew"))
@@ -97,6 +111,9 @@ class PartitionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The generative model: family, architecture, widths, normalisation, conditioning
+    (``[model]``)."""
+
     family: str = _f("gan", "model family: " + FAMILIES.help(), choices=FAMILIES.names())
     arch: str = _f("dcgan", "generator/discriminator family", choices=("dcgan",))
     nz: int = _f(100, "latent dimension", min=1)
@@ -115,6 +132,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Local training on each client: loss, optimizer, batch size, threads (``[train]``)."""
+
     loss: str = _f("bce", "GAN loss: bce (non-saturating), hinge, wgan-gp", choices=LOSSES.names())
     n_critic: int = _f(5, "wgan-gp: critic steps per generator step", min=1)
     gp_lambda: float = _f(10.0, "wgan-gp: gradient-penalty weight", min=0.0)
@@ -132,6 +151,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class FedConfig:
+    """The federation: strategy, what is shared, server optimizer, rounds, aggregation period,
+    client sampling (``[fed]``)."""
+
     strategy: str = _f("fedavg", "fedavg fedsgd fedprox fednova scaffold feddyn fedavgm fedadam "
                        "fedyogi fedbn swt cwt ensemble, or a baseline: local (never aggregate) or "
                        "centralized (all data pooled in one client)",
@@ -155,6 +177,9 @@ class FedConfig:
     rounds: int = _f(20, "communication rounds", min=1)
     local_epochs: int = _f(1, "aggregation period: local epochs per round", min=1)
     local_steps: int = _f(0, "if > 0, local steps per round instead of local-epochs", min=0)
+    min_local_steps: int = _f(MIN_LOCAL_STEPS, "each round trains at least this many local steps: a "
+                              "small site repeats its data (0: exactly local-epochs; ignored when "
+                              "local-steps is set)", min=0)
     fraction: float = _f(1.0, "fraction of clients sampled each round", min=0.0, max=1.0,
                          exclusive_min=True)
     min_clients: int = _f(1, "minimum clients sampled per round", min=1)
@@ -163,6 +188,9 @@ class FedConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Evaluation: when, how many samples, which feature network, KID, sample grids, per-site
+    scores (``[eval]``)."""
+
     enabled: bool = _f(True, "evaluate at all (false: no metrics but losses, no sample grids)")
     every: int = _f(1, "evaluate every N rounds (0: only before training and at the end)", min=0)
     num_samples: int = _f(1000, "generated images per Frechet distance", min=2)
@@ -183,6 +211,9 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class PrivacyConfig:
+    """Privacy and robustness: DP-SGD, client-level DP, update validation, robust aggregation
+    (``[privacy]``)."""
+
     dp_sgd: bool = _f(False, "sample-level DP-SGD on each client's discriminator (needs "
                       "model.d-norm = group or none; loss bce or hinge)")
     dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0)
@@ -204,6 +235,8 @@ class PrivacyConfig:
 
 @dataclass(frozen=True)
 class FaultsConfig:
+    """Simulated faults for testing the defences: attackers and drop-outs (``[faults]``)."""
+
     attack: str = _f("none", "simulate malicious clients: scale, sign-flip, random, nan",
                      choices=("none", "scale", "sign-flip", "random", "nan"))
     attackers: tuple = _f((), "ids of the attacking clients, e.g. [\"0\"]", length=0, item=str,
@@ -216,6 +249,8 @@ class FaultsConfig:
 
 @dataclass(frozen=True)
 class RunOptions:
+    """The run itself: seed, name, output folder, checkpoints kept (``[run]``)."""
+
     seed: int = _f(0, "run seed; every random draw derives from it", min=0)
     name: str = _f("", "short description used in the run directory name (default: derived)")
     out_dir: str = _f("runs", "parent folder of numbered run directories")
@@ -421,3 +456,43 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"config file {p} is not valid TOML: {e}") from None
     return build_config(tree, overrides)
+
+
+def _type_name(f: dataclasses.Field) -> str:
+    kind, meta = type(f.default), f.metadata
+    if kind is tuple and meta.get("item") is str:
+        return "list of strings"
+    if kind is tuple:
+        return f"list of {meta['length']} numbers"
+    return {bool: "bool", int: "int", float: "float", str: "string"}[kind]
+
+
+def _constraint_text(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    if "choices" in meta:
+        return "one of " + ", ".join(f"`{c}`" for c in meta["choices"])
+    lo, hi = meta.get("min"), meta.get("max")
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if meta.get('exclusive_min') else '>='} {lo}")
+    if hi is not None:
+        parts.append(f"<= {hi}")
+    return ", ".join(parts)
+
+
+def key_reference() -> list[dict[str, str]]:
+    """Every configuration key, in declaration order, as the documentation shows it.
+
+    One dict per key with ``section``, ``key`` (kebab-case, as in TOML), ``type``, ``default``
+    (a TOML literal), ``help`` and ``allowed`` (choices or bounds; empty if none). The field
+    metadata is the single source: the configuration reference in the docs is generated from
+    this at build time (``docs/hooks.py``) and validation reads the same metadata.
+    """
+    out = []
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = list(f.default) if isinstance(f.default, tuple) else f.default
+            default = json.dumps(value)  # a TOML literal for every type used here
+            out.append({"section": section, "key": _kebab(f.name), "type": _type_name(f),
+                        "default": default, "help": f.metadata["help"], "allowed": _constraint_text(f)})
+    return out

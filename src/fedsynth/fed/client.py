@@ -101,7 +101,37 @@ def local_steps(cfg: Any, strategy: Any, n: int) -> int:
         return strategy.local_steps
     if cfg.fed.local_steps > 0:
         return cfg.fed.local_steps
-    return cfg.fed.local_epochs * steps_per_epoch(n, cfg.train.batch_size)
+    return max(cfg.fed.local_epochs * steps_per_epoch(n, cfg.train.batch_size), cfg.fed.min_local_steps)
+
+
+def workload_notes(cfg: Any, strategy: Any, sizes: dict[str, int]) -> list[str]:
+    """What a user should know before the rounds start about how much each client trains: sites
+    whose data is repeated to reach ``fed.min-local-steps``, and settings that give so few
+    steps a round that the model is unlikely to learn. ``sizes``: images per client."""
+    if strategy.local_steps is not None or not sizes:  # the strategy fixes it (FedSGD: 1 step)
+        return []
+    from ..config import MIN_LOCAL_STEPS
+    bs, notes = cfg.train.batch_size, []
+    per_epoch = {cid: steps_per_epoch(n, bs) for cid, n in sizes.items()}
+    steps = {cid: local_steps(cfg, strategy, n) for cid, n in sizes.items()}
+    if cfg.fed.local_steps == 0:
+        floored = sorted((cid for cid in sizes if steps[cid] > cfg.fed.local_epochs * per_epoch[cid]), key=str)
+        if floored:
+            cid = floored[0]
+            who = f"client {cid}" if len(floored) == 1 else f"{len(floored)} clients (e.g. client {cid})"
+            notes.append(f"{who}: {sizes[cid]} image{'s' if sizes[cid] != 1 else ''} at batch {bs} is "
+                         f"{per_epoch[cid]} step{'s' if per_epoch[cid] != 1 else ''} per epoch; each round "
+                         f"trains {steps[cid]} local steps (≈{steps[cid] / per_epoch[cid]:.0f} epochs, "
+                         f"fed.min-local-steps)")
+    few = sorted((cid for cid in sizes if steps[cid] < MIN_LOCAL_STEPS), key=str)
+    if few:
+        cid = few[0]
+        key = "fed.local-steps" if cfg.fed.local_steps > 0 else "fed.min-local-steps"
+        who = f"client {cid}" if len(few) == 1 else f"{len(few)} clients (e.g. client {cid})"
+        notes.append(f"{who} train{'s' if len(few) == 1 else ''} only {steps[cid]} local step{'s' if steps[cid] != 1 else ''} per round "
+                     f"({sizes[cid]} images, batch {bs}): a GAN learns little from so few; "
+                     f"set {key} to {MIN_LOCAL_STEPS} or more")
+    return notes
 
 
 def fails(cfg: Any, r: int, cid: str) -> bool:

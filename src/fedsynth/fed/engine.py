@@ -36,7 +36,8 @@ from ..metrics import build_extractor
 from ..models import GenerativeModel, build_model
 from ..updates import State
 from ..utils import numpy_rng, torch_generator
-from .client import ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy
+from .client import (ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy,
+                     workload_notes)
 from .evaluation import Evaluator, sites_summary, site_statistics
 from .server import ServerState, server_round
 from .strategies import strategy_from_config
@@ -164,9 +165,13 @@ class ClientPool:
         round (:meth:`Evaluator.realism_extremes`), or None where the server cannot draw them."""
         return None
 
+    def num_images(self, cid: str) -> int:
+        """Images client ``cid`` trains on."""
+        raise NotImplementedError
+
     def steps(self, cid: str) -> int:
         """Local steps client ``cid`` takes this round (for progress)."""
-        raise NotImplementedError
+        return local_steps(self.fed.cfg, self.fed.strategy, self.num_images(cid))
 
     def kept_local(self, updates: list) -> dict[str, tuple[State, int]] | None:
         """The kept-local layers of these clients, where the server may see them (in-process)."""
@@ -253,6 +258,9 @@ class Federation:
             real = self.pool.real_grid()
             if real is not None:
                 self.sink.save_image_grid("real", real, nrow=self._grid_nrow())
+        if self.start_round == 1:
+            for text in workload_notes(cfg, self.strategy, {i: self.pool.num_images(i) for i in self.pool.ids}):
+                self.reporter.warning(text)
         if self.start_round == 1 and 0 in to_eval:  # round 0: the model before any training
             self._end_round(0, self.pool.evaluate_global(0), [], to_eval, title)
 
@@ -357,8 +365,8 @@ class InProcessClients(ClientPool):
             raise UserError(f"config key 'faults.attackers' names unknown client(s) {sorted(unknown)}; "
                             f"clients are {', '.join(self.clients)}")
 
-    def steps(self, cid: str) -> int:
-        return local_steps(self.cfg, self.fed.strategy, self.clients[cid].n)
+    def num_images(self, cid: str) -> int:
+        return self.clients[cid].n
 
     def _on_step(self, _step: int) -> None:
         self.fed.reporter.step()

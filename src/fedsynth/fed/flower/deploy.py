@@ -7,7 +7,8 @@
                                 (SAN: localhost, 127.0.0.1 and any extra names given)
     keys/node<k>, keys/node<k>.pub
                                 one ECDSA P-384 key pair per hospital, OpenSSH format: the
-                                operator registers the .pub with `flwr supernode register`,
+                                operator registers the .pub with `fedsynth deploy register`
+                                (Flower's `flwr supernode register` in fedsynth's environment),
                                 the hospital keeps the private key for --auth-supernode-private-key
 
 Private keys are written with mode 0600. ``make_node_key(out, name)`` makes one such key pair
@@ -34,6 +35,9 @@ def _write(path: Path, data: bytes, private: bool = False, exclusive: bool = Fal
 
 
 def make_certs(out: str | Path, nodes: int, names: tuple[str, ...] = (), days: int = 365) -> list[Path]:
+    """Write the CA, the SuperLink's certificate and ``nodes`` key pairs under ``out`` (layout in
+    the module docstring): 4 + 2 x ``nodes`` files, whose paths are returned (the CLI reports
+    their count). Refuses a folder that already holds a CA."""
     try:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization

@@ -201,9 +201,8 @@ class FlowerClients(ClientPool):
             _say(f"{len(set(fed.init) - fed.travel)} tensor(s) stay on the nodes ({self.cfg.fed.strategy}, "
                  f"fed.share): the global model is scored per site only; no union score and no sample grids")
 
-    def steps(self, cid: str) -> int:
-        from ..client import local_steps
-        return local_steps(self.cfg, self.fed.strategy, int(self.info[cid]["num-examples"]))
+    def num_images(self, cid: str) -> int:
+        return int(self.info[cid]["num-examples"])
 
     def _messages(self, r: int, train: list[str], evaluate: list[str], eval_local: bool) -> list[Message]:
         """Round ``r``'s messages: ``train`` to the sampled clients, ``evaluate`` to the others

@@ -1,0 +1,50 @@
+"""MkDocs hook: the configuration reference, generated from the config dataclasses at build time.
+
+``docs/configuration.md`` holds the marker ``<!-- config-reference -->``; this hook replaces it
+with one table per section built from :func:`fedsynth.config.key_reference` (each field's
+``metadata["help"]``, type, default and allowed values) and each section class's docstring. The
+reference therefore cannot go stale: a key added to ``src/fedsynth/config.py`` appears in the
+next build, and ``tests/test_docs.py`` checks that every key is on the page.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+MARKER = "<!-- config-reference -->"
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def _cell(text: str) -> str:
+    """Table-safe Markdown: escape the pipe and the emphasis characters of a help text."""
+    for ch in ("\\", "|", "*", "_"):
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("<", "&lt;").replace("\n", " ")
+
+
+def config_reference() -> str:
+    """The generated Markdown: one ``## [section]`` heading and table per config section."""
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))  # this checkout's fedsynth, not whatever is installed
+    import inspect
+
+    from fedsynth.config import SECTIONS, key_reference
+
+    rows = key_reference()
+    out = []
+    for section, cls in SECTIONS.items():
+        out += [f"## `[{section}]`", "", inspect.cleandoc(cls.__doc__ or ""), "",
+                "| key | default | what it does | type, allowed values |", "| --- | --- | --- | --- |"]
+        for r in rows:
+            if r["section"] == section:
+                kind = r["type"] + (f": {r['allowed']}" if r["allowed"] else "")
+                out.append(f"| `{section}.{r['key']}` | `{r['default']}` | {_cell(r['help'])} | {kind} |")
+        out.append("")
+    return "\n".join(out)
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    if MARKER in markdown:
+        return markdown.replace(MARKER, config_reference())
+    return markdown
