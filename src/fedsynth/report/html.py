@@ -190,6 +190,8 @@ def _by_round(records: list[dict[str, Any]], metric: str) -> dict[tuple[str, str
 def _change(v0: float | None, v1: float | None) -> str:
     if v0 is None or v1 is None or not v0:
         return "–"
+    if v0 > 0 and v1 / v0 >= 10:  # +2,400% reads worse than ×25
+        return f"×{v1 / v0:.0f}"
     return f"{(v1 - v0) / abs(v0) * 100:+.1f}%"
 
 
@@ -435,6 +437,9 @@ def _samples(run: Path, records: list[dict[str, Any]], evaluated: bool, flower: 
     return "".join(parts)
 
 
+WHY_ZERO = 'for why this can be near 0 beside a small distance, see <a href="#metrics">precision</a> below'
+
+
 def _realism_section(run: Path, records: list[dict[str, Any]], evaluated: bool, flower: bool) -> str:
     recs = [r for r in records if r["metric"] == "realism-mean" and r.get("client") == "global"]
     path = run / "samples" / "realism.png"
@@ -456,7 +461,8 @@ def _realism_section(run: Path, records: list[dict[str, Any]], evaluated: bool, 
                 f"realistic (worst last).</figcaption></figure>")
     return (f"<h2 id=realism>Most and least realistic samples</h2>{body}<p>At round {last} the mean realism "
             f"score is {at.get('realism-mean', float('nan')):.3f} (median {at.get('realism-median', float('nan')):.3f}); "
-            f"{at.get('realism-inside', 0):.0%} of the samples lie inside the real manifold (R ≥ 1).</p>")
+            f"{at.get('realism-inside', 0):.0%} of the samples lie inside the real manifold (R ≥ 1)"
+            f"{' (' + WHY_ZERO + ')' if at.get('realism-inside', 0) < 0.05 else ''}.</p>")
 
 
 # ---------------------------------------------------------------------------- explanations
@@ -530,7 +536,8 @@ nav{font-size:.9em;margin:.4em 0 1em}nav a{margin-right:.9em;color:#0b5cad;text-
 table{border-collapse:collapse;font-size:.88em;margin:.3em 0}td,th{border:1px solid #d5d5d5;padding:4px 9px;text-align:right;white-space:nowrap}
 td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f1f2f4}
 tr.main td{font-weight:600;background:#fbfbe8}td:first-child{white-space:normal;min-width:9em}
-@media (max-width:640px){.opt{display:none}td,th{padding:3px 5px}body{padding:.8em .7em 2em}}
+@media (max-width:640px){.opt{display:none}table{font-size:.8em}td,th{padding:3px 4px}th{white-space:normal}td:first-child{min-width:7em}
+ body{padding:.8em .7em 2em}}
 code{font-size:.9em;overflow-wrap:anywhere}pre{background:#f6f6f6;padding:.8em;font-size:.8em;overflow:auto;max-height:30em}
 .note{color:#5a5a5a;font-size:.88em}
 .curves{display:grid;grid-template-columns:repeat(auto-fit,minmax(min(100%,520px),1fr));gap:1em}
