@@ -102,7 +102,8 @@ def test_run_directory_contents(tiny, tmp_path):
     recs = read_metrics(rd.path)
     assert recs and all({"round", "client", "metric", "value"} <= set(r) for r in recs)
     assert (rd.path / "fd.png").stat().st_size > 1000
-    assert sorted(p.name for p in (rd.path / "samples").iterdir()) == ["round-0000.png", "round-0001.png", "round-0002.png"]
+    assert sorted(p.name for p in (rd.path / "samples").iterdir()) == ["real.png", "realism.png", "round-0000.png",
+                                                                     "round-0001.png", "round-0002.png"]
     ck = sorted((rd.path / "checkpoints").iterdir())
     assert [p.name for p in ck] == ["round-0002.pt"]
     state = torch.load(ck[0], weights_only=True)

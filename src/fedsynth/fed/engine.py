@@ -73,6 +73,7 @@ class MemorySink:
     def log_timing(self, records: list[Record]) -> None: ...
     def save_checkpoint(self, round_: int, obj: dict[str, Any], keep: int) -> None: ...
     def save_grid(self, round_: int, images: torch.Tensor, nrow: int) -> None: ...
+    def save_image_grid(self, name: str, images: torch.Tensor, nrow: int) -> None: ...
     def plot(self, title: str) -> None: ...
 
 
@@ -153,6 +154,16 @@ class ClientPool:
     def grid(self) -> torch.Tensor | None:
         """The sample grid of the released model(s), or None if the server cannot draw one."""
         raise NotImplementedError
+
+    def real_grid(self) -> torch.Tensor | None:
+        """A grid of real images from the sites, laid out like :meth:`grid` (for the report's
+        comparison), or None where the server holds no images (Flower: none leave a site)."""
+        return None
+
+    def realism_extremes(self) -> torch.Tensor | None:
+        """The released model's most and least realistic evaluation samples of the last scored
+        round (:meth:`Evaluator.realism_extremes`), or None where the server cannot draw them."""
+        return None
 
     def num_images(self, cid: str) -> int:
         """Images client ``cid`` trains on."""
@@ -243,6 +254,10 @@ class Federation:
         to_eval = eval_rounds(rounds, cfg.eval.every) if ev is not None else set()
         title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} client(s)"
         self.reporter.run_start(rounds)
+        if self.start_round == 1 and ev is not None:  # real images beside the sample grids, once
+            real = self.pool.real_grid()
+            if real is not None:
+                self.sink.save_image_grid("real", real, nrow=self._grid_nrow())
         if self.start_round == 1:
             for text in workload_notes(cfg, self.strategy, {i: self.pool.num_images(i) for i in self.pool.ids}):
                 self.reporter.warning(text)
@@ -283,6 +298,9 @@ class Federation:
                          rounds, time.perf_counter() - t_start, ev.extractor.metric if ev else "",
                          ev.extractor.name if ev else "")
 
+    def _grid_nrow(self) -> int:
+        return int(math.ceil(math.sqrt(self.cfg.eval.grid_size)))
+
     def _end_round(self, r: int, recs: list[Record], timings: list[Record], to_eval: set[int], title: str) -> None:
         """Records, timings, checkpoint, grid and plot of round ``r``, each written atomically."""
         self.sink.log(recs)
@@ -292,7 +310,11 @@ class Federation:
         if r in to_eval:
             grid = self.pool.grid()
             if grid is not None:
-                self.sink.save_grid(r, grid, nrow=int(math.ceil(math.sqrt(self.cfg.eval.grid_size))))
+                self.sink.save_grid(r, grid, nrow=self._grid_nrow())
+            if r == self.cfg.fed.rounds:  # the last round: its most and least realistic samples
+                extremes = self.pool.realism_extremes()
+                if extremes is not None:
+                    self.sink.save_image_grid("realism", extremes, nrow=len(extremes) // 2)
             self.sink.plot(title)
         self.reporter.round_end(r, recs)
 
@@ -409,6 +431,39 @@ class InProcessClients(ClientPool):
         if released is not None:
             return ev.grid(released)
         return torch.cat([ev.grid(c.weights) for c in self.clients.values()])  # one block of rows per client
+
+    def real_grid(self):
+        """Real images laid out like :meth:`grid`: ``eval.grid-size`` images drawn in turn from
+        each site (seeded), or one block per site where the grid has one per client's model. For a
+        conditional model, tile ``i`` shows the class the sample grid draws there (blank if no
+        site has one left)."""
+        ev, sites = self.fed.evaluator, list(self.data)
+        perms = {cid: numpy_rng(self.cfg.run.seed, "real-grid", cid).permutation(len(d)) for cid, d in self.data.items()}
+        used: dict[str, set[int]] = {cid: set() for cid in sites}
+        labels = ev.y_grid.tolist() if ev.conditional else [None] * self.cfg.eval.grid_size
+
+        def pick(order: list[str], label: int | None) -> torch.Tensor:
+            for cid in order:
+                d = self.data[cid]
+                k = next((int(k) for k in perms[cid] if int(k) not in used[cid]
+                          and (label is None or d.labels[k] == label)), None)
+                if k is not None:
+                    used[cid].add(k)
+                    return d.batch(np.array([k]))
+            first = self.first
+            return torch.full((1, first.channels, first.size, first.size), -1.0)
+
+        if self.fed.server.released is None:  # one block of rows per client's own model
+            tiles = [pick([cid], label) for cid in sites for label in labels]
+        else:
+            tiles = [pick(sites[i % len(sites):] + sites[:i % len(sites)], label) for i, label in enumerate(labels)]
+        return torch.cat(tiles)
+
+    def realism_extremes(self):
+        released = self.fed.server.released
+        if released is None or self.fed.strategy.name == "ensemble":  # scores not in z_eval's order
+            return None
+        return self.fed.evaluator.realism_extremes(released)
 
     # ---- checkpoints
     def state_dict(self):

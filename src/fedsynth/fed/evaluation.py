@@ -24,11 +24,13 @@ import torch
 from ..config import EvalConfig, UserError
 from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, fd_from_stats, kernel_inception_distance
+from ..metrics.realism import RealismReference, realism_summary
 from ..updates import State
 from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
 KID_MAX_REAL = 2000  # real features kept per client for KID
 MIN_REAL_PER_SITE = 2  # a Frechet distance needs the real features' covariance: at least 2 images
+REALISM_K = 3  # the realism score's neighbourhood size (Kynkaanniemi et al. 2019's default)
 
 
 def _too_few(sizes: dict[str, int]) -> str | None:
@@ -144,6 +146,8 @@ class Evaluator:
                                             generator=torch_generator(seed, "eval-labels", t))
                        for t, c in counts.items()}
         self.y_grid = torch.arange(cfg.grid_size) * k // cfg.grid_size  # rows of classes
+        self._realism_ref: RealismReference | None = None  # the union's real k-NN balls, built on first use
+        self.realism_last: tuple[int, np.ndarray] | None = None  # (round, scores) of the global model's samples
 
     def grid(self, state: State | None) -> torch.Tensor:
         """The sample grid of ``state`` (``None``: the weights loaded in the model now)."""
@@ -176,7 +180,39 @@ class Evaluator:
                 real.kid_features, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size,
                 seed=derive_seed(self.seed, "kid", round_, who))
             recs.append({**base, "metric": self.extractor.kid_metric, "value": kid, "std": kid_std})
+        if who == "global" and against is None:
+            recs += self.realism(fake, round_, base)
         return recs
+
+    def realism(self, fake: np.ndarray, round_: int, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """Summary records of the per-sample realism score (Kynkaanniemi et al. 2019) of the global
+        model's samples against the union's real features, from the features already extracted.
+        Needs the real features themselves (kept for KID), so nothing where only moments
+        travelled (Flower). The scores stay in ``realism_last`` for the report's extreme samples."""
+        real = self.union.kid_features
+        if real is None or len(real) <= REALISM_K or len(fake) == 0:
+            return []
+        if self._realism_ref is None:
+            self._realism_ref = RealismReference(real, k=REALISM_K)
+        scores = self._realism_ref.scores(fake)
+        self.realism_last = (round_, scores)
+        base = {**base, "num_real": len(real), "k": REALISM_K}
+        return [{**base, "metric": name, "value": v} for name, v in realism_summary(scores).items()]
+
+    def realism_extremes(self, state: State | None, n: int = 8) -> torch.Tensor | None:
+        """The ``n`` most realistic samples of the last realism-scored round, then its ``n`` least
+        realistic (best first, worst last), re-drawn from their fixed latents; None if no round
+        was scored. Only for a model whose evaluation samples came from ``z_eval`` in order."""
+        if self.realism_last is None:
+            return None
+        scores = self.realism_last[1]
+        if len(scores) != len(self.z_eval):
+            return None
+        order = np.argsort(-scores, kind="stable")
+        n = min(n, len(order) // 2)
+        idx = torch.as_tensor(np.concatenate([order[:n], order[len(order) - n:]]))
+        y = self.y_eval[None][idx] if self.conditional else None
+        return self.model.sample(state, self.z_eval[idx], y, bf16=self.cfg.bf16)
 
 
 def sites_summary(site_records: list[dict[str, Any]], extractor: FeatureExtractor, round_: int) -> list[dict[str, Any]]:

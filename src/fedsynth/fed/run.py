@@ -6,13 +6,14 @@ Flower server (:mod:`fedsynth.fed.flower.server_app`) call::
 
     config -> engine (its clients: in-process from the data, or Flower nodes)
            -> run directory (created exclusively; or reopened to resume from its newest
-              readable checkpoint) -> config.toml, partition.json / nodes.json
+              readable checkpoint) -> config.toml, partition.json / nodes.json, run.json
            -> the rounds (metrics.jsonl, timings.jsonl, samples/, checkpoints/, fd.png)
            -> report.html
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,7 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         run_dir.write_text("config.toml", cfg.to_toml())
         if fed.description is not None:
             run_dir.write_json(*fed.description)
+    session = start_session(run_dir, first, "Flower (SuperNodes)" if fed.pool.remote else "in-process")
     if on_start is not None:
         on_start(run_dir, fed, first)
     try:
@@ -112,6 +114,7 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         if resume is None and not (run_dir.path / "metrics.jsonl").exists():
             shutil.rmtree(run_dir.path, ignore_errors=True)
         raise
+    end_session(run_dir, session, cfg.fed.rounds, result.seconds)
     from ..report.html import build_report
     build_report(run_dir.path)
     return Outcome(run_dir, result, fed, first - 1, tuple(skipped))
@@ -121,3 +124,37 @@ def partition_info(scheme: str, parts: list, data: Any) -> dict[str, Any]:
     """What partition.json holds: scheme, images and class histogram per client, data provenance."""
     from ..data import summary
     return {"scheme": scheme, **summary(parts, data.class_names), "data": data.provenance}
+
+
+def start_session(run_dir: RunDir, first_round: int, engine: str) -> dict[str, Any]:
+    """Add this process's session to ``run.json`` (what ran, where, when: the report's summary
+    header). A resume appends a session; a run.json that does not parse is started afresh."""
+    import datetime
+    import platform
+
+    import torch
+
+    from .. import __version__
+    info: dict[str, Any] = {}
+    try:
+        info = json.loads((run_dir.path / "run.json").read_text())
+    except (OSError, ValueError):
+        pass
+    if not isinstance(info, dict) or not isinstance(info.get("sessions"), list):
+        info = {"sessions": []}
+    session = {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "first_round": first_round, "engine": engine, "fedsynth": __version__, "torch": torch.__version__,
+               "python": platform.python_version(), "machine": f"{platform.system()} {platform.machine()}",
+               "torch_threads": torch.get_num_threads()}
+    info["fedsynth"] = __version__
+    info["sessions"].append(session)
+    run_dir.write_json("run.json", info)
+    return info
+
+
+def end_session(run_dir: RunDir, info: dict[str, Any], last_round: int, seconds: float) -> None:
+    """Mark the session started by :func:`start_session` finished."""
+    import datetime
+    info["sessions"][-1].update(finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                                last_round=last_round, seconds=round(seconds, 1))
+    run_dir.write_json("run.json", info)

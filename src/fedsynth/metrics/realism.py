@@ -45,19 +45,40 @@ def realism_scores(real: np.ndarray, fake: np.ndarray, k: int = 3, prune_percent
     array (M,)
         ``R`` per generated sample, float64.
     """
-    r = torch.as_tensor(np.asarray(real, np.float64))
-    f = torch.as_tensor(np.asarray(fake, np.float64))
-    if r.ndim != 2 or f.ndim != 2 or r.shape[1] != f.shape[1]:
-        raise ValueError(f"real and fake features must be (N, D) and (M, D), got {tuple(r.shape)}, {tuple(f.shape)}")
-    if len(r) <= k:
-        raise ValueError(f"the realism score needs more than k={k} real samples, got {len(r)}")
-    radii = torch.cdist(r, r).kthvalue(k + 1, dim=1).values     # (N,): +1 skips the point itself
-    cut = np.percentile(radii.numpy(), prune_percentile)
-    radii = torch.where(radii > float(cut), torch.zeros_like(radii), radii)
-    d = torch.cdist(f, r)                                         # (M, N)
-    if squared:
-        radii, d = radii ** 2, d ** 2
-    return (radii[None, :] / (d + eps)).max(dim=1).values.numpy()
+    ref = RealismReference(real, k, prune_percentile)
+    return ref.scores(fake, squared=squared, eps=eps)
+
+
+class RealismReference:
+    """The real side of the realism score, computed once: the real features whose k-NN balls
+    survive pruning, and their radii. Scoring a set of generated features then costs one
+    ``(M, N_kept)`` distance matrix, so an evaluation can score every round without redoing the
+    real-real distances. :func:`realism_scores` is this class used once; the values are the same
+    (pruned balls have radius 0 and contribute a ratio of 0 to the maximum, so dropping them
+    changes nothing).
+    """
+
+    def __init__(self, real: np.ndarray, k: int = 3, prune_percentile: float = 50.0):
+        r = torch.as_tensor(np.asarray(real, np.float64))
+        if r.ndim != 2:
+            raise ValueError(f"real features must be (N, D), got {tuple(r.shape)}")
+        if len(r) <= k:
+            raise ValueError(f"the realism score needs more than k={k} real samples, got {len(r)}")
+        radii = torch.cdist(r, r).kthvalue(k + 1, dim=1).values     # (N,): +1 skips the point itself
+        cut = float(np.percentile(radii.numpy(), prune_percentile))
+        keep = radii <= cut
+        self.real, self.radii, self.k = r[keep], radii[keep], k     # (N_kept, D), (N_kept,)
+
+    def scores(self, fake: np.ndarray, squared: bool = False, eps: float = 1e-5) -> np.ndarray:
+        """``R`` of every generated feature vector ``fake`` (M, D), float64 (M,)."""
+        f = torch.as_tensor(np.asarray(fake, np.float64))
+        if f.ndim != 2 or f.shape[1] != self.real.shape[1]:
+            raise ValueError(f"real and fake features must be (N, D) and (M, D), got "
+                             f"{tuple(self.real.shape)}, {tuple(f.shape)}")
+        radii, d = self.radii, torch.cdist(f, self.real)              # (M, N_kept)
+        if squared:
+            radii, d = radii ** 2, d ** 2
+        return (radii[None, :] / (d + eps)).max(dim=1).values.numpy()
 
 
 def realism_summary(scores: np.ndarray) -> dict[str, float]:

@@ -7,7 +7,9 @@ Layout (written in this order)::
     metrics.jsonl          one JSON object per line: round, client, metric, value, ...
                            (deterministic: same seed, same file)
     timings.jsonl          wall-clock seconds and images/s per client per round
+    samples/real.png       real images from the sites, laid out like the sample grids (in-process)
     samples/round-XXXX.png sample grid from fixed latents
+    samples/realism.png    the last round's most (top row) and least realistic samples
     checkpoints/round-XXXX.pt
     fd.png                 Frechet distance per client and global, per round
 
@@ -206,10 +208,15 @@ class RunDir:
         self.write_text("timings.jsonl", "".join(json.dumps(r) + "\n" for r in self.timings))
 
     def save_grid(self, round_: int, images: torch.Tensor, nrow: int) -> Path:
+        """``samples/round-XXXX.png``: the sample grid of round ``round_``."""
+        return self.save_image_grid(f"round-{round_:04d}", images, nrow)
+
+    def save_image_grid(self, name: str, images: torch.Tensor, nrow: int) -> Path:
+        """``samples/NAME.png``: images in [-1, 1] as a grid of ``nrow`` per row, 1 px apart."""
         from torchvision.utils import save_image
         buf = io.BytesIO()
         save_image(images, buf, format="png", nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
-        p = self.path / "samples" / f"round-{round_:04d}.png"
+        p = self.path / "samples" / f"{name}.png"
         atomic_write_bytes(p, buf.getvalue())
         return p
 

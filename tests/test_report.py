@@ -1,0 +1,95 @@
+"""The run report (issue 19): a summary, named rows, real images beside the samples, realism
+(issue 16), honest text about the feature network; and report.html looked at in headless
+Chromium at two widths, every image loaded, nothing wider than the window."""
+
+import html
+import json
+import re
+
+import pytest
+
+from fedsynth.config import build_config
+from fedsynth.fed.run import run_experiment
+from fedsynth.report.browser import check_report, chromium
+from fedsynth.report.html import _pick_rounds, build_report
+from fedsynth.report.rundir import read_metrics
+
+
+def _run(overrides, out):
+    return run_experiment(build_config(overrides=overrides), out)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One 3-round tiny run for the tests that only read it (its own statistics cache)."""
+    import torch
+    from conftest import TINY
+    tmp = tmp_path_factory.mktemp("report")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FEDSYNTH_CACHE", str(tmp / "cache"))
+        mp.chdir(tmp)
+        torch.set_num_threads(1)
+        _run(TINY + ["fed.rounds=3", "eval.grid-size=16"], tmp / "run")
+    return tmp / "run"
+
+
+def _text(page: str) -> str:
+    """The page's words, without the collapsed config."""
+    return html.unescape(re.sub(r"<[^>]+>", " ", page.split("<details>")[0]))
+
+
+def test_report_summary_rows_samples_and_realism(tiny_run):
+    page = (tiny_run / "report.html").read_text()
+    text = _text(page)
+    for word in ("fedavg", "client 0 (32)", "16 px", "3; 1 local epoch", "duration",
+                 "started", "0.1.0"):
+        assert word in text, word
+    run = json.loads((tiny_run / "run.json").read_text())
+    assert run["sessions"][0]["last_round"] == 3 and run["sessions"][0]["seconds"] > 0
+    # named rows, the extractor named once, change and ratio columns; no raw keys
+    for row in ("global model", "global on client 0's data", "client 1", "change", "÷ global"):
+        assert row in text, row
+    assert text.count("random-conv-v1(") == 1 and "sites-best" not in text and "Inception" not in text
+    # real images beside the samples, the last round always, the realism extremes
+    assert (tiny_run / "samples" / "real.png").is_file() and (tiny_run / "samples" / "realism.png").is_file()
+    assert "Real images" in text and "Generated, round 3" in text and "least realistic" in text
+    assert 'image-rendering:pixelated' not in re.sub(r"img\.px\{[^}]*\}|\.zoom input:checked\+img\{[^}]*\}", "",
+                                                      page.split("</style>")[0])  # never on a downscaled image
+    assert "<details><summary>config.toml" in page and "<script" not in page and "http" not in page.split("<details>")[0]
+
+
+def test_realism_records_per_eval_round_name_the_extractor(tiny_run):
+    recs = [r for r in read_metrics(tiny_run) if r["metric"].startswith("realism-")]
+    assert {(r["round"], r["metric"]) for r in recs} == {(k, m) for k in range(4) for m in
+                                                          ("realism-mean", "realism-median", "realism-inside")}
+    assert all(r["client"] == "global" and r["real"] == "union" and r["extractor"].startswith("random-conv-v1(")
+               and r["num_fake"] == 64 for r in recs)
+    inside = [r["value"] for r in recs if r["metric"] == "realism-inside"]
+    assert all(0.0 <= v <= 1.0 for v in inside)
+
+
+def test_report_with_evaluation_off_says_so(tiny, tmp_path):
+    _run(tiny + ["eval.enabled=false", "fed.rounds=1"], tmp_path / "off")
+    text = _text((tmp_path / "off" / "report.html").read_text())
+    assert "Evaluation was off" in text and "Inception" not in text and "feature network ran" in text
+    assert "Fréchet distance (" not in text and "Real images" not in text
+    assert not (tmp_path / "off" / "samples").exists()
+
+
+def test_evenly_spaced_rounds():
+    assert _pick_rounds(list(range(21)), 6) == [0, 4, 8, 12, 16, 20]
+    assert _pick_rounds([0, 5, 10, 15, 20], 3) == [0, 10, 20]
+    assert _pick_rounds([0, 1], 6) == [0, 1]
+
+
+def test_report_renders_in_chromium_at_two_widths(tiny_run):
+    if chromium() is None:  # CI installs it (.ci/run); a dev machine without it gets a clear failure
+        pytest.fail("chromium is not installed: apt-get install chromium")
+    build_report(tiny_run)
+    wide, narrow = check_report(tiny_run / "report.html", (1280, 420))
+    for seen in (wide, narrow):
+        # summary-less pages have none; this one: 5 curves, real, 3 grids, realism extremes
+        assert seen["images"] >= 9, seen
+        assert seen["broken"] == [] and seen["hidden"] == [], seen
+        assert seen["wider_than_window"] == [] and seen["page_width"] <= seen["width"], seen
+    assert wide["width"] == 1280 and narrow["width"] == 420
