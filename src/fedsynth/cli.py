@@ -490,7 +490,7 @@ def compare(
 
     Examples:
       fedsynth compare runs/0001-fedavg runs/0002-local -o runs/cmp
-      fedsynth compare runs/sweep/* --baseline runs/sweep/centralized
+      fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
     from .report.compare import build_compare
     try:
