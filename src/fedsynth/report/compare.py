@@ -87,8 +87,9 @@ def load_run(path: str | Path) -> Run:
             r = json.loads(line)
         except json.JSONDecodeError:
             raise UserError(f"{m} line {i} is not valid JSON") from None
-        if not isinstance(r, dict) or not {"round", "metric", "value"} <= r.keys():
-            raise UserError(f"{m} line {i} is not a metric record (needs round, metric, value)")
+        if not isinstance(r, dict) or not {"round", "metric", "value"} <= r.keys() \
+                or not isinstance(r["round"], int) or isinstance(r["round"], bool):
+            raise UserError(f"{m} line {i} is not a metric record (needs an integer round, a metric and a value)")
         records.append(r)
     if not records:
         raise UserError(f"{m} is empty: the run has recorded nothing yet")
