@@ -334,7 +334,10 @@ def _fmt(v: float) -> str:
 
 
 def _table_html(runs: Sequence[Run], ps: list[Panel], rows: list[dict[str, Any]], base: int) -> str:
-    head = "".join(f'<th title="{html.escape(p.extractor)}">{html.escape(p.metric)}<br>'
+    def name(metric: str) -> str:  # fd-random-sites-worst -> fd-random / (sites worst)
+        head, _, tail = metric.partition("-sites-")
+        return html.escape(head) + (f"<br>(sites {html.escape(tail)})" if tail else "")
+    head = "".join(f'<th title="{html.escape(p.extractor)}">{name(p.metric)}<br>'
                    f'<span class=note>{html.escape(network(p.extractor))}</span></th>' for p in ps)
     out = [f"<table><tr><th>run</th><th>strategy</th>{head}</tr>"]
     for i, row in enumerate(rows):
@@ -345,8 +348,7 @@ def _table_html(runs: Sequence[Run], ps: list[Panel], rows: list[dict[str, Any]]
                 cells.append("<td>–</td>")
                 continue
             tip = f' title="round {rnd}"'
-            r = "" if i == base else f" <span class=ratio>({_fmt(ratio)}×)</span>" if _is_number(ratio) else \
-                " <span class=ratio>(no baseline value)</span>"
+            r = f" <span class=ratio>({_fmt(ratio)}×)</span>" if i != base and _is_number(ratio) else ""
             cells.append(f"<td{tip}>{_fmt(v)}{r}</td>")
         name = html.escape(row["run"]) + (" <b>(baseline)</b>" if i == base else "")
         out.append(f"<tr><td>{name}</td><td>{html.escape(row['strategy'])}</td>{''.join(cells)}</tr>")
@@ -374,7 +376,7 @@ def _write_csv(runs: Sequence[Run], ps: list[Panel], base: int, path: Path) -> N
 
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1180px;color:#222;padding:0 1em}
 h1{font-size:1.5em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
-table{border-collapse:collapse;font-size:.82em}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;vertical-align:top}
+table{border-collapse:collapse;font-size:.82em}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;vertical-align:top}th{white-space:nowrap}
 td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}.wide{overflow-x:auto}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}.figs img{width:100%}
 .grids{display:flex;flex-wrap:wrap;gap:14px}.grids figure{margin:0}.grids img{width:260px;image-rendering:pixelated}
@@ -473,7 +475,9 @@ per-client numbers: the mean over clients.</span></p>
 {warn_html}
 <h2>Runs</h2><div class="wide">{_runs_table(runs, base)}</div>
 <h2>Final metrics</h2><p class="note">Each run's last evaluated round (hover a cell for it); under each metric, the
-feature network that measured it. Also in <code>compare.csv</code>.</p><div class="wide">{_table_html(runs, ps, rows, base)}</div>
+feature network that measured it; in brackets the ratio to the baseline, missing where the baseline has no
+value of that metric (a centralized run has no per-site scores) or measured it with another network. Also in
+<code>compare.csv</code>.</p><div class="wide">{_table_html(runs, ps, rows, base)}</div>
 <h2>Curves</h2><div class="figs">{figs_html or "<p>No metric curves.</p>"}</div>
 <h2>Samples (each run's last grid, fixed latents)</h2><div class="grids">{grids_html}</div>
 </body></html>"""
