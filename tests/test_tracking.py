@@ -149,3 +149,25 @@ def test_tracking_libraries_are_imported_only_when_a_run_enables_them():
     names = {a.name for n in top if isinstance(n, ast.Import) for a in n.names} | \
             {n.module or "" for n in top if isinstance(n, ast.ImportFrom)}
     assert not any(m.split(".")[0] in ("mlflow", "tensorboard") or "tensorboard" in m for m in names)
+
+
+@pytest.mark.parametrize("resume_from", [0, 1])
+def test_tensorboard_resume_hides_the_lost_rounds(tmp_path, resume_from):
+    """A resume continues from checkpoint round k (0: none readable, the run starts over at round
+    0): whatever the killed process wrote after k is purged, every round shows once."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from fedsynth.config import build_config
+    cfg = build_config()
+    rec = lambda r, v: {"round": r, "client": "global", "real": "union", "metric": "fd-random", "value": v}  # noqa: E731
+    first = tracking.TensorBoardTracker(cfg, tmp_path, None)
+    first.scalars([rec(r, 10.0 + r) for r in range(3)])  # rounds 0-2, then killed before checkpoint 2
+    first.close(tmp_path, "KILLED")
+    again = tracking.TensorBoardTracker(cfg, tmp_path, resume_from)
+    again.scalars([rec(r, 20.0 + r) for r in range(resume_from + 1 if resume_from else 0, 4)])
+    again.close(tmp_path, "FINISHED")
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    got = [(e.step, e.value) for e in acc.Scalars("fd-random/global")]  # duplicates would show here
+    kept = [(r, 10.0 + r) for r in range(resume_from + 1)] if resume_from else []
+    assert got == kept + [(r, 20.0 + r) for r in range(resume_from + 1 if resume_from else 0, 4)]
