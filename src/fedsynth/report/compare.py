@@ -333,6 +333,10 @@ def _fmt(v: float) -> str:
     return f"{v:.4f}" if a < 1 else f"{v:.3f}" if a < 100 else f"{v:.1f}"
 
 
+def _fmt_ratio(x: float) -> str:
+    return f"{x:.3f}" if 1e-3 <= abs(x) < 1e4 else f"{x:.3g}"
+
+
 def _table_html(runs: Sequence[Run], ps: list[Panel], rows: list[dict[str, Any]], base: int) -> str:
     def name(metric: str) -> str:  # fd-random-sites-worst -> fd-random / (sites worst)
         head, _, tail = metric.partition("-sites-")
@@ -348,7 +352,7 @@ def _table_html(runs: Sequence[Run], ps: list[Panel], rows: list[dict[str, Any]]
                 cells.append("<td>–</td>")
                 continue
             tip = f' title="round {rnd}"'
-            r = f" <span class=ratio>({_fmt(ratio)}×)</span>" if i != base and _is_number(ratio) else ""
+            r = f" <span class=ratio>({_fmt_ratio(ratio)}×)</span>" if i != base and _is_number(ratio) else ""
             cells.append(f"<td{tip}>{_fmt(v)}{r}</td>")
         name = html.escape(row["run"]) + (" <b>(baseline)</b>" if i == base else "")
         out.append(f"<tr><td>{name}</td><td>{html.escape(row['strategy'])}</td>{''.join(cells)}</tr>")
