@@ -32,6 +32,8 @@ def test_sweep_runs_tables_and_resumes(tiny, tmp_path):
     md = (tmp_path / "sw" / "results.md").read_text()
     assert "| centralized |" in md and "| 1.00 |" in md and "mean of local models on the union" in md
     assert (tmp_path / "sw" / "results.png").stat().st_size > 1000
+    page = (tmp_path / "sw" / "compare" / "compare.html").read_text()  # the variants side by side
+    assert "Baseline: <b>centralized</b>" in page and all(f"<td>{v}" in page for v in ("fedavg", "shareG", "local"))
     stamp = (tmp_path / "sw" / "fedavg" / "metrics.jsonl").stat().st_mtime_ns
     again = runner.invoke(app, args)           # finished variants are not run again
     assert again.exit_code == 0

@@ -472,6 +472,34 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     console.print(f"wrote {build_report(run_dir)}")
 
 
+@app.command()
+def compare(
+    run_dirs: List[Path] = typer.Argument(..., help="Run directories to compare, in the order to show them."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="The run every ratio divides by (added if not "
+                                            "listed; default: the first centralized run, else the first run)."),
+    out: Path = typer.Option(Path("compare"), "--out", "-o", help="Folder for compare.html, compare.csv and "
+                             "figures/ (created; files there are replaced)."),
+    title: str = typer.Option("", "--title", help="Page title (default: the number of runs)."),
+) -> None:
+    """Compare runs side by side: curves per metric, a final-metric table, sample grids.
+
+    Writes OUT/compare.html (one self-contained page), OUT/compare.csv (each run's final value
+    of every metric and its ratio to the baseline) and OUT/figures/*.png (the runs' curves of
+    one metric overlaid, per feature network: distances from different networks are never
+    drawn on one axis). Sweeps write one for their variants (SWEEP/compare/).
+
+    Examples:
+      fedsynth compare runs/0001-fedavg runs/0002-local -o runs/cmp
+      fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
+      fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
+    from .report.compare import build_compare
+    try:
+        page = build_compare(run_dirs, out, baseline, title)
+    except UserError as e:
+        _fail(str(e))
+    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/)", highlight=False)
+
+
 @data_app.command("preview")
 def data_preview(
     name: str = typer.Argument(..., help="phantom-xray, phantom-ct or phantom-histo"),

@@ -262,6 +262,12 @@ class RunOptions:
     name: str = _f("", "short description used in the run directory name (default: derived)")
     out_dir: str = _f("runs", "parent folder of numbered run directories")
     keep_checkpoints: int = _f(2, "how many round checkpoints to keep (the newest)", min=1)
+    # experiment tracking (the optional extra: pip install 'fedsynth[tracking]'); see fedsynth.report.tracking
+    tensorboard: bool = _f(False, "also write TensorBoard event files to <run dir>/tensorboard/ (scalars per "
+                           "client and global, sample grids)")
+    mlflow_uri: str = _f("", "also log to MLflow at this tracking URI, e.g. sqlite:///mlflow.db or "
+                         "http://host:5000 (parameters, metrics per round, report and checkpoints); empty: off")
+    mlflow_experiment: str = _f("fedsynth", "MLflow experiment the run is logged under (created if missing)")
 
 
 SECTIONS: dict[str, type] = {
@@ -448,6 +454,9 @@ def _check_cross_field(cfg: Config) -> None:
     for item in cfg.faults.dropout_schedule:
         if not re.fullmatch(r"\d+:[^:]+", item):
             raise UserError(f"config key 'faults.dropout-schedule': {item!r} is not 'round:client'")
+    if cfg.run.mlflow_uri and (not cfg.run.mlflow_experiment.strip() or cfg.run.mlflow_uri != cfg.run.mlflow_uri.strip()):
+        raise UserError("config keys 'run.mlflow-uri' / 'run.mlflow-experiment': the URI must have no surrounding "
+                        "spaces and the experiment name must not be empty")
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")

@@ -6,6 +6,8 @@ so an interrupted sweep resumes where it stopped. The results table (``results.c
 ``results.md``) holds, per variant, the final global Frechet distance (for ``local``, where no
 global model exists, the mean over clients of each hospital's own model on the union), its
 ratio to the ``centralized`` variant if present, and the mean per-client distance.
+``compare/compare.html`` shows the variants' curves, final metrics and last sample grids side by
+side (:mod:`fedsynth.report.compare`, the page ``fedsynth compare`` writes).
 """
 
 from __future__ import annotations
@@ -287,6 +289,8 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
     write_tables(rows, out)
     results_figure(rows, out)
     study_figure(out)
+    from .report.compare import build_compare  # compare/compare.html: the variants side by side
+    build_compare([out / name for name, _, _ in cfgs], out / "compare", title=f"sweep {out.name}")
     return rows
 
 

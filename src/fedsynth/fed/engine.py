@@ -246,7 +246,8 @@ class Federation:
     # ------------------------------------------------------------------ the run
     def run(self, sink: Any = None) -> RunResult:
         """Train all rounds; records, grids, checkpoints and plots go to ``sink`` (a
-        :class:`fedsynth.report.RunDir`) if given."""
+        :class:`fedsynth.report.RunDir`, or a :class:`fedsynth.report.tracking.TrackedRun` that
+        also shows them to experiment trackers) if given."""
         cfg, ev = self.cfg, self.evaluator
         self.sink = sink or MemorySink()
         t_start = time.perf_counter()

@@ -7,8 +7,10 @@ Flower server (:mod:`fedsynth.fed.flower.server_app`) call::
     config -> engine (its clients: in-process from the data, or Flower nodes)
            -> run directory (created exclusively; or reopened to resume from its newest
               readable checkpoint) -> config.toml, partition.json / nodes.json, run.json
-           -> the rounds (metrics.jsonl, timings.jsonl, samples/, checkpoints/, fd.png)
-           -> report.html
+           -> the rounds (metrics.jsonl, timings.jsonl, samples/, checkpoints/, fd.png), written to
+              the run directory and shown to the experiment trackers the config enables
+              (TensorBoard, MLflow: fedsynth.report.tracking)
+           -> report.html (then the trackers' runs end)
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any, Callable
 
 from ..config import Config, UserError
 from ..report import RunDir
-from .engine import Federation, Reporter, RunResult, build_in_process
+from .engine import Federation, Reporter, RunResult, StopRun, build_in_process
 
 
 @dataclass
@@ -76,6 +78,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         the partition and a header here).
     """
     reporter = reporter or Reporter()
+    from ..report.tracking import check_trackers, open_trackers
+    check_trackers(cfg)  # a tracker's missing package: an error before any data is loaded
     skipped: list = []
     ck = None
     if resume is not None:
@@ -105,18 +109,34 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         run_dir.write_text("config.toml", cfg.to_toml())
         if fed.description is not None:
             run_dir.write_json(*fed.description)
+
+    def forget() -> None:  # a new run that recorded nothing leaves no directory behind
+        if resume is None and not (run_dir.path / "metrics.jsonl").exists():
+            shutil.rmtree(run_dir.path, ignore_errors=True)
+
     session = start_session(run_dir, first, "Flower (SuperNodes)" if fed.pool.remote else "in-process")
+    try:
+        sink = open_trackers(cfg, run_dir, None if resume is None else first - 1, reporter.warning)
+    except UserError:
+        forget()
+        raise
     if on_start is not None:
         on_start(run_dir, fed, first)
     try:
-        result = fed.run(run_dir)
-    except UserError:
-        if resume is None and not (run_dir.path / "metrics.jsonl").exists():
-            shutil.rmtree(run_dir.path, ignore_errors=True)
+        result = fed.run(sink)
+    except BaseException as e:
+        sink.close("KILLED" if isinstance(e, (KeyboardInterrupt, StopRun)) else "FAILED")
+        if isinstance(e, UserError):
+            forget()
         raise
     end_session(run_dir, session, cfg.fed.rounds, result.seconds)
     from ..report.html import build_report
-    build_report(run_dir.path)
+    try:
+        build_report(run_dir.path)
+    except BaseException:
+        sink.close("FAILED")
+        raise
+    sink.close("FINISHED")
     return Outcome(run_dir, result, fed, first - 1, tuple(skipped))
 
 

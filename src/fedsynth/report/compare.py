@@ -1,0 +1,490 @@
+"""Several runs side by side: ``fedsynth compare RUN_DIR...`` and every sweep's ``compare/``.
+
+One self-contained HTML page (``compare.html``, images embedded, no scripts, no network) and one
+PNG per figure, written to an output folder::
+
+    compare.html             the page
+    compare.csv              the final-metric table (value and ratio to the baseline per metric)
+    figures/<metric>.png     the runs' curves of one metric overlaid (one file per feature network)
+
+What is drawn for a run and a metric (its *headline series*): the global model's value (on the
+union of the sites' data, or the sites' summary for ``*-sites-*`` metrics); for a run with no
+global model (the ``local`` baseline), the mean over clients of their own models on the union;
+for per-client numbers such as losses, the mean over clients. This is the number
+:mod:`fedsynth.sweep` tables too.
+
+Fréchet distances and KIDs from different feature networks are different quantities: runs
+whose records name different extractors for one metric are drawn on separate axes, each axis
+names its network, and a ratio to the baseline is given only where the baseline used the same
+network.
+
+The baseline (the denominator of every ratio) is ``--baseline``; by default the first run whose
+``fed.strategy`` is ``centralized`` (all data pooled: the reference a federated run is measured
+against), else the first run given.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..config import UserError
+from ..registry import is_fd_metric, is_kid_metric
+from ..utils import atomic_write_bytes, atomic_write_text
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+Record = dict[str, Any]
+Series = list[tuple[int, float]]
+
+
+@dataclass
+class Run:
+    """One run directory as compare reads it."""
+
+    path: Path
+    label: str                          # legend and table name (unique among the compared runs)
+    records: list[Record]
+    config: dict[str, Any] = field(default_factory=dict)
+    grid: Path | None = None             # the last samples/round-NNNN.png
+
+    @property
+    def strategy(self) -> str:
+        return str(self.config.get("fed", {}).get("strategy", "?"))
+
+    def setting(self, section: str, key: str) -> Any:
+        return self.config.get(section, {}).get(key, "?")
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory; a :class:`UserError` naming the path if it is not one."""
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{p}: no such run directory")
+    if not p.is_dir():
+        raise UserError(f"{p} is not a run directory (not a folder)")
+    m = p / "metrics.jsonl"
+    if not m.is_file():
+        raise UserError(f"{p} is not a run directory (no metrics.jsonl)")
+    records = []
+    for i, line in enumerate(m.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            raise UserError(f"{m} line {i} is not valid JSON") from None
+        if not isinstance(r, dict) or not {"round", "metric", "value"} <= r.keys() \
+                or not isinstance(r["round"], int) or isinstance(r["round"], bool):
+            raise UserError(f"{m} line {i} is not a metric record (needs an integer round, a metric and a value)")
+        records.append(r)
+    if not records:
+        raise UserError(f"{m} is empty: the run has recorded nothing yet")
+    config: dict[str, Any] = {}
+    if (p / "config.toml").is_file():
+        try:
+            config = tomllib.loads((p / "config.toml").read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise UserError(f"{p / 'config.toml'} is not valid TOML: {e}") from None
+    grids = sorted((p / "samples").glob("round-*.png")) if (p / "samples").is_dir() else []
+    return Run(p, p.name, records, config, grids[-1] if grids else None)
+
+
+def _unique_labels(runs: list[Run]) -> None:
+    """Label each run by its folder name; runs whose names collide get parent folders added."""
+    for depth in range(2, 8):
+        counts: dict[str, int] = {}
+        for r in runs:
+            counts[r.label] = counts.get(r.label, 0) + 1
+        clash = [r for r in runs if counts[r.label] > 1]
+        if not clash:
+            return
+        for r in clash:
+            r.label = "/".join(r.path.resolve().parts[-depth:])
+
+
+def choose_baseline(runs: Sequence[Run], baseline: str | Path | None = None) -> int:
+    """Index of the baseline run: ``baseline`` if given, else the first ``centralized`` run, else 0."""
+    if baseline is not None:
+        want = Path(baseline).resolve()
+        for i, r in enumerate(runs):
+            if r.path.resolve() == want:
+                return i
+        raise UserError(f"--baseline {baseline} is not one of the compared runs")
+    return next((i for i, r in enumerate(runs) if r.strategy == "centralized"), 0)
+
+
+# ------------------------------------------------------------------ series
+
+
+def _is_global_view(r: Record) -> bool:
+    return str(r.get("client")) == "global" and str(r.get("real", "union")) in ("union", "global", "sites")
+
+
+def headline(records: list[Record], metric: str) -> tuple[Series, str]:
+    """The one series compare draws for ``metric`` and what it is (see the module docstring)."""
+    recs = [r for r in records if r["metric"] == metric and _is_number(r["value"])]
+    glob = [r for r in recs if _is_global_view(r)]
+    if glob:
+        return sorted((int(r["round"]), float(r["value"])) for r in glob), "global model"
+    union = [r for r in recs if str(r.get("real", "")) == "union"]
+    pick, what = (union, "mean of local models on the union") if union else (recs, "mean over clients")
+    by_round: dict[int, list[float]] = {}
+    for r in pick:
+        by_round.setdefault(int(r["round"]), []).append(float(r["value"]))
+    return [(k, sum(v) / len(v)) for k, v in sorted(by_round.items())], what
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _metric_order(metric: str) -> tuple:
+    """FD first, then KID, their site summaries, other scores, losses, bytes."""
+    if is_fd_metric(metric):
+        rank = 0
+    elif is_kid_metric(metric):
+        rank = 1
+    elif "-sites-" in metric:
+        rank = 2 + (metric.startswith(("kid", "kid-")))
+    elif metric.endswith("loss"):
+        rank = 5
+    elif metric.startswith("bytes"):
+        rank = 6
+    else:
+        rank = 4
+    return rank, metric
+
+
+@dataclass
+class Panel:
+    """One axis: a metric as measured with one feature network, and the runs that have it."""
+
+    metric: str
+    extractor: str                          # "" for metrics without a feature network
+    series: dict[int, tuple[Series, str]]   # run index -> (series, what it is)
+
+    @property
+    def key(self) -> str:
+        if not self.extractor:
+            return self.metric
+        return f"{self.metric}@{self.extractor}"
+
+
+def panels(runs: Sequence[Run]) -> list[Panel]:
+    """Every (metric, feature network) found in the runs, with each run's headline series."""
+    found: dict[tuple[str, str], Panel] = {}
+    for i, run in enumerate(runs):
+        by: dict[tuple[str, str], list[Record]] = {}
+        for r in run.records:
+            by.setdefault((str(r["metric"]), str(r.get("extractor", ""))), []).append(r)
+        for (metric, ext), recs in by.items():
+            ser, what = headline(recs, metric)
+            if ser:
+                found.setdefault((metric, ext), Panel(metric, ext, {})).series[i] = (ser, what)
+    return [found[k] for k in sorted(found, key=lambda k: (_metric_order(k[0]), k[1]))]
+
+
+def extractor_conflicts(ps: list[Panel], runs: Sequence[Run]) -> list[str]:
+    """One sentence per kind of distance (Fréchet, KID) that the runs measured with different
+    feature networks, so that some runs share no axis."""
+    out = []
+    for kind, test in (("Fréchet distances", is_fd_metric), ("KIDs", is_kid_metric)):
+        group = [p for p in ps if test(p.metric)]
+        having = set().union(*(p.series for p in group)) if group else set()
+        if len(group) < 2 or all(set(p.series) == having for p in group):
+            continue
+        parts = "; ".join(f"{', '.join(runs[i].label for i in sorted(p.series))}: {p.metric} with "
+                          f"{p.extractor or 'an unnamed network'}" for p in group)
+        out.append(f"The runs' {kind} come from different feature networks ({parts}). Distances from "
+                   f"different networks are not comparable: they are drawn on separate axes, and a ratio is "
+                   f"given only against a baseline measured with the same network.")
+    return out
+
+
+# ------------------------------------------------------------------ figures
+
+_FILE_CHARS = re.compile(r"[^A-Za-z0-9.=-]+")
+
+
+def _figure_name(p: Panel, taken: set[str]) -> str:
+    base = _FILE_CHARS.sub("-", p.metric).strip("-") or "metric"
+    if p.extractor:
+        base += "_" + _FILE_CHARS.sub("-", p.extractor.split("(")[0]).strip("-")
+    name, k = base, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name + ".png"
+
+
+def network(extractor: str) -> str:
+    """The feature network's short name: ``random-conv-v1(seed=0,...)`` -> ``random-conv-v1``."""
+    return extractor.split("(")[0]
+
+
+def _ylabel(p: Panel) -> str:
+    """The y label names the metric and, for a distance, the feature network that measured it."""
+    if is_fd_metric(p.metric):
+        what = "FID" if p.metric == "fid" else "Fréchet distance"
+    elif is_kid_metric(p.metric):
+        what = "KID"
+    else:
+        what = p.metric
+    if p.extractor:
+        what += f"\n({network(p.extractor)} features)"
+    return what
+
+
+def _colors(n: int, base: int) -> list[Any]:
+    import matplotlib
+    cmap = matplotlib.colormaps["tab10" if n <= 10 else "tab20"]
+    out, k = [], 0
+    for i in range(n):
+        if i == base:
+            out.append("black")
+        else:
+            out.append(cmap(k % cmap.N))
+            k += 1
+    return out
+
+
+def plot_panel(p: Panel, runs: Sequence[Run], base: int) -> bytes:
+    """One PNG: every run's headline series of one metric; the baseline thick and black."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    colors = _colors(len(runs), base)
+    ncol = 1 if len(p.series) <= 2 else 2
+    legend_rows = math.ceil(len(p.series) / ncol)
+    fig, ax = plt.subplots(figsize=(6.4, 3.3 + 0.2 * legend_rows), dpi=100)
+    for i in sorted(p.series, key=lambda i: (i != base, i)):
+        ser, what = p.series[i]
+        label = runs[i].label + (" (baseline)" if i == base else "")
+        if what != "global model":
+            label += f" [{what}]"
+        ax.plot([x for x, _ in ser], [y for _, y in ser], "-o", ms=3, color=colors[i],
+                lw=2.4 if i == base else 1.4, label=label, zorder=5 if i == base else 3)
+    ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(_ylabel(p), fontsize=9)
+    values = [y for ser, _ in p.series.values() for _, y in ser]
+    # distances spanning a decade or more on a log axis (as in report.html); a narrow range stays linear
+    if (p.metric == "fid" or p.metric.startswith(("fd-", "fid-"))) and values and min(values) > 0 \
+            and max(values) / min(values) >= 10:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3, which="both")
+    title = p.metric + (f"   features: {p.extractor}" if p.extractor else "")
+    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ the table
+
+
+def final_values(p: Panel) -> dict[int, tuple[int, float]]:
+    """Each run's last (round, value) of the panel's headline series."""
+    return {i: ser[-1] for i, (ser, _) in p.series.items() if ser}
+
+
+def table_rows(runs: Sequence[Run], ps: list[Panel], base: int) -> list[dict[str, Any]]:
+    """One row per run: its final value of every panel and the ratio to the baseline's."""
+    rows = []
+    for i, run in enumerate(runs):
+        row: dict[str, Any] = {"run": run.label, "path": str(run.path), "strategy": run.strategy,
+                               "baseline": i == base}
+        for p in ps:
+            fin = final_values(p)
+            v = fin.get(i)
+            b = fin.get(base)
+            row[p.key] = v[1] if v else float("nan")
+            row[f"{p.key} round"] = v[0] if v else ""
+            row[f"{p.key} / baseline"] = v[1] / b[1] if v and b and b[1] != 0 else float("nan")
+        rows.append(row)
+    return rows
+
+
+def _fmt(v: float) -> str:
+    if not _is_number(v):
+        return "–"
+    a = abs(v)
+    if a != 0 and (a >= 1e5 or a < 1e-3):
+        return f"{v:.3g}"
+    return f"{v:.4f}" if a < 1 else f"{v:.3f}" if a < 100 else f"{v:.1f}"
+
+
+def _fmt_ratio(x: float) -> str:
+    return f"{x:.3f}" if 1e-3 <= abs(x) < 1e4 else f"{x:.3g}"
+
+
+def _table_html(runs: Sequence[Run], ps: list[Panel], rows: list[dict[str, Any]], base: int) -> str:
+    def name(metric: str) -> str:  # fd-random-sites-worst -> fd-random / (sites worst)
+        head, _, tail = metric.partition("-sites-")
+        return html.escape(head) + (f"<br>(sites {html.escape(tail)})" if tail else "")
+    head = "".join(f'<th title="{html.escape(p.extractor)}">{name(p.metric)}<br>'
+                   f'<span class=note>{html.escape(network(p.extractor))}</span></th>' for p in ps)
+    out = [f"<table><tr><th>run</th><th>strategy</th>{head}</tr>"]
+    for i, row in enumerate(rows):
+        cells = []
+        for p in ps:
+            v, ratio, rnd = row[p.key], row[f"{p.key} / baseline"], row[f"{p.key} round"]
+            if not _is_number(v):
+                cells.append("<td>–</td>")
+                continue
+            tip = f' title="round {rnd}"'
+            r = f" <span class=ratio>({_fmt_ratio(ratio)}×)</span>" if i != base and _is_number(ratio) else ""
+            cells.append(f"<td{tip}>{_fmt(v)}{r}</td>")
+        name = html.escape(row["run"]) + (" <b>(baseline)</b>" if i == base else "")
+        out.append(f"<tr><td>{name}</td><td>{html.escape(row['strategy'])}</td>{''.join(cells)}</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _write_csv(runs: Sequence[Run], ps: list[Panel], base: int, path: Path) -> None:
+    """The table in long form: one line per run and metric (metric, extractor, round, value, ratio)."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["run", "path", "strategy", "baseline", "metric", "extractor", "series", "round", "value",
+                "ratio_to_baseline"])
+    for p in ps:
+        fin = final_values(p)
+        b = fin.get(base)
+        for i, (rnd, v) in sorted(fin.items()):
+            ratio = v / b[1] if b and b[1] != 0 else float("nan")
+            w.writerow([runs[i].label, str(runs[i].path), runs[i].strategy, i == base, p.metric, p.extractor,
+                        p.series[i][1], rnd, repr(v), repr(ratio)])
+    atomic_write_text(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------ the page
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1180px;color:#222;padding:0 1em}
+h1{font-size:1.5em}h2{font-size:1.15em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.82em}td,th{border:1px solid #ccc;padding:3px 7px;text-align:right;vertical-align:top}th{white-space:nowrap}
+td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}.wide{overflow-x:auto}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}.figs img{width:100%}
+.grids{display:flex;flex-wrap:wrap;gap:14px}.grids figure{margin:0}.grids img{width:260px;image-rendering:pixelated}
+figcaption{font-size:.8em;color:#555;max-width:260px;overflow-wrap:anywhere}.note{color:#555;font-size:.85em;font-weight:normal}
+.ratio{color:#555}.warn{background:#fff4d6;border-left:4px solid #e0a800;padding:.4em .8em}"""
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def _runs_table(runs: Sequence[Run], base: int) -> str:
+    cols = [("strategy", "fed", "strategy"), ("data", "data", "source"), ("px", "data", "image-size"),
+            ("clients", "partition", "clients"), ("split", "partition", "scheme"), ("rounds", "fed", "rounds"),
+            ("local epochs", "fed", "local-epochs"), ("seed", "run", "seed")]
+    out = ["<table><tr><th>run</th>" + "".join(f"<th>{c}</th>" for c, _, _ in cols) + "<th>folder</th></tr>"]
+    for i, r in enumerate(runs):
+        name = html.escape(r.label) + (" <b>(baseline)</b>" if i == base else "")
+        out.append(f"<tr><td>{name}</td>" + "".join(f"<td>{html.escape(str(r.setting(s, k)))}</td>" for _, s, k in cols)
+                   + f"<td><code>{html.escape(str(r.path))}</code></td></tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _data_differs(runs: Sequence[Run]) -> str:
+    keys = [("data", "source"), ("data", "image-size"), ("data", "path")]
+    differ = [f"{s}.{k}" for s, k in keys if len({str(r.setting(s, k)) for r in runs}) > 1]
+    if not differ:
+        return ""
+    return (f"The runs differ in {', '.join(differ)}: their distances are measured against different real "
+            f"images, so compare them with care.")
+
+
+def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str | Path | None = None,
+                  title: str = "") -> Path:
+    """Write ``out/compare.html`` (and ``compare.csv``, ``figures/*.png``); return the page's path.
+
+    Parameters
+    ----------
+    run_dirs : paths
+        Run directories (each with a non-empty ``metrics.jsonl``), in the order to show them.
+    out : path
+        Output folder (created; files already there are replaced).
+    baseline : path, optional
+        The run every ratio divides by; added in front if it is not among ``run_dirs``. Default:
+        the first ``centralized`` run, else the first run.
+    """
+    if not run_dirs:
+        raise UserError("compare needs at least one run directory")
+    paths = [Path(p) for p in run_dirs]
+    if baseline is not None and Path(baseline).resolve() not in {p.resolve() for p in paths}:
+        paths.insert(0, Path(baseline))
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        if p.resolve() in seen:
+            raise UserError(f"{p} is given twice")
+        seen[p.resolve()] = p
+    runs = [load_run(p) for p in paths]
+    _unique_labels(runs)
+    base = choose_baseline(runs, baseline)
+    out = Path(out)
+    ps = panels(runs)
+    taken: set[str] = set()
+    figs = []
+    for p in ps:
+        png = plot_panel(p, runs, base)
+        name = _figure_name(p, taken)
+        atomic_write_bytes(out / "figures" / name, png)
+        figs.append((p, name, png))
+    rows = table_rows(runs, ps, base)
+    _write_csv(runs, ps, base, out / "compare.csv")
+
+    warnings = extractor_conflicts(ps, runs)
+    if (d := _data_differs(runs)):
+        warnings.append(d)
+    warn_html = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)
+    why = ("chosen with --baseline" if baseline is not None else
+           "the centralized run (all data pooled)" if runs[base].strategy == "centralized" else
+           "the first run given (no centralized run among them)")
+    figs_html = "".join(f'<figure style="margin:0"><img src="{_data_uri(png)}" alt="{html.escape(p.metric)} per round">'
+                        f'</figure>' for p, _, png in figs)
+    grids_html = "".join(
+        f'<figure><img src="{_data_uri(r.grid.read_bytes())}" alt="samples of {html.escape(r.label)}">'
+        f'<figcaption>{html.escape(r.label)}{" (baseline)" if i == base else ""}: {html.escape(r.grid.stem)}</figcaption></figure>'
+        if r.grid else f"<figure><figcaption>{html.escape(r.label)}: no sample grids</figcaption></figure>"
+        for i, r in enumerate(runs))
+    title = title or f"{len(runs)} runs compared"
+    body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fedsynth compare: {html.escape(title)}</title>
+<style>{CSS}</style></head><body>
+<h1>fedsynth compare: {html.escape(title)}</h1>
+<p>Baseline: <b>{html.escape(runs[base].label)}</b> ({why}). Ratios are a run's final value divided by the
+baseline's final value of the same metric and feature network; for Fréchet distance and KID lower is better,
+so a ratio below 1 beats the baseline. <span class="note">Drawn per run: the global model (on the union of the
+sites' data); for runs without one (local), the mean of the hospitals' own models on the union; losses and other
+per-client numbers: the mean over clients.</span></p>
+{warn_html}
+<h2>Runs</h2><div class="wide">{_runs_table(runs, base)}</div>
+<h2>Final metrics</h2><p class="note">Each run's last evaluated round (hover a cell for it); under each metric, the
+feature network that measured it; in brackets the ratio to the baseline, missing where the baseline has no
+value of that metric (a centralized run has no per-site scores) or measured it with another network. Also in
+<code>compare.csv</code>.</p><div class="wide">{_table_html(runs, ps, rows, base)}</div>
+<h2>Curves</h2><div class="figs">{figs_html or "<p>No metric curves.</p>"}</div>
+<h2>Samples (each run's last grid, fixed latents)</h2><div class="grids">{grids_html}</div>
+</body></html>"""
+    page = out / "compare.html"
+    atomic_write_text(page, body)
+    return page

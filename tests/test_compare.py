@@ -1,0 +1,180 @@
+"""``fedsynth compare``: runs side by side (curves per metric, final table with ratios, grids).
+
+The run directories are written by hand (metrics.jsonl, config.toml, sample grids) so every
+expected number is known; the sweep test (tests/test_sweep.py) covers pages made from real runs.
+"""
+
+import base64
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import tomli_w
+from PIL import Image
+from typer.testing import CliRunner
+
+from fedsynth.cli import app
+from fedsynth.report.compare import Panel, _ylabel, build_compare, headline
+
+runner = CliRunner()
+RANDOM = "random-conv-v1(seed=0,dims=480,input=64)"
+EFFNET = "effnet-lite0-imagenet(efficientnet-lite0-57934424.pth,sha256=0123456789ab,input=224)"
+
+
+def _png(value: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((8, 8), value, np.uint8)).save(buf, format="png")
+    return buf.getvalue()
+
+
+def make_run(path, strategy, fd, extractor=RANDOM, loss=(1.0, 0.5)):
+    """A run directory: global (or, for local, per-client-on-union) FD per round, losses per client."""
+    path.mkdir(parents=True)
+    metric = "fd-effnet" if extractor == EFFNET else "fd-random"
+    recs = []
+    for rnd, v in enumerate(fd):
+        if strategy == "local":  # no global model: each client's own model on the union
+            recs += [{"round": rnd, "client": c, "real": "union", "metric": metric, "value": v + d,
+                      "extractor": extractor} for c, d in (("0", -1.0), ("1", 1.0))]
+        else:
+            recs.append({"round": rnd, "client": "global", "real": "union", "metric": metric, "value": v,
+                         "extractor": extractor})
+            recs.append({"round": rnd, "client": "0", "real": "0", "metric": metric, "value": 99.0,
+                         "extractor": extractor})  # a client's own score: not the headline
+        if rnd:
+            recs += [{"round": rnd, "client": c, "metric": "d-loss", "value": x} for c, x in zip("01", loss)]
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (path / "config.toml").write_text(tomli_w.dumps({"fed": {"strategy": strategy, "rounds": len(fd) - 1},
+                                                     "data": {"source": "phantom-xray", "image-size": 16}}))
+    (path / "samples").mkdir()
+    for rnd in range(len(fd)):
+        (path / "samples" / f"round-{rnd:04d}.png").write_bytes(_png(10 * rnd + len(strategy)))
+    return path
+
+
+def _csv(out):
+    return list(csv.DictReader((out / "compare.csv").open()))
+
+
+def test_page_table_ratios_figures_and_last_grids(tmp_path):
+    a = make_run(tmp_path / "fedavg", "fedavg", [40.0, 20.0, 10.0])
+    b = make_run(tmp_path / "local", "local", [40.0, 30.0, 16.0])
+    c = make_run(tmp_path / "central", "centralized", [40.0, 10.0, 5.0])
+    page = build_compare([a, b, c], tmp_path / "cmp")
+    text = page.read_text()
+    rows = {(r["run"], r["metric"]): r for r in _csv(tmp_path / "cmp")}
+    # the default baseline is the centralized run, wherever it is in the list
+    assert "Baseline: <b>central</b> (the centralized run" in text
+    assert rows[("central", "fd-random")]["baseline"] == "True"
+    assert float(rows[("fedavg", "fd-random")]["ratio_to_baseline"]) == pytest.approx(10.0 / 5.0)
+    # local: the mean of the clients' models on the union (15 and 17 -> 16)
+    assert rows[("local", "fd-random")]["series"] == "mean of local models on the union"
+    assert float(rows[("local", "fd-random")]["value"]) == pytest.approx(16.0)
+    assert float(rows[("local", "fd-random")]["ratio_to_baseline"]) == pytest.approx(16.0 / 5.0)
+    assert rows[("fedavg", "d-loss")]["series"] == "mean over clients"
+    assert float(rows[("fedavg", "d-loss")]["value"]) == pytest.approx(0.75)
+    assert rows[("fedavg", "fd-random")]["extractor"] == RANDOM and rows[("fedavg", "fd-random")]["round"] == "2"
+    assert "2.000×" in text and "3.200×" in text
+    # one figure per metric, the feature network named on the page and in the distance's axis label
+    figs = sorted(p.name for p in (tmp_path / "cmp" / "figures").iterdir())
+    assert figs == ["d-loss.png", "fd-random_random-conv-v1.png"]
+    assert all((tmp_path / "cmp" / "figures" / f).read_bytes()[:4] == b"\x89PNG" for f in figs)
+    assert RANDOM in text
+    # each run's LAST grid, side by side
+    for run in (a, b, c):
+        last, first = (base64.b64encode((run / "samples" / f"round-{k:04d}.png").read_bytes()).decode() for k in (2, 0))
+        assert last in text and first not in text
+    assert "<script" not in text and "http" not in text.replace("http-equiv", "")  # self-contained
+
+
+def test_axis_label_names_the_feature_network():
+    assert _ylabel(Panel("fd-random", RANDOM, {})) == "Fréchet distance\n(random-conv-v1 features)"
+    assert _ylabel(Panel("kid-effnet", EFFNET, {})) == "KID\n(effnet-lite0-imagenet features)"
+    assert _ylabel(Panel("fid", "inception-v3-fid(w.pth)", {})).startswith("FID\n(inception-v3-fid")
+    assert _ylabel(Panel("d-loss", "", {})) == "d-loss"
+
+
+def test_runs_with_different_feature_networks_are_not_overlaid(tmp_path):
+    a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0], extractor=RANDOM)
+    b = make_run(tmp_path / "b", "fedavg", [4.0, 2.0], extractor=EFFNET)
+    c = make_run(tmp_path / "c", "fedprox", [40.0, 30.0], extractor=RANDOM)
+    text = build_compare([a, b, c], tmp_path / "cmp").read_text()
+    assert "Baseline: <b>a</b> (the first run given" in text
+    figs = sorted(p.name for p in (tmp_path / "cmp" / "figures").iterdir())
+    assert "fd-random_random-conv-v1.png" in figs and "fd-effnet_effnet-lite0-imagenet.png" in figs
+    assert "not comparable" in text
+    rows = {(r["run"], r["metric"]): r for r in _csv(tmp_path / "cmp")}
+    assert float(rows[("c", "fd-random")]["ratio_to_baseline"]) == pytest.approx(1.5)
+    assert rows[("b", "fd-effnet")]["ratio_to_baseline"] == "nan"  # the baseline has no effnet distance
+
+
+def test_same_metric_name_but_another_network_instance_is_split_too(tmp_path):
+    """fd-random at another input size is another network: separate axes, no ratio."""
+    a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0])
+    b = make_run(tmp_path / "b", "fedavg", [40.0, 10.0], extractor=RANDOM.replace("input=64", "input=128"))
+    build_compare([a, b], tmp_path / "cmp")
+    fd = [r for r in _csv(tmp_path / "cmp") if r["metric"] == "fd-random"]
+    assert {r["extractor"] for r in fd} == {RANDOM, RANDOM.replace("input=64", "input=128")}
+    assert next(r for r in fd if r["run"] == "b")["ratio_to_baseline"] == "nan"
+    assert len(list((tmp_path / "cmp" / "figures").glob("fd-random*.png"))) == 2
+
+
+def test_baseline_option_and_labels(tmp_path):
+    a = make_run(tmp_path / "x" / "run", "fedavg", [40.0, 20.0])
+    b = make_run(tmp_path / "y" / "run", "centralized", [40.0, 10.0])
+    c = make_run(tmp_path / "z", "fedprox", [40.0, 8.0])
+    build_compare([a, b], tmp_path / "cmp", baseline=c)  # not listed: added, first
+    rows = {(r["run"], r["metric"]): r for r in _csv(tmp_path / "cmp")}
+    assert rows[("z", "fd-random")]["baseline"] == "True"
+    # two folders named "run": labelled with their parents so the legend tells them apart
+    assert float(rows[("x/run", "fd-random")]["ratio_to_baseline"]) == pytest.approx(20.0 / 8.0)
+    assert float(rows[("y/run", "fd-random")]["ratio_to_baseline"]) == pytest.approx(10.0 / 8.0)
+
+
+def test_headline_prefers_the_global_model():
+    recs = [{"round": 1, "client": "global", "real": "0", "metric": "fd-random", "value": 7.0},
+            {"round": 1, "client": "global", "real": "union", "metric": "fd-random", "value": 3.0},
+            {"round": 1, "client": "0", "real": "0", "metric": "fd-random", "value": 1.0}]
+    assert headline(recs, "fd-random") == ([(1, 3.0)], "global model")
+
+
+def test_cli_writes_the_page(tmp_path):
+    a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0])
+    b = make_run(tmp_path / "b", "centralized", [40.0, 10.0])
+    res = runner.invoke(app, ["compare", str(a), str(b), "-o", str(tmp_path / "out"), "--title", "A vs B"])
+    assert res.exit_code == 0, res.output
+    assert "fedsynth compare: A vs B" in (tmp_path / "out" / "compare.html").read_text()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing", "no such run directory"),
+    ("file", "is not a run directory (not a folder)"),
+    ("no-metrics", "is not a run directory (no metrics.jsonl)"),
+    ("empty", "is empty: the run has recorded nothing yet"),
+    ("garbage", "line 2 is not valid JSON"),
+])
+def test_bad_input_names_the_path_and_exits_2(tmp_path, case, message):
+    good = make_run(tmp_path / "good", "fedavg", [40.0, 20.0])
+    bad = tmp_path / case
+    if case == "file":
+        bad.write_text("x")
+    elif case != "missing":
+        bad.mkdir()
+        if case == "empty":
+            (bad / "metrics.jsonl").write_text("\n")
+        elif case == "garbage":
+            (bad / "metrics.jsonl").write_text('{"round": 0, "metric": "x", "value": 1}\n{oops\n')
+    res = runner.invoke(app, ["compare", str(good), str(bad), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 2
+    assert message in res.output and case in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out" / "compare.html").exists()
+
+
+def test_a_run_given_twice_or_a_foreign_baseline_is_refused(tmp_path):
+    a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0])
+    res = runner.invoke(app, ["compare", str(a), str(a)])
+    assert res.exit_code == 2 and "given twice" in res.output
+    res = runner.invoke(app, ["compare", str(a), "--baseline", str(tmp_path / "nope")])
+    assert res.exit_code == 2 and "nope: no such run directory" in res.output
