@@ -515,7 +515,8 @@ class _Progress:
     def __init__(self, rounds: int):
         self.rounds, self.t0 = rounds, time.perf_counter()
 
-    def run_start(self, rounds): ...
+    def busy(self, what): ...
+    def run_start(self, plan): ...
     def round_start(self, r, clients, total_steps): self.t0 = time.perf_counter()  # noqa: E704
     def step(self): ...
     def evaluating(self, what): ...
@@ -523,7 +524,7 @@ class _Progress:
     def warning(self, text):
         _say(text)
 
-    def round_end(self, r, records):
+    def round_end(self, r, records, timing=None):
         if r == 0:
             return
         fd = [x for x in records if x.get("client") == "global" and x.get("real") == "union"
