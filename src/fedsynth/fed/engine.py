@@ -309,10 +309,10 @@ class Federation:
             client_eval = [t.get("eval_seconds", 0.0) for t in timings]
             client_eval_s = max(client_eval, default=0.0) if self.pool.remote else sum(client_eval)  # remote: in parallel
             trained = time.perf_counter()
-            server: Record = {"train_s": trained - t0 - client_eval_s}
+            server: Record = {"train_s": trained - t0 - client_eval_s, "eval_s": client_eval_s}
             if r in to_eval:
                 recs += self.pool.evaluate_global(r)
-            server["eval_s"] = client_eval_s + time.perf_counter() - trained
+                server["eval_s"] += time.perf_counter() - trained
             if self.pool.remote:  # what the round cost beyond the slowest client's training
                 train_s = max((t.get("seconds", 0.0) for t in timings), default=0.0)
                 server.update(max_client_train_s=train_s, overhead_s=time.perf_counter() - t0 - train_s)

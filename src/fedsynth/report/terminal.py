@@ -86,7 +86,7 @@ class RoundLine:
                 cols += [("site mean", 9), ("site worst", 10)]
         elif plan.scores == "local":
             cols += [("local mean", 10), ("local worst", 11)]
-        cols += [("losses (mean)", -16), ("train", 7), ("eval", 7)]   # negative width: left-aligned
+        cols += [("losses (mean)", -16), ("train", 7)] + ([("eval", 7)] if plan.scores else [])  # < 0: left
         self.cols = cols
 
     # ---- text
@@ -112,9 +112,11 @@ class RoundLine:
             lines.append(f"{p.metric} (lower is better) of each site's own model against all sites' "
                          f"data: mean and worst over the {plural(p.clients, 'site')}.")
         else:
-            lines.append("evaluation is off (eval.enabled = false): losses and times only.")
+            lines.append("evaluation is off (eval.enabled = false): losses and training time only.")
         lines.append("losses: mean over the sites that trained. train / eval: seconds of the round "
-                     "spent training (with aggregation) and evaluating (scores, sample grid).")
+                     "spent training (with aggregation) and evaluating (scores, sample grid)."
+                     if p.scores else "losses: mean over the sites that trained. train: seconds of the round "
+                     "spent training (with aggregation).")
         return [w for line in lines for w in _wrap(line)]
 
     def values(self, r: int, records: list[Record], timing: Record | None) -> list[str]:
@@ -139,7 +141,8 @@ class RoundLine:
         cells.append(text or MISSING)
         t = timing or {}
         cells.append(seconds(t["train_s"]) if r > 0 and "train_s" in t else MISSING)
-        cells.append(seconds(t["eval_s"]) if t.get("eval_s") else MISSING)
+        if p.scores:
+            cells.append(seconds(t["eval_s"]) if t.get("eval_s") else MISSING)
         return cells
 
     def line(self, r: int, records: list[Record], timing: Record | None = None) -> str:
