@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
-from ..registry import is_fd_metric
 
 Record = dict[str, Any]
 MISSING = "—"   # a value that does not exist (not evaluated this round, no reference run, ...)
@@ -211,7 +211,7 @@ class _Eta(ProgressColumn):
     """``eta 0:01:02`` for a bar; nothing for a spinner (no total)."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(table_column=Column(no_wrap=True))
         self.remaining = TimeRemainingColumn()
 
     def render(self, task):
@@ -220,8 +220,11 @@ class _Eta(ProgressColumn):
         return Text.assemble("eta ", self.remaining.render(task))
 
 
-PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=20), _Count(),
-                    TimeElapsedColumn(), _Eta())
+# a long description is cut short (…) rather than wrapping the bars at 80 columns
+PROGRESS_COLUMNS = (SpinnerColumn(), TextColumn("{task.description}", table_column=Column(
+                        no_wrap=True, overflow="ellipsis", max_width=40)),
+                    BarColumn(bar_width=16), _Count(table_column=Column(no_wrap=True)),
+                    TimeElapsedColumn(table_column=Column(no_wrap=True)), _Eta())
 
 
 class RichReporter:
@@ -235,7 +238,7 @@ class RichReporter:
     console : rich.console.Console
         Where lines go (``progress.console`` prints them above the bars).
     prefix : str
-        Put before every bar's description (a sweep: ``"fedprox 2/7 · "``).
+        Put before the rounds bar's and the loading bar's description (a sweep: ``"fedprox (2/7) · "``).
     """
 
     def __init__(self, progress: Progress, console: Console, prefix: str = ""):
@@ -272,8 +275,8 @@ class RichReporter:
         if self.step_task is not None:
             self.p.update(self.step_task, visible=False)
         if self.wait_task is None:
-            self.wait_task = self.p.add_task(self.prefix + description, total=None)
-        self.p.reset(self.wait_task, total=None, description=self.prefix + description, visible=True)
+            self.wait_task = self.p.add_task(description, total=None)
+        self.p.reset(self.wait_task, total=None, description=description, visible=True)
         self.waiting = True
 
     def _hide(self, *tasks) -> None:
@@ -313,7 +316,7 @@ class RichReporter:
     def round_start(self, r: int, clients: Sequence[str], total_steps: int) -> None:
         self.round = r
         self._hide(self.wait_task)
-        what = f"{self.prefix}round {r}: training {plural(len(clients), 'site')}"
+        what = f"round {r}: training {plural(len(clients), 'site')}"
         if self.step_task is None:
             self.step_task = self.p.add_task(what, total=total_steps)
         self.p.reset(self.step_task, total=total_steps, description=what, visible=True)
@@ -331,7 +334,7 @@ class RichReporter:
         self._waiting(f"round {self.round}: evaluating {what}")
 
     def warning(self, text: str) -> None:
-        self.c.print(f"[yellow]warning:[/] {text}", highlight=False)
+        self.c.print(f"[yellow]warning:[/] {escape(text)}", highlight=False)
         self.log([f"warning: {text}"])
 
     def round_end(self, r: int, records: list[Record], timing: Record | None = None) -> None:
@@ -472,12 +475,13 @@ def prdc_note(res: dict[str, Any], k: int = 5) -> str | None:
     if not zero:
         return None
     radius, near = res.get("knn-radius-real"), res.get("nearest-real-distance")
-    measured = (f" (median radius {radius:.3g}; median distance from a generated image to the nearest real one "
-                f"{near:.3g})" if radius is not None and near is not None else "")
-    return (f"{'/'.join(zero)} {'is' if len(zero) == 1 else 'are'} 0: they count generated images inside a real "
-            f"image's {k}-nearest-neighbour ball in feature space and real images inside a generated one's"
-            f"{measured}. A difference every generated image shares (blur, noise, texture) puts them all "
-            f"outside, while the Fréchet distance compares only means and covariances and can stay small.")
+    measured = (f"; here the real balls' median radius is {radius:.3g} and a generated image lies a median "
+                f"{near:.3g} from the nearest real one" if radius is not None and near is not None else "")
+    return (f"{'/'.join(zero)} {'is' if len(zero) == 1 else 'are'} 0. In feature space, precision and density "
+            f"count generated images inside a real image's {k}-nearest-neighbour ball, recall and coverage real "
+            f"images matched by a generated one{measured}. A difference every generated image shares (blur, "
+            f"noise, texture, too little variety) leaves them outside every ball, while the Fréchet distance "
+            f"compares only means and covariances and can stay small.")
 
 
 def partition_table(part: dict[str, Any]) -> Table:
