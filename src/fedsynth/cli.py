@@ -18,8 +18,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .report.terminal import (PROGRESS_COLUMNS, RichReporter, partition_table, plural, prdc_note, summary_table, value,
-                              written)
+from .report.terminal import (PROGRESS_COLUMNS, RichReporter, partition_table, plural, prdc_note, summary_table,
+                              value, written)
 
 from .config import Config, UserError, load_config
 from .registry import EXTRACTORS
