@@ -595,4 +595,4 @@ def _serve(grid: Grid, context: Context) -> None:
             _say(f"resuming after round {first - 1} from {run_dir.path}/checkpoints")
     out = run_experiment(cfg, str(rc["out"]), _Progress(cfg.fed.rounds), resume=str(rc["out"]) if resume else None,
                          engine=engine, on_start=started)
-    _say(f"done: {cfg.fed.rounds} rounds in {time.perf_counter() - t0:.1f} s; run directory {out.run_dir.path}")
+    _say(f"done: {cfg.fed.rounds} round{'' if cfg.fed.rounds == 1 else 's'} in {time.perf_counter() - t0:.1f} s; run directory {out.run_dir.path}")
