@@ -48,7 +48,7 @@ def test_whole_tiny_federated_run_via_cli(tiny, tmp_path):
     assert "image-size = 16" in (out / "config.toml").read_text()
     part = json.loads((out / "partition.json").read_text())
     assert sum(c["images"] for c in part["clients"].values()) == 64
-    assert "fd-random per participant" in res.output
+    assert "fd-random (lower is better)" in res.output and "global, all sites" in res.output
     # --out refuses to overwrite a finished run
     again = runner.invoke(app, args)
     assert again.exit_code == 2 and "already holds a run" in again.output

@@ -18,7 +18,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .report.terminal import PROGRESS_COLUMNS, RichReporter, partition_table, summary_table
+from .report.terminal import (PROGRESS_COLUMNS, RichReporter, partition_table, plural, prdc_note, summary_table,
+                              value, written)
 
 from .config import Config, UserError, load_config
 from .registry import EXTRACTORS
@@ -188,27 +189,30 @@ def run(
     threads = set_torch_threads(cfg.train.threads)
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=False) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
         reporter = RichReporter(progress, progress.console)
 
         def started(run_dir, fed, first):
             state.update(run_dir=run_dir, fed=fed)
+            reporter.attach_log(run_dir.log_lines)
             info = fed.data_info
             if info.get("skipped"):
                 err_console.print(f"[yellow]skipped {len(info['skipped'])} bad file(s)[/] (listed in partition.json), "
                                   f"e.g. {info['skipped'][0]['file']}: {info['skipped'][0]['reason']}", highlight=False)
             if first > 1:
-                console.print(f"resuming {run_dir.path} after round {first - 1}")
+                reporter.say(f"resuming {run_dir.path} after round {first - 1}")
             elif fed.description is not None:
                 console.print(partition_table(fed.description[1]))
             ev = fed.evaluator
             if ev is not None and getattr(ev.extractor, "notice", ""):
-                console.print(f"[dim]{ev.extractor.notice}[/]", highlight=False)
-            console.print(f"[bold]fedsynth[/] run → [cyan]{run_dir.path}[/]  "
-                          f"({cfg.data.source}, {info.get('images', '?')} images {info.get('size', '?')}px, "
-                          f"{cfg.partition.clients} clients {cfg.partition.scheme}, strategy {cfg.fed.strategy}, "
-                          f"{cfg.fed.rounds} rounds; features: {ev.extractor.name if ev else 'none (eval off)'}; "
-                          f"{threads} threads; data {time.perf_counter() - t0:.1f}s)", highlight=False)
+                reporter.say(ev.extractor.notice, "dim")
+            sites = len(fed.pool.ids)
+            reporter.say(f"fedsynth run → {run_dir.path}")
+            reporter.say(f"  {cfg.data.source}: {plural(info['images'], 'image') if 'images' in info else '? images'} "
+                         f"of {info.get('size', '?')} px, {plural(sites, 'site')} ({cfg.partition.scheme}), "
+                         f"strategy {cfg.fed.strategy}, {plural(cfg.fed.rounds, 'round')}")
+            reporter.say(f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
+                         f"{plural(threads, 'thread')}; ready in {time.perf_counter() - t0:.1f} s")
             signal.signal(signal.SIGINT, lambda *_: _stop(fed))
 
         def _stop(fed):  # first Ctrl-C: finish the current step, then stop cleanly
@@ -219,11 +223,9 @@ def run(
 
         import signal
         previous = signal.getsignal(signal.SIGINT)
-        task = progress.add_task(f"loading {cfg.data.source}", total=None)
         try:
             out_ = run_experiment(cfg, out, reporter, resume,
-                                  in_process(lambda d, t: progress.update(task, completed=d, total=t)),
-                                  on_start=lambda *a: (progress.update(task, visible=False), started(*a)))
+                                  in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
         except UserError as e:
             _stop_progress(progress)
             _fail(str(e))
@@ -235,15 +237,18 @@ def run(
             raise typer.Exit(130)
         finally:
             signal.signal(signal.SIGINT, previous)
+        reporter.finish()
     if out_.result is None:
-        console.print(f"{resume} is complete ({out_.resumed_from} of {cfg.fed.rounds} rounds); nothing to resume")
+        console.print(f"{resume} is complete ({out_.resumed_from} of {plural(cfg.fed.rounds, 'round')}); "
+                      f"nothing to resume", highlight=False)
         return
     result, run_dir = out_.result, out_.run_dir
-    if result.metric:
+    if result.metric and any(r["metric"] == result.metric for r in result.records):
         ev = out_.federation.evaluator.extractor
         console.print(summary_table(result.records, ev.metric, ev.kid_metric))
-    console.print(f"done in {result.seconds:.0f}s. Results: [cyan]{run_dir.path}[/] "
-                  f"(report.html, metrics.jsonl, fd.png, samples/, checkpoints/)", highlight=False)
+    done = f"done in {time.perf_counter() - t0:.0f} s. Results in {run_dir.path}: {', '.join(written(run_dir.path))}"
+    console.print(done, highlight=False, markup=False)
+    run_dir.log_lines([done])
 
 
 def _stop_progress(progress: Progress) -> None:
@@ -253,11 +258,14 @@ def _stop_progress(progress: Progress) -> None:
     progress.stop()
 
 
-def _run_quietly(cfg: Config, out: Path) -> None:
-    """One run of a sweep: the same entry point as `fedsynth run`, one progress bar."""
+def _run_quietly(cfg: Config, out: Path, reporter: RichReporter) -> None:
+    """One run of a sweep: the same entry point as `fedsynth run`; its bars on the sweep's
+    display, its lines in its own log.txt."""
     from .fed.run import run_experiment
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
-        run_experiment(cfg, out, RichReporter(progress, Console(quiet=True)))
+    try:
+        run_experiment(cfg, out, reporter, on_start=lambda rd, fed, first: reporter.attach_log(rd.log_lines))
+    finally:
+        reporter.finish(remove=True)
 
 
 @app.command()
@@ -276,7 +284,8 @@ def sweep(
       fedsynth sweep --preset strategies -o runs/sweep-strategies
       fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
-    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep
+    from .report.terminal import SweepReporter, seconds
+    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, summarise
     from .utils import set_torch_threads
     try:
         base, variants = list(set_), []
@@ -294,20 +303,33 @@ def sweep(
             raise UserError("nothing to sweep: give --preset, --variant or --grid")
         set_torch_threads(load_config(config, base).train.threads)
         t0 = time.perf_counter()
-        rows = run_sweep(str(config) if config else None, base, variants, out,
-                         lambda cfg, d: _run_quietly(cfg, d), jobs=jobs,
-                         on_start=lambda name: console.print(f"[bold]{name}[/] …"))
+
+        def final(name: str) -> str:
+            row = summarise(out / name)
+            return f"final {row['global_is']} {row['metric']} {row['global_fd']:.3f} (round {row['round']})"
+        with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+            view = SweepReporter(progress, progress.console, final)
+            try:
+                rows = run_sweep(str(config) if config else None, base, variants, out,
+                                 lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(d.name)), jobs=jobs,
+                                 progress=view)
+            finally:
+                view.finish()
     except UserError as e:
         _fail(str(e))
-    t = Table(title=f"sweep {out} ({time.perf_counter() - t0:.0f}s)")
-    for col in ("variant", f"final global {rows[0]['metric']}", "ratio to centralized", "mean client (own data)", "global is"):
+    t = Table(title=f"sweep {out} ({seconds(time.perf_counter() - t0)})")
+    for col in ("variant", f"final global {rows[0]['metric']}", "ratio to centralized", "mean site (own data)", "global is"):
         t.add_column(col)
     for r in rows:
-        t.add_row(r["variant"], f"{r['global_fd']:.3f}", f"{r['ratio_to_centralized']:.2f}",
-                  f"{r['client_fd_mean']:.3f}", r["global_is"])
+        t.add_row(r["variant"], value(r["global_fd"], 3), value(r["ratio_to_centralized"]),
+                  value(r["client_fd_mean"], 3), r["global_is"])
     console.print(t)
+    if not any(r["variant"] == "centralized" for r in rows):
+        console.print("ratio to centralized: — (no variant named `centralized` in this sweep)", highlight=False,
+                      markup=False)
     console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}"
-                  + (f"; figure: {out / 'study-grid.png'}" if (out / "study-grid.png").exists() else ""))
+                  + (f"; figure: {out / 'study-grid.png'}" if (out / "study-grid.png").exists() else ""),
+                  highlight=False, markup=False)
 
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
@@ -417,6 +439,9 @@ def evaluate(
     for k, v in res.items():
         t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
     console.print(t)
+    note = prdc_note(res)
+    if note:
+        console.print(note, style="dim", highlight=False, markup=False)
     if out:
         from .utils import atomic_write_text
         atomic_write_text(out, json.dumps(res, indent=2) + "\n")

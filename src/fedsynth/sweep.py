@@ -220,7 +220,28 @@ def summarise(run: Path) -> dict[str, Any]:
             "client_fd_mean": sum(own) / len(own) if own else float("nan")}
 
 
-def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, on_start: Callable[[str], None]) -> None:
+class SweepProgress:
+    """What a sweep reports while it runs (the default reports nothing; the CLI draws bars).
+
+    ``planned`` comes first with the variants to run and those already finished (reused);
+    then, per variant run, ``started``, ``rounds`` (parallel runs only: polled from the run
+    directory's checkpoints; a run in this process reports its own rounds) and ``finished``."""
+
+    def planned(self, todo: list[tuple[str, int]], reused: list[str]) -> None: ...
+    def started(self, name: str) -> None: ...
+    def rounds(self, name: str, done: int, total: int) -> None: ...
+    def finished(self, name: str, ok: bool, seconds: float) -> None: ...
+
+
+def rounds_done(run: Path) -> int:
+    """The newest checkpointed round of a run directory (0 if none yet)."""
+    d = run / "checkpoints"
+    rounds = [int(p.stem.split("-")[1]) for p in d.glob("round-*.pt") if p.stem.split("-")[1].isdigit()] \
+        if d.is_dir() else []
+    return max(rounds, default=0)
+
+
+def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: SweepProgress) -> None:
     """Each variant in its own ``fedsynth run`` process, at most ``jobs`` at a time, with the
     cores shared out (train.threads) so they do not oversubscribe."""
     import dataclasses
@@ -229,7 +250,7 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, on_start: C
     import sys
     import time
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    running: list[tuple[str, subprocess.Popen]] = []
+    running: list[tuple[str, subprocess.Popen, Any, float]] = []
     queue = list(todo)
     failed = []
     while queue or running:
@@ -238,24 +259,30 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, on_start: C
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
             toml = out / f".{name}.toml"
             atomic_write_text(toml, cfg.to_toml())
-            on_start(name)
+            progress.started(name)
             log = open(out / f".{name}.log", "w")
             running.append((name, subprocess.Popen([sys.executable, "-m", "fedsynth", "run", "--config", str(toml),
-                                                    "--out", str(out / name)], stdout=log, stderr=subprocess.STDOUT)))
+                                                    "--out", str(out / name)], stdout=log, stderr=subprocess.STDOUT),
+                            cfg, time.perf_counter()))
         time.sleep(0.2)
         for item in list(running):
-            if item[1].poll() is not None:
+            name, proc, cfg, t0 = item
+            progress.rounds(name, rounds_done(out / name), cfg.fed.rounds)
+            if proc.poll() is not None:
                 running.remove(item)
-                if item[1].returncode != 0:
-                    failed.append(item[0])
+                progress.finished(name, proc.returncode == 0, time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    failed.append(name)
     if failed:
         raise UserError(f"variant(s) failed: {', '.join(failed)} (see {out}/.<name>.log)")
 
 
 def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tuple[str, list[str]]],
               out: Path, run_one: Callable[[Any, Path], None], jobs: int = 1,
-              on_start: Callable[[str], None] = lambda name: None) -> list[dict[str, Any]]:
+              progress: SweepProgress | None = None) -> list[dict[str, Any]]:
     """Run (or reuse) every variant, ``jobs`` at a time; return one row per variant."""
+    import time
+    progress = progress or SweepProgress()
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
@@ -274,12 +301,19 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
                                     f"wait for it or use another --out") from None
                 shutil.rmtree(d)
             todo.append((name, cfg))
+    progress.planned([(n, c.fed.rounds) for n, c in todo], [n for n, _, _ in cfgs if n not in dict(todo)])
     if jobs > 1:
-        _run_parallel(todo, out, jobs, on_start)
+        _run_parallel(todo, out, jobs, progress)
     else:
         for name, cfg in todo:
-            on_start(name)
-            run_one(cfg, out / name)
+            progress.started(name)
+            t0 = time.perf_counter()
+            try:
+                run_one(cfg, out / name)
+            except BaseException:
+                progress.finished(name, False, time.perf_counter() - t0)
+                raise
+            progress.finished(name, True, time.perf_counter() - t0)
     rows = []
     for name, cfg, overrides in cfgs:
         rows.append({"variant": name, "overrides": "; ".join(overrides), **summarise(out / name)})
@@ -317,19 +351,28 @@ def results_figure(rows: list[dict[str, Any]], out: Path) -> Path:
     return path
 
 
+MISSING = "—"  # a number that does not exist (e.g. no centralized reference): never "nan"
+
+
+def _num(v: float, digits: int) -> str:
+    return MISSING if v != v else f"{v:.{digits}f}"
+
+
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(rows[0]))
     w.writeheader()
-    w.writerows(rows)
+    w.writerows([{k: "" if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows])  # NaN: empty
     atomic_write_text(out / "results.csv", buf.getvalue())
     metric = rows[0]["metric"]
     lines = [f"| variant | final global {metric} | ratio to centralized | mean client {metric} (own data) | global is |",
              "| --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['global_fd']:.3f} | {r['ratio_to_centralized']:.2f} | "
-                     f"{r['client_fd_mean']:.3f} | {r['global_is']} |")
+        lines.append(f"| {r['variant']} | {_num(r['global_fd'], 3)} | {_num(r['ratio_to_centralized'], 2)} | "
+                     f"{_num(r['client_fd_mean'], 3)} | {r['global_is']} |")
     lines.append("")
+    if any(r["ratio_to_centralized"] != r["ratio_to_centralized"] for r in rows):
+        lines.append(f"{MISSING}: no `centralized` variant in this sweep, so no ratio to it.")
     rounds = sorted({r["round"] for r in rows})
     lines.append(f"Each run's last evaluated round ({', '.join(map(str, rounds))}); extractor: {rows[0]['extractor']}.")
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")

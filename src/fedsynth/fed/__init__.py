@@ -11,7 +11,7 @@ from typing import Any
 
 _NAMES = {
     "FederatedRun": "engine", "Federation": "engine", "InProcessClients": "engine", "Reporter": "engine",
-    "RunResult": "engine", "StopRun": "engine", "eval_rounds": "engine", "sample_clients": "engine",
+    "RunPlan": "engine", "RunResult": "engine", "StopRun": "engine", "eval_rounds": "engine", "sample_clients": "engine",
     "ClientState": "client", "client_round": "client", "server_round": "server",
     "ClientUpdate": "strategies", "Strategy": "strategies", "FedAvg": "strategies", "Local": "strategies",
     "build_strategy": "strategies", "weighted_average": "strategies",

@@ -13,6 +13,7 @@ Randomness: data order, latents, drop-outs, attacks and DP noise all derive from
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -164,7 +165,8 @@ def state_bytes(state: State) -> int:
 
 
 def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None,
-                 evaluator: Any = None, on_step: Callable[[int], None] | None = None) -> ClientResult:
+                 evaluator: Any = None, on_step: Callable[[int], None] | None = None,
+                 on_evaluate: Callable[[], None] | None = None) -> ClientResult:
     """Client ``c``'s round ``r`` from the global weights ``start``.
 
     Parameters
@@ -173,6 +175,9 @@ def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None
         If given, the local model is scored against the client's own data after training.
     on_step : callable, optional
         Called after every local step (progress; may raise to stop the run).
+    on_evaluate : callable, optional
+        Called before the local model is scored (progress). The timing's ``eval_seconds`` is
+        that scoring's wall-clock time, apart from the training's ``seconds``.
     """
     cfg, model, strategy = setup.cfg, setup.model, setup.strategy
     if c.weights is not None:
@@ -212,8 +217,12 @@ def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None
         c.dp_history, eps = account_dp_sgd(c.dp_history, cfg.privacy.dp_noise, q, res.private_steps,
                                            cfg.privacy.dp_delta)
         recs.append({**base, "metric": "dp-epsilon", "value": eps, "delta": cfg.privacy.dp_delta})
-    if evaluator is not None:
-        recs += evaluator.evaluate(None, r, c.id, c.id)
     timing = {**base, "steps": res.steps, "images": res.images, "seconds": res.seconds,
               "images_per_s": res.images / max(res.seconds, 1e-9)}
+    if evaluator is not None:
+        if on_evaluate is not None:
+            on_evaluate()
+        t0 = time.perf_counter()
+        recs += evaluator.evaluate(None, r, c.id, c.id)
+        timing["eval_seconds"] = time.perf_counter() - t0
     return ClientResult(c.id, up, recs, timing)

@@ -50,14 +50,37 @@ class StopRun(Exception):
     dropped; the last checkpoint is the consistent state to resume from."""
 
 
-class Reporter:
-    """Progress hooks. The default does nothing; the CLI draws rich progress bars."""
+@dataclass(frozen=True)
+class RunPlan:
+    """What a reporter needs to lay out a run's progress before the first round ends.
 
-    def run_start(self, rounds: int) -> None: ...
+    ``scores`` says which Frechet distances the rounds will carry: ``"global"`` (the released
+    model against the union of the sites' data, plus each site's when ``per_site``), ``"local"``
+    (no global model: each site's own model against the union) or ``""`` (evaluation off)."""
+
+    rounds: int                   # the last round
+    first: int                    # the first round this process trains (> 1 after a resume)
+    clients: int                  # number of sites
+    metric: str = ""              # the Frechet distance's name, e.g. "fid" or "fd-random"
+    scores: str = ""              # "global", "local" or "" (see above)
+    per_site: bool = False        # the global model is scored on each site too (mean / worst)
+    eval_rounds: frozenset[int] = frozenset()
+
+
+class Reporter:
+    """Progress hooks. The default does nothing; the CLI draws rich progress bars.
+
+    ``busy`` announces a long step that reports no progress of its own (loading the feature
+    network, the sites' real-data statistics); ``evaluating`` one part of a round's evaluation
+    (the next ``step`` means training goes on). ``round_end`` gets the round's records and its
+    timing: the ``"server"`` record of ``timings.jsonl`` (``train_s``, ``eval_s``, ``wall_s``)."""
+
+    def busy(self, what: str) -> None: ...
+    def run_start(self, plan: RunPlan) -> None: ...
     def round_start(self, round_: int, clients: Sequence[str], total_steps: int) -> None: ...
     def step(self) -> None: ...
     def evaluating(self, what: str) -> None: ...
-    def round_end(self, round_: int, records: list[Record]) -> None: ...
+    def round_end(self, round_: int, records: list[Record], timing: Record | None = None) -> None: ...
     def warning(self, text: str) -> None: ...
 
 
@@ -254,16 +277,18 @@ class Federation:
         rounds = cfg.fed.rounds
         to_eval = eval_rounds(rounds, cfg.eval.every) if ev is not None else set()
         title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} client(s)"
-        self.reporter.run_start(rounds)
         if self.start_round == 1 and ev is not None:  # real images beside the sample grids, once
             real = self.pool.real_grid()
             if real is not None:
                 self.sink.save_image_grid("real", real, nrow=self._grid_nrow())
-        if self.start_round == 1:
+        if self.start_round == 1:  # before the header: the notes are not a round's
             for text in workload_notes(cfg, self.strategy, {i: self.pool.num_images(i) for i in self.pool.ids}):
                 self.reporter.warning(text)
+        self.reporter.run_start(self.plan(to_eval))
         if self.start_round == 1 and 0 in to_eval:  # round 0: the model before any training
-            self._end_round(0, self.pool.evaluate_global(0), [], to_eval, title)
+            t0 = time.perf_counter()
+            recs = self.pool.evaluate_global(0)
+            self._end_round(0, recs, [], {"eval_s": time.perf_counter() - t0}, t0, to_eval, title)
 
         for r in range(self.start_round, rounds + 1):
             t0 = time.perf_counter()
@@ -280,15 +305,19 @@ class Federation:
             for w in out.warnings:
                 self.reporter.warning(w)
             recs += out.records
+            timings = [res.timing for res in results]
+            # the clients scored their local models inside their rounds: evaluation, not training
+            client_eval = [t.get("eval_seconds", 0.0) for t in timings]
+            client_eval_s = max(client_eval, default=0.0) if self.pool.remote else sum(client_eval)  # remote: in parallel
+            trained = time.perf_counter()
+            server: Record = {"train_s": trained - t0 - client_eval_s, "eval_s": client_eval_s}
             if r in to_eval:
                 recs += self.pool.evaluate_global(r)
-            timings = [res.timing for res in results]
+                server["eval_s"] += time.perf_counter() - trained
             if self.pool.remote:  # what the round cost beyond the slowest client's training
-                wall = time.perf_counter() - t0
                 train_s = max((t.get("seconds", 0.0) for t in timings), default=0.0)
-                timings.append({"round": r, "client": "server", "wall_s": wall, "max_client_train_s": train_s,
-                                "overhead_s": wall - train_s})
-            self._end_round(r, recs, timings, to_eval, title)
+                server.update(max_client_train_s=train_s, overhead_s=time.perf_counter() - t0 - train_s)
+            self._end_round(r, recs, timings, server, t0, to_eval, title)
 
         if self.start_round <= rounds:
             last = self.pool.finish()
@@ -302,13 +331,25 @@ class Federation:
     def _grid_nrow(self) -> int:
         return int(math.ceil(math.sqrt(self.cfg.eval.grid_size)))
 
-    def _end_round(self, r: int, recs: list[Record], timings: list[Record], to_eval: set[int], title: str) -> None:
-        """Records, timings, checkpoint, grid and plot of round ``r``, each written atomically."""
+    def plan(self, to_eval: set[int]) -> RunPlan:
+        """The run's layout for the reporter: which scores the rounds will carry."""
+        ev, cfg = self.evaluator, self.cfg
+        released = self.server.released is not None or self.strategy.name == "ensemble"
+        return RunPlan(rounds=cfg.fed.rounds, first=self.start_round, clients=len(self.pool.ids),
+                       metric=ev.extractor.metric if ev is not None else "",
+                       scores="" if ev is None else ("global" if released else "local"),
+                       per_site=bool(ev is not None and self.server.released is not None and cfg.eval.per_site
+                                     and len(self.pool.ids) > 1),
+                       eval_rounds=frozenset(to_eval))
+
+    def _end_round(self, r: int, recs: list[Record], timings: list[Record], server: Record, t0: float,
+                   to_eval: set[int], title: str) -> None:
+        """Records, sample grid, plot, timings and checkpoint of round ``r``, each written
+        atomically. ``server`` is the round's timing record (``train_s``, ``eval_s``): the grid
+        and the plot count as evaluation; ``wall_s`` is the whole round."""
         self.sink.log(recs)
-        if r > 0:
-            self.sink.log_timing(timings)
-            self.sink.save_checkpoint(r, self.checkpoint(r), self.cfg.run.keep_checkpoints)
         if r in to_eval:
+            t = time.perf_counter()
             grid = self.pool.grid()
             if grid is not None:
                 self.sink.save_grid(r, grid, nrow=self._grid_nrow())
@@ -317,7 +358,12 @@ class Federation:
                 if extremes is not None:
                     self.sink.save_image_grid("realism", extremes, nrow=len(extremes) // 2)
             self.sink.plot(title)
-        self.reporter.round_end(r, recs)
+            server["eval_s"] = server.get("eval_s", 0.0) + time.perf_counter() - t
+        server = {"round": r, "client": "server", **server, "wall_s": time.perf_counter() - t0}
+        self.sink.log_timing(timings + [server])
+        if r > 0:
+            self.sink.save_checkpoint(r, self.checkpoint(r), self.cfg.run.keep_checkpoints)
+        self.reporter.round_end(r, recs, server)
 
 
 class InProcessClients(ClientPool):
@@ -354,8 +400,16 @@ class InProcessClients(ClientPool):
     def num_classes(self) -> int:
         return max(d.num_classes for d in self.data.values())
 
-    def statistics(self, extractor, cfg: Config, num_classes: int):
-        return site_statistics(self.data, extractor, cfg.eval, cfg.run.seed, num_classes)
+    def statistics(self, extractor, cfg: Config, num_classes: int, reporter: Reporter | None = None):
+        """Each site's real-data statistics, one site after another (``reporter.busy`` for each)."""
+        real, counts = {}, {}
+        for k, (cid, d) in enumerate(self.data.items()):
+            if reporter is not None:
+                reporter.busy(f"real-data statistics: site {cid} ({k + 1}/{len(self.data)}, {len(d)} images)")
+            r, c = site_statistics({cid: d}, extractor, cfg.eval, cfg.run.seed, num_classes)
+            real.update(r)
+            counts.update(c)
+        return real, counts
 
     def bind(self, fed: Federation) -> None:
         self.fed = fed
@@ -379,7 +433,8 @@ class InProcessClients(ClientPool):
         results = []
         for cid in ids:
             res = client_round(self.setup, self.clients[cid], r, start, self.fed.evaluator if evaluate else None,
-                               on_step=lambda s: self.on_step(s))
+                               on_step=lambda s: self.on_step(s),
+                               on_evaluate=lambda cid=cid: self.fed.reporter.evaluating(f"site {cid}'s model"))
             results.append(res)
             if res.update is not None:
                 start = self.fed.strategy.next_start(start, res.update)  # the next client of swt/cwt continues
@@ -488,11 +543,12 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
     model = build_model(cfg, first.size, first.channels, pool.num_classes())
     evaluator = None
     if cfg.eval.enabled:
-        (reporter or Reporter()).evaluating("real-data statistics")
+        reporter = reporter or Reporter()
+        reporter.busy(f"loading the feature network ({cfg.eval.feature_extractor})")
         extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
         if cfg.train.channels_last:
             extractor = extractor.to(memory_format=torch.channels_last)
-        real, counts = pool.statistics(extractor, cfg, pool.num_classes())
+        real, counts = pool.statistics(extractor, cfg, pool.num_classes(), reporter)
         evaluator = Evaluator(cfg.eval, extractor, real, counts, model, cfg.run.seed)
     return Federation(cfg, model, pool, evaluator, reporter, class_names=first.class_names)
 

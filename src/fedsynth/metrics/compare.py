@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from .features import FeatureExtractor
-from .prdc import prdc
+from .prdc import prdc, prdc_scales
 from .stats import FeatureStats, fd_from_stats, kernel_inception_distance
 from .swd import sliced_wasserstein
 
@@ -23,5 +23,6 @@ def compare_images(real: torch.Tensor, fake: torch.Tensor, extractor: FeatureExt
         res[extractor.kid_metric] = kernel_inception_distance(fr, ff, 50, m, seed)[0]
     if min(len(fr), len(ff)) > 5:
         res.update(prdc(fr, ff, k=5))
+        res.update(prdc_scales(fr, ff, k=5))
     res.update(sliced_wasserstein(real, fake, seed=seed))
     return res

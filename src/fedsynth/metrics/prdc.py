@@ -5,6 +5,12 @@
 * recall: fraction of real samples inside some generated sample's k-NN ball (diversity);
 * density: how many real balls contain each generated sample, over k (can exceed 1);
 * coverage: fraction of real samples whose ball contains a generated sample.
+
+All four count matches one sample at a time, so they can be 0 beside a small Frechet distance
+(which compares only means and covariances): when the real features sit close together, as
+with few images or near-identical ones, the balls are small, and a difference that every
+generated image shares (blur, noise, a texture) puts each of them outside every ball.
+:func:`prdc_scales` gives the two distances to compare.
 """
 
 from __future__ import annotations
@@ -32,3 +38,14 @@ def prdc(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
         "density": float(inside_real.sum(dim=0).double().mean() / k),
         "coverage": float((d.min(dim=1).values <= r_rad).double().mean()),
     }
+
+
+def prdc_scales(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict[str, float]:
+    """Median k-NN radius of the real features and median distance from a generated sample to
+    its nearest real one: when the second exceeds the first, precision and density fall to 0."""
+    r = torch.as_tensor(np.asarray(real, np.float64))
+    f = torch.as_tensor(np.asarray(fake, np.float64))
+    if len(r) <= k or len(f) == 0:
+        raise ValueError(f"the k-NN radius needs more than k={k} real samples")
+    return {"knn-radius-real": float(_kth_nn(r, k).median()),
+            "nearest-real-distance": float(torch.cdist(f, r).min(dim=1).values.median())}

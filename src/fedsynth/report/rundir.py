@@ -6,7 +6,9 @@ Layout (written in this order)::
     partition.json         images and class histogram per client
     metrics.jsonl          one JSON object per line: round, client, metric, value, ...
                            (deterministic: same seed, same file)
-    timings.jsonl          wall-clock seconds and images/s per client per round
+    timings.jsonl          wall-clock seconds and images/s per client per round; per round a
+                           "server" record: seconds training (train_s), evaluating (eval_s), all (wall_s)
+    log.txt                what `fedsynth run` printed, plus every site's values per round
     samples/real.png       real images from the sites, laid out like the sample grids (in-process)
     samples/round-XXXX.png sample grid from fixed latents
     samples/realism.png    the last round's most (top row) and least realistic samples
@@ -130,6 +132,7 @@ class RunDir:
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
         self.timings: list[dict[str, Any]] = []
+        self.log_text: list[str] = []
 
     @classmethod
     def create(cls, parent: str | Path, desc: str) -> "RunDir":
@@ -184,6 +187,8 @@ class RunDir:
             rd.records = [r for r in read_metrics(rd.path) if r["round"] <= upto_round]
         if (rd.path / "timings.jsonl").is_file():
             rd.timings = [r for r in read_metrics(rd.path / "timings.jsonl") if r["round"] <= upto_round]
+        if (rd.path / "log.txt").is_file():
+            rd.log_text = rd.path.joinpath("log.txt").read_text().splitlines()
         rd.log([])
         rd.log_timing([])
         return rd
@@ -206,6 +211,11 @@ class RunDir:
         """Wall-clock measurements go to ``timings.jsonl``, apart from the (deterministic) metrics."""
         self.timings.extend(records)
         self.write_text("timings.jsonl", "".join(json.dumps(r) + "\n" for r in self.timings))
+
+    def log_lines(self, lines: list[str]) -> None:
+        """Append human-readable lines to ``log.txt`` (the whole file replaced atomically)."""
+        self.log_text.extend(lines)
+        self.write_text("log.txt", "".join(line + "\n" for line in self.log_text))
 
     def save_grid(self, round_: int, images: torch.Tensor, nrow: int) -> Path:
         """``samples/round-XXXX.png``: the sample grid of round ``round_``."""

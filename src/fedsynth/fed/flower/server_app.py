@@ -515,7 +515,8 @@ class _Progress:
     def __init__(self, rounds: int):
         self.rounds, self.t0 = rounds, time.perf_counter()
 
-    def run_start(self, rounds): ...
+    def busy(self, what): ...
+    def run_start(self, plan): ...
     def round_start(self, r, clients, total_steps): self.t0 = time.perf_counter()  # noqa: E704
     def step(self): ...
     def evaluating(self, what): ...
@@ -523,7 +524,7 @@ class _Progress:
     def warning(self, text):
         _say(text)
 
-    def round_end(self, r, records):
+    def round_end(self, r, records, timing=None):
         if r == 0:
             return
         fd = [x for x in records if x.get("client") == "global" and x.get("real") == "union"
@@ -594,4 +595,4 @@ def _serve(grid: Grid, context: Context) -> None:
             _say(f"resuming after round {first - 1} from {run_dir.path}/checkpoints")
     out = run_experiment(cfg, str(rc["out"]), _Progress(cfg.fed.rounds), resume=str(rc["out"]) if resume else None,
                          engine=engine, on_start=started)
-    _say(f"done: {cfg.fed.rounds} rounds in {time.perf_counter() - t0:.1f} s; run directory {out.run_dir.path}")
+    _say(f"done: {cfg.fed.rounds} round{'' if cfg.fed.rounds == 1 else 's'} in {time.perf_counter() - t0:.1f} s; run directory {out.run_dir.path}")
