@@ -128,6 +128,10 @@ class TrainConfig:
     reset_optimizer: bool = _f(False, "reset each client's Adam state at the start of every round")
     threads: int = _f(0, "torch CPU threads for this process (0: all cores)", min=0)
     channels_last: bool = _f(True, "channels-last memory layout (measured 15-25 % faster on CPU)")
+    # -- issue 13 (hardware): precision of training and evaluation
+    precision: str = _f("auto", "auto (fp32; see docs/performance.md), fp32, bf16 (bfloat16 autocast), "
+                        "fp16 (float16 autocast with a gradient scaler; CUDA only)",
+                        choices=("auto", "fp32", "bf16", "fp16"))
 
 
 @dataclass(frozen=True)
@@ -158,6 +162,10 @@ class FedConfig:
     fraction: float = _f(1.0, "fraction of clients sampled each round", min=0.0, max=1.0,
                          exclusive_min=True)
     min_clients: int = _f(1, "minimum clients sampled per round", min=1)
+    # -- issue 13 (hardware)
+    parallel_clients: int = _f(1, "train up to this many clients of a round at once, each in its own "
+                               "process (one per GPU when several); results identical to one after "
+                               "another", min=1)
     weighted: bool = _f(True, "weight FedAvg by client sample count (else a plain mean)")
 
 
@@ -220,6 +228,12 @@ class RunOptions:
     name: str = _f("", "short description used in the run directory name (default: derived)")
     out_dir: str = _f("runs", "parent folder of numbered run directories")
     keep_checkpoints: int = _f(2, "how many round checkpoints to keep (the newest)", min=1)
+    # -- issue 13 (hardware): where tensors live and how reproducible the kernels are
+    device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps: models, "
+                     "batches, the feature network and evaluation run there")
+    deterministic: bool = _f(False, "deterministic kernels only (torch.use_deterministic_algorithms, "
+                             "cuDNN benchmark off): the same seed on the same device gives the same "
+                             "weights on GPUs too; CPU runs are deterministic either way")
 
 
 SECTIONS: dict[str, type] = {
@@ -404,9 +418,40 @@ def _check_cross_field(cfg: Config) -> None:
     for item in cfg.faults.dropout_schedule:
         if not re.fullmatch(r"\d+:[^:]+", item):
             raise UserError(f"config key 'faults.dropout-schedule': {item!r} is not 'round:client'")
+    _check_hardware(cfg)
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")
+
+
+# -- issue 13 (hardware): keys that say where a run computes, not what: a resume may change them
+# (a checkpoint written on a GPU continues on a CPU), and checkpoints compare configs without them
+HARDWARE_KEYS = ("run.device", "fed.parallel-clients", "train.threads")
+
+
+def without_hardware(tree: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A ``Config.to_dict()`` tree without :data:`HARDWARE_KEYS` (what must match to resume)."""
+    drop: dict[str, set[str]] = {}
+    for key in HARDWARE_KEYS:
+        section, name = key.split(".", 1)
+        drop.setdefault(section, set()).add(name)
+    return {sec: {k: v for k, v in body.items() if k not in drop.get(sec, ())} for sec, body in tree.items()}
+
+
+# -- issue 13 (hardware): the syntax of run.device; whether the device exists is checked where
+# torch is imported (fedsynth.train.device.resolve_device)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _check_hardware(cfg: Config) -> None:
+    if not DEVICE_PATTERN.fullmatch(cfg.run.device):
+        raise UserError(f"config key 'run.device' must be auto, cpu, cuda, cuda:N or mps; got {cfg.run.device!r}")
+    if cfg.train.precision == "fp16" and cfg.run.device in ("cpu", "mps"):
+        raise UserError(f"config key 'train.precision' = 'fp16' needs a CUDA device (run.device is "
+                        f"{cfg.run.device!r}); use bf16 on CPUs")
+    if cfg.train.precision in ("bf16", "fp16") and cfg.privacy.dp_sgd:
+        raise UserError("config key 'privacy.dp-sgd' needs train.precision = 'fp32' or 'auto' (per-sample "
+                        "gradient clipping is done in full precision)")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

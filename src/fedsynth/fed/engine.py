@@ -30,10 +30,11 @@ import torch
 
 from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..checkpoint import read_checkpoint_file
-from ..config import Config, UserError
+from ..config import Config, UserError, without_hardware
 from ..data import ImageSet
 from ..metrics import build_extractor
 from ..models import GenerativeModel, build_model
+from ..train.device import set_deterministic, to_device
 from ..updates import State
 from ..utils import numpy_rng, torch_generator
 from .client import ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy
@@ -211,16 +212,17 @@ class Federation:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, r: int) -> dict[str, Any]:
-        """Everything a resume needs: every random draw derives from (seed, round, client)."""
-        return {"format": CHECKPOINT_FORMAT, "round": r, "config": self.cfg.to_dict(),
-                "model": {**self.model.describe(), "class_names": self.class_names},
-                "global": self.server.global_state, "ema": self.server.ema_state,
-                "strategy": self.strategy.state_dict(), **self.pool.state_dict()}
+        """Everything a resume needs: every random draw derives from (seed, round, client).
+        Device-independent: every tensor on the CPU (a no-op for a CPU run)."""
+        return to_device({"format": CHECKPOINT_FORMAT, "round": r, "config": self.cfg.to_dict(),
+                          "model": {**self.model.describe(), "class_names": self.class_names},
+                          "global": self.server.global_state, "ema": self.server.ema_state,
+                          "strategy": self.strategy.state_dict(), **self.pool.state_dict()}, "cpu")
 
     def restore(self, ck: dict[str, Any]) -> None:
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise UserError("not a fedsynth checkpoint")
-        if ck["config"] != self.cfg.to_dict():
+        if without_hardware(ck["config"]) != without_hardware(self.cfg.to_dict()):  # run.device may change
             raise UserError("the checkpoint was written with a different configuration")
         self.server = ServerState(ck["global"], ck.get("ema"))
         self.strategy.load_state_dict(ck.get("strategy", {}))
@@ -415,13 +417,14 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
                      client_ids: Sequence[str] | None = None) -> Federation:
     """A :class:`Federation` of in-process clients: model, evaluator (real statistics computed
     per client, cached) and strategy as the configuration says."""
+    set_deterministic(cfg.run.deterministic)
     pool = InProcessClients(cfg, client_data, client_ids)
     first = pool.first
     model = build_model(cfg, first.size, first.channels, pool.num_classes())
     evaluator = None
     if cfg.eval.enabled:
         (reporter or Reporter()).evaluating("real-data statistics")
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights).to(model.device)
         if cfg.train.channels_last:
             extractor = extractor.to(memory_format=torch.channels_last)
         real, counts = pool.statistics(extractor, cfg, pool.num_classes())

@@ -151,14 +151,19 @@ class Evaluator:
 
     @torch.inference_mode()
     def fake_features(self, state: State | None, against: str | None, mask: torch.Tensor | None = None) -> np.ndarray:
-        """Features of the model's images from the fixed latents (and labels) for target ``against``."""
+        """Features of the model's images from the fixed latents (and labels) for target ``against``.
+
+        Generation and feature extraction are fused batch by batch on the model's device: each
+        batch of images goes through the feature network while it is hot, and no full set of
+        images is ever held."""
         z, y = self.z_eval, self.y_eval[against]
         if mask is not None:
             z, y = z[mask], y[mask]
         if len(z) == 0:
             return np.zeros((0, self.extractor.dims))
-        images = self.model.sample(state, z, y if self.conditional else None, bf16=self.cfg.bf16)
-        return self.extractor.extract(images).double().numpy()
+        batches = self.model.sample_batches(state, z, y if self.conditional else None, bf16=self.cfg.bf16)
+        feats = torch.cat([self.extractor.extract(images) for images in batches])
+        return feats.double().numpy()
 
     def evaluate(self, state: State | None, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         """Records for the model ``state`` (named ``who``) against client ``against`` (None: union)."""

@@ -1,0 +1,72 @@
+"""Issue 13: device selection, precision and device-independent checkpoints, tested on the CPU
+(every device path runs with run.device = cpu; GPU checks: docs/performance.md)."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from fedsynth.cli import app
+from fedsynth.config import UserError, build_config
+from fedsynth.train.device import autocast, resolve_device, resolve_precision, to_device
+
+
+def _sets(overrides):
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def _final(run):
+    return torch.load(sorted((run / "checkpoints").glob("*.pt"))[-1], weights_only=True)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("gpu", "must be auto, cpu, cuda, cuda:N or mps"),
+    ("cuda:x", "must be auto, cpu, cuda, cuda:N or mps"),
+])
+def test_bad_device_names_the_key(value, message):
+    with pytest.raises(UserError, match=f"run.device.*{message}"):
+        build_config(overrides=[f"run.device={value}"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_cuda_is_a_clear_error():
+    cfg = build_config(overrides=["run.device=cuda:1"])
+    with pytest.raises(UserError, match="run.device' is 'cuda:1' but"):
+        resolve_device(cfg.run.device)
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_precision_rules():
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    with pytest.raises(UserError, match="fp16.*CUDA"):
+        build_config(overrides=["train.precision=fp16", "run.device=cpu"])
+    with pytest.raises(UserError, match="dp-sgd"):
+        build_config(overrides=["train.precision=bf16", "privacy.dp-sgd=true", "model.d-norm=group"])
+    assert isinstance(autocast(torch.device("cpu"), "bf16"), torch.autocast)
+
+
+def test_to_device_keeps_cpu_tensors_as_they_are():
+    t = torch.ones(2)
+    out = to_device({"a": [t, (t, 1)], "b": "x"}, "cpu")
+    assert out["a"][0] is t and out["a"][1][0] is t and out["a"][1][1] == 1 and out["b"] == "x"
+
+
+def test_checkpoint_resumes_with_another_device_setting(tiny, tmp_path):
+    """Written with run.device = auto, resumed with run.device = cpu (the CLI accepts the
+    hardware keys with --resume): the same weights and records as the uninterrupted run."""
+    over = tiny + ["fed.rounds=2", "run.keep-checkpoints=2", "eval.enabled=false", "fed.strategy=fedprox"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", *_sets(over + ["run.device=auto"]), "--out", str(tmp_path / "ref")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["run", *_sets(over + ["run.device=auto"]), "--out", str(tmp_path / "cut")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "cut" / "checkpoints" / "round-0002.pt").unlink()  # as if killed in round 2
+    res = runner.invoke(app, ["run", "--resume", str(tmp_path / "cut"), "--set", "run.device=cpu"])
+    assert res.exit_code == 0, res.output
+    a, b = _final(tmp_path / "ref"), _final(tmp_path / "cut")
+    assert b["round"] == 2 and all(torch.equal(a["global"][k], b["global"][k]) for k in a["global"])
+    for cid, c in a["clients"].items():  # the clients' optimizer state came back through the CPU file too
+        sa, sb = c["opt_state"]["D"]["state"], b["clients"][cid]["opt_state"]["D"]["state"]
+        assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+    assert (tmp_path / "ref" / "metrics.jsonl").read_text() == (tmp_path / "cut" / "metrics.jsonl").read_text()
+    res = runner.invoke(app, ["run", "--resume", str(tmp_path / "cut"), "--set", "fed.rounds=3"])
+    assert res.exit_code != 0 and "--set other than" in res.output  # only hardware keys may change
