@@ -316,6 +316,7 @@ class InProcessClients(ClientPool):
         self.clients: dict[str, ClientState] = {}
         self.stop_requested = False
         self.on_step = self._on_step
+        self.parallel: Any = None  # fedsynth.fed.parallel.ParallelClients, started by the first parallel round
 
     # shape of the data the model is built for
     @property
@@ -347,6 +348,8 @@ class InProcessClients(ClientPool):
 
     # ---- the clients' rounds
     def train(self, r, ids, start, evaluate):
+        if min(self.cfg.fed.parallel_clients, len(ids)) > 1 and not self.fed.strategy.sequential:
+            return self._train_parallel(r, ids, start, evaluate), []
         results = []
         for cid in ids:
             res = client_round(self.setup, self.clients[cid], r, start, self.fed.evaluator if evaluate else None,
@@ -355,6 +358,30 @@ class InProcessClients(ClientPool):
             if res.update is not None:
                 start = self.fed.strategy.next_start(start, res.update)  # the next client of swt/cwt continues
         return results, []
+
+    def _train_parallel(self, r, ids, start, evaluate) -> list[ClientResult]:
+        """``fed.parallel-clients`` > 1: the clients' rounds in worker processes
+        (:mod:`fedsynth.fed.parallel`), results in the order of ``ids``; the local models are
+        scored here, from the weights the workers return, exactly as :func:`client_round` would."""
+        from .parallel import ParallelClients
+        if self.parallel is None:
+            self.parallel = ParallelClients(self.cfg, self.data, self.num_classes(), self.fed.init,
+                                            self.cfg.fed.parallel_clients)
+        ev = self.fed.evaluator if evaluate else None
+        results = []
+        for c, res, full in self.parallel.run(r, [self.clients[i] for i in ids], start, self.fed.strategy.state_dict()):
+            if ev is not None and full is not None:
+                res.records += ev.evaluate(full, r, c.id, c.id)
+            for s in range(res.timing.get("steps", max(1, self.steps(c.id) // 2))):  # progress, and a stop
+                self.on_step(s + 1)
+            results.append(res)
+        return results
+
+    def finish(self):
+        if self.parallel is not None:
+            self.parallel.close()
+            self.parallel = None
+        return []
 
     def kept_local(self, updates):
         if not self.fed.local_keys:

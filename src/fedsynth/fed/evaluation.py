@@ -23,7 +23,8 @@ import torch
 
 from ..config import EvalConfig, UserError
 from ..data import ImageSet
-from ..metrics import FeatureExtractor, FeatureStats, fd_from_stats, kernel_inception_distance
+from ..metrics import FeatureExtractor, FeatureStats, kernel_inception_distance
+from ..metrics.stats import frechet_distance, sqrtm_psd
 from ..updates import State
 from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
@@ -123,6 +124,7 @@ class Evaluator:
     def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
                  class_counts: dict[str, np.ndarray], model: Any, seed: int):
         self.cfg, self.extractor, self.seed, self.model = cfg, extractor, seed, model
+        self._last: tuple[np.ndarray, Any] | None = None  # the last generated features' moments
         self.conditional = model.conditional
         msg = _too_few({cid: r.stats.n for cid, r in real.items()})
         if msg:  # callers that did not check first (a sweep, a Flower server) still get a clear error
@@ -169,9 +171,21 @@ class Evaluator:
         """Records for the model ``state`` (named ``who``) against client ``against`` (None: union)."""
         return self.score(self.fake_features(state, against), round_, who, against)
 
+    def _moments(self, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Mean, covariance and covariance square root of generated features; one set scored
+        against several targets (the union, each site) computes them once."""
+        if self._last is not None and self._last[0] is fake:
+            return self._last[1]
+        st = FeatureStats.of(fake)
+        mu, cov = st.mean, st.cov
+        out = (mu, cov, sqrtm_psd(cov) if np.isfinite(mu).all() and np.isfinite(cov).all() else None)
+        self._last = (fake, out)
+        return out
+
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
-        fd = fd_from_stats(FeatureStats.of(fake), real.stats)
+        mu, cov, root = self._moments(fake)
+        fd = frechet_distance(mu, cov, real.stats.mean, real.stats.cov, sqrt_sigma1=root)
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
