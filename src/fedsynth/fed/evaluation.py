@@ -189,6 +189,9 @@ class Evaluator:
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
+        precision = "bf16" if self.cfg.bf16 else self.model.precision
+        if precision != "fp32":  # provenance of a cheaper precision (fp32, the reference, is implied)
+            base["precision"] = precision
         recs = [{**base, "metric": self.extractor.metric, "value": fd}]
         if real.kid_features is not None:
             kid, kid_std = kernel_inception_distance(
