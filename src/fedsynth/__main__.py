@@ -1,3 +1,4 @@
 from .cli import main
 
-main()
+if __name__ == "__main__":  # not in the spawned worker processes of fed.parallel-clients
+    main()

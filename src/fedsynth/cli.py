@@ -168,8 +168,10 @@ def run(
       fedsynth run --resume runs/quick"""
     try:
         if resume is not None:
-            if config is not None or set_ or out is not None:
-                raise UserError("--resume takes no --config, --set or --out: the run's own config.toml is used")
+            from .config import HARDWARE_KEYS, parse_override
+            if config is not None or out is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
+                raise UserError("--resume takes no --config, --out, or --set other than "
+                                f"{', '.join(HARDWARE_KEYS)}: the run's own config.toml is used")
             if not (resume / "config.toml").is_file():
                 raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
             from .report.rundir import claim_for_resume

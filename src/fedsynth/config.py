@@ -147,6 +147,10 @@ class TrainConfig:
     reset_optimizer: bool = _f(False, "reset each client's Adam state at the start of every round")
     threads: int = _f(0, "torch CPU threads for this process (0: all cores)", min=0)
     channels_last: bool = _f(True, "channels-last memory layout (measured 15-25 % faster on CPU)")
+    # -- issue 13 (hardware): precision of training and evaluation
+    precision: str = _f("auto", "auto (fp32; see docs/performance.md), fp32, bf16 (bfloat16 autocast), "
+                        "fp16 (float16 autocast with a gradient scaler; CUDA only)",
+                        choices=("auto", "fp32", "bf16", "fp16"))
 
 
 @dataclass(frozen=True)
@@ -183,6 +187,10 @@ class FedConfig:
     fraction: float = _f(1.0, "fraction of clients sampled each round", min=0.0, max=1.0,
                          exclusive_min=True)
     min_clients: int = _f(1, "minimum clients sampled per round", min=1)
+    # -- issue 13 (hardware)
+    parallel_clients: int = _f(1, "train up to this many clients of a round at once, each in its own "
+                               "process (one per GPU when several); results identical to one after "
+                               "another", min=1)
     weighted: bool = _f(True, "weight FedAvg by client sample count (else a plain mean)")
     secure_aggregation: bool = _f(False, "Flower deployment only: the server learns only the (weighted) sum "
                                   "of the updates (SecAgg+, Flower's secaggplus_mod); needs privacy.validate = "
@@ -268,6 +276,12 @@ class RunOptions:
     mlflow_uri: str = _f("", "also log to MLflow at this tracking URI, e.g. sqlite:///mlflow.db or "
                          "http://host:5000 (parameters, metrics per round, report and checkpoints); empty: off")
     mlflow_experiment: str = _f("fedsynth", "MLflow experiment the run is logged under (created if missing)")
+    # -- issue 13 (hardware): where tensors live and how reproducible the kernels are
+    device: str = _f("auto", "auto (CUDA if available, else CPU), cpu, cuda, cuda:N or mps: models, "
+                     "batches, the feature network and evaluation run there")
+    deterministic: bool = _f(False, "deterministic kernels only (torch.use_deterministic_algorithms, "
+                             "cuDNN benchmark off): the same seed on the same device gives the same "
+                             "weights on GPUs too; CPU runs are deterministic either way")
 
 
 SECTIONS: dict[str, type] = {
@@ -457,6 +471,7 @@ def _check_cross_field(cfg: Config) -> None:
     if cfg.run.mlflow_uri and (not cfg.run.mlflow_experiment.strip() or cfg.run.mlflow_uri != cfg.run.mlflow_uri.strip()):
         raise UserError("config keys 'run.mlflow-uri' / 'run.mlflow-experiment': the URI must have no surrounding "
                         "spaces and the experiment name must not be empty")
+    _check_hardware(cfg)
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")
@@ -481,6 +496,35 @@ def _check_secure_aggregation(cfg: Config) -> None:
         raise UserError("config key 'fed.secure-aggregation' = true shows the server only the sum of the updates, "
                         "so these keys, which need each client's update, cannot be used with it: "
                         + "; ".join(conflicts))
+
+# -- issue 13 (hardware): keys that say where a run computes, not what: a resume may change them
+# (a checkpoint written on a GPU continues on a CPU), and checkpoints compare configs without them
+HARDWARE_KEYS = ("run.device", "fed.parallel-clients", "train.threads")
+
+
+def without_hardware(tree: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A ``Config.to_dict()`` tree without :data:`HARDWARE_KEYS` (what must match to resume)."""
+    drop: dict[str, set[str]] = {}
+    for key in HARDWARE_KEYS:
+        section, name = key.split(".", 1)
+        drop.setdefault(section, set()).add(name)
+    return {sec: {k: v for k, v in body.items() if k not in drop.get(sec, ())} for sec, body in tree.items()}
+
+
+# -- issue 13 (hardware): the syntax of run.device; whether the device exists is checked where
+# torch is imported (fedsynth.train.device.resolve_device)
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def _check_hardware(cfg: Config) -> None:
+    if not DEVICE_PATTERN.fullmatch(cfg.run.device):
+        raise UserError(f"config key 'run.device' must be auto, cpu, cuda, cuda:N or mps; got {cfg.run.device!r}")
+    if cfg.train.precision == "fp16" and cfg.run.device in ("cpu", "mps"):
+        raise UserError(f"config key 'train.precision' = 'fp16' needs a CUDA device (run.device is "
+                        f"{cfg.run.device!r}); use bf16 on CPUs")
+    if cfg.train.precision in ("bf16", "fp16") and cfg.privacy.dp_sgd:
+        raise UserError("config key 'privacy.dp-sgd' needs train.precision = 'fp32' or 'auto' (per-sample "
+                        "gradient clipping is done in full precision)")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -209,7 +209,8 @@ def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None
     up = ClientUpdate(c.id, sent, c.n, dict(res.losses), res.steps, extra)
     if cfg.faults.attack != "none" and c.id in cfg.faults.attackers and c.weights is None:
         attack(cfg, r, up, start)
-    recs = [{**base, "metric": k, "value": v} for k, v in res.losses.items()]
+    prov = {"precision": model.precision} if model.precision != "fp32" else {}  # fp32 is implied
+    recs = [{**base, "metric": k, "value": v, **prov} for k, v in res.losses.items()]
     recs.append({**base, "metric": "bytes-sent", "value": state_bytes(sent) + state_bytes(extra)})
     if dp is not None:
         from ..privacy.dp import account_dp_sgd

@@ -30,10 +30,11 @@ import torch
 
 from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..checkpoint import read_checkpoint_file
-from ..config import Config, UserError
+from ..config import Config, UserError, without_hardware
 from ..data import ImageSet
 from ..metrics import build_extractor
 from ..models import GenerativeModel, build_model
+from ..train.device import set_deterministic, to_device
 from ..updates import State
 from ..utils import numpy_rng, torch_generator
 from .client import (ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy,
@@ -250,16 +251,17 @@ class Federation:
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint(self, r: int) -> dict[str, Any]:
-        """Everything a resume needs: every random draw derives from (seed, round, client)."""
-        return {"format": CHECKPOINT_FORMAT, "round": r, "config": self.cfg.to_dict(),
-                "model": {**self.model.describe(), "class_names": self.class_names},
-                "global": self.server.global_state, "ema": self.server.ema_state,
-                "strategy": self.strategy.state_dict(), **self.pool.state_dict()}
+        """Everything a resume needs: every random draw derives from (seed, round, client).
+        Device-independent: every tensor on the CPU (a no-op for a CPU run)."""
+        return to_device({"format": CHECKPOINT_FORMAT, "round": r, "config": self.cfg.to_dict(),
+                          "model": {**self.model.describe(), "class_names": self.class_names},
+                          "global": self.server.global_state, "ema": self.server.ema_state,
+                          "strategy": self.strategy.state_dict(), **self.pool.state_dict()}, "cpu")
 
     def restore(self, ck: dict[str, Any]) -> None:
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise UserError("not a fedsynth checkpoint")
-        if ck["config"] != self.cfg.to_dict():
+        if without_hardware(ck["config"]) != without_hardware(self.cfg.to_dict()):  # run.device may change
             raise UserError("the checkpoint was written with a different configuration")
         self.server = ServerState(ck["global"], ck.get("ema"))
         self.strategy.load_state_dict(ck.get("strategy", {}))
@@ -391,6 +393,7 @@ class InProcessClients(ClientPool):
         self.clients: dict[str, ClientState] = {}
         self.stop_requested = False
         self.on_step = self._on_step
+        self.parallel: Any = None  # fedsynth.fed.parallel.ParallelClients, started by the first parallel round
 
     # shape of the data the model is built for
     @property
@@ -430,6 +433,8 @@ class InProcessClients(ClientPool):
 
     # ---- the clients' rounds
     def train(self, r, ids, start, evaluate):
+        if min(self.cfg.fed.parallel_clients, len(ids)) > 1 and not self.fed.strategy.sequential:
+            return self._train_parallel(r, ids, start, evaluate), []
         results = []
         for cid in ids:
             res = client_round(self.setup, self.clients[cid], r, start, self.fed.evaluator if evaluate else None,
@@ -439,6 +444,30 @@ class InProcessClients(ClientPool):
             if res.update is not None:
                 start = self.fed.strategy.next_start(start, res.update)  # the next client of swt/cwt continues
         return results, []
+
+    def _train_parallel(self, r, ids, start, evaluate) -> list[ClientResult]:
+        """``fed.parallel-clients`` > 1: the clients' rounds in worker processes
+        (:mod:`fedsynth.fed.parallel`), results in the order of ``ids``; the local models are
+        scored here, from the weights the workers return, exactly as :func:`client_round` would."""
+        from .parallel import ParallelClients
+        if self.parallel is None:
+            self.parallel = ParallelClients(self.cfg, self.data, self.num_classes(), self.fed.init,
+                                            self.cfg.fed.parallel_clients)
+        ev = self.fed.evaluator if evaluate else None
+        results = []
+        for c, res, full in self.parallel.run(r, [self.clients[i] for i in ids], start, self.fed.strategy.state_dict()):
+            if ev is not None and full is not None:
+                res.records += ev.evaluate(full, r, c.id, c.id)
+            for s in range(res.timing.get("steps", max(1, self.steps(c.id) // 2))):  # progress, and a stop
+                self.on_step(s + 1)
+            results.append(res)
+        return results
+
+    def finish(self):
+        if self.parallel is not None:
+            self.parallel.close()
+            self.parallel = None
+        return []
 
     def kept_local(self, updates):
         if not self.fed.local_keys:
@@ -538,6 +567,7 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
         raise UserError("config key 'fed.secure-aggregation' = true needs the Flower deployment (fedsynth deploy "
                         "run): in one process the server trains every client itself, so no update is hidden from "
                         "it; leave the key false here")
+    set_deterministic(cfg.run.deterministic)
     pool = InProcessClients(cfg, client_data, client_ids)
     first = pool.first
     model = build_model(cfg, first.size, first.channels, pool.num_classes())
@@ -545,7 +575,7 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
     if cfg.eval.enabled:
         reporter = reporter or Reporter()
         reporter.busy(f"loading the feature network ({cfg.eval.feature_extractor})")
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights).to(model.device)
         if cfg.train.channels_last:
             extractor = extractor.to(memory_format=torch.channels_last)
         real, counts = pool.statistics(extractor, cfg, pool.num_classes(), reporter)

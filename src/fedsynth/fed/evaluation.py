@@ -23,8 +23,9 @@ import torch
 
 from ..config import EvalConfig, UserError
 from ..data import ImageSet
-from ..metrics import FeatureExtractor, FeatureStats, fd_from_stats, kernel_inception_distance
+from ..metrics import FeatureExtractor, FeatureStats, kernel_inception_distance
 from ..metrics.realism import RealismReference, realism_summary
+from ..metrics.stats import frechet_distance, sqrtm_psd
 from ..updates import State
 from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
@@ -125,6 +126,7 @@ class Evaluator:
     def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
                  class_counts: dict[str, np.ndarray], model: Any, seed: int):
         self.cfg, self.extractor, self.seed, self.model = cfg, extractor, seed, model
+        self._last: tuple[np.ndarray, Any] | None = None  # the last generated features' moments
         self.conditional = model.conditional
         msg = _too_few({cid: r.stats.n for cid, r in real.items()})
         if msg:  # callers that did not check first (a sweep, a Flower server) still get a clear error
@@ -155,25 +157,45 @@ class Evaluator:
 
     @torch.inference_mode()
     def fake_features(self, state: State | None, against: str | None, mask: torch.Tensor | None = None) -> np.ndarray:
-        """Features of the model's images from the fixed latents (and labels) for target ``against``."""
+        """Features of the model's images from the fixed latents (and labels) for target ``against``.
+
+        Generation and feature extraction are fused batch by batch on the model's device: each
+        batch of images goes through the feature network while it is hot, and no full set of
+        images is ever held."""
         z, y = self.z_eval, self.y_eval[against]
         if mask is not None:
             z, y = z[mask], y[mask]
         if len(z) == 0:
             return np.zeros((0, self.extractor.dims))
-        images = self.model.sample(state, z, y if self.conditional else None, bf16=self.cfg.bf16)
-        return self.extractor.extract(images).double().numpy()
+        batches = self.model.sample_batches(state, z, y if self.conditional else None, bf16=self.cfg.bf16)
+        feats = torch.cat([self.extractor.extract(images) for images in batches])
+        return feats.double().numpy()
 
     def evaluate(self, state: State | None, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         """Records for the model ``state`` (named ``who``) against client ``against`` (None: union)."""
         return self.score(self.fake_features(state, against), round_, who, against)
 
+    def _moments(self, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Mean, covariance and covariance square root of generated features; one set scored
+        against several targets (the union, each site) computes them once."""
+        if self._last is not None and self._last[0] is fake:
+            return self._last[1]
+        st = FeatureStats.of(fake)
+        mu, cov = st.mean, st.cov
+        out = (mu, cov, sqrtm_psd(cov) if np.isfinite(mu).all() and np.isfinite(cov).all() else None)
+        self._last = (fake, out)
+        return out
+
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
-        fd = fd_from_stats(FeatureStats.of(fake), real.stats)
+        mu, cov, root = self._moments(fake)
+        fd = frechet_distance(mu, cov, real.stats.mean, real.stats.cov, sqrt_sigma1=root)
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
+        precision = "bf16" if self.cfg.bf16 else self.model.precision
+        if precision != "fp32":  # provenance of a cheaper precision (fp32, the reference, is implied)
+            base["precision"] = precision
         recs = [{**base, "metric": self.extractor.metric, "value": fd}]
         if real.kid_features is not None:
             kid, kid_std = kernel_inception_distance(

@@ -30,6 +30,22 @@ __all__ = ["ClientUpdate", "State", "shared_keys", "weighted_average", "Strategy
 _sorted = by_client
 
 
+class Near:
+    """Tensors of a (CPU) state as a hook meets them: on the device of the parameter, moved once
+    per round and key. On the CPU they are the state's own tensors."""
+
+    def __init__(self, state: State):
+        self.state, self.moved = state, {}
+
+    def __call__(self, key: str, p: torch.Tensor) -> torch.Tensor:
+        t = self.state[key]
+        if t.device == p.device:
+            return t
+        if key not in self.moved:
+            self.moved[key] = t.to(p.device)
+        return self.moved[key]
+
+
 class GradHook:
     """A gradient hook for one client in one round: ``grad += f(key, param)`` for each
     parameter in ``keys`` (the parameters that travel: a discriminator kept local under
@@ -156,8 +172,8 @@ class FedProx(FedAvg):
         return cls(fed.mu, weighted=fed.weighted)
 
     def client_hooks(self, client_state, global_state):
-        mu, g = self.mu, global_state
-        return [GradHook(lambda k, p: mu * (p - g[k]), self.param_keys)]
+        mu, g = self.mu, Near(global_state)
+        return [GradHook(lambda k, p: mu * (p - g(k, p)), self.param_keys)]
 
 
 class FedNova(FedAvg):
@@ -201,8 +217,8 @@ class Scaffold(FedAvg):
         return client_state.setdefault("scaffold_c", {k: torch.zeros_like(v) for k, v in self.c.items()})
 
     def client_hooks(self, client_state, global_state):
-        c, ci = self.c, self._ci(client_state)
-        return [GradHook(lambda k, p: c[k] - ci[k], self.param_keys)]
+        c, ci = Near(self.c), Near(self._ci(client_state))
+        return [GradHook(lambda k, p: c(k, p) - ci(k, p), self.param_keys)]
 
     def after_local(self, client_state, global_state, new_state, steps, lrs):
         ci = self._ci(client_state)
@@ -252,8 +268,8 @@ class FedDyn(FedAvg):
         return client_state.setdefault("feddyn_g", {k: torch.zeros_like(v) for k, v in self.h.items()})
 
     def client_hooks(self, client_state, global_state):
-        a, gi, g = self.alpha, self._gi(client_state), global_state
-        return [GradHook(lambda k, p: -gi[k] + a * (p - g[k]), self.param_keys)]
+        a, gi, g = self.alpha, Near(self._gi(client_state)), Near(global_state)
+        return [GradHook(lambda k, p: -gi(k, p) + a * (p - g(k, p)), self.param_keys)]
 
     def after_local(self, client_state, global_state, new_state, steps, lrs):
         gi = self._gi(client_state)

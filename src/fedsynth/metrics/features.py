@@ -60,10 +60,21 @@ class FeatureExtractor(nn.Module):
     def num_features(self) -> int:  # what torchmetrics reads from a custom feature module
         return self.dims
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network lives (move it with ``.to(device)``)."""
+        t = next(self.parameters(), None)
+        if t is None:
+            t = next(self.buffers(), None)
+        return t.device if t is not None else torch.device("cpu")
+
     @torch.inference_mode()
     def extract(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Features ``(N, D)`` of ``images`` (on any device), computed in batches on the network's
+        device, returned on the CPU."""
         bs = batch_size or self.batch_size
-        return torch.cat([self(images[i:i + bs]) for i in range(0, len(images), bs)])
+        dev = self.device
+        return torch.cat([self(images[i:i + bs].to(dev)).cpu() for i in range(0, len(images), bs)])
 
 
 class RandomConvFeatures(FeatureExtractor):

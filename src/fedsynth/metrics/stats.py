@@ -73,17 +73,25 @@ class FeatureStats:
         return cls(int(d["n"]), np.asarray(d["sum"], np.float64), np.asarray(d["sum_outer"], np.float64))
 
 
+def sqrtm_psd(a: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a positive semi-definite matrix (the one FD uses)."""
+    return _sqrtm_psd(np.asarray(a, np.float64))
+
+
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
     w, v = np.linalg.eigh((a + a.T) / 2)
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
+                     sqrt_sigma1: np.ndarray | None = None) -> float:
     """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
 
     ``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2})``, where the last
     trace is computed as ``tr((A^{1/2} sigma2 A^{1/2})^{1/2})`` with ``A = sigma1``: a symmetric
     positive semi-definite matrix, so only ``eigh`` is needed and no complex parts appear.
+    ``sqrt_sigma1``: ``A^{1/2}`` if already known (one generated set scored against several real
+    targets computes it once; :func:`sqrtm_psd`).
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     s1, s2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
@@ -91,7 +99,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
         raise ValueError("statistics have different dimensions")
     if not all(np.isfinite(a).all() for a in (mu1, mu2, s1, s2)):
         return float("nan")  # e.g. a wrecked generator: report it, do not crash the run
-    r1 = _sqrtm_psd(s1)
+    r1 = _sqrtm_psd(s1) if sqrt_sigma1 is None else sqrt_sigma1
     m = r1 @ s2 @ r1
     tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2

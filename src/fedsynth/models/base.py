@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
 
 from ..train import TrainHook
+from ..train.device import autocast
 
 State = dict[str, torch.Tensor]
 
@@ -49,6 +50,8 @@ class GenerativeModel(ABC):
     family: ClassVar[str]
     num_classes: int
     conditional: bool      # samples depend on class labels
+    device: torch.device = torch.device("cpu")   # where the networks live (run.device)
+    precision: str = "fp32"                      # train.precision, resolved: fp32 | bf16 | fp16
 
     # ---- build
     @classmethod
@@ -110,15 +113,25 @@ class GenerativeModel(ABC):
         ``state`` (``None``: the weights loaded now). It uses this workspace: valid until the
         next :meth:`load` or :meth:`sampler`."""
 
+    def sample_batches(self, state: State | None, z: torch.Tensor, y: torch.Tensor | None = None,
+                       batch: int = 250, bf16: bool = False) -> Iterator[torch.Tensor]:
+        """Images from ``state`` for latents ``z`` (and labels ``y``), ``batch`` at a time, on the
+        model's device in its precision (``bf16``: bfloat16 autocast whatever the precision), as
+        float32. Lets evaluation extract features batch by batch, without holding every image."""
+        f = self.sampler(state)
+        y = y if y is not None else torch.zeros(len(z), dtype=torch.long)
+        dev = self.device
+        for i in range(0, len(z), batch):  # (no context is held across a yield)
+            with torch.inference_mode(), autocast(dev, "bf16" if bf16 else self.precision):
+                out = f(z[i:i + batch].to(dev), y[i:i + batch].to(dev))
+            yield out.float()  # (B, C, H, W)
+
     @torch.inference_mode()
     def sample(self, state: State | None, z: torch.Tensor, y: torch.Tensor | None = None, batch: int = 250,
                bf16: bool = False) -> torch.Tensor:
-        """Images from ``state`` for latents ``z`` (and labels ``y``), in batches."""
-        f = self.sampler(state)
-        y = y if y is not None else torch.zeros(len(z), dtype=torch.long)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out = torch.cat([f(z[i:i + batch], y[i:i + batch]) for i in range(0, len(z), batch)])
-        return out.float()
+        """Images from ``state`` for latents ``z`` (and labels ``y``), in batches
+        (:meth:`sample_batches`), returned on the CPU."""
+        return torch.cat(list(self.sample_batches(state, z, y, batch, bf16))).cpu()
 
     def generate(self, state: State | None, n: int, seed: int, label: int | None = None) -> torch.Tensor:
         """``n`` images from ``state``, from latents (and, for a conditional model, labels --

@@ -89,13 +89,18 @@ class GANModel(GenerativeModel):
 
     family = "gan"
 
-    def __init__(self, spec: ModelSpec, seed: int = 0, train: Any = None):
+    def __init__(self, spec: ModelSpec, seed: int = 0, train: Any = None, device: torch.device | str = "cpu"):
         from ..config import TrainConfig
+        from ..train.device import resolve_precision
         t = train or TrainConfig()
         self.spec = spec
+        self.device = torch.device(device)
+        self.precision = resolve_precision(t.precision, self.device)
         loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
+        # the networks are built and initialised on the CPU (the same weights on every device), then moved
         self.trainer = LocalTrainer(build_gan(spec, seed=seed), loss,
-                                    OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last)
+                                    OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last,
+                                    device=self.device, precision=self.precision)
         self.gan = self.trainer.gan
         self.num_classes = spec.num_classes
         self.conditional = spec.g_conditioning != "none"
@@ -105,11 +110,13 @@ class GANModel(GenerativeModel):
     # ---- build
     @classmethod
     def from_config(cls, cfg, image_size: int, channels: int, num_classes: int) -> "GANModel":
+        from ..train.device import resolve_device
         from ..utils import derive_seed
         m = cfg.model
         spec = ModelSpec(m.arch, image_size, channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm, m.spectral_norm,
                          num_classes, m.conditional, m.d_conditioning)
-        return cls(spec, seed=derive_seed(cfg.run.seed, "init"), train=cfg.train)
+        return cls(spec, seed=derive_seed(cfg.run.seed, "init"), train=cfg.train,
+                   device=resolve_device(cfg.run.device))
 
     @classmethod
     def from_description(cls, desc: dict[str, Any]) -> "GANModel":

@@ -66,7 +66,7 @@ class DPSGD:
         scale = (self.clip / (norms + 1e-12)).clamp(max=1.0)
         for k, p in D.named_parameters():
             g = (grads[k] * scale.view(-1, *[1] * (grads[k].dim() - 1))).sum(0)
-            g += torch.randn(g.shape, generator=self.generator) * (self.noise * self.clip)
+            g += torch.randn(g.shape, generator=self.generator).to(g.device) * (self.noise * self.clip)  # drawn on the CPU
             p.grad = g / B
         return values.mean()
 

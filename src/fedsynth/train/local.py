@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from ..data import ImageSet
+from .device import autocast, images_on
 from .losses import GANLoss
 
 
@@ -59,17 +61,53 @@ class LocalTrainer:
         Computes the D and G phases.
     optim : OptimConfig
         Adam(2e-4, betas=(0.5, 0.999)) by default, as in DCGAN.
+    channels_last : bool
+        NHWC memory layout for the networks and batches.
+    device : torch.device or str, default "cpu"
+        Where the networks, their optimizer state and the batches live
+        (:func:`fedsynth.train.device.resolve_device`).
+    precision : str, default "fp32"
+        ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast and a gradient scaler per network).
     """
 
-    def __init__(self, gan: torch.nn.Module, loss: GANLoss, optim: OptimConfig = OptimConfig(), channels_last: bool = False):
+    def __init__(self, gan: torch.nn.Module, loss: GANLoss, optim: OptimConfig = OptimConfig(),
+                 channels_last: bool = False, device: torch.device | str = "cpu", precision: str = "fp32"):
         self.channels_last = channels_last
+        self.device = torch.device(device)
+        self.precision = precision
+        gan = gan.to(self.device)  # a no-op on the CPU
         if channels_last:  # NHWC: measured faster for these convolutions on CPU
             gan = gan.to(memory_format=torch.channels_last)
         self.gan, self.loss, self.optim = gan, loss, optim
-        self.opt_g = torch.optim.Adam(gan.G.parameters(), lr=optim.lr_g, betas=optim.betas)
-        self.opt_d = torch.optim.Adam(gan.D.parameters(), lr=optim.lr_d, betas=optim.betas)
+        # fused Adam (one kernel for all parameters) where it exists; the CPU keeps the default
+        # (foreach) implementation, so CPU results are unchanged
+        fused = {"fused": True} if self.device.type == "cuda" else {}
+        self.opt_g = torch.optim.Adam(gan.G.parameters(), lr=optim.lr_g, betas=optim.betas, **fused)
+        self.opt_d = torch.optim.Adam(gan.D.parameters(), lr=optim.lr_d, betas=optim.betas, **fused)
         self._fresh_g = self.opt_g.state_dict()
         self._fresh_d = self.opt_d.state_dict()
+        self._images: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}  # id(data) -> (ref, images, labels)
+
+    def _on_device(self, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
+        """The client's ``uint8`` images and labels on the device, moved once per data set (on the
+        CPU: the arrays' own memory)."""
+        hit = self._images.get(id(data))
+        if hit is not None and hit[0]() is data:
+            return hit[1], hit[2]
+        self._images = {k: v for k, v in self._images.items() if v[0]() is not None}  # forget dropped sets
+        images = images_on(data.images, self.device)
+        labels = torch.from_numpy(data.labels).to(images.device)
+        self._images[id(data)] = (weakref.ref(data), images, labels)
+        return images, labels
+
+    def _batch(self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Real images in ``[-1, 1]`` and their labels for indices ``idx``, built on the device
+        (the same arithmetic as :meth:`fedsynth.data.ImageSet.batch`)."""
+        idx = idx.to(images.device)
+        x = images[idx].to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)  # (B, C, H, W)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, labels[idx].to(self.device, non_blocking=True)
 
     # ---- client state in / out
     def load(self, weights: dict[str, torch.Tensor], opt_state: dict[str, Any] | None) -> None:
@@ -81,7 +119,9 @@ class LocalTrainer:
         self.opt_d.load_state_dict(copy.deepcopy(opt_state["D"] if opt_state else self._fresh_d))
 
     def weights(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.gan.state_dict().items()}
+        """A copy of the weights, always on the CPU (what travels, aggregates and is saved)."""
+        return {k: v.detach().clone() if v.device.type == "cpu" else v.detach().cpu()
+                for k, v in self.gan.state_dict().items()}
 
     def opt_state(self) -> dict[str, Any]:
         # state_dict() references the live tensors: deep-copy so the next client cannot alias it
@@ -100,10 +140,11 @@ class LocalTrainer:
         per-example gradients.
         """
         G, D, loss = self.gan.G, self.gan.D, self.loss
+        dev = self.device
         loss.generator = generator
         if loss.augment is not None:
             loss.augment.generator = generator
-        labels = torch.from_numpy(data.labels)
+        images, labels = self._on_device(data)
         k = max(data.num_classes, 1)
         G.train()
         D.train()
@@ -111,8 +152,12 @@ class LocalTrainer:
         bs = min(batch_size, n)
         per_epoch = steps_per_epoch(n, bs)
         order = torch.empty(0, dtype=torch.long)
-        d_sum = torch.zeros(())
-        g_sum = torch.zeros(())
+        d_sum = torch.zeros((), device=dev)  # losses accumulate on the device: one sync per round
+        g_sum = torch.zeros((), device=dev)
+        amp = autocast(dev, self.precision)
+        scale_d = scale_g = None
+        if self.precision == "fp16":  # float16 gradients underflow without a loss scale
+            scale_d, scale_g = torch.amp.GradScaler(dev.type), torch.amp.GradScaler(dev.type)
         t0 = time.perf_counter()
         for step in range(steps):
             # --- discriminator phase(s)
@@ -121,29 +166,31 @@ class LocalTrainer:
                 if len(order) < bs:  # epoch boundary: a fresh permutation
                     order = torch.randperm(n, generator=generator)[: per_epoch * bs]
                 idx, order = order[:bs], order[bs:]
-                real, y_real = data.batch(idx.numpy()), labels[idx]
-                if self.channels_last:
-                    real = real.contiguous(memory_format=torch.channels_last)
-                z = torch.randn(bs, G.nz, generator=generator)
-                y_fake = torch.randint(0, k, (bs,), generator=generator)
-                fake = G(z, y_fake)
+                real, y_real = self._batch(images, labels, idx)
+                # drawn on the CPU from the seeded generator on every device, then moved
+                z = torch.randn(bs, G.nz, generator=generator).to(dev)
+                y_fake = torch.randint(0, k, (bs,), generator=generator).to(dev)
+                with amp:
+                    fake = G(z, y_fake)
                 self.opt_d.zero_grad(set_to_none=True)
                 if dp is not None:
                     d_loss = dp.backward(D, loss, real, fake, y_real, y_fake)
                 else:
-                    d_loss = loss.d_loss(D, real, fake.detach(), y_real, y_fake)
-                    d_loss.backward()
+                    with amp:
+                        d_loss = loss.d_loss(D, real, fake.detach(), y_real, y_fake)
+                    _backward(d_loss, scale_d, self.opt_d)
                 for h in hooks:
                     h.after_backward("D", D)
-                self.opt_d.step()
+                _step(self.opt_d, scale_d)
             # --- generator phase: D's weights need no gradient here (saves a third of the work)
             D.requires_grad_(False)
-            g_loss = loss.g_loss(D, fake, y_fake)
+            with amp:
+                g_loss = loss.g_loss(D, fake, y_fake)
             self.opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
+            _backward(g_loss, scale_g, self.opt_g)
             for h in hooks:
                 h.after_backward("G", G)
-            self.opt_g.step()
+            _step(self.opt_g, scale_g)
             d_sum += d_loss.detach()
             g_sum += g_loss.detach()
             if on_step is not None:
@@ -153,3 +200,21 @@ class LocalTrainer:
         return LocalResult(steps=steps, images=steps * bs * loss.n_critic,
                            d_loss=float(d_sum) / steps, g_loss=float(g_sum) / steps,
                            seconds=time.perf_counter() - t0)
+
+
+def _backward(loss: torch.Tensor, scaler: Any, opt: torch.optim.Optimizer) -> None:
+    """Backward pass; with a gradient scaler (fp16) the gradients are unscaled right after, so
+    hooks (FedProx, SCAFFOLD, FedDyn) see true gradients."""
+    if scaler is None:
+        loss.backward()
+        return
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+
+
+def _step(opt: torch.optim.Optimizer, scaler: Any) -> None:
+    if scaler is None:
+        opt.step()
+        return
+    scaler.step(opt)  # skipped when a gradient is inf/NaN; the scale then shrinks
+    scaler.update()

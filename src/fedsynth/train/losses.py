@@ -94,7 +94,7 @@ class WGANGP(GANLoss):
         self.generator: torch.Generator | None = None   # set by the loop: seeds the interpolation
 
     def d_adv(self, lr, lf, D, real, fake, y_real, y_fake):
-        eps = torch.rand(real.shape[0], 1, 1, 1, generator=self.generator)
+        eps = torch.rand(real.shape[0], 1, 1, 1, generator=self.generator).to(real.device)  # drawn on the CPU
         mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
         out, _ = self._d(D, mix, y_real)
         (grad,) = torch.autograd.grad(out.sum(), mix, create_graph=True)
@@ -116,12 +116,15 @@ class DiffAugment:
         if unknown:
             raise ValueError(f"unknown DiffAugment policy {sorted(unknown)}")
         self.generator: torch.Generator | None = None
+        self.device = torch.device("cpu")
 
     def _r(self, *shape):
-        return torch.rand(*shape, generator=self.generator)
+        # drawn on the CPU from the seeded generator (the same numbers on every device), then moved
+        return torch.rand(*shape, generator=self.generator).to(self.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         B, C, H, W = x.shape
+        self.device = x.device
         if "color" in self.policy:
             x = x + (self._r(B, 1, 1, 1) - 0.5)
             if C > 1:
@@ -134,15 +137,15 @@ class DiffAugment:
             tx = (self._r(B) * (2 * s + 1)).long() - s
             ty = (self._r(B) * (2 * s + 1)).long() - s
             pad = F.pad(x, (s, s, s, s))
-            idx_y = (torch.arange(H).view(1, H) + ty.view(B, 1) + s).clamp(0, H + 2 * s - 1)
-            idx_x = (torch.arange(W).view(1, W) + tx.view(B, 1) + s).clamp(0, W + 2 * s - 1)
-            x = pad[torch.arange(B).view(B, 1, 1), :, idx_y.view(B, H, 1), idx_x.view(B, 1, W)].permute(0, 3, 1, 2)
+            idx_y = (torch.arange(H, device=x.device).view(1, H) + ty.view(B, 1) + s).clamp(0, H + 2 * s - 1)
+            idx_x = (torch.arange(W, device=x.device).view(1, W) + tx.view(B, 1) + s).clamp(0, W + 2 * s - 1)
+            x = pad[torch.arange(B, device=x.device).view(B, 1, 1), :, idx_y.view(B, H, 1), idx_x.view(B, 1, W)].permute(0, 3, 1, 2)
         if "cutout" in self.policy:
             ch, cw = H // 2, W // 2
             oy = (self._r(B) * (H - ch + 1)).long()
             ox = (self._r(B) * (W - cw + 1)).long()
-            yy = torch.arange(H).view(1, H, 1)
-            xx = torch.arange(W).view(1, 1, W)
+            yy = torch.arange(H, device=x.device).view(1, H, 1)
+            xx = torch.arange(W, device=x.device).view(1, 1, W)
             inside = ((yy >= oy.view(B, 1, 1)) & (yy < (oy + ch).view(B, 1, 1))
                       & (xx >= ox.view(B, 1, 1)) & (xx < (ox + cw).view(B, 1, 1)))
             x = x * (~inside).unsqueeze(1).to(x.dtype)

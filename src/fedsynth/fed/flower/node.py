@@ -63,7 +63,16 @@ class Node:
             raise UserError(f"the server's config is not valid TOML: {e}") from None
         set_torch_threads(cfg.train.threads or 1)
         source = str(nc.get("data-source", "folder"))
-        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=self.path))
+        run = cfg.run
+        if "device" in nc:  # the node's own hardware (node config device="cuda:1"), else the server's run.device
+            from ...config import DEVICE_PATTERN
+            run = dataclasses.replace(run, device=str(nc["device"]))
+            if not DEVICE_PATTERN.fullmatch(run.device):
+                raise UserError(f"node config 'device' must be auto, cpu, cuda, cuda:N or mps; got {run.device!r}")
+        self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=self.path), run=run)
+        from ...train.device import resolve_device, set_deterministic
+        self.device = resolve_device(run.device)
+        set_deterministic(run.deterministic)
         try:
             self.data = load_dataset(self.cfg)
         except UserError as e:
@@ -72,7 +81,7 @@ class Node:
     def extractor(self):
         """The feature network the server chose (it sends a concrete kind, never ``auto``)."""
         from ...metrics import build_extractor
-        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights)
+        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights).to(self.device)
 
     def setup(self, req: dict[str, Any], before: int) -> tuple[ClientSetup, ClientState, dict[str, torch.Tensor]]:
         """The model workspace, the strategy with the server's state, and this client as of

@@ -580,6 +580,7 @@ def _serve(grid: Grid, context: Context) -> None:
         model = build_model(cfg, pool.size, pool.channels, pool.num_classes)
         ev = None
         if extractor is not None:
+            extractor.to(model.device)  # the server's own run.device
             pool.check_extractor(extractor.name)
             ev = Evaluator(cfg.eval, extractor, {c: RealStats(pool.stats[c], None) for c in pool.ids}, pool.counts,
                            model, cfg.run.seed)
