@@ -110,8 +110,9 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     # the global model against the merged moments -- the same numbers as in-process
     flower = {_key(r): r for r in _records(out / "metrics.jsonl") if "extractor" in r}
     inproc = {_key(r): r for r in ref.records if "extractor" in r}
-    union_kid = {k for k in inproc if k[2] == "union" and k[3].startswith("kid")}
-    assert set(flower) == set(inproc) - union_kid  # KID needs real features: no union KID over Flower
+    # KID and the realism score need real features, which never leave a site: none on the union over Flower
+    union_kid = {k for k in inproc if k[2] == "union" and k[3].startswith(("kid", "realism"))}
+    assert set(flower) == set(inproc) - union_kid
     for k, r in flower.items():
         assert r["value"] == pytest.approx(inproc[k]["value"], rel=1e-6, abs=1e-9), k
     assert {k[2] for k in flower if k[1] == "global"} == {"union", "0", "1", "sites"}
@@ -202,7 +203,7 @@ def test_a_killed_server_resumes_in_a_new_flower_run_bit_identical(tmp_path, sit
     keys = [_key(r) for r in recs]
     assert len(keys) == len(set(keys))  # nothing of the lost round twice
     inproc = {_key(r): r for r in ref.records if "extractor" in r or r["metric"] == "d-loss"}
-    assert set(keys) == {k for k in inproc if not (k[2] == "union" and k[3].startswith("kid"))}
+    assert set(keys) == {k for k in inproc if not (k[2] == "union" and k[3].startswith(("kid", "realism")))}
     for r in recs:
         assert r["value"] == pytest.approx(inproc[_key(r)]["value"], rel=1e-6, abs=1e-9), _key(r)
 

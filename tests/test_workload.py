@@ -50,7 +50,7 @@ def test_the_notice_reaches_the_reporter_before_round_one(tiny):
         def __init__(self):
             self.seen = []
 
-        def run_start(self, rounds):
+        def run_start(self, plan):
             self.seen.append("start")
 
         def round_start(self, r, clients, total):
@@ -62,6 +62,7 @@ def test_the_notice_reaches_the_reporter_before_round_one(tiny):
     cfg = build_config(overrides=tiny + ["fed.min-local-steps=4", "fed.rounds=1", "eval.enabled=false"])
     rep = Capture()
     FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)), rep).run()
-    assert rep.seen[0] == "start" and "2 clients (e.g. client 0): 32 images at batch 16" in rep.seen[1]
-    assert rep.seen[2].startswith("2 clients (e.g. client 0) train only 4 local steps per round")
-    assert rep.seen[3] == ("round", 1, 8)  # 4 steps each, not one epoch's 2
+    # before the run's header (run_start) and round 1
+    assert "2 clients (e.g. client 0): 32 images at batch 16" in rep.seen[0]
+    assert rep.seen[1].startswith("2 clients (e.g. client 0) train only 4 local steps per round")
+    assert rep.seen[2] == "start" and rep.seen[3] == ("round", 1, 8)  # 4 steps each, not one epoch's 2
