@@ -22,3 +22,16 @@ def _isolated(tmp_path, monkeypatch):
 def tiny():
     """Overrides for a seconds-long run: 16 px, 64 images, 8-channel networks."""
     return list(TINY)
+
+
+# test_flower.py's federations take their ports from the process id (SuperLink p, SuperNodes
+# p + 100 + k): two xdist workers (`-n 2 --dist loadgroup`, the default in pyproject.toml) with
+# neighbouring ids could collide, so those tests run one after another on one worker. (The README
+# walkthrough uses Flower's fixed ports, which no other test uses: it may run beside them.)
+_FLOWER_FILES = {"test_flower.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in _FLOWER_FILES:
+            item.add_marker(pytest.mark.xdist_group("flower"))
