@@ -117,3 +117,8 @@ def save_png(image: np.ndarray, path: Path) -> None:
     """One uint8 image ``(C, H, W)``, C = 1 or 3, as a PNG file."""
     from PIL import Image
     Image.fromarray(image[0] if image.shape[0] == 1 else np.ascontiguousarray(image.transpose(1, 2, 0))).save(path)
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``plural(1, "round")`` -> ``"1 round"``; ``plural(2, "round")`` -> ``"2 rounds"``."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"

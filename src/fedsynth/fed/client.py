@@ -23,7 +23,7 @@ from ..data import ImageSet
 from ..models import GenerativeModel
 from ..train import steps_per_epoch
 from ..updates import ClientUpdate, State, shared_keys
-from ..utils import numpy_rng, torch_generator
+from ..utils import numpy_rng, plural, torch_generator
 
 Record = dict[str, Any]
 
@@ -115,22 +115,22 @@ def workload_notes(cfg: Any, strategy: Any, sizes: dict[str, int]) -> list[str]:
     bs, notes = cfg.train.batch_size, []
     per_epoch = {cid: steps_per_epoch(n, bs) for cid, n in sizes.items()}
     steps = {cid: local_steps(cfg, strategy, n) for cid, n in sizes.items()}
+    def who(cids: list[str]) -> str:
+        return f"client {cids[0]}" if len(cids) == 1 else f"{len(cids)} clients (e.g. client {cids[0]})"
+
     if cfg.fed.local_steps == 0:
         floored = sorted((cid for cid in sizes if steps[cid] > cfg.fed.local_epochs * per_epoch[cid]), key=str)
         if floored:
             cid = floored[0]
-            who = f"client {cid}" if len(floored) == 1 else f"{len(floored)} clients (e.g. client {cid})"
-            notes.append(f"{who}: {sizes[cid]} image{'s' if sizes[cid] != 1 else ''} at batch {bs} is "
-                         f"{per_epoch[cid]} step{'s' if per_epoch[cid] != 1 else ''} per epoch; each round "
-                         f"trains {steps[cid]} local steps (≈{steps[cid] / per_epoch[cid]:.0f} epochs, "
-                         f"fed.min-local-steps)")
+            notes.append(f"{who(floored)}: {plural(sizes[cid], 'image')} at batch {bs} is "
+                         f"{plural(per_epoch[cid], 'step')} per epoch; each round trains {steps[cid]} local "
+                         f"steps (≈{steps[cid] / per_epoch[cid]:.0f} epochs, fed.min-local-steps)")
     few = sorted((cid for cid in sizes if steps[cid] < MIN_LOCAL_STEPS), key=str)
     if few:
         cid = few[0]
         key = "fed.local-steps" if cfg.fed.local_steps > 0 else "fed.min-local-steps"
-        who = f"client {cid}" if len(few) == 1 else f"{len(few)} clients (e.g. client {cid})"
-        notes.append(f"{who} train{'s' if len(few) == 1 else ''} only {steps[cid]} local step{'s' if steps[cid] != 1 else ''} per round "
-                     f"({sizes[cid]} images, batch {bs}): a GAN learns little from so few; "
+        notes.append(f"{who(few)} train{'s' if len(few) == 1 else ''} only {plural(steps[cid], 'local step')} "
+                     f"per round ({sizes[cid]} images, batch {bs}): a GAN learns little from so few; "
                      f"set {key} to {MIN_LOCAL_STEPS} or more")
     return notes
 

@@ -25,15 +25,12 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Column, Table
 from rich.text import Text
 
+from ..utils import plural
+
 
 Record = dict[str, Any]
 MISSING = "—"   # a value that does not exist (not evaluated this round, no reference run, ...)
 WIDTH = 80      # every line this module prints fits a terminal this wide
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """``plural(1, "round")`` -> ``"1 round"``; ``plural(2, "round")`` -> ``"2 rounds"``."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def seconds(s: float | None) -> str:
