@@ -24,6 +24,20 @@ def tiny():
     return list(TINY)
 
 
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    """Two hospitals' folders (client-0/, client-1/) of 32 phantom-xray images at 16 px, written
+    by `fedsynth data split`: what the Flower and secure-aggregation tests' nodes read."""
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    root = tmp_path_factory.mktemp("sites")
+    res = CliRunner().invoke(app, ["data", "split", "phantom-xray", "-k", "2", "--out", str(root / "sites"),
+                                   "--set", "data.num-images=64", "--set", "data.image-size=16"])
+    assert res.exit_code == 0, res.output
+    return root / "sites"
+
 # test_flower.py's federations take their ports from the process id (SuperLink p, SuperNodes
 # p + 100 + k): two xdist workers (`-n 2 --dist loadgroup`, the default in pyproject.toml) with
 # neighbouring ids could collide, so those tests run one after another on one worker. (The README

@@ -29,18 +29,6 @@ CONFIG = ("[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\
           "[fed]\nrounds = 2\nmin-local-steps = 0\n")
 
 
-@pytest.fixture(scope="module")
-def sites(tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from fedsynth.cli import app
-    root = tmp_path_factory.mktemp("flower")
-    res = CliRunner().invoke(app, ["data", "split", "phantom-xray", "-k", "2", "--out", str(root / "sites"),
-                                   "--set", "data.num-images=64", "--set", "data.image-size=16"])
-    assert res.exit_code == 0, res.output
-    return root / "sites"
-
-
 def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
     from fedsynth.fed.flower.deploy import LocalFederation
     nodes = nodes or [(str(sites / f"client-{k}"), str(k)) for k in (0, 1)]

@@ -210,18 +210,6 @@ class DirectGrid:
         return [self.replies.pop(i) for i in list(ids) if i in self.replies]
 
 
-@pytest.fixture(scope="module")
-def sites(tmp_path_factory):
-    from typer.testing import CliRunner
-
-    from fedsynth.cli import app
-    root = tmp_path_factory.mktemp("secagg")
-    res = CliRunner().invoke(app, ["data", "split", "phantom-xray", "-k", "2", "--out", str(root / "sites"),
-                                   "--set", "data.num-images=64", "--set", "data.image-size=16"])
-    assert res.exit_code == 0, res.output
-    return root / "sites"
-
-
 @pytest.fixture
 def flower_task(monkeypatch, tmp_path):
     from flwr.supercore.task_identity import TaskIdentity
