@@ -26,6 +26,7 @@ def rescore(run_dir: Path, extractor: str) -> list[dict]:
     from fedsynth.config import load_config
     from fedsynth.fed.engine import Reporter
     from fedsynth.fed.run import in_process
+    from fedsynth.registry import is_fd_metric
     cfg = load_config(run_dir / "config.toml")
     other = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor, enabled=True))
     fed = in_process()(other, Reporter())
@@ -35,10 +36,10 @@ def rescore(run_dir: Path, extractor: str) -> list[dict]:
     new = [x for x in fed.pool.evaluate_global(r) if x["round"] == r]
     old = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     old = {(x["client"], x.get("real")): x for x in old if x["round"] == r
-           and x["metric"].startswith("fd-") and x["metric"].count("-") == 1}
+           and is_fd_metric(x["metric"])}
     out = []
     for x in new:
-        if not (x["metric"].startswith("fd-") and x["metric"].count("-") == 1):
+        if not is_fd_metric(x["metric"]):
             continue
         o = old.get((x["client"], x.get("real")))
         if o is not None:

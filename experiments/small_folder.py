@@ -46,9 +46,10 @@ def run(folder: Path, out: Path, rounds: int, extra: list[str]) -> None:
 
 
 def curve(run_dir: Path) -> list[tuple[int, float]]:
+    from fedsynth.registry import is_fd_metric
     recs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return sorted((r["round"], r["value"]) for r in recs
-                  if r.get("client") == "global" and r.get("real") == "union" and r["metric"].startswith("fd-"))
+                  if r.get("client") == "global" and r.get("real") == "union" and is_fd_metric(r["metric"]))
 
 
 def figure(out: Path) -> None:
