@@ -37,3 +37,28 @@ def test_init_is_seeded_and_leaves_global_rng_alone():
 def test_bad_size():
     with pytest.raises(ValueError, match="power of two"):
         build_gan("dcgan", 48, 1, 8, 4, 4, seed=0)
+
+
+@pytest.mark.parametrize("norm", ["batch", "group"])
+def test_folded_generator_draws_the_same_images(norm):
+    """Sampling folds BatchNorm into the convolution before it: the same images to float
+    rounding, and the training network is left as it was."""
+    from fedsynth.models import ModelSpec
+    gan = build_gan(ModelSpec(image_size=16, nz=8, ngf=8, ndf=8, g_norm=norm), seed=0)
+    G = gan.G
+    with torch.no_grad():  # running statistics away from (0, 1), so folding has work to do
+        for m in G.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    G.eval()
+    z = torch.randn(6, 8, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    with torch.no_grad():
+        ref = G(z)
+        folded = G.folded()
+        out = folded(z)
+    assert torch.allclose(out, ref, atol=1e-6)
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert n_bn == 0
+    assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items())
