@@ -37,15 +37,3 @@ def sites(tmp_path_factory):
                                    "--set", "data.num-images=64", "--set", "data.image-size=16"])
     assert res.exit_code == 0, res.output
     return root / "sites"
-
-# test_flower.py's federations take their ports from the process id (SuperLink p, SuperNodes
-# p + 100 + k): two xdist workers (`-n 2 --dist loadgroup`, the default in pyproject.toml) with
-# neighbouring ids could collide, so those tests run one after another on one worker. (The README
-# walkthrough uses Flower's fixed ports, which no other test uses: it may run beside them.)
-_FLOWER_FILES = {"test_flower.py"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name in _FLOWER_FILES:
-            item.add_marker(pytest.mark.xdist_group("flower"))

@@ -29,10 +29,37 @@ CONFIG = ("[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\
           "[fed]\nrounds = 2\nmin-local-steps = 0\n")
 
 
+def _free_port_base(nodes: int) -> int:
+    """A SuperLink port ``p`` such that ``p`` and the SuperNodes' ``p + 100 + k`` are free now:
+    the kernel's choice of a free port, so federations of two xdist workers (or two test
+    sessions) on one machine do not collide."""
+    import socket
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = s.getsockname()[1]
+        ports = [p] + [p + 100 + k for k in range(nodes)]
+        if ports[-1] > 65535:
+            continue
+        socks = []
+        try:
+            for q in ports:
+                t = socket.socket()
+                socks.append(t)
+                t.bind(("127.0.0.1", q))
+            return p
+        except OSError:
+            continue
+        finally:
+            for t in socks:
+                t.close()
+    raise RuntimeError("no free ports for a local Flower federation")
+
+
 def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
     from fedsynth.fed.flower.deploy import LocalFederation
     nodes = nodes or [(str(sites / f"client-{k}"), str(k)) for k in (0, 1)]
-    return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=18000 + os.getpid() % 1000, warm=warm,
+    return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=_free_port_base(len(nodes) + 1), warm=warm,
                            env={**os.environ, "FEDSYNTH_CACHE": str(tmp_path / "cache")}, log_dir=tmp_path / "logs")
 
 
