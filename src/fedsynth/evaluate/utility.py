@@ -174,7 +174,7 @@ def _markdown(doc: dict[str, Any]) -> str:
     test = {e.get("real_test", {}).get("images") for e in doc.get("classifiers", {}).values()}
     lines.append("")
     lines.append(f"Scored on the held-out real test set ({', '.join(str(t) for t in sorted(x for x in test if x))} "
-                 "images). " + " ".join(f"Skipped: {n}." for n in notes))
+                 "images)." + "".join(f" Skipped: {n}." for n in notes))
     return "\n".join(lines) + "\n"
 
 
