@@ -554,6 +554,7 @@ def utility(
     from .checkpoint import load_released
     from .evaluate import (UtilitySettings, balanced_labels, build_classifier, classifier_names, run_arms,
                            synthesize, write_utility)
+    from .evaluate.utility import shared_images
     from .train.device import resolve_device
     from .weights import cached, missing_message
     try:
@@ -584,9 +585,13 @@ def utility(
         if tuple(test.class_names) != tuple(train.class_names):
             raise UserError(f"--real-test {real_test} has classes ({', '.join(test.class_names)}), --real-train "
                             f"{real_train} has ({', '.join(train.class_names)}): they must be the same")
-        if train.fingerprint() == test.fingerprint():
-            raise UserError(f"--real-test holds the same images as --real-train: hold out a test set "
-                            f"(a built-in phantom: --test-set run.seed=99)")
+        shared = shared_images(train, test)
+        if shared == len(test):
+            raise UserError("--real-test holds the same images as --real-train: hold out a test set "
+                            "(a built-in phantom: --test-set run.seed=99)")
+        if shared:
+            err_console.print(f"[yellow]{shared} of the {len(test)} --real-test images are also in --real-train: "
+                              f"their scores measure memory, not generalisation[/]", highlight=False)
         if model.conditional and tuple(run_classes) != tuple(train.class_names):
             raise UserError(f"--real-train {real_train} has classes ({', '.join(train.class_names)}), the run's "
                             f"model generates ({', '.join(run_classes)}): they must be the same, in the same order")

@@ -71,6 +71,14 @@ def balanced_labels(counts: list[int], n: int) -> torch.Tensor:
     return torch.cat([torch.full((int(m),), k, dtype=torch.long) for k, m in enumerate(per)])
 
 
+def shared_images(train: ImageSet, test: ImageSet) -> int:
+    """How many of ``test``'s images are pixel for pixel also in ``train`` (a test set that is
+    not held out scores memory, not generalisation)."""
+    import hashlib
+    seen = {hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in train.images}
+    return sum(hashlib.blake2b(img.tobytes(), digest_size=16).digest() in seen for img in test.images)
+
+
 def synthesize(model, state, labels: torch.Tensor | None, n: int, seed: int) -> torch.Tensor:
     """``n`` images from the released ``model`` (weights ``state``); a conditional model makes
     image i of class ``labels[i]``. Latents from ``seed``."""
@@ -139,12 +147,11 @@ def downstream_utility(real_train: ImageSet, real_test: ImageSet, synth_x: torch
                        epochs: int = 5, seed: int = 0) -> UtilityResult:
     """Real only / synthetic only / real + synthetic with the small CNN, no augmentation, all
     scored on the real test split (the API before ``fedsynth utility``; the same numbers)."""
-    from .classifiers import train_classifier as train
     k = real_train.num_classes
     xt, yt = labelled(real_test)
     rows = []
     for name, x, y in _arms(real_train, synth_x, synth_y):
-        model = train(x, y, k, epochs, seed=seed)
+        model = train_classifier(x, y, k, epochs, seed=seed)
         rows.append({"train": name, "images": len(x), **scores(predict(model, xt), yt, k)})
     return UtilityResult(rows)
 

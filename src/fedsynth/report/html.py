@@ -4,8 +4,9 @@ Sections, top to bottom: a summary of the run (what ran, on what, how long, whic
 the final results as named rows (change since the untrained model and the ratio to the global
 model's score); curves with labelled axes (matplotlib); real images beside the generated sample
 grids at full resolution (click a grid to enlarge it: a CSS-only toggle, no script); the most
-and least realistic samples; one line per metric saying what it measures; the partition; the
-configuration, collapsed. Every number names the feature network that produced it, and the text
+and least realistic samples; downstream utility and the t-SNE figure (when ``fedsynth utility``
+has written ``utility/utility.json``); one line per metric saying what it measures; the
+partition; the configuration, collapsed. Every number names the feature network that produced it, and the text
 about that network comes from the records, never from the configuration's wishes.
 """
 
