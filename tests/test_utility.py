@@ -59,6 +59,7 @@ def test_three_arms_table_tsne_and_report(cond_run):
     rows = doc["classifiers"]["smallcnn"]["rows"]
     assert [r["train"] for r in rows] == ["real", "synthetic", "real + synthetic"]
     assert [r["images"] for r in rows] == [24, 24, 48]
+    assert [(r["real_images"], r["synthetic_images"]) for r in rows] == [(24, 0), (0, 24), (24, 24)]
     for r in rows:
         assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["f1"] <= 1.0
     table = list(csv.DictReader((out / "utility.csv").open()))

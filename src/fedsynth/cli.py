@@ -533,6 +533,8 @@ def utility(
     tsne_points: int = typer.Option(300, "--tsne-points", help="Real and synthetic images (each) in the t-SNE "
                                     "figure; 0: no figure."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
+    client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (runs without a "
+                                         "global one: local, ensemble)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every draw: synthetic latents, classifier weights, "
                              "data order, augmentations, the t-SNE subsets."),
 ) -> None:
@@ -577,7 +579,7 @@ def utility(
             dev = resolve_device(device)
         except UserError as e:
             raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
-        model, state, run_classes = load_released(run_dir)
+        model, state, run_classes = load_released(run_dir, client)
         desc = model.describe()
         size, channels = int(desc["image_size"]), int(desc["channels"])
         train = _real_set("--real-train", real_train, size, channels, train_set)
@@ -631,8 +633,9 @@ def utility(
              "real_test": {"source": real_test, "set": list(test_set), "images": len(test),
                            "class_counts": test.class_counts()},
              "class_names": list(train.class_names), "conditional": bool(model.conditional),
+             "model": "global" if client is None else f"client {client}",
              "seconds": round(time.perf_counter() - t0, 1)}
-    key = classifier + ("-pretrained" if pretrained else "")
+    key = classifier + ("-pretrained" if pretrained else "") + (f"-client-{client}" if client is not None else "")
     out = run_dir / "utility"
     write_utility(out, key, entry, tsne)
     from .report.html import build_report

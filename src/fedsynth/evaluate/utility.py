@@ -106,12 +106,13 @@ class UtilityResult:
 
 
 def _arms(real_train: ImageSet, synth_x: torch.Tensor | None, synth_y: torch.Tensor | None):
+    """(arm, images, labels, real images, synthetic images) of each arm that has labels."""
     xr, yr = labelled(real_train)
-    yield "real", xr, yr
+    yield "real", xr, yr, len(xr), 0
     if synth_x is None or synth_y is None:
         return
-    yield "synthetic", synth_x, synth_y
-    yield "real + synthetic", torch.cat([xr, synth_x]), torch.cat([yr, synth_y])
+    yield "synthetic", synth_x, synth_y, 0, len(synth_x)
+    yield "real + synthetic", torch.cat([xr, synth_x]), torch.cat([yr, synth_y]), len(xr), len(synth_x)
 
 
 def run_arms(real_train: ImageSet, real_test: ImageSet, synth_x: torch.Tensor | None,
@@ -123,7 +124,7 @@ def run_arms(real_train: ImageSet, real_test: ImageSet, synth_x: torch.Tensor | 
     xt, yt = labelled(real_test)
     lr = s.lr if s.lr is not None else default_lr(s.classifier, s.pretrained)
     rows = []
-    for name, x, y in _arms(real_train, synth_x, synth_y):
+    for name, x, y, n_real, n_syn in _arms(real_train, synth_x, synth_y):
         t0 = time.perf_counter()
         model = build_classifier(s.classifier, x.shape[1], x.shape[-1], k, s.pretrained,
                                  seed=derive_seed(s.seed, "utility", "init"))
@@ -133,8 +134,7 @@ def run_arms(real_train: ImageSet, real_test: ImageSet, synth_x: torch.Tensor | 
         if progress:
             progress(f"scoring {name}", 0, 0)
         got = scores(predict(model, xt), yt, k)
-        rows.append({"train": name, "images": len(x), "real_images": len(real_train),
-                     "synthetic_images": len(x) - len(real_train), **got,
+        rows.append({"train": name, "images": len(x), "real_images": n_real, "synthetic_images": n_syn, **got,
                      "seconds": round(time.perf_counter() - t0, 2)})
     for name in ARMS[len(rows):]:
         rows.append({"train": name, "skipped": skipped or UNCONDITIONAL})
@@ -150,7 +150,7 @@ def downstream_utility(real_train: ImageSet, real_test: ImageSet, synth_x: torch
     k = real_train.num_classes
     xt, yt = labelled(real_test)
     rows = []
-    for name, x, y in _arms(real_train, synth_x, synth_y):
+    for name, x, y, _, _ in _arms(real_train, synth_x, synth_y):
         model = train_classifier(x, y, k, epochs, seed=seed)
         rows.append({"train": name, "images": len(x), **scores(predict(model, xt), yt, k)})
     return UtilityResult(rows)
