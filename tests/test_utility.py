@@ -76,6 +76,18 @@ def test_three_arms_table_tsne_and_report(cond_run):
     assert 'alt="t-SNE of real and synthetic features"' in page and "t-SNE (scikit-learn, seeded)" in page
 
 
+def test_the_utility_section_fits_a_phone(cond_run):
+    """The table scrolls in its box and the t-SNE figure shrinks: nothing wider than 420 px."""
+    from fedsynth.report.browser import check_report, chromium
+    if chromium() is None:  # CI installs it (.ci/run)
+        pytest.fail("chromium is not installed: apt-get install chromium")
+    if not (cond_run / "utility" / "tsne.png").is_file():  # this test alone (another xdist worker ran the first)
+        assert _utility(cond_run, "--real-train", "phantom-ct", "--real-test", "phantom-ct", *SMALL).exit_code == 0
+    (narrow,) = check_report(cond_run / "report.html", (420,))
+    assert narrow["broken"] == [] and narrow["hidden"] == [], narrow
+    assert narrow["wider_than_window"] == [] and narrow["page_width"] <= 420, narrow
+
+
 def test_conditional_run_generates_per_class_with_the_real_balance(cond_run, monkeypatch):
     from fedsynth.models.base import GenerativeModel
     asked = []
