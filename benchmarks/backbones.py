@@ -11,8 +11,9 @@ row, so the rows differ only in D; no pretrained weights, which change no cost e
 BCE loss, Adam, channels-last, fp32) on phantom-histo images:
 
 * parameters of D and of G;
-* images/s = batch x steps / seconds over the timed steps (after one warm-up step), timing
-  at least ``--seconds`` and 2 steps;
+* images/s = batch / the median time of one step, over the timed steps (after one warm-up
+  step; at least ``--seconds`` and 3 steps). The median, because the machine this ran on is
+  shared: a step that another process slowed down does not count more than once;
 * peak memory: the subprocess's peak resident set (``resource.getrusage(RUSAGE_SELF).ru_maxrss``,
   which includes Python, torch and the data) and that peak minus the resident set measured
   right before the model was built (``/proc/self/status`` VmRSS): what the model, its
@@ -59,14 +60,16 @@ def one(arch: str, size: int, batch: int, seconds: float) -> dict:
     count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
     g = torch.Generator().manual_seed(0)
     m.train(data, 1, batch, g)                                         # warm-up (allocations, kernels)
-    steps, t0 = 0, time.perf_counter()
-    while steps < 2 or time.perf_counter() - t0 < seconds:
+    times: list[float] = []
+    t0 = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - t0 < seconds:
+        t = time.perf_counter()
         m.train(data, 1, batch, g)
-        steps += 1
-    dt = time.perf_counter() - t0
+        times.append(time.perf_counter() - t)
+    step = sorted(times)[len(times) // 2]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
     return {"arch": arch, "size": size, "batch": batch, "d_params": count(m.gan.D), "g_params": count(m.gan.G),
-            "steps": steps, "seconds": dt, "images_per_s": steps * batch / dt, "s_per_step": dt / steps,
+            "steps": len(times), "step_times": times, "images_per_s": batch / step, "s_per_step": step,
             "peak_rss_mb": peak, "model_and_step_mb": peak - base}
 
 
@@ -87,7 +90,8 @@ def main() -> None:
         return
     import torch
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{a.threads} thread(s), batch {a.batch}, fp32, G = upsample-cnn (ngf 32), one subprocess per row")
+          f"{a.threads} thread(s), batch {a.batch}, fp32, G = upsample-cnn (ngf 32), one subprocess per row, "
+          f"load average {os.getloadavg()[0]:.1f} (1 min)")
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)}
     rows = []
     print("| D | px | D params | G params | images/s | s/step | peak RSS MB | model + step MB |")
@@ -105,6 +109,7 @@ def main() -> None:
             print(f"| {arch} | {size} | {r['d_params'] / 1e6:.2f} M | {r['g_params'] / 1e6:.2f} M | "
                   f"{r['images_per_s']:.1f} | {r['s_per_step']:.3f} | {r['peak_rss_mb']:.0f} | "
                   f"{r['model_and_step_mb']:.0f} |", flush=True)
+    print(f"# load average at the end: {os.getloadavg()[0]:.1f} (1 min)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

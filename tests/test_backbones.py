@@ -277,3 +277,11 @@ def test_a_backbone_run_end_to_end_and_its_checkpoint(tiny, tmp_path):
     assert model.describe()["d_arch"] == "deit_tiny" and model.describe()["g_arch"] == "upsample-cnn"
     assert all(torch.equal(state[k], res.global_state[k]) for k in res.global_state)
     assert all(torch.equal(model.state()[k], state[k]) for k in state)
+
+
+def test_wgan_gp_differentiates_twice_through_timms_fused_attention():
+    # timm's ViTs use fused scaled-dot-product attention, which has no second derivative on the
+    # CPU; the gradient penalty runs D with the math kernel
+    m = _model("model.d-arch=deit_tiny", "train.loss=wgan-gp", "train.n-critic=1")
+    r = m.train(_data(), 1, 2, torch.Generator().manual_seed(0))
+    assert all(np.isfinite(v) for v in r.losses.values())
