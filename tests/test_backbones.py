@@ -285,3 +285,17 @@ def test_wgan_gp_differentiates_twice_through_timms_fused_attention():
     m = _model("model.d-arch=deit_tiny", "train.loss=wgan-gp", "train.n-critic=1")
     r = m.train(_data(), 1, 2, torch.Generator().manual_seed(0))
     assert all(np.isfinite(v) for v in r.losses.values())
+
+
+def test_a_run_without_the_cached_weights_stops_with_one_line(tiny, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    args = ["run", "--set", f"run.out-dir={tmp_path / 'runs'}", "--set", "model.d-arch=resnet18",
+            "--set", "model.d-pretrained=true"]
+    for s in tiny:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "resnet18-f37072fd.pth" in res.output and "fedsynth weights fetch resnet18" in res.output
