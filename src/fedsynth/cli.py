@@ -836,7 +836,7 @@ def data_split(
 
 
 # --- fedsynth weights: feature-network weights in the folders their libraries read -------------
-weights_app = _typer("Feature-network weights: list what is cached, fetch once (checked).")
+weights_app = _typer("Pretrained weights (feature networks, backbones): list what is cached, fetch once (checked).")
 app.add_typer(weights_app, name="weights")
 
 
@@ -847,7 +847,7 @@ def weights_list() -> None:
     Examples:
       fedsynth weights list"""
     from .weights import WEIGHTS, cached, target_path
-    t = Table(title="feature-network weights")
+    t = Table(title="pretrained weights")
     for col in ("name", "network", "present", "path"):
         t.add_column(col)
     for name, w in WEIGHTS.items():
@@ -859,33 +859,45 @@ def weights_list() -> None:
 
 @weights_app.command("fetch")
 def weights_fetch(
-    name: str = typer.Argument(..., help="inception | dinov2 | xrv"),
+    names: list[str] = typer.Argument(..., help="inception | dinov2 | xrv (feature networks); resnet18 | "
+                                      "resnet50 | vit_b_16 | swin_t | deit_tiny | levit_128s (backbones)"),
     sha256: str = typer.Option("", "--sha256", help="Expected SHA-256 (needed to check dinov2 and xrv, "
-                               "which have no pinned one)."),
+                               "which have no pinned one; one NAME only)."),
     force: bool = typer.Option(False, "--force", help="Download again even if the file is there."),
 ) -> None:
-    """Download NAME's weights once, verify them, store them atomically where the library looks.
+    """Download each NAME's weights once, verify them, store them atomically where the library looks.
+
+    torchvision files are checked against the SHA-256 prefix in their names (torch.hub's rule),
+    timm files against the SHA-256 the Hugging Face hub publishes.
 
     Examples:
       fedsynth weights fetch inception
+      fedsynth weights fetch resnet18 deit_tiny levit_128s
       fedsynth weights fetch xrv --sha256 <the upstream's SHA-256>"""
     from rich.progress import DownloadColumn, TransferSpeedColumn
-    from .weights import fetch, spec
-    try:
-        w = spec(name)
-        with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      TimeRemainingColumn(), console=err_console, transient=True) as p:
-            task = p.add_task("", total=w.size)
-            path, digest, new = fetch(name, sha256=sha256, force=force,
-                                      progress=lambda n, total: p.update(task, completed=n, total=total))
-    except UserError as e:
-        _fail(str(e))
-    console.print(f"{'stored' if new else 'already present'}: {path}", highlight=False)
-    if sha256 or w.sha256:
-        console.print(f"SHA-256 {digest} (verified)", highlight=False)
-    else:
-        console.print(f"SHA-256 {digest} (no published checksum pinned: compare it with the "
-                      f"upstream's, or pass --sha256 next time)", highlight=False)
+    from .weights import expected_sha256, fetch, spec
+    if sha256 and len(names) > 1:
+        _fail("--sha256 checks one file: give one NAME with it")
+    for name in names:
+        try:
+            w = spec(name)
+            with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                          TimeRemainingColumn(), console=err_console, transient=True) as p:
+                task = p.add_task("", total=w.size)
+                path, digest, new = fetch(name, sha256=sha256, force=force,
+                                          progress=lambda n, total: p.update(task, completed=n, total=total))
+        except UserError as e:
+            _fail(str(e))
+        console.print(f"{'stored' if new else 'already present'}: {path}", highlight=False)
+        want = expected_sha256(name, sha256)
+        if want and len(want) < 64:
+            console.print(f"SHA-256 {digest} (verified: starts with {want}, the prefix in the file name)",
+                          highlight=False)
+        elif want or w.folder == "hf-hub":
+            console.print(f"SHA-256 {digest} (verified)", highlight=False)
+        else:
+            console.print(f"SHA-256 {digest} (no published checksum pinned: compare it with the "
+                          f"upstream's, or pass --sha256 next time)", highlight=False)
 
 
 @deploy_app.command("certs")
