@@ -487,6 +487,201 @@ def audit(
     console.print(f"closest pairs: {out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}")
 
 
+def _real_set(option: str, source: str, size: int, channels: int, extra: list[str]):
+    """A real image set for ``fedsynth utility``, prepared to the run's ``size``; a UserError
+    naming ``option`` if it does not match the run (size, channels)."""
+    from .data.export import source_overrides
+    try:
+        cfg = load_config(None, source_overrides(source) + [f"data.image-size={size}"] + list(extra))
+    except UserError as e:
+        raise UserError(f"{option} {source}: {e}") from None
+    data = _load_with_progress(cfg)
+    if data.size != size:
+        raise UserError(f"{option} {source}: images of {data.size} px, but the run's model makes {size} px "
+                        f"(leave data.image-size out: the images are prepared to the run's size)")
+    if data.channels != channels:
+        fix = "gray" if channels == 1 else "rgb"
+        raise UserError(f"{option} {source}: {data.channels}-channel images, but the run's model makes "
+                        f"{channels}-channel ones (add --{option[7:]}-set preprocess.channels={fix})")
+    if len(data) < 2:
+        raise UserError(f"{option} {source}: {len(data)} image(s); a classifier needs at least two")
+    return data
+
+
+@app.command()
+def utility(
+    run_dir: Path = typer.Argument(..., help="A run directory: its released model makes the synthetic images."),
+    real_train: str = typer.Option(..., "--real-train", help="Real training images: a phantom/sample name or a path."),
+    real_test: str = typer.Option(..., "--real-test", help="Held-out real test images (name or path), the "
+                                  "same classes as --real-train."),
+    classifier: str = typer.Option("smallcnn", "--classifier", help="smallcnn, or a backbone: resnet18 | resnet50 | "
+                                   "vit_b_16 | swin_t | deit_tiny | levit_128s."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="Start the backbone from ImageNet weights in its "
+                                    "library's cache (`fedsynth weights fetch NAME`; never downloads)."),
+    epochs: int = typer.Option(5, "--epochs", help="Passes over each training set."),
+    min_steps: int = typer.Option(300, "--min-steps", help="...but at least this many steps, so a small real set "
+                                  "is not under-trained beside a large one."),
+    synthetic: Optional[int] = typer.Option(None, "--synthetic", show_default=False, help="Synthetic images "
+                                            "(default: as many as real training images), per class in the real "
+                                            "training set's proportions."),
+    augment: bool = typer.Option(True, "--augment/--no-augment", help="The study's random crops, flips and "
+                                 "rotations up to 45 degrees while training."),
+    train_set: List[str] = typer.Option([], "--train-set", help="Overrides for reading --real-train "
+                                        "(e.g. data.num-images=200)."),
+    test_set: List[str] = typer.Option([], "--test-set", help="Overrides for reading --real-test (e.g. run.seed=99: "
+                                       "other phantoms than the training ones)."),
+    tsne_points: int = typer.Option(300, "--tsne-points", help="Real and synthetic images (each) in the t-SNE "
+                                    "figure; 0: no figure."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
+    client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (runs without a "
+                                         "global one: local, ensemble)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every draw: synthetic latents, classifier weights, "
+                             "data order, augmentations, the t-SNE subsets."),
+) -> None:
+    """Train a classifier on real, synthetic and real + synthetic images; score it on real ones.
+
+    Each arm is scored (accuracy, macro F1) on the held-out --real-test images. A class-conditional
+    run generates its images per class, with the real training set's class balance; an unconditional
+    run's images have no labels, so its synthetic arms are skipped (the table says why). Writes
+    RUN_DIR/utility/ (utility.json, utility.csv, utility.md; each classifier adds its rows), a t-SNE
+    figure of real vs synthetic features (utility/tsne.png) and a section of report.html.
+
+    Examples:
+      fedsynth utility runs/cond --real-train phantom-ct \\
+          --real-test phantom-ct --test-set run.seed=99
+      fedsynth utility runs/cond --real-train /data/train \\
+          --real-test /data/test --classifier resnet18 --pretrained"""
+    import torch
+
+    from .checkpoint import load_released
+    from .evaluate import (UtilitySettings, balanced_labels, build_classifier, classifier_names, run_arms,
+                           synthesize, write_utility)
+    from .evaluate.utility import shared_images
+    from .train.device import resolve_device
+    from .weights import cached, missing_message
+    try:
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+        names = classifier_names()
+        if classifier not in names:
+            raise UserError(f"--classifier: unknown classifier {classifier!r}; choose from {', '.join(names)}")
+        if pretrained:
+            if classifier == "smallcnn":
+                raise UserError("--pretrained: smallcnn has no pretrained weights; use a backbone")
+            if cached(classifier) is None:
+                raise UserError(f"--pretrained: {missing_message(classifier, None)}")
+        for opt, v, low in (("--epochs", epochs, 1), ("--min-steps", min_steps, 0), ("--tsne-points", tsne_points, 0)):
+            if v < low:
+                raise UserError(f"{opt} must be at least {low}")
+        if synthetic is not None and synthetic < 1:
+            raise UserError("--synthetic must be at least 1")
+        try:
+            dev = resolve_device(device)
+        except UserError as e:
+            raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
+        model, state, run_classes = load_released(run_dir, client)
+        desc = model.describe()
+        size, channels = int(desc["image_size"]), int(desc["channels"])
+        train = _real_set("--real-train", real_train, size, channels, train_set)
+        test = _real_set("--real-test", real_test, size, channels, test_set)
+        if tuple(test.class_names) != tuple(train.class_names):
+            raise UserError(f"--real-test {real_test} has classes ({', '.join(test.class_names)}), --real-train "
+                            f"{real_train} has ({', '.join(train.class_names)}): they must be the same")
+        shared = shared_images(train, test)
+        if shared == len(test):
+            raise UserError("--real-test holds the same images as --real-train: hold out a test set "
+                            "(a built-in phantom: --test-set run.seed=99)")
+        if shared:
+            err_console.print(f"[yellow]{shared} of the {len(test)} --real-test images are also in --real-train: "
+                              f"their scores measure memory, not generalisation[/]", highlight=False)
+        if model.conditional and tuple(run_classes) != tuple(train.class_names):
+            raise UserError(f"--real-train {real_train} has classes ({', '.join(train.class_names)}), the run's "
+                            f"model generates ({', '.join(run_classes)}): they must be the same, in the same order")
+        build_classifier(classifier, channels, size, train.num_classes, pretrained)  # fails now, not after the data
+    except UserError as e:
+        _fail(str(e))
+
+    settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
+                               seed=seed, device=str(dev))
+    t0 = time.perf_counter()
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+        tasks: dict[str, Any] = {}
+
+        def show(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                for t in tasks.values():
+                    progress.update(t, visible=False)
+                tasks[what] = progress.add_task(what if total else what + "…", total=total or None)
+            progress.update(tasks[what], completed=done)
+
+        n_syn = synthetic or len(train)
+        show("generating synthetic images", 0, 0)
+        if model.conditional:
+            ys: Optional[torch.Tensor] = balanced_labels(train.class_counts(), n_syn)
+            xs = synthesize(model, state, ys, n_syn, seed)
+        else:  # no labels: images only for the t-SNE figure
+            ys = None
+            xs = synthesize(model, state, None, max(tsne_points, 2), seed) if tsne_points else None
+        result = run_arms(train, test, xs if ys is not None else None, ys, settings, show)
+        tsne = None
+        if tsne_points and xs is not None:
+            show("t-SNE of real vs synthetic features", 0, 0)
+            tsne = _tsne(run_dir, train, xs, ys, seed, tsne_points)
+    entry = {"settings": result.settings, "rows": result.rows,
+             "real_train": {"source": real_train, "set": list(train_set), "images": len(train),
+                            "class_counts": train.class_counts()},
+             "real_test": {"source": real_test, "set": list(test_set), "images": len(test),
+                           "class_counts": test.class_counts()},
+             "class_names": list(train.class_names), "conditional": bool(model.conditional),
+             "model": "global" if client is None else f"client {client}",
+             "seconds": round(time.perf_counter() - t0, 1)}
+    key = classifier + ("-pretrained" if pretrained else "") + (f"-client-{client}" if client is not None else "")
+    out = run_dir / "utility"
+    write_utility(out, key, entry, tsne)
+    from .report.html import build_report
+    build_report(run_dir)
+
+    t = Table(title=f"downstream utility: {key} on {len(test)} held-out real images ({real_test})")
+    for col, just in (("training data", "left"), ("images", "right"), ("accuracy", "right"), ("macro F1", "right")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    for r in result.rows:
+        if r.get("skipped"):
+            t.add_row(r["train"], "—", "skipped", "skipped")
+        else:
+            t.add_row(r["train"], str(r["images"]), f"{r['accuracy']:.3f}", f"{r['f1']:.3f}")
+    console.print(t)
+    if not model.conditional:
+        console.print(f"synthetic arms skipped: {result.rows[-1]['skipped']}", highlight=False, markup=False,
+                      soft_wrap=True)
+    files = "utility.json, utility.csv, utility.md" + (", tsne.png" if tsne else "")
+    console.print(f"done in {time.perf_counter() - t0:.0f} s. Wrote {out}/: {files}; report: {run_dir / 'report.html'}",
+                  highlight=False, markup=False)
+
+
+def _tsne(run_dir: Path, train, xs, ys, seed: int, points: int) -> dict[str, Any]:
+    """utility/tsne.png from the run's own feature network (the one its distances name)."""
+    import torch
+
+    from .evaluate.tsne import KIND_OF_METRIC, write_tsne
+    from .metrics import build_extractor
+    from .registry import is_fd_metric
+    from .report.rundir import read_metrics
+    records = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    metric = next((r["metric"] for r in records if is_fd_metric(r["metric"])), None)
+    cfg = load_config(run_dir / "config.toml", [])
+    kind = KIND_OF_METRIC.get(metric or "", cfg.eval.feature_extractor)
+    try:
+        ext = build_extractor(kind, cfg.eval.inception_weights)
+    except UserError as e:  # the run's network is gone from this machine: say so, use the random one
+        err_console.print(f"[yellow]t-SNE: the run's feature network is not available here ({e}); "
+                          f"using the random network[/]", highlight=False)
+        ext = build_extractor("random")
+    yr = torch.from_numpy(train.labels) if ys is not None else None
+    (run_dir / "utility").mkdir(exist_ok=True)
+    return write_tsne(train.batch(), xs, ext, run_dir / "utility" / "tsne.png", seed, points, yr, ys,
+                      train.class_names if ys is not None else ())
+
+
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None:
     """(Re)write RUN_DIR/report.html: one self-contained page with everything about a run.
@@ -641,7 +836,7 @@ def data_split(
 
 
 # --- fedsynth weights: feature-network weights in the folders their libraries read -------------
-weights_app = _typer("Feature-network weights: list what is cached, fetch once (checked).")
+weights_app = _typer("Pretrained weights (feature networks, backbones): list what is cached, fetch once (checked).")
 app.add_typer(weights_app, name="weights")
 
 
@@ -652,7 +847,7 @@ def weights_list() -> None:
     Examples:
       fedsynth weights list"""
     from .weights import WEIGHTS, cached, target_path
-    t = Table(title="feature-network weights")
+    t = Table(title="pretrained weights")
     for col in ("name", "network", "present", "path"):
         t.add_column(col)
     for name, w in WEIGHTS.items():
@@ -664,33 +859,45 @@ def weights_list() -> None:
 
 @weights_app.command("fetch")
 def weights_fetch(
-    name: str = typer.Argument(..., help="inception | dinov2 | xrv"),
+    names: list[str] = typer.Argument(..., help="inception | dinov2 | xrv (feature networks); resnet18 | "
+                                      "resnet50 | vit_b_16 | swin_t | deit_tiny | levit_128s (backbones)"),
     sha256: str = typer.Option("", "--sha256", help="Expected SHA-256 (needed to check dinov2 and xrv, "
-                               "which have no pinned one)."),
+                               "which have no pinned one; one NAME only)."),
     force: bool = typer.Option(False, "--force", help="Download again even if the file is there."),
 ) -> None:
-    """Download NAME's weights once, verify them, store them atomically where the library looks.
+    """Download each NAME's weights once, verify them, store them atomically where the library looks.
+
+    torchvision files are checked against the SHA-256 prefix in their names (torch.hub's rule),
+    timm files against the SHA-256 the Hugging Face hub publishes.
 
     Examples:
       fedsynth weights fetch inception
+      fedsynth weights fetch resnet18 deit_tiny levit_128s
       fedsynth weights fetch xrv --sha256 <the upstream's SHA-256>"""
     from rich.progress import DownloadColumn, TransferSpeedColumn
-    from .weights import fetch, spec
-    try:
-        w = spec(name)
-        with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                      TimeRemainingColumn(), console=err_console, transient=True) as p:
-            task = p.add_task("", total=w.size)
-            path, digest, new = fetch(name, sha256=sha256, force=force,
-                                      progress=lambda n, total: p.update(task, completed=n, total=total))
-    except UserError as e:
-        _fail(str(e))
-    console.print(f"{'stored' if new else 'already present'}: {path}", highlight=False)
-    if sha256 or w.sha256:
-        console.print(f"SHA-256 {digest} (verified)", highlight=False)
-    else:
-        console.print(f"SHA-256 {digest} (no published checksum pinned: compare it with the "
-                      f"upstream's, or pass --sha256 next time)", highlight=False)
+    from .weights import expected_sha256, fetch, spec
+    if sha256 and len(names) > 1:
+        _fail("--sha256 checks one file: give one NAME with it")
+    for name in names:
+        try:
+            w = spec(name)
+            with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                          TimeRemainingColumn(), console=err_console, transient=True) as p:
+                task = p.add_task("", total=w.size)
+                path, digest, new = fetch(name, sha256=sha256, force=force,
+                                          progress=lambda n, total: p.update(task, completed=n, total=total))
+        except UserError as e:
+            _fail(str(e))
+        console.print(f"{'stored' if new else 'already present'}: {path}", highlight=False)
+        want = expected_sha256(name, sha256)
+        if want and len(want) < 64:
+            console.print(f"SHA-256 {digest} (verified: starts with {want}, the prefix in the file name)",
+                          highlight=False)
+        elif want or w.folder == "hf-hub":
+            console.print(f"SHA-256 {digest} (verified)", highlight=False)
+        else:
+            console.print(f"SHA-256 {digest} (no published checksum pinned: compare it with the "
+                          f"upstream's, or pass --sha256 next time)", highlight=False)
 
 
 @deploy_app.command("certs")

@@ -27,7 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
-from .registry import EXTRACTORS, FAMILIES, LOSSES, ROBUST_RULES, SOURCES, STRATEGIES
+from .registry import D_ARCHS, EXTRACTORS, FAMILIES, LOSSES, ROBUST_RULES, SOURCES, STRATEGIES
 
 # Fewest local steps a round trains by default. A site of 84 images at batch 32 takes 2 steps per
 # epoch, and a DCGAN given 2 steps a round learned nothing in 6 rounds; the built-in default
@@ -128,6 +128,18 @@ class ModelConfig:
                           choices=("none", "multiply", "concat"))
     d_conditioning: str = _f("none", "conditional discriminator: projection or acgan "
                              "(auxiliary classifier)", choices=("none", "projection", "acgan"))
+    # -- issue 14: the histopathology study's networks
+    g_arch: str = _f("dcgan", "generator: dcgan (transposed convolutions) or upsample-cnn (the "
+                     "histopathology study's: three upsample + 3x3 conv blocks with norm, LeakyReLU, "
+                     "dropout; class embedding multiplied into the latent)",
+                     choices=("dcgan", "upsample-cnn"))
+    g_dropout: float = _f(0.25, "upsample-cnn: dropout after each block", min=0.0, max=0.9)
+    d_arch: str = _f("dcgan", "discriminator: " + D_ARCHS.help() + ". Backbones take gray or RGB "
+                     "images (gray repeated to RGB, ImageNet normalisation) and ignore ndf and d-norm",
+                     choices=D_ARCHS.names())
+    d_pretrained: bool = _f(False, "start the discriminator backbone from ImageNet weights, read from "
+                            "the library's cache only (`fedsynth weights fetch NAME` on a connected "
+                            "machine first; never downloads)")
 
 
 @dataclass(frozen=True)
@@ -451,10 +463,16 @@ def _check_cross_field(cfg: Config) -> None:
     if cfg.model.d_conditioning != "none" and cfg.model.conditional == "none":
         raise UserError("config key 'model.d-conditioning' needs a conditional generator "
                         "(set model.conditional = 'multiply' or 'concat')")
+    if cfg.model.d_pretrained and cfg.model.d_arch == "dcgan":
+        raise UserError("config key 'model.d-pretrained' needs a backbone discriminator "
+                        "(model.d-arch = resnet18, resnet50, vit_b_16, swin_t, deit_tiny or levit_128s)")
     if cfg.fed.init_from and not Path(cfg.fed.init_from).expanduser().is_file():
         raise UserError(f"config key 'fed.init-from': checkpoint not found: {cfg.fed.init_from}")
     pv = cfg.privacy
     if pv.dp_sgd:
+        if cfg.model.d_arch != "dcgan":
+            raise UserError("config key 'privacy.dp-sgd' needs model.d-arch = 'dcgan' (backbones "
+                            "hold BatchNorm or layers Opacus cannot take per-sample gradients of)")
         if cfg.model.d_norm == "batch":
             raise UserError("config key 'privacy.dp-sgd' needs model.d-norm = 'group' or 'none' "
                             "(BatchNorm mixes samples, so per-sample gradients are undefined)")

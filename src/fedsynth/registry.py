@@ -81,6 +81,17 @@ FAMILIES = Registry("model.family", [
     Entry("gan", "models.gan:GANModel", "generator and discriminator trained adversarially (DCGAN family)"),
 ])
 
+# Discriminator architectures (model.d-arch): DCGAN's, or a backbone (models/backbones.py) with heads
+D_ARCHS = Registry("model.d-arch", [
+    Entry("dcgan", "models.dcgan:Discriminator", "DCGAN convolutions (model.ndf, model.d-norm)"),
+    Entry("resnet18", "models.backbones:build_backbone", "torchvision ResNet-18 (11 M parameters)"),
+    Entry("resnet50", "models.backbones:build_backbone", "torchvision ResNet-50 (24 M)"),
+    Entry("vit_b_16", "models.backbones:build_backbone", "torchvision ViT-B/16 (86 M; 224 px with ImageNet weights)"),
+    Entry("swin_t", "models.backbones:build_backbone", "torchvision Swin-T (28 M)"),
+    Entry("deit_tiny", "models.backbones:build_backbone", "timm DeiT-Tiny/16 (5.5 M)"),
+    Entry("levit_128s", "models.backbones:build_backbone", "timm LeViT-128S (7 M; 224 px with ImageNet weights)"),
+])
+
 _ONE_MODEL = "clients never share one model to aggregate"
 _NO_MEAN = "it needs each client's update, and secure aggregation shows the server only their sum"
 STRATEGIES = Registry("fed.strategy", [

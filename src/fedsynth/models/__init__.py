@@ -10,8 +10,11 @@ from typing import Any
 
 from ..registry import FAMILIES
 from .base import GenerativeModel, Sampler, TrainHook, TrainResult
+from .backbones import BACKBONES, Backbone, build_backbone
 from .dcgan import Discriminator, Generator, dcgan_init_
 from .gan import GAN, GANModel, ModelSpec, build_gan, norm_keys
+from .heads import BackboneDiscriminator
+from .upsample import UpsampleGenerator
 
 
 def build_model(cfg: Any, image_size: int, channels: int, num_classes: int) -> GenerativeModel:
@@ -28,4 +31,5 @@ def model_from_description(desc: dict[str, Any]) -> GenerativeModel:
 
 
 __all__ = ["GenerativeModel", "TrainHook", "TrainResult", "Sampler", "build_model", "model_from_description",
-           "GAN", "GANModel", "ModelSpec", "Generator", "Discriminator", "build_gan", "dcgan_init_", "norm_keys"]
+           "GAN", "GANModel", "ModelSpec", "Generator", "Discriminator", "build_gan", "dcgan_init_", "norm_keys",
+           "Backbone", "BACKBONES", "build_backbone", "BackboneDiscriminator", "UpsampleGenerator"]

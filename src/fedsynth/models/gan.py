@@ -1,7 +1,10 @@
 """The GAN family: a generator and a discriminator trained adversarially.
 
-Networks: DCGAN (:mod:`fedsynth.models.dcgan`), with BatchNorm/GroupNorm, spectral norm and
-class conditioning. Training: the loss objects and loop of :mod:`fedsynth.train` (the loop
+Networks: generator ``model.g-arch`` = DCGAN (:mod:`fedsynth.models.dcgan`) or the study's
+upsample-CNN (:mod:`fedsynth.models.upsample`); discriminator ``model.d-arch`` = DCGAN or a
+torchvision/timm backbone with heads (:mod:`fedsynth.models.heads`,
+:mod:`fedsynth.models.backbones`), optionally ImageNet-pretrained; BatchNorm/GroupNorm,
+spectral norm and class conditioning. Training: the loss objects and loop of :mod:`fedsynth.train` (the loop
 schedules the D and G phases; the loss computes them). Weights: one state dict with keys
 ``G.*`` and ``D.*``, so one update carries both (or, with ``fed.share = ["G"]``, only G).
 """
@@ -16,7 +19,10 @@ from torch import nn
 
 from ..train import LocalTrainer, OptimConfig, build_loss
 from .base import GenerativeModel, TrainResult
+from .backbones import build_backbone
 from .dcgan import Discriminator, Generator, dcgan_init_
+from .heads import BackboneDiscriminator
+from .upsample import UpsampleGenerator
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,11 @@ class ModelSpec:
     num_classes: int = 0
     g_conditioning: str = "none"
     d_conditioning: str = "none"
+    # issue 14 (defaults: what checkpoints written before it hold)
+    g_arch: str = "dcgan"          # "dcgan" | "upsample-cnn"
+    d_arch: str = "dcgan"          # "dcgan" | a name in fedsynth.models.backbones.BACKBONES
+    d_pretrained: bool = False     # the backbone started from ImageNet weights
+    g_dropout: float = 0.25        # upsample-cnn: dropout after each block
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,31 +65,53 @@ class GAN(nn.Module):
 
 
 def build_gan(arch: str | ModelSpec, image_size: int = 64, channels: int = 1, nz: int = 100,
-              ngf: int = 32, ndf: int = 16, seed: int = 0) -> GAN:
+              ngf: int = 32, ndf: int = 16, seed: int = 0, pretrained: bool = True) -> GAN:
     """Build and initialise a GAN from a :class:`ModelSpec` (or the basic arguments).
 
     Initialisation draws from ``seed`` only: the global RNG is forked, so building a model
-    neither depends on nor disturbs any other random stream.
+    neither depends on nor disturbs any other random stream. DCGAN networks get DCGAN's
+    initialisation; a backbone discriminator keeps its library's (or, with
+    ``spec.d_pretrained`` and ``pretrained``, the ImageNet weights from the library's cache).
+    ``pretrained=False`` skips that load where the weights come from a checkpoint anyway.
     """
     spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch, image_size, channels, nz, ngf, ndf)
     if spec.arch != "dcgan":
         raise ValueError(f"unknown architecture {spec.arch!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        G = Generator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
-                      spec.num_classes, spec.g_conditioning)
-        D = Discriminator(spec.image_size, spec.channels, spec.ndf, spec.d_norm, spec.spectral_norm,
-                          spec.num_classes, spec.d_conditioning)
+        if spec.g_arch == "dcgan":
+            G = Generator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
+                          spec.num_classes, spec.g_conditioning)
+        elif spec.g_arch == "upsample-cnn":
+            G = UpsampleGenerator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
+                                  spec.num_classes, spec.g_conditioning, spec.g_dropout)
+        else:
+            raise ValueError(f"unknown generator architecture {spec.g_arch!r}")
+        if spec.d_arch == "dcgan":
+            D = Discriminator(spec.image_size, spec.channels, spec.ndf, spec.d_norm, spec.spectral_norm,
+                              spec.num_classes, spec.d_conditioning)
+        else:
+            backbone = build_backbone(spec.d_arch, spec.channels, spec.image_size,
+                                      pretrained=spec.d_pretrained and pretrained)
+            D = BackboneDiscriminator(backbone, spec.num_classes, spec.d_conditioning, spec.spectral_norm)
         gan = GAN(G, D, spec)
-        dcgan_init_(gan)
+        dcgan_init_(G)  # the same draws, in the same order, as one call on the whole GAN
+        if spec.d_arch == "dcgan":
+            dcgan_init_(D)
     return gan
 
 
+# FedBN keeps normalisation layers local: BatchNorm (its running statistics describe one site's
+# data) and, by the same rule, the affine parameters of GroupNorm and LayerNorm (ViT, Swin).
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
 def norm_keys(module: nn.Module) -> set[str]:
-    """State-dict keys of normalisation layers (what FedBN keeps local)."""
+    """State-dict keys of normalisation layers (what FedBN keeps local): BatchNorm 1d/2d (ResNet,
+    LeViT, DCGAN), GroupNorm and LayerNorm (ViT, DeiT, Swin)."""
     keys = set()
     for name, m in module.named_modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        if isinstance(m, NORM_LAYERS):
             keys.update(f"{name}.{k}" for k in m.state_dict())
     return keys
 
@@ -89,7 +122,8 @@ class GANModel(GenerativeModel):
 
     family = "gan"
 
-    def __init__(self, spec: ModelSpec, seed: int = 0, train: Any = None, device: torch.device | str = "cpu"):
+    def __init__(self, spec: ModelSpec, seed: int = 0, train: Any = None, device: torch.device | str = "cpu",
+                 pretrained: bool = True):
         from ..config import TrainConfig
         from ..train.device import resolve_precision
         t = train or TrainConfig()
@@ -98,7 +132,7 @@ class GANModel(GenerativeModel):
         self.precision = resolve_precision(t.precision, self.device)
         loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
         # the networks are built and initialised on the CPU (the same weights on every device), then moved
-        self.trainer = LocalTrainer(build_gan(spec, seed=seed), loss,
+        self.trainer = LocalTrainer(build_gan(spec, seed=seed, pretrained=pretrained), loss,
                                     OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last,
                                     device=self.device, precision=self.precision)
         self.gan = self.trainer.gan
@@ -114,7 +148,8 @@ class GANModel(GenerativeModel):
         from ..utils import derive_seed
         m = cfg.model
         spec = ModelSpec(m.arch, image_size, channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm, m.spectral_norm,
-                         num_classes, m.conditional, m.d_conditioning)
+                         num_classes, m.conditional, m.d_conditioning, m.g_arch, m.d_arch, m.d_pretrained,
+                         m.g_dropout)
         return cls(spec, seed=derive_seed(cfg.run.seed, "init"), train=cfg.train,
                    device=resolve_device(cfg.run.device))
 
@@ -124,7 +159,8 @@ class GANModel(GenerativeModel):
         unknown = set(desc) - names - {"family", "class_names"}
         if unknown:
             raise ValueError(f"unknown GAN description field(s) {sorted(unknown)}")
-        return cls(ModelSpec(**{k: v for k, v in desc.items() if k in names}))
+        # the weights come from the checkpoint: no ImageNet load (and no need for its file)
+        return cls(ModelSpec(**{k: v for k, v in desc.items() if k in names}), pretrained=False)
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, **self.spec.to_dict()}

@@ -4,8 +4,9 @@ Sections, top to bottom: a summary of the run (what ran, on what, how long, whic
 the final results as named rows (change since the untrained model and the ratio to the global
 model's score); curves with labelled axes (matplotlib); real images beside the generated sample
 grids at full resolution (click a grid to enlarge it: a CSS-only toggle, no script); the most
-and least realistic samples; one line per metric saying what it measures; the partition; the
-configuration, collapsed. Every number names the feature network that produced it, and the text
+and least realistic samples; downstream utility and the t-SNE figure (when ``fedsynth utility``
+has written ``utility/utility.json``); one line per metric saying what it measures; the
+partition; the configuration, collapsed. Every number names the feature network that produced it, and the text
 about that network comes from the records, never from the configuration's wishes.
 """
 
@@ -465,6 +466,57 @@ def _realism_section(run: Path, records: list[dict[str, Any]], evaluated: bool, 
             f"{' (' + WHY_ZERO + ')' if at.get('realism-inside', 0) < 0.05 else ''}.</p>")
 
 
+# ---------------------------------------------------------------------------- downstream utility
+def _utility_section(run: Path) -> str:
+    """``fedsynth utility``'s results (``utility/utility.json``) and its t-SNE figure, if the
+    command has run on this run directory; empty otherwise."""
+    doc = _read_json(run / "utility" / "utility.json")
+    entries = doc.get("classifiers") if isinstance(doc.get("classifiers"), dict) else {}
+    if not entries:
+        return ""
+    rows, tests, notes = [], set(), set()
+    for name, e in entries.items():
+        if not isinstance(e, dict):
+            continue
+        s = e.get("settings", {})
+        test = e.get("real_test", {})
+        tests.add(f"{esc(str(test.get('source', '?')))} ({_plural(int(test.get('images', 0) or 0), 'image')})")
+        label = esc(str(s.get("classifier", name))) + (" <span class=note>(pretrained)</span>" if s.get("pretrained") else "")
+        how = (f"{s.get('epochs', '?')} epoch(s), at least {s.get('min_steps', '?')} steps, "
+               f"{'augmented' if s.get('augment') else 'no augmentation'}")
+        for r in e.get("rows", []):
+            if not isinstance(r, dict):
+                continue
+            if r.get("skipped"):
+                notes.add(str(r["skipped"]))
+                cells = "<td>–</td><td>skipped</td><td>skipped</td>"
+            else:
+                cells = (f"<td>{int(r.get('images', 0)):,}</td><td>{_fmt(r.get('accuracy'))}</td>"
+                         f"<td>{_fmt(r.get('f1'))}</td>")
+            rows.append(f"<tr><td>{label}</td><td class=opt>{esc(how)}</td><td>{esc(str(r.get('train', '?')))}</td>"
+                        f"{cells}</tr>")
+    table = ("<div class=scroll><table><tr><th>classifier</th><th class=opt>training</th><th>trained on</th>"
+             "<th>images</th><th>accuracy</th><th>macro F1</th></tr>" + "".join(rows) + "</table></div>")
+    text = (f"<p>A classifier trained on the real training images only, on the run's synthetic images only, and on "
+            f"both, each scored on held-out real images: {', '.join(sorted(tests))}. Synthetic data is useful if "
+            f"<i>synthetic</i> comes near <i>real</i>, or <i>real + synthetic</i> beats it.</p>")
+    if notes:
+        text += "".join(f"<p class=note>Skipped: {esc(n)}.</p>" for n in sorted(notes))
+    tsne = doc.get("tsne") if isinstance(doc.get("tsne"), dict) else {}
+    png = run / "utility" / "tsne.png"
+    fig = ""
+    if tsne and png.is_file():
+        data = png.read_bytes()
+        w, h = _png_size(data)
+        fig = (f'<figure><img src="{_data_uri(data)}" alt="t-SNE of real and synthetic features" width="{w}" '
+               f'height="{h}" style="max-width:100%;height:auto"><figcaption>t-SNE (scikit-learn, seeded) of '
+               f"{tsne.get('real', '?')} real training and {tsne.get('synthetic', '?')} synthetic images' features "
+               f"from the run's feature network (<code>{esc(str(tsne.get('kind', '?')))}</code>): synthetic points "
+               f"mixed with real ones everywhere suggest the generator covers the real data; synthetic islands "
+               f"suggest artefacts, real regions without synthetic points missed modes.</figcaption></figure>")
+    return f"<h2 id=utility>Downstream utility</h2>{text}{table}{fig}"
+
+
 # ---------------------------------------------------------------------------- explanations
 def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bool) -> str:
     items = []
@@ -606,6 +658,9 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
     sections = [("results", "Results"), ("curves", "Curves"), ("samples", "Samples")]
     if has_realism or (evaluated and fd_metric):
         sections.append(("realism", "Realism"))
+    utility = _utility_section(run)
+    if utility:
+        sections.append(("utility", "Downstream utility"))
     sections += [("metrics", "What the numbers mean"), ("partition", "Partition"), ("config", "Configuration")]
     nav = " ".join(f'<a href="#{a}">{t}</a>' for a, t in sections)
     n_lines = len(config.splitlines())
@@ -620,6 +675,7 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
 <h2 id=curves>Curves</h2><div class=curves>{curves_html or "<p>No records to plot yet.</p>"}</div>
 <h2 id=samples>Samples</h2>{_samples(run, records, evaluated, flower, conditional, max_grids)}
 {_realism_section(run, records, evaluated, flower)}
+{utility}
 <h2 id=metrics>What the numbers mean</h2>{_explanations(fd_metric, kid_metric, has_realism)}
 <h2 id=partition>Partition</h2>{_partition(part, nodes)}
 <h2 id=config>Configuration</h2>

@@ -87,6 +87,8 @@ class LocalTrainer:
         self._fresh_g = self.opt_g.state_dict()
         self._fresh_d = self.opt_d.state_dict()
         self._images: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}  # id(data) -> (ref, images, labels)
+        # layers that draw from torch's global RNG while training (dropout, stochastic depth)
+        self._stochastic = any(_draws_randomly(m) for m in gan.modules())
 
     def _on_device(self, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's ``uint8`` images and labels on the device, moved once per data set (on the
@@ -138,7 +140,20 @@ class LocalTrainer:
         step is reproducible from ``(run seed, round, client)``. ``dp`` (a
         :class:`fedsynth.privacy.dp.DPSGD`) replaces D's backward pass with clipped, noised
         per-example gradients.
+
+        Networks with dropout or stochastic depth (the upsample-CNN generator, Swin) draw from
+        torch's global RNG; for them the global RNG is forked and seeded from ``generator`` for
+        this call, so those draws are reproducible too (and nothing else's stream moves).
         """
+        if not self._stochastic:  # DCGAN: no global draws, and ``generator``'s stream is unchanged
+            return self._train(data, steps, batch_size, generator, on_step, hooks, dp)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            return self._train(data, steps, batch_size, generator, on_step, hooks, dp)
+
+    def _train(self, data: ImageSet, steps: int, batch_size: int, generator: torch.Generator,
+               on_step: Callable[[int], None] | None, hooks: Sequence[TrainHook], dp: Any) -> LocalResult:
         G, D, loss = self.gan.G, self.gan.D, self.loss
         dev = self.device
         loss.generator = generator
@@ -200,6 +215,15 @@ class LocalTrainer:
         return LocalResult(steps=steps, images=steps * bs * loss.n_critic,
                            d_loss=float(d_sum) / steps, g_loss=float(g_sum) / steps,
                            seconds=time.perf_counter() - t0)
+
+
+def _draws_randomly(m: torch.nn.Module) -> bool:
+    """Dropout (torch), stochastic depth (torchvision) or drop-path (timm) with a non-zero rate."""
+    if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+        return m.p > 0
+    if type(m).__name__ in ("StochasticDepth", "DropPath"):
+        return float(getattr(m, "p", getattr(m, "drop_prob", 0.0)) or 0.0) > 0
+    return False
 
 
 def _backward(loss: torch.Tensor, scaler: Any, opt: torch.optim.Optimizer) -> None:

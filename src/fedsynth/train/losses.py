@@ -96,7 +96,11 @@ class WGANGP(GANLoss):
     def d_adv(self, lr, lf, D, real, fake, y_real, y_fake):
         eps = torch.rand(real.shape[0], 1, 1, 1, generator=self.generator).to(real.device)  # drawn on the CPU
         mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
-        out, _ = self._d(D, mix, y_real)
+        # the penalty differentiates D's gradient: fused attention kernels (timm's ViTs on the
+        # CPU) have no second derivative, the math kernel has (same result, slower)
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(SDPBackend.MATH):
+            out, _ = self._d(D, mix, y_real)
         (grad,) = torch.autograd.grad(out.sum(), mix, create_graph=True)
         gp = ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
         return lf.mean() - lr.mean() + self.gp_lambda * gp

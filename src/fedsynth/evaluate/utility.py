@@ -1,0 +1,224 @@
+"""Downstream utility: does synthetic data help a classifier?
+
+A classifier (:mod:`.classifiers`) is trained three times -- on the real training images only,
+on synthetic images only, and on both -- and each is scored on a held-out *real* test set
+(accuracy and macro F1). Synthetic images come from the run's released model; a class-conditional
+model generates them per class, as many per class as the real training set has (scaled to the
+number asked for), so the synthetic set has the real one's class balance. An unconditional
+model's images carry no labels, so no classifier can learn from them: both synthetic arms are
+skipped, with the reason in the table.
+
+``fedsynth utility`` writes ``RUN_DIR/utility/utility.json`` (one entry per classifier, so a
+second classifier adds its rows beside the first's), ``utility.csv`` and ``utility.md``; the
+run's ``report.html`` shows them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from ..config import UserError
+from ..data import ImageSet
+from ..utils import atomic_write_text, derive_seed
+from .classifiers import build_classifier, default_lr, labelled, predict, scores, train_classifier
+
+FORMAT = "fedsynth-utility/1"
+ARMS = ("real", "synthetic", "real + synthetic")
+UNCONDITIONAL = ("the run's model is unconditional (model.conditional = none): its images have no class "
+                 "labels, so no classifier can be trained on them; train a class-conditional run "
+                 "(model.conditional = multiply) to measure this")
+
+# (arm, steps done, steps in all); total 0: a phase without steps (generating, scoring)
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class UtilitySettings:
+    """How the classifiers are trained (every field is recorded in ``utility.json``)."""
+
+    classifier: str = "smallcnn"     # smallcnn or a backbone name (fedsynth.models.backbones)
+    pretrained: bool = False         # ImageNet weights for a backbone, from its library's cache
+    epochs: int = 5                  # passes over each arm's training set ...
+    min_steps: int = 300             # ... but at least this many steps (a small set is not under-trained)
+    batch_size: int = 64
+    lr: float | None = None          # Adam's learning rate (None: classifiers.default_lr)
+    augment: bool = True             # the study's crops, flips and rotations up to 45 degrees
+    synthetic: int | None = None     # synthetic images (None: as many as real training images)
+    seed: int = 0                    # every draw: classifier init, data order, augmentation, latents
+    device: str = "cpu"
+
+
+def balanced_labels(counts: list[int], n: int) -> torch.Tensor:
+    """``n`` labels with the class proportions of ``counts`` (largest remainder; exactly
+    ``counts`` when ``n`` is their sum), class by class."""
+    c = np.asarray(counts, dtype=np.float64)
+    if n < 1 or c.sum() <= 0:
+        raise UserError("--synthetic must be at least 1")
+    share = c / c.sum() * n
+    per = np.floor(share).astype(np.int64)
+    rest = n - int(per.sum())
+    per[np.argsort(-(share - per), kind="stable")[:rest]] += 1
+    return torch.cat([torch.full((int(m),), k, dtype=torch.long) for k, m in enumerate(per)])
+
+
+def shared_images(train: ImageSet, test: ImageSet) -> int:
+    """How many of ``test``'s images are pixel for pixel also in ``train`` (a test set that is
+    not held out scores memory, not generalisation)."""
+    import hashlib
+    seen = {hashlib.blake2b(img.tobytes(), digest_size=16).digest() for img in train.images}
+    return sum(hashlib.blake2b(img.tobytes(), digest_size=16).digest() in seen for img in test.images)
+
+
+def synthesize(model, state, labels: torch.Tensor | None, n: int, seed: int) -> torch.Tensor:
+    """``n`` images from the released ``model`` (weights ``state``); a conditional model makes
+    image i of class ``labels[i]``. Latents from ``seed``."""
+    g = torch.Generator().manual_seed(derive_seed(seed, "utility", "latents"))
+    z = model.latents(n, g)
+    return model.sample(state, z, labels if model.conditional else None)
+
+
+@dataclass
+class UtilityResult:
+    """One classifier's three arms: rows ``{"train", "images", "accuracy", "f1", ...}`` or
+    ``{"train", "skipped": reason}``."""
+
+    rows: list[dict]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def markdown(self) -> str:
+        lines = ["| training data | images | accuracy | macro F1 |", "| --- | --- | --- | --- |"]
+        for r in self.rows:
+            if r.get("skipped"):
+                lines.append(f"| {r['train']} | – | skipped | skipped |")
+            else:
+                lines.append(f"| {r['train']} | {r['images']} | {r['accuracy']:.3f} | {r['f1']:.3f} |")
+        return "\n".join(lines)
+
+
+def _arms(real_train: ImageSet, synth_x: torch.Tensor | None, synth_y: torch.Tensor | None):
+    """(arm, images, labels, real images, synthetic images) of each arm that has labels."""
+    xr, yr = labelled(real_train)
+    yield "real", xr, yr, len(xr), 0
+    if synth_x is None or synth_y is None:
+        return
+    yield "synthetic", synth_x, synth_y, 0, len(synth_x)
+    yield "real + synthetic", torch.cat([xr, synth_x]), torch.cat([yr, synth_y]), len(xr), len(synth_x)
+
+
+def run_arms(real_train: ImageSet, real_test: ImageSet, synth_x: torch.Tensor | None,
+             synth_y: torch.Tensor | None, s: UtilitySettings, progress: Progress | None = None,
+             skipped: str = "") -> UtilityResult:
+    """Train ``s.classifier`` on each arm (a fresh network from the same seed each time) and score
+    it on ``real_test``. Without synthetic labels the synthetic arms are rows with ``skipped``."""
+    k = real_train.num_classes
+    xt, yt = labelled(real_test)
+    lr = s.lr if s.lr is not None else default_lr(s.classifier, s.pretrained)
+    rows = []
+    for name, x, y, n_real, n_syn in _arms(real_train, synth_x, synth_y):
+        t0 = time.perf_counter()
+        model = build_classifier(s.classifier, x.shape[1], x.shape[-1], k, s.pretrained,
+                                 seed=derive_seed(s.seed, "utility", "init"))
+        step = (lambda done, total, name=name: progress(name, done, total)) if progress else None
+        model = train_classifier(x, y, k, s.epochs, s.batch_size, derive_seed(s.seed, "utility", "train", name),
+                                 lr, s.min_steps, model=model, augment=s.augment, device=s.device, on_step=step)
+        if progress:
+            progress(f"scoring {name}", 0, 0)
+        got = scores(predict(model, xt), yt, k)
+        rows.append({"train": name, "images": len(x), "real_images": n_real, "synthetic_images": n_syn, **got,
+                     "seconds": round(time.perf_counter() - t0, 2)})
+    for name in ARMS[len(rows):]:
+        rows.append({"train": name, "skipped": skipped or UNCONDITIONAL})
+    settings = asdict(s)
+    settings["lr"] = lr
+    return UtilityResult(rows, settings)
+
+
+def downstream_utility(real_train: ImageSet, real_test: ImageSet, synth_x: torch.Tensor, synth_y: torch.Tensor,
+                       epochs: int = 5, seed: int = 0) -> UtilityResult:
+    """Real only / synthetic only / real + synthetic with the small CNN, no augmentation, all
+    scored on the real test split (the API before ``fedsynth utility``; the same numbers)."""
+    k = real_train.num_classes
+    xt, yt = labelled(real_test)
+    rows = []
+    for name, x, y, _, _ in _arms(real_train, synth_x, synth_y):
+        model = train_classifier(x, y, k, epochs, seed=seed)
+        rows.append({"train": name, "images": len(x), **scores(predict(model, xt), yt, k)})
+    return UtilityResult(rows)
+
+
+# ---------------------------------------------------------------------------- files
+def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """``utility.json``'s rows, one per classifier and arm, for the csv/markdown tables."""
+    out = []
+    for name, entry in doc.get("classifiers", {}).items():
+        s = entry.get("settings", {})
+        for r in entry.get("rows", []):
+            out.append({"classifier": name, "pretrained": bool(s.get("pretrained")), "train": r["train"],
+                        "images": r.get("images", ""), "accuracy": r.get("accuracy", ""), "f1": r.get("f1", ""),
+                        "note": r.get("skipped", "")})
+    return out
+
+
+def _markdown(doc: dict[str, Any]) -> str:
+    lines = ["| classifier | training data | images | accuracy | macro F1 |", "| --- | --- | --- | --- | --- |"]
+    for r in table_rows(doc):
+        name = r["classifier"] + (" (pretrained)" if r["pretrained"] else "")
+        if r["note"]:
+            lines.append(f"| {name} | {r['train']} | – | skipped | skipped |")
+        else:
+            lines.append(f"| {name} | {r['train']} | {r['images']} | {r['accuracy']:.3f} | {r['f1']:.3f} |")
+    notes = sorted({r["note"] for r in table_rows(doc) if r["note"]})
+    test = {e.get("real_test", {}).get("images") for e in doc.get("classifiers", {}).values()}
+    lines.append("")
+    lines.append(f"Scored on the held-out real test set ({', '.join(str(t) for t in sorted(x for x in test if x))} "
+                 "images)." + "".join(f" Skipped: {n}." for n in notes))
+    return "\n".join(lines) + "\n"
+
+
+def _csv(doc: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["classifier", "pretrained", "train", "images", "accuracy", "f1", "note"],
+                       lineterminator="\n")
+    w.writeheader()
+    for r in table_rows(doc):
+        w.writerow({**r, **({k: f"{r[k]:.6f}" for k in ("accuracy", "f1") if r[k] != ""})})
+    return buf.getvalue()
+
+
+def read_utility(out_dir: str | Path) -> dict[str, Any]:
+    """``OUT_DIR/utility.json``, or an empty document (none yet, or unreadable: then replaced)."""
+    p = Path(out_dir) / "utility.json"
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return {"format": FORMAT, "classifiers": {}}
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        return {"format": FORMAT, "classifiers": {}}
+    doc.setdefault("classifiers", {})
+    return doc
+
+
+def write_utility(out_dir: str | Path, key: str, entry: dict[str, Any],
+                  tsne: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Add (or replace) classifier ``key``'s entry in ``OUT_DIR/utility.json`` and rewrite
+    ``utility.csv`` and ``utility.md`` from all entries, each atomically."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = read_utility(out)
+    doc["classifiers"][key] = {**entry, "written": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if tsne is not None:
+        doc["tsne"] = tsne
+    atomic_write_text(out / "utility.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(out / "utility.csv", _csv(doc))
+    atomic_write_text(out / "utility.md", _markdown(doc))
+    return doc
