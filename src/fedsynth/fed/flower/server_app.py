@@ -301,6 +301,9 @@ class FlowerClients(ClientPool):
     def num_images(self, cid: str) -> int:
         return int(self.info[cid]["num-examples"])
 
+    def image_shape(self) -> tuple[int, int]:
+        return self.channels, self.size
+
     def _request(self, r: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Round ``r``'s train/evaluate request besides the weights: the strategy's tensors, and
         the config values (the strategy's structure as JSON)."""
