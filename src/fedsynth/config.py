@@ -392,12 +392,14 @@ def check_site_overrides(cfg: "Config", cid: str, overrides: Mapping[str, Any], 
         if not part:
             raise UserError(f"{at}: '{key}' cannot differ between sites; a site may set only "
                             f"{', '.join(site_keys())}")
-        if isinstance(part, str) and _part_travels(part, cfg.fed.share):
+        typed = _coerce_at(at, value, f)
+        same = typed == getattr(getattr(cfg, section), f.name)  # agrees with the run: nothing changes
+        if isinstance(part, str) and _part_travels(part, cfg.fed.share) and not same:
             raise UserError(f"{at}: site {cid} sets '{key}', which shapes {part}, and {part} travels "
                             f"(fed.share = {list(cfg.fed.share)}): every site must build the shared part the same "
                             f"way; keep {part} on the sites (e.g. fed.share = [\"{'G' if part == 'D' else 'D'}\"]) "
                             f"or drop the override")
-        out[key] = _coerce_at(at, value, f)
+        out[key] = typed
     site = apply_overrides(cfg, out)
     try:
         _check_cross_field(site)

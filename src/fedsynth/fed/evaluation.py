@@ -158,8 +158,13 @@ class Evaluator:
             return self
         import copy
         other = copy.copy(self)
-        other.model, other._last = model, None
+        other.model = model
+        other.forget_moments()
         return other
+
+    def forget_moments(self) -> None:
+        """Drop the cached moments of the last generated features (another model's)."""
+        self._last = None
 
     def grid(self, state: State | None) -> torch.Tensor:
         """The sample grid of ``state`` (``None``: the weights loaded in the model now)."""

@@ -129,8 +129,7 @@ class ServerTrainer:
         state.own = {k: new[k] for k in (state.own or {})}
         base = {"round": r, "client": "server"}
         return ([{**base, "metric": k, "value": v} for k, v in res.losses.items()]
-                + [{**base, "metric": "server-steps", "value": res.steps, "images": res.images,
-                    "seconds": round(res.seconds, 3)}])
+                + [{**base, "metric": "server-steps", "value": res.steps, "images": res.images}])
 
     def describe(self) -> dict[str, Any]:
         """What partition.json says of the server's data."""
