@@ -119,7 +119,8 @@ def check_shared(cid: str, settings: dict[str, Any], own: State, own_travel: set
     else:
         for k in sorted(travel):
             a, b = own[k], reference[k]
-            if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
+            scalar = a.numel() == b.numel() == 1  # a 0-d buffer may arrive as shape (1,) (Flower's arrays)
+            if (tuple(a.shape) != tuple(b.shape) and not scalar) or a.dtype != b.dtype:
                 bad = f"'{k}' is {tuple(a.shape)} {a.dtype} here, {tuple(b.shape)} {b.dtype} on the server"
                 break
     if bad:
