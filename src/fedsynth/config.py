@@ -731,7 +731,8 @@ def key_reference() -> list[dict[str, str]]:
     """Every configuration key, in declaration order, as the documentation shows it.
 
     One dict per key with ``section``, ``key`` (kebab-case, as in TOML), ``type``, ``default``
-    (a TOML literal), ``help`` and ``allowed`` (choices or bounds; empty if none). The field
+    (a TOML literal), ``help``, ``allowed`` (choices or bounds; empty if none) and ``site``
+    (``"yes"`` if a site may set it for itself, ``"shapes D"`` if so where D stays local; empty if not). The field
     metadata is the single source: the configuration reference in the docs is generated from
     this at build time (``docs/hooks.py``) and validation reads the same metadata.
     """
@@ -740,6 +741,8 @@ def key_reference() -> list[dict[str, str]]:
         for f in dataclasses.fields(cls):
             value = list(f.default) if isinstance(f.default, tuple) else f.default
             default = json.dumps(value)  # a TOML literal for every type used here
+            site = f.metadata.get("site")
             out.append({"section": section, "key": _kebab(f.name), "type": _type_name(f),
-                        "default": default, "help": f.metadata["help"], "allowed": _constraint_text(f)})
+                        "default": default, "help": f.metadata["help"], "allowed": _constraint_text(f),
+                        "site": "" if not site else (f"shapes {site}" if isinstance(site, str) else "yes")})
     return out
