@@ -175,3 +175,17 @@ def test_pretrain_centrally_then_fine_tune_federated(tiny, tmp_path):
     assert torch.equal(fine.clients["0"].local["D.features.0.weight"], g["D.features.0.weight"])
     assert fine.clients["1"].local["D.features.0.weight"].shape[0] == 4
     fine.run()
+
+
+def test_the_documented_examples_and_preset_are_valid_configs():
+    from pathlib import Path
+
+    from fedsynth.config import load_config
+    from fedsynth.sweep import PRESETS
+    root = Path(__file__).resolve().parent.parent / "examples"
+    het = load_config(root / "heterogeneous.toml")
+    assert het.for_site("2").model.ndf == 8 and het.for_site("0").model.ndf == 16 and het.fed.server_data
+    pre, fine = load_config(root / "pretrain.toml"), load_config(root / "finetune.toml")
+    assert pre.fed.strategy == "centralized" and (pre.model, pre.data.image_size) == (fine.model, fine.data.image_size)
+    for _, over in PRESETS["hetero"]["variants"]:
+        load_config(None, PRESETS["hetero"]["base"] + over)
