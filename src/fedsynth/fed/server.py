@@ -133,7 +133,8 @@ class ServerTrainer:
 
     def describe(self) -> dict[str, Any]:
         """What partition.json says of the server's data."""
-        return {"source": self.source, "images": len(self.data), "class_counts": self.data.class_counts(),
+        return {"source": self.source, "images": len(self.data), "class_names": list(self.data.class_names),
+                "class_counts": self.data.class_counts(),
                 "steps": self.steps, "batch_size": self.batch_size}
 
 

@@ -516,11 +516,13 @@ def _partition(part: dict[str, Any], nodes: dict[str, Any]) -> str:
         server = part.get("server")
         rows = [(f"client {esc(k)}", v["images"], v["class_counts"], _settings(v)) for k, v in clients.items()]
         if server:  # fed.server-data
+            same = server.get("class_names", names) == names  # else its counts are not the sites' classes
             rows.append((f"server ({esc(str(server.get('source', '')))}, {server.get('steps', 0)} steps a round)",
-                         server["images"], server.get("class_counts", []), "-"))
+                         server["images"], server.get("class_counts", []) if same else ["–"] * len(names), "-"))
         out = ("<div class=scroll><table><tr><th>client</th><th>images</th>"
                + "".join(f"<th>{esc(str(c))}</th>" for c in names) + ("<th>own settings</th>" if own else "") + "</tr>"
-               + "".join(f"<tr><td>{who}</td><td>{n:,}</td>" + "".join(f"<td>{c:,}</td>" for c in counts)
+               + "".join(f"<tr><td>{who}</td><td>{n:,}</td>" + "".join(f"<td>{c:,}</td>" if isinstance(c, int) else
+                                                                        f"<td>{c}</td>" for c in counts)
                          + (f"<td>{st}</td>" if own else "") + "</tr>" for who, n, counts, st in rows)
                + "</table></div>")
         skipped = part.get("data", {}).get("skipped", [])

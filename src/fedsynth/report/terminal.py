@@ -498,7 +498,8 @@ def partition_table(part: dict[str, Any]) -> Table:
                   *([site_settings(info.get("settings"))] if settings else []))
     server = part.get("server")
     if server:  # fed.server-data
-        counts = list(server.get("class_counts", []))
+        # its class counts under the sites' class names only where it has the same classes
+        counts = list(server.get("class_counts", [])) if server.get("class_names", names) == names else []
         t.add_row("server", str(server["images"]), *(str(v) for v in (counts + [""] * len(names))[:len(names)]),
                   *([f"{server['steps']} steps a round"] if settings else []))
     return t
