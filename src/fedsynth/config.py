@@ -322,7 +322,7 @@ class Config:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     run: RunOptions = field(default_factory=RunOptions)
     # -- issue 14: per-site overrides, ``((site id, (("model.ndf", 32), ...)), ...)``, validated
-    # (:func:`site_config`); written as ``[sites.<id>.<section>]`` tables (docs/heterogeneous.md)
+    # (:func:`check_site_overrides`); written as ``[sites.<id>.<section>]`` tables (docs/heterogeneous.md)
     sites: tuple = ()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
