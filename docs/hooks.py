@@ -44,7 +44,22 @@ def config_reference() -> str:
     return "\n".join(out)
 
 
+SITE_MARKER = "<!-- site-keys -->"
+
+
+def site_keys_list() -> str:
+    """The keys a site may set for itself ([sites.<id>]), from the same metadata."""
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    from fedsynth.config import key_reference
+    rows = [r for r in key_reference() if r["site"]]
+    return "\n".join(f"- `{r['section']}.{r['key']}`" + (f" (*{r['site']}*)" if r["site"] != "yes" else "")
+                     + f": {_cell(r['help'])}" for r in rows) + "\n"
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     if MARKER in markdown:
-        return markdown.replace(MARKER, config_reference())
+        markdown = markdown.replace(MARKER, config_reference())
+    if SITE_MARKER in markdown:
+        markdown = markdown.replace(SITE_MARKER, site_keys_list())
     return markdown

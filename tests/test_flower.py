@@ -311,3 +311,33 @@ def test_secure_aggregation_over_tls_authenticated_supernodes(tmp_path, sites):
           f"round wall time {wall[0]:.1f} s")
     assert 0 < err <= bound + ulp
     assert all((ck[k] - plain[k]).abs().max() <= 1 and ck[k].shape == plain[k].shape for k in plain if k not in floats)
+
+
+def test_heterogeneous_sites_and_server_data_over_flower_match_the_in_process_engine(tmp_path, sites):
+    """Issue 14: one shared generator, each hospital its own discriminator -- site 1's narrower,
+    group-normalised one from the run's [sites.1] tables, site 0's batch size from its own node
+    config -- and a server that trains on a phantom it holds after each aggregation. The shared
+    generator, and the server's own discriminator, are bit-identical to the in-process engine;
+    nodes.json says which site ran what."""
+    common = (CONFIG.replace("rounds = 2", "rounds = 1").replace(
+        "[fed]\n", '[fed]\nshare = ["G"]\nserver-data = "phantom-ct"\nserver-steps = 2\nserver-images = 16\n')
+        + "[eval]\nenabled = false\n"
+              + "[sites.1.model]\nndf = 4\nd-norm = \"group\"\n")
+    cfg_path, ref_path = tmp_path / "fedsynth.toml", tmp_path / "in-process.toml"
+    cfg_path.write_text(common)
+    ref_path.write_text(common + "[sites.0.train]\nbatch-size = 8\n")  # what node 0's own config says
+    nodes = [(str(sites / "client-0"), "0", {"train.batch-size": 8}), (str(sites / "client-1"), "1")]
+    _run_app(_federation(tmp_path, sites, nodes=nodes), cfg_path, tmp_path / "run")
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0001.pt", weights_only=True)
+    engine = _in_process_engine(ref_path, sites)
+    ref = engine.run()
+    shared = [k for k in ref.global_state if k.startswith("G.")]
+    assert shared and all(torch.equal(ref.global_state[k], ck["global"][k]) for k in shared)
+    own = engine.fed.server.own
+    assert own and all(torch.equal(own[k], ck["server-training"]["own"][k]) for k in own)
+    nodes_json = json.loads((tmp_path / "run" / "nodes.json").read_text())
+    assert nodes_json["0"]["settings"] == {"train.batch-size": 8}
+    assert nodes_json["1"]["settings"] == {"model.ndf": 4, "model.d-norm": "group"}
+    steps = {r["client"]: r["steps"] for r in _records(tmp_path / "run" / "timings.jsonl") if r.get("round") == 1
+             and r["client"] != "server"}
+    assert steps == {"0": 4, "1": 2}  # 32 images at batch 8 and at batch 16

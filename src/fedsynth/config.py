@@ -18,7 +18,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,12 +117,12 @@ class ModelConfig:
     family: str = _f("gan", "model family: " + FAMILIES.help(), choices=FAMILIES.names())
     arch: str = _f("dcgan", "generator/discriminator family", choices=("dcgan",))
     nz: int = _f(100, "latent dimension", min=1)
-    ngf: int = _f(32, "generator width (channels of the last hidden layer)", min=1)
-    ndf: int = _f(16, "discriminator width (channels of the first layer)", min=1)
-    g_norm: str = _f("batch", "generator normalisation", choices=("batch", "group", "none"))
+    ngf: int = _f(32, "generator width (channels of the last hidden layer)", min=1, site="G")
+    ndf: int = _f(16, "discriminator width (channels of the first layer)", min=1, site="D")
+    g_norm: str = _f("batch", "generator normalisation", choices=("batch", "group", "none"), site="G")
     d_norm: str = _f("batch", "discriminator normalisation (use group/none with wgan-gp)",
-                     choices=("batch", "group", "none"))
-    spectral_norm: bool = _f(False, "spectral normalisation of the discriminator")
+                     choices=("batch", "group", "none"), site="D")
+    spectral_norm: bool = _f(False, "spectral normalisation of the discriminator", site="D")
     conditional: str = _f("none", "class-conditional generator: multiply (label embedding times "
                           "noise) or concat (one-hot label appended to noise)",
                           choices=("none", "multiply", "concat"))
@@ -146,17 +146,17 @@ class ModelConfig:
 class TrainConfig:
     """Local training on each client: loss, optimizer, batch size, threads (``[train]``)."""
 
-    loss: str = _f("bce", "GAN loss: bce (non-saturating), hinge, wgan-gp", choices=LOSSES.names())
-    n_critic: int = _f(5, "wgan-gp: critic steps per generator step", min=1)
-    gp_lambda: float = _f(10.0, "wgan-gp: gradient-penalty weight", min=0.0)
-    diffaugment: str = _f("", "DiffAugment policy for small data, e.g. color,translation,cutout")
-    aux_weight: float = _f(1.0, "acgan: weight of the auxiliary classification loss", min=0.0)
-    batch_size: int = _f(32, "images per local step", min=1)
-    lr_g: float = _f(2e-4, "generator Adam learning rate", min=0.0, exclusive_min=True)
-    lr_d: float = _f(2e-4, "discriminator Adam learning rate", min=0.0, exclusive_min=True)
-    beta1: float = _f(0.5, "Adam beta1", min=0.0, max=1.0)
-    beta2: float = _f(0.999, "Adam beta2", min=0.0, max=1.0)
-    reset_optimizer: bool = _f(False, "reset each client's Adam state at the start of every round")
+    loss: str = _f("bce", "GAN loss: bce (non-saturating), hinge, wgan-gp", choices=LOSSES.names(), site=True)
+    n_critic: int = _f(5, "wgan-gp: critic steps per generator step", min=1, site=True)
+    gp_lambda: float = _f(10.0, "wgan-gp: gradient-penalty weight", min=0.0, site=True)
+    diffaugment: str = _f("", "DiffAugment policy for small data, e.g. color,translation,cutout", site=True)
+    aux_weight: float = _f(1.0, "acgan: weight of the auxiliary classification loss", min=0.0, site=True)
+    batch_size: int = _f(32, "images per local step", min=1, site=True)
+    lr_g: float = _f(2e-4, "generator Adam learning rate", min=0.0, exclusive_min=True, site=True)
+    lr_d: float = _f(2e-4, "discriminator Adam learning rate", min=0.0, exclusive_min=True, site=True)
+    beta1: float = _f(0.5, "Adam beta1", min=0.0, max=1.0, site=True)
+    beta2: float = _f(0.999, "Adam beta2", min=0.0, max=1.0, site=True)
+    reset_optimizer: bool = _f(False, "reset each client's Adam state at the start of every round", site=True)
     threads: int = _f(0, "torch CPU threads for this process (0: all cores)", min=0)
     channels_last: bool = _f(True, "channels-last memory layout (measured 15-25 % faster on CPU)")
     # -- issue 13 (hardware): precision of training and evaluation
@@ -188,14 +188,23 @@ class FedConfig:
     server_bias_correction: bool = _f(True, "fedadam/fedyogi: Adam's bias correction of the server "
                                       "step, lr sqrt(1-beta2^t)/(1-beta1^t) at server step t")
     init_from: str = _f("", "start from this checkpoint's global weights (pretrain, then fine-tune)")
+    # -- issue 14: a server that holds data of its own (docs/heterogeneous.md)
+    server_data: str = _f("", "data the server owns and trains the global model on after each aggregation: "
+                          "a built-in or sample source (phantom-ct, sample-retina), KIND:PATH (folder:/data/public, "
+                          "dicom:..., nifti:..., medmnist:...) or a folder path; preprocessed like the sites' "
+                          "images (empty: off)")
+    server_steps: int = _f(50, "local steps the server trains on fed.server-data after each aggregation "
+                           "(batch train.batch-size)", min=1)
+    server_images: int = _f(0, "fed.server-data: phantoms generate this many images, file and sample sources "
+                            "keep a seeded subset of this many (0: data.num-images for phantoms, all files)", min=0)
     ema: float = _f(0.0, "server-side EMA of the global generator per round (0: off; e.g. 0.5)",
                     min=0.0, max=0.9999)
     rounds: int = _f(20, "communication rounds", min=1)
-    local_epochs: int = _f(1, "aggregation period: local epochs per round", min=1)
-    local_steps: int = _f(0, "if > 0, local steps per round instead of local-epochs", min=0)
+    local_epochs: int = _f(1, "aggregation period: local epochs per round", min=1, site=True)
+    local_steps: int = _f(0, "if > 0, local steps per round instead of local-epochs", min=0, site=True)
     min_local_steps: int = _f(MIN_LOCAL_STEPS, "each round trains at least this many local steps: a "
                               "small site repeats its data (0: exactly local-epochs; ignored when "
-                              "local-steps is set)", min=0)
+                              "local-steps is set)", min=0, site=True)
     fraction: float = _f(1.0, "fraction of clients sampled each round", min=0.0, max=1.0,
                          exclusive_min=True)
     min_clients: int = _f(1, "minimum clients sampled per round", min=1)
@@ -242,9 +251,9 @@ class PrivacyConfig:
     (``[privacy]``)."""
 
     dp_sgd: bool = _f(False, "sample-level DP-SGD on each client's discriminator (needs "
-                      "model.d-norm = group or none; loss bce or hinge)")
-    dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0)
-    dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True)
+                      "model.d-norm = group or none; loss bce or hinge)", site=True)
+    dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0, site=True)
+    dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True, site=True)
     dp_delta: float = _f(1e-5, "delta for the reported (epsilon, delta)", min=0.0, max=1.0,
                          exclusive_min=True)
     client_dp: bool = _f(False, "client-level DP at the server: clip each update, add noise")
@@ -324,17 +333,109 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     run: RunOptions = field(default_factory=RunOptions)
+    # -- issue 14: per-site overrides, ``((site id, (("model.ndf", 32), ...)), ...)``, validated
+    # (:func:`check_site_overrides`); written as ``[sites.<id>.<section>]`` tables (docs/heterogeneous.md)
+    sites: tuple = ()
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        """Kebab-case nested dict, as written to ``config.toml``."""
-        return {
+        """Kebab-case nested dict, as written to ``config.toml`` (``sites`` only when some site
+        overrides a key, so configs without overrides read as before)."""
+        out: dict[str, Any] = {
             section: {_kebab(f.name): getattr(getattr(self, section), f.name)
                       for f in dataclasses.fields(cls)}
             for section, cls in SECTIONS.items()
         }
+        if self.sites:
+            out["sites"] = {cid: _nest(dict(body)) for cid, body in self.sites}
+        return out
+
+    def site_overrides(self, cid: str) -> dict[str, Any]:
+        """Site ``cid``'s overrides as ``{"section.key": value}`` (empty: it runs the run's settings)."""
+        return dict(next((body for c, body in self.sites if c == str(cid)), ()))
+
+    def for_site(self, cid: str) -> "Config":
+        """The configuration site ``cid`` trains with: this one with its ``[sites.<cid>]`` overrides."""
+        return apply_overrides(self, self.site_overrides(cid))
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
+
+
+def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"model.ndf": 32}`` -> ``{"model": {"ndf": 32}}``."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, name = key.split(".", 1)
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def site_keys() -> list[str]:
+    """The keys a site may set for itself (``site`` in the field's metadata), as ``section.key``."""
+    return [f"{section}.{_kebab(f.name)}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+            if f.metadata.get("site")]
+
+
+def _part_travels(part: str, patterns: Sequence[str]) -> bool:
+    """Whether ``fed.share`` sends weights of network ``part`` (``"G"``, ``"D"``): the same rule
+    as :func:`fedsynth.updates.shared_keys`, on a weight of that network."""
+    from fnmatch import fnmatchcase
+    probe = f"{part}.weight"
+    return any(p == part or probe.startswith(p + ".") or fnmatchcase(probe, p) or fnmatchcase(part, p)
+               for p in patterns)
+
+
+def check_site_overrides(cfg: "Config", cid: str, overrides: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Validate site ``cid``'s overrides ``{"section.key": value}`` against ``cfg``; return them typed.
+
+    Only keys marked per-site may differ; a key that shapes a network (``model.ndf`` shapes D)
+    may differ only where that network stays on the site (``fed.share``). ``where`` is how the
+    user wrote them (``"config key 'sites.1.'"`` or ``"node config key '"``): every error names it.
+    """
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        at = f"{where}{key}'"
+        section, _, name = key.partition(".")
+        cls = SECTIONS.get(section)
+        f = {x.name: x for x in dataclasses.fields(cls)}.get(_snake(name)) if cls is not None and name else None
+        if f is None or "_" in name:
+            raise UserError(f"{at}: unknown config key '{key}' for site {cid}")
+        part = f.metadata.get("site")
+        if not part:
+            raise UserError(f"{at}: '{key}' cannot differ between sites; a site may set only "
+                            f"{', '.join(site_keys())}")
+        typed = _coerce_at(at, value, f)
+        same = typed == getattr(getattr(cfg, section), f.name)  # agrees with the run: nothing changes
+        if isinstance(part, str) and _part_travels(part, cfg.fed.share) and not same:
+            raise UserError(f"{at}: site {cid} sets '{key}', which shapes {part}, and {part} travels "
+                            f"(fed.share = {list(cfg.fed.share)}): every site must build the shared part the same "
+                            f"way; keep {part} on the sites (e.g. fed.share = [\"{'G' if part == 'D' else 'D'}\"]) "
+                            f"or drop the override")
+        out[key] = typed
+    site = apply_overrides(cfg, out)
+    try:
+        _check_cross_field(site)
+    except UserError as e:
+        raise UserError(f"site {cid} (its overrides): {e}") from None
+    return out
+
+
+def _coerce_at(at: str, value: Any, f: dataclasses.Field) -> Any:
+    """:func:`_coerce`, its errors naming ``at`` (e.g. ``config key 'sites.1.model.ndf'``)."""
+    try:
+        return _coerce("?", value, f)
+    except UserError as e:
+        raise UserError(str(e).replace("config key '?'", at)) from None
+
+
+def apply_overrides(cfg: "Config", overrides: Mapping[str, Any]) -> "Config":
+    """``cfg`` with validated ``{"section.key": value}`` overrides applied."""
+    if not overrides:
+        return cfg
+    changes: dict[str, Any] = {}
+    for section, body in _nest(overrides).items():
+        changes[section] = dataclasses.replace(getattr(cfg, section), **{_snake(k): v for k, v in body.items()})
+    return dataclasses.replace(cfg, **changes)
 
 
 def _kebab(name: str) -> str:
@@ -406,7 +507,11 @@ def build_config(tree: Mapping[str, Any] | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a validated :class:`Config` from a nested (kebab-case) mapping plus overrides."""
     merged: dict[str, dict[str, Any]] = {}
+    sites: dict[str, dict[str, Any]] = {}  # site id -> {"section.key": value}
     for section, body in (tree or {}).items():
+        if section == "sites":
+            _collect_sites(body, sites)
+            continue
         if section not in SECTIONS:
             raise UserError(f"unknown config section '[{section}]' "
                             f"(known: {', '.join(SECTIONS)})")
@@ -418,6 +523,13 @@ def build_config(tree: Mapping[str, Any] | None = None,
         if "." not in key:
             raise UserError(f"unknown config key '{key}' (use section.key, e.g. fed.rounds)")
         section, name = key.split(".", 1)
+        if section == "sites":  # sites.<id>.<section>.<key>
+            parts = name.split(".", 2)
+            if len(parts) != 3:
+                raise UserError(f"config key '{key}': a site's override is sites.<id>.<section>.<key>, "
+                                f"e.g. sites.1.model.ndf=32")
+            sites.setdefault(parts[0], {})[f"{parts[1]}.{parts[2]}"] = value
+            continue
         if section not in SECTIONS:
             raise UserError(f"unknown config key '{key}' (unknown section '{section}')")
         f = {x.name: x for x in dataclasses.fields(SECTIONS[section])}.get(_snake(name))
@@ -442,7 +554,37 @@ def build_config(tree: Mapping[str, Any] | None = None,
         built[section] = cls(**kwargs)
     cfg = Config(**built)
     _check_cross_field(cfg)
-    return cfg
+    return _with_sites(cfg, sites)
+
+
+def _collect_sites(body: Any, sites: dict[str, dict[str, Any]]) -> None:
+    """``[sites.<id>.<section>]`` tables of a TOML tree into ``{id: {"section.key": value}}``."""
+    if not isinstance(body, Mapping):
+        raise UserError("config section '[sites]' must hold one table per site, e.g. [sites.1.model] ndf = 32")
+    for cid, site in body.items():
+        if not isinstance(site, Mapping):
+            raise UserError(f"config key 'sites.{cid}' must be a table, e.g. [sites.{cid}.model] ndf = 32")
+        for section, keys in site.items():
+            if not isinstance(keys, Mapping):
+                raise UserError(f"config key 'sites.{cid}.{section}' must be a table of keys, "
+                                f"e.g. [sites.{cid}.model] ndf = 32")
+            for name, value in keys.items():
+                sites.setdefault(str(cid), {})[f"{section}.{name}"] = value
+
+
+def _with_sites(cfg: Config, sites: Mapping[str, Mapping[str, Any]]) -> Config:
+    """``cfg`` with its validated per-site overrides. Sites are the partition's clients,
+    numbered ``0`` to ``partition.clients - 1`` (the ``client-id`` of a Flower node)."""
+    n = cfg.partition.clients
+    out = []
+    for cid, flat in sites.items():
+        if not re.fullmatch(r"\d+", cid) or int(cid) >= n:
+            raise UserError(f"config key 'sites.{cid}': there is no site '{cid}': sites are numbered 0 to {n - 1} "
+                            f"(partition.clients = {n})")
+        typed = check_site_overrides(cfg, cid, flat, f"config key 'sites.{cid}.")
+        if typed:
+            out.append((str(int(cid)), tuple(sorted(typed.items()))))
+    return dataclasses.replace(cfg, sites=tuple(sorted(out, key=lambda x: int(x[0])))) if out else cfg
 
 
 def _check_cross_field(cfg: Config) -> None:
@@ -490,9 +632,31 @@ def _check_cross_field(cfg: Config) -> None:
         raise UserError("config keys 'run.mlflow-uri' / 'run.mlflow-experiment': the URI must have no surrounding "
                         "spaces and the experiment name must not be empty")
     _check_hardware(cfg)
+    server_source(cfg.fed.server_data)  # its syntax; whether the files exist is checked when it loads
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")
+
+
+def server_source(spec: str) -> tuple[str, str] | None:
+    """``fed.server-data`` as ``(data.source, data.path)``: a built-in or sample source by name,
+    ``KIND:PATH`` for a file source, or a bare path (a folder); None when empty."""
+    if not spec.strip():
+        return None
+    files = [n for n in SOURCES.names() if SOURCES[n].kind == "files"]
+    if spec in SOURCES:
+        if SOURCES[spec].kind == "files":
+            raise UserError(f"config key 'fed.server-data': '{spec}' needs a path: write {spec}:PATH")
+        return spec, ""
+    kind, sep, path = spec.partition(":")
+    if sep and re.fullmatch(r"[a-z][a-z0-9-]+", kind):
+        if kind not in files:
+            raise UserError(f"config key 'fed.server-data': unknown source kind '{kind}' in {spec!r} "
+                            f"(KIND:PATH with KIND one of {', '.join(files)}; or a built-in source by name)")
+        if not path:
+            raise UserError(f"config key 'fed.server-data': {spec!r} names no path")
+        return kind, path
+    return "folder", spec
 
 
 def _check_secure_aggregation(cfg: Config) -> None:
@@ -585,7 +749,8 @@ def key_reference() -> list[dict[str, str]]:
     """Every configuration key, in declaration order, as the documentation shows it.
 
     One dict per key with ``section``, ``key`` (kebab-case, as in TOML), ``type``, ``default``
-    (a TOML literal), ``help`` and ``allowed`` (choices or bounds; empty if none). The field
+    (a TOML literal), ``help``, ``allowed`` (choices or bounds; empty if none) and ``site``
+    (``"yes"`` if a site may set it for itself, ``"shapes D"`` if so where D stays local; empty if not). The field
     metadata is the single source: the configuration reference in the docs is generated from
     this at build time (``docs/hooks.py``) and validation reads the same metadata.
     """
@@ -594,6 +759,8 @@ def key_reference() -> list[dict[str, str]]:
         for f in dataclasses.fields(cls):
             value = list(f.default) if isinstance(f.default, tuple) else f.default
             default = json.dumps(value)  # a TOML literal for every type used here
+            site = f.metadata.get("site")
             out.append({"section": section, "key": _kebab(f.name), "type": _type_name(f),
-                        "default": default, "help": f.metadata["help"], "allowed": _constraint_text(f)})
+                        "default": default, "help": f.metadata["help"], "allowed": _constraint_text(f),
+                        "site": "" if not site else (f"shapes {site}" if isinstance(site, str) else "yes")})
     return out

@@ -65,6 +65,20 @@ PRESETS["study"] = {
              "eval.per-site=false"],
     "variants": _study_variants(),
 }
+# issue 14: heterogeneous hospitals on phantom-histo (4 clients, label skew): one shared generator
+# with every site's discriminator alike, with two sites on a narrower group-normalised one, and with
+# a server that trains on its own (differently seeded) phantom after each aggregation
+PRESETS["hetero"] = {
+    "base": ["data.source=phantom-histo", "data.image-size=32", "data.num-images=2000", "partition.clients=4",
+             "partition.scheme=label-skew", 'fed.share=["G"]', "fed.rounds=15", "fed.local-epochs=2",
+             "eval.every=5"],
+    "variants": [
+        ("same-D", []),
+        ("own-D", ["sites.2.model.ndf=8", "sites.2.model.d-norm=group", "sites.2.train.batch-size=16",
+                   "sites.3.model.ndf=8", "sites.3.model.d-norm=group", "sites.3.train.batch-size=16"]),
+        ("server-data", ["fed.server-data=phantom-histo", "fed.server-steps=30", "fed.server-images=500"]),
+    ],
+}
 PRESETS["clients"] = {
     "base": ["data.source=phantom-ct", "data.image-size=32", "data.num-images=3000", "partition.scheme=by-label",
              "fed.rounds=12", "fed.local-epochs=3", "eval.every=4", "eval.num-samples=500"],

@@ -64,6 +64,9 @@ class ClientSetup:
     model: GenerativeModel
     strategy: Any
     local_keys: list[str]
+    # the keys that travel, where the site's model differs from the server's ([sites.<id>]): the
+    # global weights it receives also hold the server's own versions of the kept layers
+    travel: set[str] | None = None
 
     def new_client(self, cid: str, data: ImageSet, init: State) -> ClientState:
         """A client before its first round: the initial weights of the keys it keeps."""
@@ -83,17 +86,110 @@ class ClientResult:
     timing: dict[str, Any]
 
 
-def setup_strategy(cfg: Any, strategy: Any, model: GenerativeModel, init: State, num_clients: int) -> set[str]:
-    """Set ``strategy`` up for ``model`` and return the weights that travel: those ``fed.share``
-    names, minus the normalisation layers of a strategy that keeps them local (FedBN)."""
-    from ..config import UserError
-    travel = shared_keys(list(init), cfg.fed.share)
+def travel_keys(cfg: Any, strategy: Any, model: GenerativeModel, keys: Any) -> set[str]:
+    """The weights of ``model`` that travel: those ``fed.share`` names, minus the normalisation
+    layers of a strategy that keeps them local (FedBN)."""
+    travel = shared_keys(list(keys), cfg.fed.share)
     if strategy.keeps_norm_local:
         travel -= model.norm_keys()
+    return travel
+
+
+def setup_strategy(cfg: Any, strategy: Any, model: GenerativeModel, init: State, num_clients: int) -> set[str]:
+    """Set ``strategy`` up for ``model`` and return the weights that travel (:func:`travel_keys`)."""
+    from ..config import UserError
+    travel = travel_keys(cfg, strategy, model, init)
     if not travel and strategy.aggregates:
         raise UserError(f"config key 'fed.share' = {list(cfg.fed.share)} matches no weights: nothing would travel")
     strategy.setup(init, model.parameter_keys() & travel, num_clients)
     return travel
+
+
+def check_shared(cid: str, settings: dict[str, Any], own: State, own_travel: set[str], reference: State,
+                 travel: set[str]) -> None:
+    """A site whose own settings (``settings``: its overrides) build a model must still send
+    exactly the shared weights everyone else sends: the same keys, shapes and dtypes as the
+    server's ``reference`` (its :data:`travel` keys). Raises a :class:`UserError` naming the site."""
+    from ..config import UserError
+    what = ", ".join(f"{k} = {v!r}" for k, v in settings.items()) or "the run's settings"
+    bad = ""
+    if own_travel != travel:
+        k = sorted(own_travel ^ travel)[0]
+        bad = f"'{k}' {'is missing here' if k in travel else 'would travel only from this site'}"
+    else:
+        for k in sorted(travel):
+            a, b = own[k], reference[k]
+            scalar = a.numel() == b.numel() == 1  # a 0-d buffer may arrive as shape (1,) (Flower's arrays)
+            if (tuple(a.shape) != tuple(b.shape) and not scalar) or a.dtype != b.dtype:
+                bad = f"'{k}' is {tuple(a.shape)} {a.dtype} here, {tuple(b.shape)} {b.dtype} on the server"
+                break
+    if bad:
+        raise UserError(f"site {cid}: its settings ({what}) change the weights that travel: {bad}. Every site "
+                        f"must build the shared part (fed.share) the same way; a site may change only what stays on it")
+
+
+def site_init(own: State, init: State) -> State:
+    """A site's starting weights for its own model: the run's initial weights wherever they fit
+    (same key, shape and dtype -- also a ``fed.init-from`` checkpoint), else the site model's own."""
+    return {k: (init[k] if k in init and init[k].shape == v.shape and init[k].dtype == v.dtype else v).clone()
+            for k, v in own.items()}
+
+
+class SiteWorkspaces:
+    """The clients' set-ups in one process: each site's configuration (``[sites.<id>]``), on one
+    model workspace per distinct model and training setup, so memory grows with the number of
+    architectures, not of sites. A site that changes only its batch size, local epochs or DP keys
+    shares the run's workspace (``model``).
+
+    Parameters
+    ----------
+    cfg : Config
+        The run's configuration.
+    model : GenerativeModel
+        The run's (the server's) workspace.
+    build : callable
+        ``site config -> GenerativeModel`` for a site whose model or training setup differs.
+    """
+
+    def __init__(self, cfg: Any, model: GenerativeModel, strategy: Any, travel: set[str], init: State,
+                 build: Callable[[Any], GenerativeModel]):
+        self.cfg, self.model, self.strategy, self.travel, self.init, self.build = cfg, model, strategy, travel, init, build
+        self._models: dict[Any, GenerativeModel] = {self._key(cfg): model}
+        self._setups: dict[str, ClientSetup] = {}
+        self._inits: dict[str, State] = {}
+        self.local_keys = [k for k in init if k not in travel]
+
+    @staticmethod
+    def _key(cfg: Any) -> Any:
+        # what a workspace is built from: the model and its training setup, less the keys a client
+        # round reads from its own setup (batch size, optimizer reset)
+        import dataclasses
+        return cfg.model, dataclasses.replace(cfg.train, batch_size=0, reset_optimizer=False)
+
+    def setup(self, cid: str) -> ClientSetup:
+        if cid not in self._setups:
+            site = self.cfg.for_site(cid)
+            key = self._key(site)
+            if key not in self._models:
+                self._models[key] = self.build(site)
+            model = self._models[key]
+            if model is self.model:
+                self._setups[cid] = ClientSetup(site, model, self.strategy, self.local_keys)
+                self._inits[cid] = self.init
+            else:
+                own = model.state()
+                own_travel = travel_keys(site, self.strategy, model, own)
+                check_shared(cid, self.cfg.site_overrides(cid), own, own_travel, self.init, self.travel)
+                self._setups[cid] = ClientSetup(site, model, self.strategy, [k for k in own if k not in own_travel],
+                                                own_travel)
+                self._inits[cid] = site_init(own, self.init)
+        return self._setups[cid]
+
+    def new_client(self, cid: str, data: ImageSet) -> ClientState:
+        return self.setup(cid).new_client(cid, data, self._inits[cid])
+
+    def models(self) -> list[GenerativeModel]:
+        return list(self._models.values())
 
 
 def local_steps(cfg: Any, strategy: Any, n: int) -> int:
@@ -112,17 +208,19 @@ def workload_notes(cfg: Any, strategy: Any, sizes: dict[str, int]) -> list[str]:
     if strategy.local_steps is not None or not sizes:  # the strategy fixes it (FedSGD: 1 step)
         return []
     from ..config import MIN_LOCAL_STEPS
-    bs, notes = cfg.train.batch_size, []
-    per_epoch = {cid: steps_per_epoch(n, bs) for cid, n in sizes.items()}
-    steps = {cid: local_steps(cfg, strategy, n) for cid, n in sizes.items()}
+    notes = []
+    site = {cid: cfg.for_site(cid) for cid in sizes}  # a site may set its own batch size and epochs
+    bss = {cid: site[cid].train.batch_size for cid in sizes}
+    per_epoch = {cid: steps_per_epoch(n, bss[cid]) for cid, n in sizes.items()}
+    steps = {cid: local_steps(site[cid], strategy, n) for cid, n in sizes.items()}
     def who(cids: list[str]) -> str:
         return f"client {cids[0]}" if len(cids) == 1 else f"{len(cids)} clients (e.g. client {cids[0]})"
 
     if cfg.fed.local_steps == 0:
-        floored = sorted((cid for cid in sizes if steps[cid] > cfg.fed.local_epochs * per_epoch[cid]), key=str)
+        floored = sorted((cid for cid in sizes if steps[cid] > site[cid].fed.local_epochs * per_epoch[cid]), key=str)
         if floored:
             cid = floored[0]
-            notes.append(f"{who(floored)}: {plural(sizes[cid], 'image')} at batch {bs} is "
+            notes.append(f"{who(floored)}: {plural(sizes[cid], 'image')} at batch {bss[cid]} is "
                          f"{plural(per_epoch[cid], 'step')} per epoch; each round trains {steps[cid]} local "
                          f"steps (≈{steps[cid] / per_epoch[cid]:.0f} epochs, fed.min-local-steps)")
     few = sorted((cid for cid in sizes if steps[cid] < MIN_LOCAL_STEPS), key=str)
@@ -130,7 +228,7 @@ def workload_notes(cfg: Any, strategy: Any, sizes: dict[str, int]) -> list[str]:
         cid = few[0]
         key = "fed.local-steps" if cfg.fed.local_steps > 0 else "fed.min-local-steps"
         notes.append(f"{who(few)} train{'s' if len(few) == 1 else ''} only {plural(steps[cid], 'local step')} "
-                     f"per round ({sizes[cid]} images, batch {bs}): a GAN learns little from so few; "
+                     f"per round ({sizes[cid]} images, batch {bss[cid]}): a GAN learns little from so few; "
                      f"set {key} to {MIN_LOCAL_STEPS} or more")
     return notes
 
@@ -183,7 +281,7 @@ def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None
     if c.weights is not None:
         start = c.weights
     elif setup.local_keys:
-        start = {**start, **c.local}
+        start = {**(start if setup.travel is None else {k: start[k] for k in setup.travel}), **c.local}
     model.load(start, None if cfg.train.reset_optimizer else c.opt_state)
     hooks = strategy.client_hooks(c.strategy, start) if c.weights is None else []
     steps = local_steps(cfg, strategy, c.n)
@@ -224,6 +322,6 @@ def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None
         if on_evaluate is not None:
             on_evaluate()
         t0 = time.perf_counter()
-        recs += evaluator.evaluate(None, r, c.id, c.id)
+        recs += evaluator.for_model(model).evaluate(None, r, c.id, c.id)  # this site's own workspace
         timing["eval_seconds"] = time.perf_counter() - t0
     return ClientResult(c.id, up, recs, timing)

@@ -37,10 +37,10 @@ from ..models import GenerativeModel, build_model
 from ..train.device import set_deterministic, to_device
 from ..updates import State
 from ..utils import numpy_rng, torch_generator
-from .client import (ClientResult, ClientSetup, ClientState, client_round, local_steps, setup_strategy,
+from .client import (ClientResult, ClientState, SiteWorkspaces, client_round, local_steps, setup_strategy,
                      workload_notes)
 from .evaluation import Evaluator, sites_summary, site_statistics
-from .server import ServerState, server_round
+from .server import ServerState, build_server_trainer, server_round
 from .strategies import strategy_from_config
 
 Record = dict[str, Any]
@@ -194,8 +194,12 @@ class ClientPool:
         raise NotImplementedError
 
     def steps(self, cid: str) -> int:
-        """Local steps client ``cid`` takes this round (for progress)."""
-        return local_steps(self.fed.cfg, self.fed.strategy, self.num_images(cid))
+        """Local steps client ``cid`` takes this round (for progress; with its ``[sites.<id>]`` settings)."""
+        return local_steps(self.fed.cfg.for_site(cid), self.fed.strategy, self.num_images(cid))
+
+    def image_shape(self) -> tuple[int, int]:
+        """``(channels, side)`` of the sites' images (what server-held data must match)."""
+        raise NotImplementedError
 
     def kept_local(self, updates: list) -> dict[str, tuple[State, int]] | None:
         """The kept-local layers of these clients, where the server may see them (in-process)."""
@@ -243,6 +247,10 @@ class Federation:
         self.travel = setup_strategy(cfg, self.strategy, model, init, len(pool.ids))
         self.local_keys = [k for k in init if k not in self.travel]
         self.server = ServerState(init if self.strategy.aggregates else None)
+        # fed.server-data: the server trains the global model on data of its own after each aggregation
+        self.server_trainer = build_server_trainer(cfg, model, self.strategy, self.travel, pool.image_shape())
+        if self.server_trainer is not None:
+            self.server.own = {k: init[k].clone() for k in self.local_keys}
         self.start_round = 1
         self.sink: Any = MemorySink()
         self.description: tuple[str, dict[str, Any]] | None = None  # (file, contents) describing the clients
@@ -256,7 +264,8 @@ class Federation:
         return to_device({"format": CHECKPOINT_FORMAT, "round": r, "config": self.cfg.to_dict(),
                           "model": {**self.model.describe(), "class_names": self.class_names},
                           "global": self.server.global_state, "ema": self.server.ema_state,
-                          "strategy": self.strategy.state_dict(), **self.pool.state_dict()}, "cpu")
+                          "strategy": self.strategy.state_dict(), **self.server.training_state(),
+                          **self.pool.state_dict()}, "cpu")
 
     def restore(self, ck: dict[str, Any]) -> None:
         if ck.get("format") != CHECKPOINT_FORMAT:
@@ -264,6 +273,7 @@ class Federation:
         if without_hardware(ck["config"]) != without_hardware(self.cfg.to_dict()):  # run.device may change
             raise UserError("the checkpoint was written with a different configuration")
         self.server = ServerState(ck["global"], ck.get("ema"))
+        self.server.load_training_state(ck)
         self.strategy.load_state_dict(ck.get("strategy", {}))
         self.pool.load_state_dict(ck)
         self.start_round = ck["round"] + 1
@@ -303,7 +313,7 @@ class Federation:
                     self.reporter.warning(f"round {r}: client {res.client_id} dropped out")
             updates = [res.update for res in results if res.update is not None]
             out = server_round(cfg, self.strategy, self.server, r, updates, self.travel,
-                               len(ids) / len(self.pool.ids), self.pool.kept_local(updates))
+                               len(ids) / len(self.pool.ids), self.pool.kept_local(updates), self.server_trainer)
             for w in out.warnings:
                 self.reporter.warning(w)
             recs += out.records
@@ -384,6 +394,9 @@ class InProcessClients(ClientPool):
         from ..registry import STRATEGIES
         self.cfg = cfg
         if STRATEGIES.load(cfg.fed.strategy).pools_data:
+            if cfg.sites:
+                raise UserError(f"config key 'sites.{cfg.sites[0][0]}': fed.strategy = '{cfg.fed.strategy}' pools every "
+                                f"site's images in one client, so no site trains with settings of its own")
             client_data = [ImageSet.concat(client_data, "pooled")]
             ids = ["pooled"]
         else:
@@ -403,6 +416,9 @@ class InProcessClients(ClientPool):
     def num_classes(self) -> int:
         return max(d.num_classes for d in self.data.values())
 
+    def image_shape(self) -> tuple[int, int]:
+        return self.first.channels, self.first.size
+
     def statistics(self, extractor, cfg: Config, num_classes: int, reporter: Reporter | None = None):
         """Each site's real-data statistics, one site after another (``reporter.busy`` for each)."""
         real, counts = {}, {}
@@ -416,8 +432,11 @@ class InProcessClients(ClientPool):
 
     def bind(self, fed: Federation) -> None:
         self.fed = fed
-        self.setup = ClientSetup(self.cfg, fed.model, fed.strategy, fed.local_keys)
-        self.clients = {cid: self.setup.new_client(cid, d, fed.init) for cid, d in self.data.items()}
+        first = self.first
+        # each site's configuration and model workspace ([sites.<id>]; one workspace per architecture)
+        self.sites = SiteWorkspaces(self.cfg, fed.model, fed.strategy, fed.travel, fed.init,
+                                    lambda site: build_model(site, first.size, first.channels, self.num_classes()))
+        self.clients = {cid: self.sites.new_client(cid, d) for cid, d in self.data.items()}
         unknown = set(self.cfg.faults.attackers) - set(self.clients)
         if unknown:
             raise UserError(f"config key 'faults.attackers' names unknown client(s) {sorted(unknown)}; "
@@ -437,7 +456,7 @@ class InProcessClients(ClientPool):
             return self._train_parallel(r, ids, start, evaluate), []
         results = []
         for cid in ids:
-            res = client_round(self.setup, self.clients[cid], r, start, self.fed.evaluator if evaluate else None,
+            res = client_round(self.sites.setup(cid), self.clients[cid], r, start, self.fed.evaluator if evaluate else None,
                                on_step=lambda s: self.on_step(s),
                                on_evaluate=lambda cid=cid: self.fed.reporter.evaluating(f"site {cid}'s model"))
             results.append(res)
@@ -457,7 +476,7 @@ class InProcessClients(ClientPool):
         results = []
         for c, res, full in self.parallel.run(r, [self.clients[i] for i in ids], start, self.fed.strategy.state_dict()):
             if ev is not None and full is not None:
-                res.records += ev.evaluate(full, r, c.id, c.id)
+                res.records += self._ev(c.id).evaluate(full, r, c.id, c.id)
             for s in range(res.timing.get("steps", max(1, self.steps(c.id) // 2))):  # progress, and a stop
                 self.on_step(s + 1)
             results.append(res)
@@ -472,9 +491,19 @@ class InProcessClients(ClientPool):
     def kept_local(self, updates):
         if not self.fed.local_keys:
             return None
-        return {u.client_id: (self.clients[u.client_id].local, self.clients[u.client_id].n) for u in updates}
+        # only the sites whose kept layers have the server's architecture can be averaged into it
+        init = self.fed.init
+        def fits(local: State) -> bool:
+            return set(local) == set(self.fed.local_keys) and all(v.shape == init[k].shape for k, v in local.items())
+        out = {u.client_id: (self.clients[u.client_id].local, self.clients[u.client_id].n) for u in updates
+               if fits(self.clients[u.client_id].local)}
+        return out or None
 
     # ---- evaluation and grids
+    def _ev(self, cid: str) -> Evaluator:
+        """The evaluator drawing with site ``cid``'s own workspace (its architecture)."""
+        return self.fed.evaluator.for_model(self.sites.setup(cid).model)
+
     def _own_model(self, c: ClientState) -> State:
         return c.weights if c.weights is not None else {**self.fed.server.global_state, **c.local}
 
@@ -490,15 +519,15 @@ class InProcessClients(ClientPool):
         own: list[Record] = []
         if r == 0:  # each hospital's starting model on its own data
             for cid, c in self.clients.items():
-                own += ev.evaluate(self._own_model(c), 0, cid, cid)
+                own += self._ev(cid).evaluate(self._own_model(c), 0, cid, cid)
         recs: list[Record] = []
         if fed.strategy.name == "ensemble":
             fed.reporter.evaluating("ensemble of local generators")
-            feats = [ev.fake_features(c.weights, None, mask) for c, mask in self._mixture_masks()]
+            feats = [self._ev(c.id).fake_features(c.weights, None, mask) for c, mask in self._mixture_masks()]
             return ev.score(np.concatenate(feats), r, "global", None) + own
         if fed.server.released is None:  # local baseline: each hospital's model on everyone's data
             for cid, c in self.clients.items():
-                recs += ev.evaluate(c.weights, r, cid, None)
+                recs += self._ev(cid).evaluate(c.weights, r, cid, None)
             return own + recs
         fed.reporter.evaluating("global model")
         state = fed.server.released
@@ -515,7 +544,7 @@ class InProcessClients(ClientPool):
         ev, released = self.fed.evaluator, self.fed.server.released
         if released is not None:
             return ev.grid(released)
-        return torch.cat([ev.grid(c.weights) for c in self.clients.values()])  # one block of rows per client
+        return torch.cat([self._ev(c.id).grid(c.weights) for c in self.clients.values()])  # one block of rows per client
 
     def real_grid(self):
         """Real images laid out like :meth:`grid`: ``eval.grid-size`` images drawn in turn from

@@ -151,6 +151,21 @@ class Evaluator:
         self._realism_ref: RealismReference | None = None  # the union's real k-NN balls, built on first use
         self.realism_last: tuple[int, np.ndarray] | None = None  # (round, scores) of the global model's samples
 
+    def for_model(self, model: Any) -> "Evaluator":
+        """This evaluator drawing samples with ``model`` (a site's own workspace, when its
+        architecture differs from the server's): the same latents, labels and real statistics."""
+        if model is self.model:
+            return self
+        import copy
+        other = copy.copy(self)
+        other.model = model
+        other.forget_moments()
+        return other
+
+    def forget_moments(self) -> None:
+        """Drop the cached moments of the last generated features (another model's)."""
+        self._last = None
+
     def grid(self, state: State | None) -> torch.Tensor:
         """The sample grid of ``state`` (``None``: the weights loaded in the model now)."""
         return self.model.sample(state, self.z_grid, self.y_grid if self.conditional else None, bf16=self.cfg.bf16)

@@ -41,7 +41,7 @@ def _init(cfg_toml: str, shared: dict[str, tuple], num_classes: int, init: dict[
 
     from ..config import build_config
     from ..models import build_model
-    from .client import ClientSetup, setup_strategy
+    from .client import SiteWorkspaces, setup_strategy
     from .strategies import strategy_from_config
     with counter.get_lock():
         i = counter.value
@@ -56,12 +56,14 @@ def _init(cfg_toml: str, shared: dict[str, tuple], num_classes: int, init: dict[
     model = build_model(cfg, first.size, first.channels, num_classes)
     strategy = strategy_from_config(cfg.fed, cfg.privacy)
     travel = setup_strategy(cfg, strategy, model, init, num_clients)
-    _worker.update(data=data, setup=ClientSetup(cfg, model, strategy, [k for k in init if k not in travel]))
+    sites = SiteWorkspaces(cfg, model, strategy, travel, init,  # each site's setup, as in the parent
+                           lambda site: build_model(site, first.size, first.channels, num_classes))
+    _worker.update(data=data, sites=sites)
 
 
 def _client(r: int, cid: str, start: dict[str, torch.Tensor] | None, saved: dict[str, Any],
             strategy_state: dict[str, Any]) -> tuple[ClientResult, dict[str, Any], dict[str, torch.Tensor] | None]:
-    setup = _worker["setup"]
+    setup = _worker["sites"].setup(cid)
     setup.strategy.load_state_dict(strategy_state)  # the server's state as of this round
     c = ClientState(cid, _worker["data"][cid])
     c.restore(saved)

@@ -52,7 +52,13 @@ def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[
         parts = partition_for(cfg, data)
         check_enough_images(cfg, parts)  # before anything is written
         fed = build_in_process(cfg, parts, reporter)
-        fed.description = ("partition.json", partition_info(cfg.partition.scheme, parts, data))
+        info = partition_info(cfg.partition.scheme, parts, data)
+        for cid, settings in cfg.sites:  # which site ran what ([sites.<id>])
+            if cid in info["clients"]:
+                info["clients"][cid]["settings"] = dict(settings)
+        if fed.server_trainer is not None:  # fed.server-data
+            info["server"] = fed.server_trainer.describe()
+        fed.description = ("partition.json", info)
         fed.data_info = {"images": len(data), "size": data.size, "skipped": data.provenance.get("skipped", [])}
         return fed
     return build

@@ -555,22 +555,38 @@ def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bo
     return "<dl class=metrics>" + "".join(f"<dt>{a} <span class=note>{b}</span></dt><dd>{c}</dd>" for a, b, c in items) + "</dl>"
 
 
+def _settings(v: dict[str, Any]) -> str:
+    """A site's own settings ([sites.<id>], or its node config): ``model.ndf=32 ...``; ``-``: the run's."""
+    return esc(" ".join(f"{k}={x}" for k, x in (v.get("settings") or {}).items()) or "-")
+
+
 def _partition(part: dict[str, Any], nodes: dict[str, Any]) -> str:
     if part:
         names = part.get("class_names", [])
+        clients = part.get("clients", {})
+        own = any(isinstance(v, dict) and v.get("settings") for v in clients.values())
+        server = part.get("server")
+        rows = [(f"client {esc(k)}", v["images"], v["class_counts"], _settings(v)) for k, v in clients.items()]
+        if server:  # fed.server-data
+            same = server.get("class_names", names) == names  # else its counts are not the sites' classes
+            rows.append((f"server ({esc(str(server.get('source', '')))}, {server.get('steps', 0)} steps a round)",
+                         server["images"], server.get("class_counts", []) if same else ["–"] * len(names), "-"))
         out = ("<div class=scroll><table><tr><th>client</th><th>images</th>"
-               + "".join(f"<th>{esc(str(c))}</th>" for c in names) + "</tr>"
-               + "".join(f"<tr><td>client {esc(k)}</td><td>{v['images']:,}</td>"
-                         + "".join(f"<td>{c:,}</td>" for c in v["class_counts"]) + "</tr>"
-                         for k, v in part.get("clients", {}).items()) + "</table></div>")
+               + "".join(f"<th>{esc(str(c))}</th>" for c in names) + ("<th>own settings</th>" if own else "") + "</tr>"
+               + "".join(f"<tr><td>{who}</td><td>{n:,}</td>" + "".join(f"<td>{c:,}</td>" if isinstance(c, int) else
+                                                                        f"<td>{c}</td>" for c in counts)
+                         + (f"<td>{st}</td>" if own else "") + "</tr>" for who, n, counts, st in rows)
+               + "</table></div>")
         skipped = part.get("data", {}).get("skipped", [])
         if skipped:
             out += f"<p>{_plural(len(skipped), 'bad file')} skipped.</p>"
         return out
     if nodes:
-        return ("<div class=scroll><table><tr><th>client</th><th>SuperNode</th><th>images</th><th>classes</th></tr>"
+        return ("<div class=scroll><table><tr><th>client</th><th>SuperNode</th><th>images</th><th>classes</th>"
+                "<th>own settings</th></tr>"
                 + "".join(f"<tr><td>client {esc(k)}</td><td>{esc(str(v.get('node-id', '')))}</td><td>{v.get('images', 0):,}</td>"
-                          f"<td>{esc(', '.join(f'{c}: {n}' for c, n in zip(v.get('classes', []), v.get('class-counts', []))))}</td></tr>"
+                          f"<td>{esc(', '.join(f'{c}: {n}' for c, n in zip(v.get('classes', []), v.get('class-counts', []))))}</td>"
+                          f"<td>{_settings(v)}</td></tr>"
                           for k, v in nodes.items() if isinstance(v, dict)) + "</table></div>")
     return "<p>No partition summary.</p>"
 

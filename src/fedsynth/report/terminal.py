@@ -132,7 +132,7 @@ class RoundLine:
             cells += [_number(_mean(own)), _number(max(own) if own else None)]
         losses: dict[str, list[float]] = {}
         for x in records:
-            if is_loss(x["metric"]) and x["client"] != "global":
+            if is_loss(x["metric"]) and x["client"] not in ("global", "server"):  # the sites' (fed.server-data: not the server's)
                 losses.setdefault(x["metric"], []).append(x["value"])
         text = "  ".join(f"{loss_label(k)} {_number(_mean(v))}" for k, v in sorted(losses.items()))
         cells.append(text or MISSING)
@@ -150,6 +150,8 @@ def describe(x: Record) -> str:
     """Who was scored against what, in words: ``global model on site 0``, ``site 1's model on
     all sites``, ``site 0`` (a record with no ``real``, e.g. a loss)."""
     who, real = str(x["client"]), x.get("real")
+    if who == "server":  # the server's own training (fed.server-data)
+        return "the server"
     if who == "global":
         return "global model on all sites" if real in (None, "union", "global") else f"global model on site {real}"
     if real is None:
@@ -488,6 +490,21 @@ def partition_table(part: dict[str, Any]) -> Table:
     t.add_column("images", justify="right")
     for c in names:
         t.add_column(str(c), justify="right")
+    settings = any(info.get("settings") for info in part["clients"].values())
+    if settings:  # [sites.<id>]: which site ran what
+        t.add_column("own settings")
     for cid, info in part["clients"].items():
-        t.add_row(cid, str(info["images"]), *(str(v) for v in info["class_counts"]))
+        t.add_row(cid, str(info["images"]), *(str(v) for v in info["class_counts"]),
+                  *([site_settings(info.get("settings"))] if settings else []))
+    server = part.get("server")
+    if server:  # fed.server-data
+        # its class counts under the sites' class names only where it has the same classes
+        counts = list(server.get("class_counts", [])) if server.get("class_names", names) == names else []
+        t.add_row("server", str(server["images"]), *(str(v) for v in (counts + [""] * len(names))[:len(names)]),
+                  *([f"{server['steps']} steps a round"] if settings else []))
     return t
+
+
+def site_settings(settings: dict[str, Any] | None) -> str:
+    """A site's own settings in one line: ``model.ndf=32 train.batch-size=8`` (``-``: the run's)."""
+    return " ".join(f"{k}={v}" for k, v in (settings or {}).items()) or "-"

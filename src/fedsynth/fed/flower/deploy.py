@@ -269,13 +269,14 @@ class LocalFederation:
     Parameters
     ----------
     workdir : folder for the SuperLink database and the Flower home (``FLWR_HOME``)
-    nodes : ``[(data_path, client_id), ...]``, one SuperNode each
+    nodes : ``[(data_path, client_id), ...]``, one SuperNode each; a third item, a dict, adds node
+        config keys -- a site's own settings, e.g. ``{"model.ndf": 32}`` (docs/heterogeneous.md)
     certs : folder written by :func:`make_certs` (TLS + node authentication), or None: insecure
     port : the SuperLink's port; SuperNodes use ``port + 100 + k``
     warm : start the SuperNodes as ``fedsynth deploy supernode`` does, with a warm worker each
     """
 
-    def __init__(self, workdir: str | Path, nodes: list[tuple[str, str]], certs: str | Path | None = None,
+    def __init__(self, workdir: str | Path, nodes: list[tuple], certs: str | Path | None = None,
                  port: int = 18000, env: dict[str, str] | None = None, log_dir: str | Path | None = None,
                  warm: bool = True):
         self.workdir, self.nodes, self.port, self.warm = Path(workdir), nodes, port, warm
@@ -329,14 +330,18 @@ class LocalFederation:
         if res.returncode != 0:
             raise RuntimeError(f"flwr supernode register node{k}.pub failed: {(res.stdout + res.stderr)[-500:]}")
 
-    def start_node(self, k: int, data_path: str, client_id: str, key: str | None = None):
+    def start_node(self, k: int, data_path: str, client_id: str, key: str | None = None,
+                   settings: dict[str, object] | None = None):
         """A SuperNode for hospital ``k``: ``fedsynth deploy supernode`` (with a warm worker) if
-        this federation is ``warm``, else plain ``flower-supernode``."""
+        this federation is ``warm``, else plain ``flower-supernode``. ``settings``: the site's own
+        ``section.key`` values, added to its node config."""
+        import json
         import sys
         cmd = ([sys.executable, "-m", "fedsynth.cli", "deploy", "supernode"] if self.warm
                else [flower_bin("flower-supernode")])
+        extra = "".join(f" {k}={json.dumps(v)}" for k, v in (settings or {}).items())
         args = cmd + ["--superlink", self.address, "--port", str(self.port + 100 + k),
-                      "--node-config", f'data-path="{data_path}" client-id="{client_id}"']
+                      "--node-config", f'data-path="{data_path}" client-id="{client_id}"{extra}']
         if self.certs:
             args += ["--root-certificates", str(self.certs / "ca.crt"),
                      "--auth-supernode-private-key", str(self.certs / "keys" / (key or f"node{k}"))]
@@ -348,10 +353,10 @@ class LocalFederation:
 
     def start(self) -> "LocalFederation":
         self.start_superlink()
-        for k, (path, cid) in enumerate(self.nodes):
+        for k, (path, cid, *settings) in enumerate(self.nodes):
             if self.certs:
                 self.register(k)
-            self.start_node(k, path, cid)
+            self.start_node(k, path, cid, settings=settings[0] if settings else None)
         return self
 
     def run(self, app_dir: str | Path, run_config: dict[str, object], timeout: float = 600):

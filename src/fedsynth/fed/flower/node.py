@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...config import Config, UserError, build_config
+from ...config import Config, UserError, apply_overrides, build_config, check_site_overrides
 from ...serial import UnsafeOrCorrupt, from_bytes, to_bytes, unpack
 from ...utils import set_torch_threads
-from ..client import ClientSetup, ClientState, client_round, setup_strategy
+from ..client import ClientSetup, ClientState, check_shared, client_round, setup_strategy, site_init
 
 KEEP_STATES = 3  # saved node states per run (the server's last checkpoint may be a round behind)
 
@@ -61,6 +61,13 @@ class Node:
             cfg: Config = build_config(tomllib.loads(str(self.conf["fedsynth-config"])))
         except tomllib.TOMLDecodeError as e:
             raise UserError(f"the server's config is not valid TOML: {e}") from None
+        # this site's own settings: the run's [sites.<id>] tables, then the node's own config keys
+        # section.key (flower-supernode --node-config 'model.ndf=32 train.batch-size=8'), which win
+        own = {k: v for k, v in nc.items() if "." in str(k)}
+        site = cfg.for_site(self.cid)
+        mine = check_site_overrides(site, self.cid, own, "node config key '") if own else {}
+        self.settings = {**cfg.site_overrides(self.cid), **mine}
+        cfg = apply_overrides(site, mine)
         set_torch_threads(cfg.train.threads or 1)
         source = str(nc.get("data-source", "folder"))
         run = cfg.run
@@ -92,11 +99,14 @@ class Node:
         model = build_model(self.cfg, self.data.size, self.data.channels, int(conf["num-classes"]))
         strategy = strategy_from_config(self.cfg.fed, self.cfg.privacy)
         start = tensors(req["arrays"])
-        travel = setup_strategy(self.cfg, strategy, model, model.state(), int(conf["num-clients"]))
+        own = model.state()
+        travel = setup_strategy(self.cfg, strategy, model, own, int(conf["num-clients"]))
+        if "travel" in conf:  # what the server sends and expects back: this site's model must agree
+            check_shared(self.cid, self.settings, own, travel, start, set(json.loads(str(conf["travel"]))))
         if req.get("strategy") is not None:
             strategy.load_state_dict(unpack(req["strategy"], str(conf["strategy"]), what="the server's 'strategy'"))
-        setup = ClientSetup(self.cfg, model, strategy, [k for k in start if k not in travel])
-        c = setup.new_client(self.cid, self.data, start)
+        setup = ClientSetup(self.cfg, model, strategy, [k for k in own if k not in travel], travel)
+        c = setup.new_client(self.cid, self.data, site_init(own, start))
         saved = saved_state(self, req, before)
         if saved is not None:
             c.restore({"weights": None, **from_bytes(saved, what=f"node state of client {self.cid}")})
@@ -149,7 +159,7 @@ def _hello(node: Node) -> dict[str, Any]:
     d = node.data
     meta: dict[str, Any] = {"client-id": node.cid, "num-examples": len(d), "channels": d.channels,
                             "image-size": d.size, "class-names": json.dumps(list(d.class_names)),
-                            "class-counts": json.dumps(d.class_counts())}
+                            "class-counts": json.dumps(d.class_counts()), "settings": json.dumps(node.settings)}
     out: dict[str, Any] = {"meta": meta}
     if node.cfg.eval.enabled:
         ex = node.extractor()

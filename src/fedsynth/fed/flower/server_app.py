@@ -273,6 +273,12 @@ class FlowerClients(ClientPool):
         self.num_classes = max(len(c) for c in counts.values())
         self.counts = {cid: np.pad(c, (0, self.num_classes - len(c))) for cid, c in counts.items()}
         self.class_names = json.loads(info[self.ids[0]]["class-names"])
+        # which site runs what: [sites.<id>] of the run, then the node's own config keys
+        self.settings = {cid: json.loads(str(info[cid].get("settings", "{}"))) for cid in self.ids}
+        missing = [cid for cid, _ in self.cfg.sites if cid not in info]
+        if missing:
+            raise UserError(f"config key 'sites.{missing[0]}': no SuperNode has client-id \"{missing[0]}\" "
+                            f"(the nodes are clients {', '.join(self.ids)})")
         listing = ", ".join(f"{c} ({info[c]['num-examples']} images)" for c in self.ids)
         _say(f"clients {listing}; {self.channels} channel(s), {self.size} px, {self.num_classes} class(es)")
 
@@ -285,7 +291,8 @@ class FlowerClients(ClientPool):
     def describe(self) -> dict[str, Any]:
         """nodes.json: which SuperNode is which client, with its images and classes."""
         return {cid: {"node-id": self.info[cid]["node"], "images": int(self.info[cid]["num-examples"]),
-                      "classes": json.loads(self.info[cid]["class-names"]), "class-counts": self.counts[cid].tolist()}
+                      "classes": json.loads(self.info[cid]["class-names"]), "class-counts": self.counts[cid].tolist(),
+                      **({"settings": self.settings[cid]} if self.settings.get(cid) else {})}
                 for cid in self.ids}
 
     # ---- the pool interface
@@ -294,12 +301,16 @@ class FlowerClients(ClientPool):
         # FedBN / partial sharing: some layers never leave the nodes, so the server holds no whole
         # generator; the nodes score the global model with their own layers, the server does not
         self.whole = set(fed.init) <= fed.travel
+        self.travel_json = json.dumps(sorted(fed.travel))  # each node checks that its own model sends exactly these
         if not self.whole:
             _say(f"{len(set(fed.init) - fed.travel)} tensor(s) stay on the nodes ({self.cfg.fed.strategy}, "
                  f"fed.share): the global model is scored per site only; no union score and no sample grids")
 
     def num_images(self, cid: str) -> int:
         return int(self.info[cid]["num-examples"])
+
+    def image_shape(self) -> tuple[int, int]:
+        return self.channels, self.size
 
     def _request(self, r: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Round ``r``'s train/evaluate request besides the weights: the strategy's tensors, and
@@ -308,7 +319,7 @@ class FlowerClients(ClientPool):
         tensors, skeleton = pack(self.fed.strategy.state_dict())
         return tensors, {"fedsynth-config": self.cfg_text, "round": r, "num-classes": self.num_classes,
                          "num-clients": len(self.ids), "run-key": self.run_key, "eval-global": self.pending,
-                         "strategy": json.dumps(skeleton)}
+                         "strategy": json.dumps(skeleton), "travel": self.travel_json}
 
     def _messages(self, r: int, train: list[str], evaluate: list[str], eval_local: bool) -> list[Message]:
         """Round ``r``'s messages: ``train`` to the sampled clients, ``evaluate`` to the others
