@@ -189,3 +189,17 @@ def test_the_documented_examples_and_preset_are_valid_configs():
     assert pre.fed.strategy == "centralized" and (pre.model, pre.data.image_size) == (fine.model, fine.data.image_size)
     for _, over in PRESETS["hetero"]["variants"]:
         load_config(None, PRESETS["hetero"]["base"] + over)
+
+
+def test_a_site_picks_its_own_discriminator_backbone(tiny):
+    """The histopathology study's setting: one generator, and a hospital that trains a
+    transformer discriminator (timm's DeiT-Tiny, untrained here) beside a DCGAN one."""
+    over = tiny + QUIET + ['fed.share=["G"]', "fed.rounds=1", "sites.1.model.d-arch=deit_tiny"]
+    run = _federation(over)
+    res = run.run()
+    d0, d1 = run.clients["0"].local, run.clients["1"].local
+    assert any(k.startswith("D.features.") for k in d0) and not any(k.startswith("D.features.") for k in d1)
+    assert any("blocks" in k for k in d1)  # the transformer's own layers stay on site 1
+    assert all(torch.isfinite(v).all() for k, v in res.global_state.items() if k.startswith("G."))
+    with pytest.raises(UserError, match="sites.1.model.d-arch"):
+        build_config(None, tiny + ["sites.1.model.d-arch=deit_tiny"])  # D travels: it must be one network

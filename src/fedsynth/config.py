@@ -132,14 +132,14 @@ class ModelConfig:
     g_arch: str = _f("dcgan", "generator: dcgan (transposed convolutions) or upsample-cnn (the "
                      "histopathology study's: three upsample + 3x3 conv blocks with norm, LeakyReLU, "
                      "dropout; class embedding multiplied into the latent)",
-                     choices=("dcgan", "upsample-cnn"))
-    g_dropout: float = _f(0.25, "upsample-cnn: dropout after each block", min=0.0, max=0.9)
+                     choices=("dcgan", "upsample-cnn"), site="G")
+    g_dropout: float = _f(0.25, "upsample-cnn: dropout after each block", min=0.0, max=0.9, site="G")
     d_arch: str = _f("dcgan", "discriminator: " + D_ARCHS.help() + ". Backbones take gray or RGB "
                      "images (gray repeated to RGB, ImageNet normalisation) and ignore ndf and d-norm",
-                     choices=D_ARCHS.names())
+                     choices=D_ARCHS.names(), site="D")
     d_pretrained: bool = _f(False, "start the discriminator backbone from ImageNet weights, read from "
                             "the library's cache only (`fedsynth weights fetch NAME` on a connected "
-                            "machine first; never downloads)")
+                            "machine first; never downloads)", site="D")
 
 
 @dataclass(frozen=True)
