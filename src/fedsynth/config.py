@@ -146,7 +146,7 @@ class DiffusionConfig:
     sampler: str = _f("ddim", "sampler for evaluation and generation: ddim (deterministic, eta = 0, "
                       "sampling-steps steps; Song et al. 2021) or ddpm (ancestral, every one of the timesteps; "
                       "its noise is derived from each sample's latent)", choices=("ddim", "ddpm"))
-    sampling_steps: int = _f(20, "ddim: denoising steps per sample (the cost of evaluation grows with it)",
+    sampling_steps: int = _f(10, "ddim: denoising steps per sample (the cost of evaluation grows with it)",
                              min=1)
     channels: tuple = _f((16, 32, 64), "UNet widths, one per resolution level (each a multiple of "
                          "norm-groups; the image side must halve len - 1 times)", length=0, item=int)

@@ -69,7 +69,7 @@ class DiffusionSpec:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     sampler: str = "ddim"
-    sampling_steps: int = 20
+    sampling_steps: int = 10
     conditional: bool = False
     guidance_scale: float = 1.0
     ema_decay: float = 0.999
