@@ -27,7 +27,7 @@ DIFF = ["model.family=diffusion", "diffusion.channels=[8, 8]", "diffusion.attent
 
 @pytest.fixture
 def tiny_d(tiny):
-    return tiny + DIFF + ["eval.num-samples=32", "eval.per-site=false"]
+    return tiny + DIFF + ["eval.num-samples=32", "eval.per-site=false", "train.threads=1"]
 
 
 def _run(overrides):
@@ -93,6 +93,16 @@ def test_sampling_is_a_function_of_the_latents(sampler):
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a[[2, 3, 0, 1]], c, atol=1e-5)
     assert torch.equal(a, m.sample(None, z, batch=4))
     assert not torch.allclose(a[0], a[1])
+
+
+def test_ddim_timesteps_are_the_ones_monai_steps_between():
+    from fedsynth.models.diffusion import ddim_timesteps
+    assert ddim_timesteps(1000, 10) == [900, 800, 700, 600, 500, 400, 300, 200, 100, 0]
+    assert ddim_timesteps(20, 3) == [12, 6, 0]
+    m = _model()
+    for t, nxt in zip(ddim_timesteps(20, 3), ddim_timesteps(20, 3)[1:]):
+        m.ddim.set_timesteps(3)  # what MONAI's step subtracts
+        assert t - m.ddim.num_train_timesteps // m.ddim.num_inference_steps == nxt
 
 
 def test_conditional_model_with_classifier_free_guidance(tiny_d):

@@ -102,6 +102,16 @@ def schedulers(spec: DiffusionSpec) -> tuple[Any, Any]:
             DDIMScheduler(clip_sample=spec.clip_sample, **args))
 
 
+def ddim_timesteps(T: int, n: int) -> list[int]:
+    """The ``n`` DDIM timesteps, highest first: ``(n - 1) s, ..., s, 0`` with stride ``s = T // n``
+    (the "leading" spacing of Song et al. 2021). MONAI 1.6.1's ``DDIMScheduler.set_timesteps``
+    spaces them by ``linspace(T - 1, 0, n)`` while its ``step`` moves from ``t`` to ``t - T // n``,
+    so the two disagree whenever ``n`` does not divide ``T - 1`` evenly; these are the steps its
+    ``step`` assumes."""
+    stride = T // n
+    return [k * stride for k in range(n - 1, -1, -1)]
+
+
 class Denoiser(nn.Module):
     """The UNet and its EMA copy in one module (state keys ``unet.*``, ``ema.*``, ``ema_steps``)."""
 
@@ -324,8 +334,8 @@ class DiffusionModel(GenerativeModel):
     def _sample(self, net: nn.Module, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         x = z.float()  # (B, C, H, W), x_T
         if self.spec.sampler == "ddim":
-            self.ddim.set_timesteps(self.spec.sampling_steps)
-            for t in self.ddim.timesteps.tolist():
+            self.ddim.set_timesteps(self.spec.sampling_steps)  # MONAI's step reads num_inference_steps
+            for t in ddim_timesteps(self.spec.timesteps, self.spec.sampling_steps):
                 x, _x0 = self.ddim.step(self._eps(net, x, t, y), t, x, eta=0.0)
             return x.clamp(-1, 1)
         # ddpm: ancestral sampling over every timestep (Ho et al. 2020, eq. 11 with sigma_t^2 = beta~_t);
