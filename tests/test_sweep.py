@@ -71,3 +71,12 @@ def test_a_preset_runs_through_the_cli_with_user_overrides(tmp_path):
     assert all(f"| majority-{m} |" in md for m in (60, 70, 80, 90))
     bad = runner.invoke(app, ["sweep", "--preset", "nosuch", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "nosuch" in bad.output
+
+
+def test_each_family_is_compared_with_its_own_centralized_run():
+    from fedsynth.sweep import PRESETS, centralized_reference
+    names = [n for n, _ in PRESETS["gan-vs-diffusion"]["variants"]]
+    assert {centralized_reference(n, names) for n in names if n.startswith("gan-")} == {"gan-centralized"}
+    assert centralized_reference("diffusion-fedavg-label-skew", names) == "diffusion-centralized"
+    assert centralized_reference("fedavg", ["fedavg", "centralized"]) == "centralized"
+    assert centralized_reference("fedavg", ["fedavg", "local"]) is None

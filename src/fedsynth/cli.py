@@ -326,9 +326,9 @@ def sweep(
         t.add_row(r["variant"], value(r["global_fd"], 3), value(r["ratio_to_centralized"]),
                   value(r["client_fd_mean"], 3), r["global_is"])
     console.print(t)
-    if not any(r["variant"] == "centralized" for r in rows):
-        console.print("ratio to centralized: — (no variant named `centralized` in this sweep)", highlight=False,
-                      markup=False)
+    if all(r["ratio_to_centralized"] != r["ratio_to_centralized"] for r in rows):  # all NaN
+        console.print("ratio to centralized: — (no variant named `centralized` or `<group>-centralized` in this "
+                      "sweep)", highlight=False, markup=False)
     console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}"
                   + (f"; figure: {out / 'study-grid.png'}" if (out / "study-grid.png").exists() else ""),
                   highlight=False, markup=False)

@@ -143,6 +143,44 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class DiffusionConfig:
+    """The diffusion family (``model.family = "diffusion"``): a denoising UNet trained to predict
+    the noise (DDPM), its noise schedule, sampler, class conditioning and EMA
+    (``[diffusion]``; MONAI's ``DiffusionModelUNet`` and schedulers, docs/models.md)."""
+
+    timesteps: int = _f(1000, "diffusion steps T of the forward (noising) process", min=2, max=10_000)
+    schedule: str = _f("linear", "noise schedule of the betas: linear (Ho et al. 2020), scaled-linear, sigmoid, "
+                       "cosine (Nichol & Dhariwal 2021)", choices=("linear", "scaled-linear", "sigmoid", "cosine"))
+    beta_start: float = _f(1e-4, "first beta of the linear, scaled-linear and sigmoid schedules",
+                           min=0.0, max=1.0, exclusive_min=True)
+    beta_end: float = _f(0.02, "last beta of the linear, scaled-linear and sigmoid schedules",
+                         min=0.0, max=1.0, exclusive_min=True)
+    sampler: str = _f("ddim", "sampler for evaluation and generation: ddim (deterministic, eta = 0, "
+                      "sampling-steps steps; Song et al. 2021) or ddpm (ancestral, every one of the timesteps; "
+                      "its noise is derived from each sample's latent)", choices=("ddim", "ddpm"))
+    sampling_steps: int = _f(10, "ddim: denoising steps per sample (the cost of evaluation grows with it)",
+                             min=1)
+    channels: tuple = _f((16, 32, 64), "UNet widths, one per resolution level (each a multiple of "
+                         "norm-groups; the image side must halve len - 1 times)", length=0, item=int)
+    attention: tuple = _f((False, False, True), "self-attention at each level (true/false, as many as "
+                          "channels)", length=0, item=bool)
+    res_blocks: int = _f(1, "residual blocks per level", min=1, max=8)
+    norm_groups: int = _f(8, "GroupNorm groups (FedBN keeps these layers local)", min=1)
+    conditional: bool = _f(False, "class-conditional UNet: a label embedding added to the time embedding, "
+                           "trained with label dropout for classifier-free guidance")
+    cond_drop: float = _f(0.1, "conditional: probability that a training label is replaced by the null "
+                          "label (what classifier-free guidance needs)", min=0.0, max=1.0)
+    guidance_scale: float = _f(1.0, "conditional: classifier-free guidance weight w in eps_u + w (eps_c - "
+                               "eps_u) (1: plain conditional sampling, one UNet pass per step; > 1: two)",
+                               min=0.0)
+    ema_decay: float = _f(0.999, "EMA of the UNet's weights per local step, with warm-up min(decay, "
+                          "(1 + n) / (10 + n)); the EMA copy is what is sampled and travels beside the "
+                          "weights (0: off)", min=0.0, max=0.99999)
+    lr: float = _f(1e-3, "UNet Adam learning rate (betas 0.9, 0.999)", min=0.0, exclusive_min=True)
+    clip_sample: bool = _f(True, "clip the predicted clean image to [-1, 1] at every sampling step")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Local training on each client: loss, optimizer, batch size, threads (``[train]``)."""
 
@@ -175,7 +213,8 @@ class FedConfig:
                        "centralized (all data pooled in one client)",
                        choices=STRATEGIES.names())
     share: tuple = _f(("G", "D"), "modules/keys that travel: [\"G\", \"D\"] is full sharing, "
-                      "[\"G\"] keeps each discriminator local; fnmatch patterns allowed",
+                      "[\"G\"] keeps each discriminator local; fnmatch patterns allowed (diffusion: G holds the "
+                      "UNet, G.unet, and its EMA, G.ema)",
                       length=0, item=str)
     mu: float = _f(0.01, "fedprox: proximal weight", min=0.0)
     dyn_alpha: float = _f(0.01, "feddyn: regularisation weight", min=0.0, exclusive_min=True)
@@ -197,7 +236,8 @@ class FedConfig:
                            "(batch train.batch-size)", min=1)
     server_images: int = _f(0, "fed.server-data: phantoms generate this many images, file and sample sources "
                             "keep a seeded subset of this many (0: data.num-images for phantoms, all files)", min=0)
-    ema: float = _f(0.0, "server-side EMA of the global generator per round (0: off; e.g. 0.5)",
+    ema: float = _f(0.0, "server-side EMA of the global model per round (0: off; e.g. 0.5); the "
+                    "diffusion family also keeps its own per-step EMA (diffusion.ema-decay)",
                     min=0.0, max=0.9999)
     rounds: int = _f(20, "communication rounds", min=1)
     local_epochs: int = _f(1, "aggregation period: local epochs per round", min=1, site=True)
@@ -254,6 +294,11 @@ class PrivacyConfig:
                       "model.d-norm = group or none; loss bce or hinge)", site=True)
     dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0, site=True)
     dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True, site=True)
+    dp_sgd: bool = _f(False, "sample-level DP-SGD on the network that sees real images: each client's "
+                      "discriminator (gan: needs model.d-norm = group or none; loss bce or hinge) or "
+                      "denoising UNet (diffusion)")
+    dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0)
+    dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True)
     dp_delta: float = _f(1e-5, "delta for the reported (epsilon, delta)", min=0.0, max=1.0,
                          exclusive_min=True)
     client_dp: bool = _f(False, "client-level DP at the server: clip each update, add noise")
@@ -310,6 +355,7 @@ SECTIONS: dict[str, type] = {
     "preprocess": PreprocessConfig,
     "partition": PartitionConfig,
     "model": ModelConfig,
+    "diffusion": DiffusionConfig,
     "train": TrainConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
@@ -327,6 +373,7 @@ class Config:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -454,6 +501,15 @@ def _coerce(key: str, value: Any, f: dataclasses.Field) -> Any:
         if not isinstance(value, (list, tuple)) or (not value and not meta.get("allow_empty")) or not all(
                 isinstance(v, str) and v for v in value):
             raise UserError(f"config key '{key}' must be a non-empty list of strings, got {value!r}")
+        return tuple(value)
+    if kind is tuple and meta.get("item") in (int, bool):
+        item = meta["item"]
+        ok = isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, bool) if item is bool else (isinstance(v, int) and not isinstance(v, bool) and v > 0)
+            for v in value)
+        if not ok:
+            what = "true/false values" if item is bool else "positive integers"
+            raise UserError(f"config key '{key}' must be a non-empty list of {what}, got {value!r}")
         return tuple(value)
     if kind is tuple:
         n = meta["length"]
@@ -615,6 +671,9 @@ def _check_cross_field(cfg: Config) -> None:
         if cfg.model.d_arch != "dcgan":
             raise UserError("config key 'privacy.dp-sgd' needs model.d-arch = 'dcgan' (backbones "
                             "hold BatchNorm or layers Opacus cannot take per-sample gradients of)")
+    if cfg.model.family == "diffusion":
+        _check_diffusion(cfg)
+    elif pv.dp_sgd:
         if cfg.model.d_norm == "batch":
             raise UserError("config key 'privacy.dp-sgd' needs model.d-norm = 'group' or 'none' "
                             "(BatchNorm mixes samples, so per-sample gradients are undefined)")
@@ -657,6 +716,29 @@ def server_source(spec: str) -> tuple[str, str] | None:
             raise UserError(f"config key 'fed.server-data': {spec!r} names no path")
         return kind, path
     return "folder", spec
+def _check_diffusion(cfg: Config) -> None:
+    """The ``[diffusion]`` keys that constrain each other (the UNet's shape, the schedule)."""
+    d = cfg.diffusion
+    if len(d.attention) != len(d.channels):
+        raise UserError(f"config key 'diffusion.attention' needs one true/false per level of 'diffusion.channels' "
+                        f"({len(d.channels)} levels), got {len(d.attention)}")
+    bad = [c for c in d.channels if c % d.norm_groups]
+    if bad:
+        raise UserError(f"config key 'diffusion.channels': every width must be a multiple of "
+                        f"'diffusion.norm-groups' ({d.norm_groups}); {bad} are not")
+    if cfg.data.image_size >> (len(d.channels) - 1) < 2:
+        raise UserError(f"config key 'diffusion.channels' has {len(d.channels)} levels: the image side "
+                        f"({cfg.data.image_size} px) halves {len(d.channels) - 1} times, to less than 2 px; "
+                        f"use fewer levels")
+    if d.sampler == "ddim" and d.sampling_steps > d.timesteps:
+        raise UserError(f"config key 'diffusion.sampling-steps' ({d.sampling_steps}) exceeds "
+                        f"'diffusion.timesteps' ({d.timesteps})")
+    if d.schedule != "cosine" and d.beta_start >= d.beta_end:
+        raise UserError(f"config keys 'diffusion.beta-start' ({d.beta_start}) and 'diffusion.beta-end' "
+                        f"({d.beta_end}): the start must be below the end")
+    if cfg.model.conditional != "none" or cfg.model.d_conditioning != "none":
+        raise UserError("config keys 'model.conditional' / 'model.d-conditioning' belong to the GAN family; "
+                        "a class-conditional diffusion model is 'diffusion.conditional = true'")
 
 
 def _check_secure_aggregation(cfg: Config) -> None:
@@ -727,6 +809,10 @@ def _type_name(f: dataclasses.Field) -> str:
     kind, meta = type(f.default), f.metadata
     if kind is tuple and meta.get("item") is str:
         return "list of strings"
+    if kind is tuple and meta.get("item") is int:
+        return "list of integers"
+    if kind is tuple and meta.get("item") is bool:
+        return "list of booleans"
     if kind is tuple:
         return f"list of {meta['length']} numbers"
     return {bool: "bool", int: "int", float: "float", str: "string"}[kind]

@@ -79,6 +79,8 @@ class Registry:
 
 FAMILIES = Registry("model.family", [
     Entry("gan", "models.gan:GANModel", "generator and discriminator trained adversarially (DCGAN family)"),
+    Entry("diffusion", "models.diffusion:DiffusionModel", "denoising UNet trained to predict the noise (DDPM), "
+          "sampled with DDIM or DDPM (MONAI)"),
 ])
 
 # Discriminator architectures (model.d-arch): DCGAN's, or a backbone (models/backbones.py) with heads

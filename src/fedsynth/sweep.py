@@ -106,6 +106,33 @@ PRESETS["server-lr"] = {
        for lr in ("0.1", "0.3", "1.0")],
 }
 
+# issue 15: the two families side by side on the built-in chest phantoms at 32 px: GAN and diffusion,
+# FedAvg over an IID and a label-skew split, and each family's centralized reference (all data pooled
+# in one client, so the split does not change it: one run per family). Variant names group as
+# "<family>-...": each ratio is to its own family's centralized run. The same data, rounds and local
+# epochs for both families; the diffusion model samples with its defaults (DDIM, 20 steps).
+PRESETS["gan-vs-diffusion"] = {
+    "base": ["data.source=phantom-xray", "data.image-size=32", "data.num-images=1000", "partition.clients=2",
+             "partition.majority=0.9", "fed.rounds=6", "eval.every=3", "eval.num-samples=250",
+             "eval.per-site=false"],
+    "variants": [(f"{fam}-{name}", [f"model.family={fam}", *sets])
+                 for fam in ("gan", "diffusion")
+                 for name, sets in (("fedavg-iid", ["fed.strategy=fedavg", "partition.scheme=iid"]),
+                                    ("fedavg-label-skew", ["fed.strategy=fedavg", "partition.scheme=label-skew"]),
+                                    ("centralized", ["fed.strategy=centralized"]))],
+}
+
+
+def centralized_reference(name: str, names: list[str]) -> str | None:
+    """The variant whose final distance ``name``'s is divided by: ``centralized`` if the sweep has
+    one, else the ``<group>-centralized`` variant whose group prefixes ``name`` (the
+    ``gan-vs-diffusion`` preset: ``gan-fedavg-iid`` -> ``gan-centralized``)."""
+    if "centralized" in names:
+        return "centralized"
+    groups = [n[: -len("centralized")] for n in names if n.endswith("-centralized")]
+    match = max((g for g in groups if name.startswith(g)), key=len, default=None)
+    return None if match is None else match + "centralized"
+
 
 def study_figure(out: Path) -> Path | None:
     """The FedAvg-DCGAN study's figure: rows = modality, columns = aggregation period; per-client
@@ -229,9 +256,24 @@ def summarise(run: Path) -> dict[str, Any]:
     on_union = [r["value"] for r in at_last if r["client"] != "global" and r.get("real") == "union"]
     own = [r["value"] for r in at_last if r["client"] != "global" and r.get("real") == r["client"]]
     g = glob[0] if glob else (sum(on_union) / len(on_union) if on_union else float("nan"))
+    wall, evals = run_seconds(run)
     return {"round": last, "metric": fd[0]["metric"], "extractor": fd[0]["extractor"],
             "global_fd": g, "global_is": "global model" if glob else "mean of local models on the union",
-            "client_fd_mean": sum(own) / len(own) if own else float("nan")}
+            "client_fd_mean": sum(own) / len(own) if own else float("nan"), "wall_s": wall, "eval_s": evals}
+
+
+def run_seconds(run: Path) -> tuple[float, float]:
+    """The run's wall-clock and evaluation seconds over its rounds (``timings.jsonl``'s server
+    records; NaN where the run has none)."""
+    import json
+    path = run / "timings.jsonl"
+    if not path.is_file():
+        return float("nan"), float("nan")
+    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    server = {r["round"]: r for r in rows if r.get("client") == "server"}  # a resumed round counts once
+    if not server:
+        return float("nan"), float("nan")
+    return (sum(r.get("wall_s", 0.0) for r in server.values()), sum(r.get("eval_s", 0.0) for r in server.values()))
 
 
 class SweepProgress:
@@ -331,8 +373,9 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
     rows = []
     for name, cfg, overrides in cfgs:
         rows.append({"variant": name, "overrides": "; ".join(overrides), **summarise(out / name)})
-    ref = next((r["global_fd"] for r in rows if r["variant"] == "centralized"), None)
+    fd = {r["variant"]: r["global_fd"] for r in rows}
     for r in rows:
+        ref = fd.get(centralized_reference(r["variant"], list(fd)) or "")
         r["ratio_to_centralized"] = r["global_fd"] / ref if ref else float("nan")
     write_tables(rows, out)
     results_figure(rows, out)
@@ -349,7 +392,7 @@ def results_figure(rows: list[dict[str, Any]], out: Path) -> Path:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(rows) + 1.5), 3.6), dpi=110)
     vals = [r["global_fd"] for r in rows]
-    ax.bar(range(len(rows)), vals, color=["0.55" if r["variant"] == "centralized" else "tab:blue" for r in rows])
+    ax.bar(range(len(rows)), vals, color=["0.55" if r["variant"].endswith("centralized") else "tab:blue" for r in rows])
     ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=35, ha="right", fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel(f"final global {rows[0]['metric']}", fontsize=9)
@@ -379,11 +422,13 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     w.writerows([{k: "" if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows])  # NaN: empty
     atomic_write_text(out / "results.csv", buf.getvalue())
     metric = rows[0]["metric"]
-    lines = [f"| variant | final global {metric} | ratio to centralized | mean client {metric} (own data) | global is |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [f"| variant | final global {metric} | ratio to centralized | mean client {metric} (own data) | global is "
+             "| wall s | eval s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['variant']} | {_num(r['global_fd'], 3)} | {_num(r['ratio_to_centralized'], 2)} | "
-                     f"{_num(r['client_fd_mean'], 3)} | {r['global_is']} |")
+                     f"{_num(r['client_fd_mean'], 3)} | {r['global_is']} | {_num(r.get('wall_s', float('nan')), 0)} | "
+                     f"{_num(r.get('eval_s', float('nan')), 0)} |")
     lines.append("")
     if any(r["ratio_to_centralized"] != r["ratio_to_centralized"] for r in rows):
         lines.append(f"{MISSING}: no `centralized` variant in this sweep, so no ratio to it.")

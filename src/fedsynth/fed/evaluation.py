@@ -211,6 +211,7 @@ class Evaluator:
         precision = "bf16" if self.cfg.bf16 else self.model.precision
         if precision != "fp32":  # provenance of a cheaper precision (fp32, the reference, is implied)
             base["precision"] = precision
+        base.update(self.model.provenance())  # how the samples were made (diffusion: sampler, steps)
         recs = [{**base, "metric": self.extractor.metric, "value": fd}]
         if real.kid_features is not None:
             kid, kid_std = kernel_inception_distance(

@@ -93,6 +93,11 @@ class GenerativeModel(ABC):
     def learning_rates(self) -> dict[str, float]:
         """The learning rate each parameter key is trained with (SCAFFOLD's control variates)."""
 
+    def provenance(self) -> dict[str, Any]:
+        """How this model's samples are made, recorded beside every score of them (e.g. the
+        diffusion family's sampler and its steps); empty where nothing needs saying."""
+        return {}
+
     # ---- train
     @abstractmethod
     def train(self, data: Any, steps: int, batch_size: int, generator: torch.Generator,

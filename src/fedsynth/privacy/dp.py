@@ -9,6 +9,11 @@ seeded generator. The privacy cost is tracked with Opacus' RDP accountant per cl
 rate = batch / client size; the loop shuffles rather than Poisson-samples, the usual
 approximation). Requires a discriminator without BatchNorm.
 
+**Sample-level DP-SGD on the denoising UNet** (the diffusion family, as in Dockhorn et al. 2023,
+"Differentially private diffusion models"): the UNet sees real images, so its step is the one
+privatised, by the same clipping and noise (:meth:`DPSGD.per_example_backward`, one noised real
+image per example); its EMA copy and every sample are post-processing.
+
 **Client-level DP at the server** (McMahan et al. 2018, DP-FedAvg): each client's change is
 clipped to norm ``S``, the clipped changes are averaged (unweighted) and Gaussian noise
 ``N(0, (sigma S / m)^2)`` is added; accounted with sample rate = clients per round / clients.
@@ -46,25 +51,37 @@ def account_dp_sgd(history: list, noise: float, sample_rate: float, steps: int, 
 
 
 class DPSGD:
-    """Replaces the discriminator's backward pass with clipped, noised per-example gradients."""
+    """Replaces the backward pass of the network that sees real images (the GAN's discriminator,
+    the diffusion model's UNet) with clipped, noised per-example gradients."""
 
     def __init__(self, clip: float, noise: float, generator: torch.Generator):
         self.clip, self.noise, self.generator = clip, noise, generator
 
     def backward(self, D: torch.nn.Module, loss, real, fake, y_real, y_fake) -> torch.Tensor:
-        params = {k: v.detach() for k, v in D.named_parameters()}
-        buffers = {k: v.detach() for k, v in D.named_buffers()}
+        """The GAN discriminator's step: one real and one generated image per example."""
+        return self.per_example_backward(
+            D, lambda fD, r, f, yr, yf: loss.d_loss(fD, r[None], f[None], yr[None], yf[None]),
+            real, fake.detach(), y_real, y_fake)
 
-        def one(p, b, r, f, yr, yf):
-            fD = lambda x, y: functional_call(D, (p, b), (x, y))  # noqa: E731
-            return loss.d_loss(fD, r[None], f[None], yr[None], yf[None])
+    def per_example_backward(self, module: torch.nn.Module, loss_fn, *batch: torch.Tensor) -> torch.Tensor:
+        """Set ``module``'s gradients to the clipped, noised mean of per-example gradients.
 
-        grads, values = vmap(grad_and_value(one), in_dims=(None, None, 0, 0, 0, 0))(
-            params, buffers, real, fake.detach(), y_real, y_fake)
-        B = real.shape[0]
+        ``loss_fn(f, *example)`` is one example's loss, where ``f(*inputs)`` calls ``module``
+        with the weights being differentiated and ``example`` is one row of each tensor in
+        ``batch``. Returns the mean loss."""
+        params = {k: v.detach() for k, v in module.named_parameters()}
+        buffers = {k: v.detach() for k, v in module.named_buffers()}
+
+        def one(p, b, *example):
+            f = lambda *inputs: functional_call(module, (p, b), inputs)  # noqa: E731
+            return loss_fn(f, *example)
+
+        grads, values = vmap(grad_and_value(one), in_dims=(None, None, *[0] * len(batch)))(
+            params, buffers, *batch)
+        B = batch[0].shape[0]
         norms = torch.sqrt(sum(g.reshape(B, -1).pow(2).sum(1) for g in grads.values()))
         scale = (self.clip / (norms + 1e-12)).clamp(max=1.0)
-        for k, p in D.named_parameters():
+        for k, p in module.named_parameters():
             g = (grads[k] * scale.view(-1, *[1] * (grads[k].dim() - 1))).sum(0)
             g += torch.randn(g.shape, generator=self.generator).to(g.device) * (self.noise * self.clip)  # drawn on the CPU
             p.grad = g / B
