@@ -290,15 +290,11 @@ class PrivacyConfig:
     """Privacy and robustness: DP-SGD, client-level DP, update validation, robust aggregation
     (``[privacy]``)."""
 
-    dp_sgd: bool = _f(False, "sample-level DP-SGD on each client's discriminator (needs "
-                      "model.d-norm = group or none; loss bce or hinge)", site=True)
-    dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0, site=True)
-    dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True, site=True)
     dp_sgd: bool = _f(False, "sample-level DP-SGD on the network that sees real images: each client's "
                       "discriminator (gan: needs model.d-norm = group or none; loss bce or hinge) or "
-                      "denoising UNet (diffusion)")
-    dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0)
-    dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True)
+                      "denoising UNet (diffusion)", site=True)
+    dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0, site=True)
+    dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True, site=True)
     dp_delta: float = _f(1e-5, "delta for the reported (epsilon, delta)", min=0.0, max=1.0,
                          exclusive_min=True)
     client_dp: bool = _f(False, "client-level DP at the server: clip each update, add noise")
@@ -667,7 +663,7 @@ def _check_cross_field(cfg: Config) -> None:
     if cfg.fed.init_from and not Path(cfg.fed.init_from).expanduser().is_file():
         raise UserError(f"config key 'fed.init-from': checkpoint not found: {cfg.fed.init_from}")
     pv = cfg.privacy
-    if pv.dp_sgd:
+    if pv.dp_sgd and cfg.model.family == "gan":
         if cfg.model.d_arch != "dcgan":
             raise UserError("config key 'privacy.dp-sgd' needs model.d-arch = 'dcgan' (backbones "
                             "hold BatchNorm or layers Opacus cannot take per-sample gradients of)")

@@ -569,11 +569,15 @@ def _serve(grid: Grid, context: Context) -> None:
     from ...metrics import build_extractor
     from ...models import build_model
     from ...registry import STRATEGIES
+    from ...utils import set_torch_threads
     from ..run import run_experiment
     from ..engine import Federation
     from ..evaluation import Evaluator, RealStats
     rc = context.run_config
     cfg = _config(rc)
+    # the server trains too (fed.server-data) and evaluates: the run's thread count, as in-process,
+    # so its float sums are the in-process engine's
+    set_torch_threads(cfg.train.threads)
     why = STRATEGIES[cfg.fed.strategy].flower
     if why:
         raise UserError(f"config key 'fed.strategy' = '{cfg.fed.strategy}' cannot run over Flower ({why}); "
