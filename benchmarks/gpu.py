@@ -25,8 +25,10 @@ the ratios of pairs measured side by side are steadier.
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -212,12 +214,16 @@ def _timed_steps(tr, data, g, steps: int, batch: int):
     return time.perf_counter() - t, res
 
 
+DEFAULT_RUN_STEPS = 20 * 2 * 31  # the defaults: rounds x clients x steps per epoch (1,000 images, batch 32)
+
+
 def compile_bench() -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"torch.compile (inductor) vs eager on {DEVICE}, {torch.get_num_threads()} threads; "
           f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)", flush=True)
     if "--warm-cache" not in sys.argv:  # what a first run costs: inductor's on-disk caches empty
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="fedsynth-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache = tempfile.mkdtemp(prefix="fedsynth-inductor-")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
     print(f"inductor cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the default (warm if compiled before)')}")
     t = time.perf_counter()
     why = _inductor_works()
@@ -225,13 +231,14 @@ def compile_bench() -> None:
           f"{'works' if why is None else 'FAILS: ' + why}, {time.perf_counter() - t:.1f} s", flush=True)
     if why is not None:
         return
-    first, steady = 3, (3 if QUICK else (8 if DEVICE == "cpu" else 50))
+    first, repeat = 3, (2 if QUICK else 3)
     shapes = [(64, 32, 16, 32)] + ([(64, 64, 64, 64)] if "--paper" in sys.argv else [])
     print("| size | widths (ngf/ndf, batch) | first 3 steps eager / compiled, s | compile cost, s | "
           "steady images/s eager / compiled | ratio | break-even steps | max abs diff after 3 steps: "
           "d/g loss, weights |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for size, ngf, ndf, batch in shapes:
+        steady = 3 if QUICK else (max(4, 512 // batch) if DEVICE == "cpu" else 50)  # steps per block
         warm = _trainer(size, ngf, ndf, batch)
         _timed_steps(*warm, 1, batch)  # the process's one-time costs (oneDNN set-up) fall on neither side
         del warm
@@ -247,23 +254,25 @@ def compile_bench() -> None:
         assert we.keys() == wc.keys(), "compiling changed the state-dict keys"
         dw = max((we[k].float() - wc[k].float()).abs().max().item() for k in we)
         dd, dg = abs(r_e.d_loss - r_c.d_loss), abs(r_e.g_loss - r_c.g_loss)
-        # steady state: alternate blocks so the machine's noise hits both alike; best of 2
+        # steady state: alternate blocks so the machine's noise hits both alike; best of `repeat`
         se, sc = [], []
-        for _ in range(2):
+        for _ in range(repeat):
             se.append(_timed_steps(*eager, steady, batch)[0] / steady)
             sc.append(_timed_steps(*comp, steady, batch)[0] / steady)
         pe, pc = min(se), min(sc)
         graphs = counters["stats"]["unique_graphs"]
         cost = t_c - t_e - first * (pc - pe)  # first steps' extra time beyond the steady difference
         gain = pe - pc
-        even = f"{cost / gain:.0f}" if gain > 0 else "never (compiled is not faster)"
+        pays = gain > 0 and cost / gain < DEFAULT_RUN_STEPS
+        even = (f"{cost / gain:.0f} ({'<' if pays else '>='} a default run's {DEFAULT_RUN_STEPS})" if gain > 0
+                else "never (compiled is not faster)")
         print(f"| {size} | {ngf}/{ndf}, {batch} | {t_e:.2f} / {t_c:.2f} | {cost:.1f} | "
               f"{batch / pe:.0f} / {batch / pc:.0f} | {pe / pc:.2f} | {even} | {dd:.1e} / {dg:.1e}, {dw:.1e} |",
               flush=True)
-        print(f"  ({graphs} graphs compiled over {first + 2 * steady} steps: G, and D with and without "
-              f"weight gradients; steady: best of 2 blocks of {steady} steps each)",
+        print(f"  ({graphs} graphs compiled over {first + repeat * steady} steps: G, and D with and without "
+              f"weight gradients; steady: best of {repeat} blocks of {steady} steps each)",
               flush=True)
-    print("a default run is 10 rounds x 2 clients x ~31 steps = ~620 steps in one process")
+    print(f"a default run: 20 rounds x 2 clients x 31 steps = {DEFAULT_RUN_STEPS} steps in one process")
 
 
 def main() -> None:
