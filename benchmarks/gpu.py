@@ -12,9 +12,10 @@
 * eval       -- one evaluation of the global model at the defaults, seconds, on the device.
 * parallel   -- a 4-client round with fed.parallel-clients = 1, 2, 4: wall time and speed-up.
 * compile    -- fedsynth's local step with G and D eager vs ``torch.compile``d (inductor), side by
-                side in this process: compile time (the first steps), steady-state images/s, the
-                steps after which compiling breaks even, and the max abs difference of losses and
-                weights after the same steps from the same weights and seed. Default widths (ngf 32,
+                side in this process: compile time (the first steps), steady-state images/s (medians
+                of alternating single steps), the steps after which compiling breaks even, and the
+                max abs difference of losses and weights after the same steps from the same weights
+                and seed. Default widths (ngf 32,
                 ndf 16, batch 32, 64 px); ``--paper`` adds 64/64, batch 64. Not in the default set
                 (the compile itself takes minutes on a small CPU); prints the load average. Each
                 run compiles with an empty inductor cache (a first run's cost) unless --warm-cache.
@@ -29,6 +30,7 @@ import atexit
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -254,12 +256,15 @@ def compile_bench() -> None:
         assert we.keys() == wc.keys(), "compiling changed the state-dict keys"
         dw = max((we[k].float() - wc[k].float()).abs().max().item() for k in we)
         dd, dg = abs(r_e.d_loss - r_c.d_loss), abs(r_e.g_loss - r_c.g_loss)
-        # steady state: alternate blocks so the machine's noise hits both alike; best of `repeat`
+        # steady state: single steps in adjacent pairs (the order alternating), so a load change on a
+        # shared machine hits both sides of a pair alike; the medians of the per-step times and of
+        # the pairs' ratios
         se, sc = [], []
-        for _ in range(repeat):
-            se.append(_timed_steps(*eager, steady, batch)[0] / steady)
-            sc.append(_timed_steps(*comp, steady, batch)[0] / steady)
-        pe, pc = min(se), min(sc)
+        for i in range(repeat * steady):
+            for side in ((eager, comp) if i % 2 == 0 else (comp, eager)):
+                (se if side is eager else sc).append(_timed_steps(*side, 1, batch)[0])
+        pe, pc = statistics.median(se), statistics.median(sc)
+        ratio = statistics.median(e / c for e, c in zip(se, sc))
         graphs = counters["stats"]["unique_graphs"]
         cost = t_c - t_e - first * (pc - pe)  # first steps' extra time beyond the steady difference
         gain = pe - pc
@@ -267,10 +272,12 @@ def compile_bench() -> None:
         even = (f"{cost / gain:.0f} ({'<' if pays else '>='} a default run's {DEFAULT_RUN_STEPS})" if gain > 0
                 else "never (compiled is not faster)")
         print(f"| {size} | {ngf}/{ndf}, {batch} | {t_e:.2f} / {t_c:.2f} | {cost:.1f} | "
-              f"{batch / pe:.0f} / {batch / pc:.0f} | {pe / pc:.2f} | {even} | {dd:.1e} / {dg:.1e}, {dw:.1e} |",
+              f"{batch / pe:.0f} / {batch / pc:.0f} | {ratio:.2f} | {even} | {dd:.1e} / {dg:.1e}, {dw:.1e} |",
               flush=True)
         print(f"  ({graphs} graphs compiled over {first + repeat * steady} steps: G, and D with and without "
-              f"weight gradients; steady: best of {repeat} blocks of {steady} steps each)",
+              f"weight gradients; steady: medians of {repeat * steady} alternating pairs of single steps; "
+              f"ratio = median of the pairs' eager/compiled; per-pair ratios "
+              f"{min(e / c for e, c in zip(se, sc)):.2f}..{max(e / c for e, c in zip(se, sc)):.2f})",
               flush=True)
     print(f"a default run: 20 rounds x 2 clients x 31 steps = {DEFAULT_RUN_STEPS} steps in one process")
 
