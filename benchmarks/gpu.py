@@ -1,6 +1,6 @@
 """fedsynth on whatever device is present, side by side with PyTorch's own DCGAN example.
 
-    .venv/bin/python benchmarks/gpu.py [process] [throughput] [eval] [parallel] [--device cuda:0] [--quick]
+    .venv/bin/python benchmarks/gpu.py [process] [throughput] [eval] [parallel] [compile] [--device cuda:0] [--quick] [--paper] [--warm-cache]
 
 * process    -- whole processes, alternating, best of two: ``python benchmarks/dcgan_reference.py``
                 (pytorch/examples dcgan/main.py --dataset fake --niter 1, reimplemented: 1,000 RGB
@@ -11,6 +11,14 @@
                 fedsynth's step vs the example's step on the same device.
 * eval       -- one evaluation of the global model at the defaults, seconds, on the device.
 * parallel   -- a 4-client round with fed.parallel-clients = 1, 2, 4: wall time and speed-up.
+* compile    -- fedsynth's local step with G and D eager vs ``torch.compile``d (inductor), side by
+                side in this process: compile time (the first steps), steady-state images/s (medians
+                of alternating single steps), the steps after which compiling breaks even, and the
+                max abs difference of losses and weights after the same steps from the same weights
+                and seed. Default widths (ngf 32,
+                ndf 16, batch 32, 64 px); ``--paper`` adds 64/64, batch 64. Not in the default set
+                (the compile itself takes minutes on a small CPU); prints the load average. Each
+                run compiles with an empty inductor cache (a first run's cost) unless --warm-cache.
 
 Every number is measured in this run; nothing is hard-coded. Timings vary on shared machines;
 the ratios of pairs measured side by side are steadier.
@@ -18,8 +26,11 @@ the ratios of pairs measured side by side are steadier.
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -169,12 +180,115 @@ def parallel() -> None:
           ", ".join(f"parallel-clients {k}: {t:.2f} s ({times[1] / t:.2f}x)" for k, t in times.items()))
 
 
+# -------------------------------------------------------------------------------------- compile
+
+def _trainer(size: int, ngf: int, ndf: int, batch: int):
+    from fedsynth.data import ImageSet
+    from fedsynth.models import build_gan
+    from fedsynth.train import LocalTrainer, build_loss
+    import numpy as np
+    rng = np.random.default_rng(0)
+    data = ImageSet(rng.integers(0, 256, (batch * 8, 3, size, size), dtype=np.uint8),
+                    np.zeros(batch * 8, np.int64), ("x",), "bench")
+    tr = LocalTrainer(build_gan("dcgan", size, 3, 100, ngf, ndf, seed=0), build_loss("bce"), channels_last=True,
+                      device=DEVICE)
+    tr.load(tr.weights(), None)
+    return tr, data, torch.Generator().manual_seed(0)
+
+
+def _inductor_works() -> str | None:
+    """None if inductor compiles and runs a tiny function here, else why not."""
+    try:
+        f = torch.compile(lambda x: torch.sin(x) * 2 + 1)
+        x = torch.randn(8, device=DEVICE)
+        if not torch.allclose(f(x), torch.sin(x) * 2 + 1):
+            return "inductor ran but gave a different result"
+    except Exception as e:  # a missing C++ compiler, an unsupported device, ...
+        return f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+    return None
+
+
+def _timed_steps(tr, data, g, steps: int, batch: int):
+    _sync()
+    t = time.perf_counter()
+    res = tr.train(data, steps, batch, g)
+    _sync()
+    return time.perf_counter() - t, res
+
+
+DEFAULT_RUN_STEPS = 20 * 2 * 31  # the defaults: rounds x clients x steps per epoch (1,000 images, batch 32)
+
+
+def compile_bench() -> None:
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    print(f"torch.compile (inductor) vs eager on {DEVICE}, {torch.get_num_threads()} threads; "
+          f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)", flush=True)
+    if "--warm-cache" not in sys.argv:  # what a first run costs: inductor's on-disk caches empty
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache = tempfile.mkdtemp(prefix="fedsynth-inductor-")
+        atexit.register(shutil.rmtree, cache, ignore_errors=True)
+    print(f"inductor cache: {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'the default (warm if compiled before)')}")
+    t = time.perf_counter()
+    why = _inductor_works()
+    print(f"inductor smoke test (a 1-op function): "
+          f"{'works' if why is None else 'FAILS: ' + why}, {time.perf_counter() - t:.1f} s", flush=True)
+    if why is not None:
+        return
+    first, repeat = 3, (2 if QUICK else 3)
+    shapes = [(64, 32, 16, 32)] + ([(64, 64, 64, 64)] if "--paper" in sys.argv else [])
+    print("| size | widths (ngf/ndf, batch) | first 3 steps eager / compiled, s | compile cost, s | "
+          "steady images/s eager / compiled | ratio | break-even steps | max abs diff after 3 steps: "
+          "d/g loss, weights |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for size, ngf, ndf, batch in shapes:
+        steady = 3 if QUICK else (max(4, 512 // batch) if DEVICE == "cpu" else 50)  # steps per block
+        warm = _trainer(size, ngf, ndf, batch)
+        _timed_steps(*warm, 1, batch)  # the process's one-time costs (oneDNN set-up) fall on neither side
+        del warm
+        eager, comp = _trainer(size, ngf, ndf, batch), _trainer(size, ngf, ndf, batch)
+        from torch._dynamo.utils import counters
+        counters.clear()
+        # compile the modules' forward calls in place (nn.Module.compile): state-dict keys unchanged
+        comp[0].gan.G.compile()
+        comp[0].gan.D.compile()
+        t_e, r_e = _timed_steps(*eager, first, batch)
+        t_c, r_c = _timed_steps(*comp, first, batch)
+        we, wc = eager[0].weights(), comp[0].weights()
+        assert we.keys() == wc.keys(), "compiling changed the state-dict keys"
+        dw = max((we[k].float() - wc[k].float()).abs().max().item() for k in we)
+        dd, dg = abs(r_e.d_loss - r_c.d_loss), abs(r_e.g_loss - r_c.g_loss)
+        # steady state: single steps in adjacent pairs (the order alternating), so a load change on a
+        # shared machine hits both sides of a pair alike; the medians of the per-step times and of
+        # the pairs' ratios
+        se, sc = [], []
+        for i in range(repeat * steady):
+            for side in ((eager, comp) if i % 2 == 0 else (comp, eager)):
+                (se if side is eager else sc).append(_timed_steps(*side, 1, batch)[0])
+        pe, pc = statistics.median(se), statistics.median(sc)
+        ratio = statistics.median(e / c for e, c in zip(se, sc))
+        graphs = counters["stats"]["unique_graphs"]
+        cost = t_c - t_e - first * (pc - pe)  # first steps' extra time beyond the steady difference
+        gain = pe - pc
+        pays = gain > 0 and cost / gain < DEFAULT_RUN_STEPS
+        even = (f"{cost / gain:.0f} ({'<' if pays else '>='} a default run's {DEFAULT_RUN_STEPS})" if gain > 0
+                else "never (compiled is not faster)")
+        print(f"| {size} | {ngf}/{ndf}, {batch} | {t_e:.2f} / {t_c:.2f} | {cost:.1f} | "
+              f"{batch / pe:.0f} / {batch / pc:.0f} | {ratio:.2f} | {even} | {dd:.1e} / {dg:.1e}, {dw:.1e} |",
+              flush=True)
+        print(f"  ({graphs} graphs compiled over {first + repeat * steady} steps: G, and D with and without "
+              f"weight gradients; steady: medians of {repeat * steady} alternating pairs of single steps; "
+              f"ratio = median of the pairs' eager/compiled; per-pair ratios "
+              f"{min(e / c for e, c in zip(se, sc)):.2f}..{max(e / c for e, c in zip(se, sc)):.2f})",
+              flush=True)
+    print(f"a default run: 20 rounds x 2 clients x 31 steps = {DEFAULT_RUN_STEPS} steps in one process")
+
+
 def main() -> None:
     which = ARGS or ["process", "throughput", "eval", "parallel"]
     name = torch.cuda.get_device_name(torch.device(DEVICE)) if DEVICE.startswith("cuda") else platform.processor()
     print(f"device {DEVICE} ({name}); {os.cpu_count()} cores; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}")
     for w in which:
-        {"process": process, "throughput": throughput, "eval": eval_time, "parallel": parallel}[w]()
+        {"process": process, "throughput": throughput, "eval": eval_time, "parallel": parallel,
+         "compile": compile_bench}[w]()
 
 
 if __name__ == "__main__":
