@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -37,3 +39,20 @@ def sites(tmp_path_factory):
                                    "--set", "data.num-images=64", "--set", "data.image-size=16"])
     assert res.exit_code == 0, res.output
     return root / "sites"
+
+
+@contextlib.contextmanager
+def local_http_server(handler):
+    """An HTTP server on 127.0.0.1 (a free port) answering with ``handler`` in a thread; yields
+    its base URL and stops it on exit (weights downloads tested without a network)."""
+    import http.server
+    import threading
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=httpd.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        t.join()

@@ -6,12 +6,12 @@ builds, its gradients reach every part, and it round-trips, not that it learns."
 
 import hashlib
 import http.server
-import threading
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import local_http_server
 from fedsynth import weights
 from fedsynth.config import UserError, build_config, load_config
 from fedsynth.data import ImageSet
@@ -193,13 +193,8 @@ class _Hub(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hub_server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    t.join()
+    with local_http_server(_Hub) as url:
+        yield url
 
 
 def test_fetch_a_timm_backbone_into_the_hub_cache_then_load_it_offline(hub_server, tmp_path, monkeypatch):

@@ -2,11 +2,11 @@
 
 import hashlib
 import http.server
-import threading
 
 import pytest
 from typer.testing import CliRunner
 
+from conftest import local_http_server
 from fedsynth import weights
 from fedsynth.cli import app
 from fedsynth.config import UserError
@@ -36,13 +36,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=httpd.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
-    t.join()
+    with local_http_server(_Handler) as url:
+        yield url
 
 
 @pytest.fixture

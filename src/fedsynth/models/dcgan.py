@@ -44,21 +44,39 @@ def _norm(kind: str, ch: int) -> nn.Module:
     raise ValueError(f"unknown norm {kind!r}")
 
 
-class Generator(nn.Module):
+class LatentConditioning:
+    """Label conditioning of a generator's latent, shared by the generators of this package:
+    ``"multiply"`` multiplies a learned class embedding (``self.embed``) into each latent
+    channel; ``"concat"`` appends a one-hot label; ``"none"`` leaves the latent alone."""
+
+    def _conditioning(self, nz: int, num_classes: int, conditional: str) -> int:
+        """Set up the conditioning (call in ``__init__``); returns the conditioned latent's width."""
+        self.nz, self.num_classes, self.conditional = nz, num_classes, conditional
+        if conditional == "multiply":
+            self.embed = nn.Embedding(num_classes, nz)
+            return nz
+        if conditional == "concat":
+            return nz + num_classes
+        if conditional != "none":
+            raise ValueError(f"unknown generator conditioning {conditional!r}")
+        return nz
+
+    def condition(self, z: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        if self.conditional == "multiply":
+            return z * self.embed(y)
+        if self.conditional == "concat":
+            return torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
+        return z
+
+
+class Generator(LatentConditioning, nn.Module):
     """``z (B, nz)`` [+ labels ``(B,)``] -> image ``(B, nc, S, S)`` in ``[-1, 1]``."""
 
     def __init__(self, image_size: int = 64, nc: int = 1, nz: int = 100, ngf: int = 64,
                  norm: str = "batch", num_classes: int = 0, conditional: str = "none"):
         super().__init__()
-        self.image_size, self.nc, self.nz = image_size, nc, nz
-        self.num_classes, self.conditional = num_classes, conditional
-        zin = nz
-        if conditional == "multiply":
-            self.embed = nn.Embedding(num_classes, nz)
-        elif conditional == "concat":
-            zin = nz + num_classes
-        elif conditional != "none":
-            raise ValueError(f"unknown generator conditioning {conditional!r}")
+        self.image_size, self.nc = image_size, nc
+        zin = self._conditioning(nz, num_classes, conditional)
         n = _num_ups(image_size)
         ch = ngf * 2 ** (n - 1)
         layers: list[nn.Module] = [
@@ -73,11 +91,7 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.conditional == "multiply":
-            z = z * self.embed(y)
-        elif self.conditional == "concat":
-            z = torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
-        return self.net(z.view(z.shape[0], -1, 1, 1))
+        return self.net(self.condition(z, y).view(z.shape[0], -1, 1, 1))
 
     def folded(self) -> "Generator":
         """A copy for inference with every BatchNorm folded into the transposed convolution

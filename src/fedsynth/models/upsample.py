@@ -17,10 +17,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .dcgan import _norm, _num_ups
+from .dcgan import LatentConditioning, _norm, _num_ups
 
 
-class UpsampleGenerator(nn.Module):
+class UpsampleGenerator(LatentConditioning, nn.Module):
     """``z (B, nz)`` [+ labels ``(B,)``] -> image ``(B, nc, S, S)`` in ``[-1, 1]``."""
 
     def __init__(self, image_size: int = 64, nc: int = 1, nz: int = 100, ngf: int = 32,
@@ -28,15 +28,8 @@ class UpsampleGenerator(nn.Module):
                  dropout: float = 0.25):
         super().__init__()
         _num_ups(image_size)                                        # a power of two >= 16
-        self.image_size, self.nc, self.nz = image_size, nc, nz
-        self.num_classes, self.conditional = num_classes, conditional
-        zin = nz
-        if conditional == "multiply":
-            self.embed = nn.Embedding(num_classes, nz)
-        elif conditional == "concat":
-            zin = nz + num_classes
-        elif conditional != "none":
-            raise ValueError(f"unknown generator conditioning {conditional!r}")
+        self.image_size, self.nc = image_size, nc
+        zin = self._conditioning(nz, num_classes, conditional)
         self.s0, ch = image_size // 8, ngf * 4
         self.fc = nn.Linear(zin, ch * self.s0 * self.s0)            # (B, 4 ngf * s0 * s0)
         blocks: list[nn.Module] = [_norm(norm, ch)]
@@ -49,9 +42,5 @@ class UpsampleGenerator(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        if self.conditional == "multiply":
-            z = z * self.embed(y)                                   # class embedding x each input channel
-        elif self.conditional == "concat":
-            z = torch.cat([z, nn.functional.one_hot(y, self.num_classes).to(z.dtype)], dim=1)
-        h = self.fc(z).view(z.shape[0], -1, self.s0, self.s0)       # (B, 4 ngf, S/8, S/8)
+        h = self.fc(self.condition(z, y)).view(z.shape[0], -1, self.s0, self.s0)  # (B, 4 ngf, S/8, S/8)
         return self.net(h)
