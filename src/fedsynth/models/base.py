@@ -16,7 +16,7 @@ A family registers in :data:`fedsynth.registry.FAMILIES` and implements the abst
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import torch
@@ -39,6 +39,16 @@ class TrainResult:
 
 
 Sampler = Callable[[torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+
+
+def description_fields(desc: dict[str, Any], spec: type, what: str) -> dict[str, Any]:
+    """The fields of dataclass ``spec`` in a checkpoint's model description ``desc`` (besides
+    ``family`` and ``class_names``); a field ``spec`` does not know is an error naming it."""
+    names = {f.name for f in fields(spec)}
+    unknown = set(desc) - names - {"family", "class_names"}
+    if unknown:
+        raise ValueError(f"unknown {what} description field(s) {sorted(unknown)}")
+    return {k: v for k, v in desc.items() if k in names}
 
 
 class GenerativeModel(ABC):

@@ -36,7 +36,7 @@ import copy
 import time
 import weakref
 import zlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from ..train import steps_per_epoch
 from ..train.device import autocast, images_on
-from .base import GenerativeModel, TrainResult
+from .base import GenerativeModel, TrainResult, description_fields
 from .gan import norm_keys
 
 #: config names of the noise schedules -> MONAI's NoiseSchedules names
@@ -178,11 +178,7 @@ class DiffusionModel(GenerativeModel):
 
     @classmethod
     def from_description(cls, desc: dict[str, Any]) -> "DiffusionModel":
-        names = {f.name for f in fields(DiffusionSpec)}
-        unknown = set(desc) - names - {"family", "class_names"}
-        if unknown:
-            raise ValueError(f"unknown diffusion description field(s) {sorted(unknown)}")
-        kw = {k: v for k, v in desc.items() if k in names}
+        kw = description_fields(desc, DiffusionSpec, "diffusion")
         for k in ("widths", "attention"):
             if k in kw:
                 kw[k] = tuple(kw[k])

@@ -11,14 +11,14 @@ schedules the D and G phases; the loss computes them). Weights: one state dict w
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..train import LocalTrainer, OptimConfig, build_loss
-from .base import GenerativeModel, TrainResult
+from .base import GenerativeModel, TrainResult, description_fields
 from .backbones import build_backbone
 from .dcgan import Discriminator, Generator, dcgan_init_
 from .heads import BackboneDiscriminator
@@ -155,12 +155,8 @@ class GANModel(GenerativeModel):
 
     @classmethod
     def from_description(cls, desc: dict[str, Any]) -> "GANModel":
-        names = {f.name for f in fields(ModelSpec)}
-        unknown = set(desc) - names - {"family", "class_names"}
-        if unknown:
-            raise ValueError(f"unknown GAN description field(s) {sorted(unknown)}")
         # the weights come from the checkpoint: no ImageNet load (and no need for its file)
-        return cls(ModelSpec(**{k: v for k, v in desc.items() if k in names}), pretrained=False)
+        return cls(ModelSpec(**description_fields(desc, ModelSpec, "GAN")), pretrained=False)
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, **self.spec.to_dict()}
