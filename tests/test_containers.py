@@ -442,9 +442,49 @@ def _fake_flower(tmp_path: Path, name: str, tls: bool) -> tuple[subprocess.Popen
     return p, args
 
 
+def _own_pid_namespace() -> list[str] | None:
+    """`unshare` arguments that give a command its own PID namespace and /proc, as a container
+    has, where this machine allows it (root, or user namespaces); None otherwise."""
+    cmd = ["unshare", "--pid", "--fork", "--mount-proc"]
+    if shutil.which("unshare") is None:
+        return None
+    try:
+        return cmd if subprocess.run(cmd + ["true"], capture_output=True, timeout=10).returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+# the health check's three answers -- no Flower process, the fake one, the fake one gone -- from
+# inside a PID namespace, where the test's other Flower federations (the other xdist worker) are
+# invisible, as other containers' processes are
+_HEALTH_DRIVER = """
+import json, subprocess, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+from test_containers import DOCKER, _fake_flower
+hc = [sys.executable, str(DOCKER / "healthcheck.py")]
+rcs = [subprocess.run(hc, capture_output=True, timeout=30).returncode]
+p, _ = _fake_flower(Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "tls")
+try:
+    rcs.append(subprocess.run(hc, capture_output=True, timeout=30).returncode)
+finally:
+    p.kill()
+    p.wait(timeout=10)
+rcs.append(subprocess.run(hc, capture_output=True, timeout=30).returncode)
+print(json.dumps(rcs))
+"""
+
+
 @pytest.mark.parametrize("name,tls", [("flower-superlink", True), ("flower-supernode", False)])
 def test_healthcheck_asks_the_flower_process_on_its_own_port(tmp_path, name, tls):
-    # (run where no other flower-superlink / flower-supernode process exists, as in a container)
+    ns = _own_pid_namespace()
+    if ns is not None:
+        res = subprocess.run(ns + [sys.executable, "-c", _HEALTH_DRIVER, str(Path(__file__).parent), str(tmp_path),
+                                   name, "tls" if tls else "plain"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert json.loads(res.stdout.strip().splitlines()[-1]) == [1, 0, 1]  # none, healthy, gone
+        return
+    # no namespaces here: run where no other flower-superlink / flower-supernode process exists
     hc = [sys.executable, str(DOCKER / "healthcheck.py")]
     others = subprocess.run(hc, capture_output=True, text=True, timeout=30)
     if "no flower-superlink or flower-supernode process" not in others.stderr:
