@@ -155,27 +155,23 @@ def eval_cost() -> None:
             run.evaluator.evaluate(None, 1, cid, cid)
 
     def unfolded(fn):
-        """``fn`` with the sampler of before 2026-11-30: G's BatchNorm not folded, batches of 250."""
-        from fedsynth.models.base import GenerativeModel as base_cls
+        """``fn`` with the sampler of before 2026-11-30: G's BatchNorm not folded."""
         model_cls = type(run.model)
-        sampler, batches = model_cls.sampler, base_cls.sample_batches
+        sampler = model_cls.sampler
 
         def plain_sampler(self, state):
             G = sampler(self, state)
             return self.gan.G if hasattr(self.gan.G, "folded") else G
-
-        def small_batches(self, state, z, y=None, batch=250, bf16=False):
-            return batches(self, state, z, y, 250, bf16)
-        model_cls.sampler, base_cls.sample_batches = plain_sampler, small_batches
+        model_cls.sampler = plain_sampler
         try:
             return fn()
         finally:
-            model_cls.sampler, base_cls.sample_batches = sampler, batches
+            model_cls.sampler = sampler
 
     train_c, train_w = clock(train)
     old_c, old_w = unfolded(lambda: clock(lambda: run.fed.pool.evaluate_global(1), 2))
     glob_c, glob_w = clock(lambda: run.fed.pool.evaluate_global(1), 2)
-    print(f"global evaluation, the sampler of before (BatchNorm not folded, batches of 250): {old_c:.2f} CPU s "
+    print(f"global evaluation, the sampler of before (BatchNorm not folded): {old_c:.2f} CPU s "
           f"({old_w:.2f} s) vs now {glob_c:.2f} ({glob_w:.2f}): {1 - glob_c / old_c:.0%} less CPU", flush=True)
     loc_c, loc_w = clock(local_scores, 2)
     n = cfg.eval.num_samples

@@ -129,7 +129,7 @@ class GenerativeModel(ABC):
         next :meth:`load` or :meth:`sampler`."""
 
     def sample_batches(self, state: State | None, z: torch.Tensor, y: torch.Tensor | None = None,
-                       batch: int = 500, bf16: bool = False) -> Iterator[torch.Tensor]:
+                       batch: int = 250, bf16: bool = False) -> Iterator[torch.Tensor]:
         """Images from ``state`` for latents ``z`` (and labels ``y``), ``batch`` at a time, on the
         model's device in its precision (``bf16``: bfloat16 autocast whatever the precision), as
         float32. Lets evaluation extract features batch by batch, without holding every image."""
@@ -142,7 +142,7 @@ class GenerativeModel(ABC):
             yield out.float()  # (B, C, H, W)
 
     @torch.inference_mode()
-    def sample(self, state: State | None, z: torch.Tensor, y: torch.Tensor | None = None, batch: int = 500,
+    def sample(self, state: State | None, z: torch.Tensor, y: torch.Tensor | None = None, batch: int = 250,
                bf16: bool = False) -> torch.Tensor:
         """Images from ``state`` for latents ``z`` (and labels ``y``), in batches
         (:meth:`sample_batches`), returned on the CPU."""

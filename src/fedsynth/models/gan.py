@@ -195,4 +195,4 @@ class GANModel(GenerativeModel):
         if state is not None:
             G.load_state_dict({k[2:]: v for k, v in state.items() if k.startswith("G.")})
         G.eval()
-        return G.folded() if hasattr(G, "folded") else G  # BatchNorm folded: ~25 % faster sampling
+        return G.folded() if hasattr(G, "folded") else G  # BatchNorm folded (docs/performance.md)
