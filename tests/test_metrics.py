@@ -101,6 +101,21 @@ def test_kid_matches_torchmetrics_with_one_full_subset():
     assert ours == pytest.approx(float(tm.compute()[0]), rel=1e-6)
 
 
+def test_kid_float32_gram_agrees_with_float64():
+    """The batched float32 Gram matrices move KID by far less than its spread over subsets."""
+    g = np.random.default_rng(4)
+    real = np.abs(g.normal(size=(400, 480))) * 2
+    fake = np.abs(g.normal(size=(300, 480))) * 2.1
+    ours, std = kernel_inception_distance(real, fake, subsets=20, subset_size=100, seed=7)
+    rng, ref = np.random.default_rng(7), []
+    for _ in range(20):  # the float64 loop it replaced: the same subsets
+        x, y = real[rng.choice(400, 100, replace=False)], fake[rng.choice(300, 100, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / 480 + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        ref.append((kxx.sum() - np.trace(kxx)) / 9900 + (kyy.sum() - np.trace(kyy)) / 9900 - 2 * kxy.mean())
+    assert ours == pytest.approx(np.mean(ref), rel=1e-5)
+    assert abs(ours - np.mean(ref)) < 1e-3 * np.std(ref) and std == pytest.approx(np.std(ref), rel=1e-4)
+
+
 def test_inception_is_never_downloaded(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     assert build_extractor("auto").metric in ("fd-effnet", "fd-random")  # no Inception weights: not FID

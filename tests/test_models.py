@@ -62,3 +62,30 @@ def test_folded_generator_draws_the_same_images(norm):
     n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert n_bn == 0
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items())
+
+
+@pytest.mark.parametrize("shape", [(3, 8, 4, 4, 2, 1, False), (2, 5, 7, 9, 2, 1, True), (2, 4, 6, 6, 1, 0, True),
+                                   (1, 3, 5, 5, 3, 2, False)])
+def test_column_transposed_convolution_matches_the_convolution(shape):
+    """The gray output layer's matmul + col2im form is the same function as the transposed
+    convolution (any stride, padding, bias, non-square maps), to float rounding."""
+    from fedsynth.models.dcgan import ColumnConvTranspose2d
+    n, cin, h, w, stride, pad, bias = shape
+    conv = torch.nn.ConvTranspose2d(cin, 1, 4, stride, pad, bias=bias)
+    x = torch.randn(n, cin, h, w, generator=torch.Generator().manual_seed(2))
+    fast = ColumnConvTranspose2d(conv)
+    with torch.no_grad():
+        ref, out = conv(x), fast(x)
+        out_cl = fast(x.contiguous(memory_format=torch.channels_last))
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-6) and torch.allclose(out_cl, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="one output channel"):
+        ColumnConvTranspose2d(torch.nn.ConvTranspose2d(cin, 3, 4, 2, 1))
+
+
+def test_folded_gray_generator_uses_the_column_output_layer_and_rgb_does_not():
+    from fedsynth.models import ModelSpec
+    from fedsynth.models.dcgan import ColumnConvTranspose2d
+    for nc, expect in ((1, True), (3, False)):
+        G = build_gan(ModelSpec(image_size=16, channels=nc, nz=8, ngf=8, ndf=8), seed=0).G.eval()
+        assert any(isinstance(m, ColumnConvTranspose2d) for m in G.folded().modules()) is expect

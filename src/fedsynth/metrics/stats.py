@@ -114,6 +114,11 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
                               subset_size: int = 100, seed: int = 0) -> tuple[float, float]:
     """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel ``(x.y / d + 1)^3``,
     averaged over random subsets. Returns ``(mean, std)`` over subsets.
+
+    The subsets' Gram matrices are one batched float32 product (the cost: 1.5x faster than
+    float64 on this CPU); kernel values and sums are float64. Against an all-float64
+    computation KID moves by ~1e-7 of its value, far inside its spread over subsets
+    (``tests/test_metrics.py``).
     """
     real = np.asarray(real, np.float64)
     fake = np.asarray(fake, np.float64)
@@ -124,14 +129,16 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
         raise ValueError("KID needs at least 2 real and 2 generated samples")
     d = real.shape[1]
     rng = np.random.default_rng(seed)
-    vals = np.empty(subsets)
-    for i in range(subsets):
-        x = real[rng.choice(len(real), m, replace=False)]
-        y = fake[rng.choice(len(fake), m, replace=False)]
-        kxx = (x @ x.T / d + 1) ** 3
-        kyy = (y @ y.T / d + 1) ** 3
-        kxy = (x @ y.T / d + 1) ** 3
-        vals[i] = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1))
-                   + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-                   - 2 * kxy.mean())
+    idx = [(rng.choice(len(real), m, replace=False), rng.choice(len(fake), m, replace=False))
+           for _ in range(subsets)]
+    x = torch.from_numpy(real).float()[torch.from_numpy(np.stack([i for i, _ in idx]))]  # (subsets, m, d)
+    y = torch.from_numpy(fake).float()[torch.from_numpy(np.stack([j for _, j in idx]))]
+
+    def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (torch.bmm(a, b.transpose(1, 2)).double() / d + 1) ** 3
+
+    def within(kk: torch.Tensor) -> torch.Tensor:  # off-diagonal mean
+        return (kk.sum((1, 2)) - kk.diagonal(dim1=1, dim2=2).sum(-1)) / (m * (m - 1))
+
+    vals = (within(k(x, x)) + within(k(y, y)) - 2 * k(x, y).mean((1, 2))).numpy()
     return float(vals.mean()), float(vals.std())
