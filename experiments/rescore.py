@@ -64,12 +64,20 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write all pairs as JSON lines here")
     a = ap.parse_args()
     rows, heads = [], {}
-    for d in a.runs:
+    if a.out:
+        a.out.write_text("")
+    for d in a.runs:  # each run's pairs are printed and written as it finishes: a failure loses one run
         got = rescore(d, a.extractor)
-        print(f"{d.name}: {len(got)} scores", flush=True)
         rows += got
         if got:
             heads[d.name] = headline(got)
+            print(f"{d.name}: {len(got)} scores; headline {got[0]['old_metric']} {heads[d.name][0]:.4g}, "
+                  f"{got[0]['new_metric']} {heads[d.name][1]:.4g}", flush=True)
+            if a.out:
+                with a.out.open("a") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in got))
+        else:
+            print(f"{d.name}: no comparable records", flush=True)
     if not rows:
         raise SystemExit("no comparable records")
     om, nm = rows[0]["old_metric"], rows[0]["new_metric"]
@@ -80,8 +88,6 @@ def main() -> None:
     rho_runs = spearmanr([o for o, _ in heads.values()], [n for _, n in heads.values()]).statistic
     print(f"\nSpearman rank correlation {om} vs {nm}: runs' headline numbers {rho_runs:.3f} "
           f"(n={len(heads)}); all {len(rows)} scores {rho_all:.3f}")
-    if a.out:
-        a.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

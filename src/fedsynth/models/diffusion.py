@@ -74,6 +74,7 @@ class DiffusionSpec:
     guidance_scale: float = 1.0
     ema_decay: float = 0.999
     clip_sample: bool = True
+    prediction: str = "epsilon"                # what the UNet predicts: "epsilon" | "v"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -98,8 +99,9 @@ def schedulers(spec: DiffusionSpec) -> tuple[Any, Any]:
     args: dict[str, Any] = {"num_train_timesteps": spec.timesteps, "schedule": SCHEDULES[spec.schedule]}
     if spec.schedule != "cosine":
         args.update(beta_start=spec.beta_start, beta_end=spec.beta_end)
-    return (DDPMScheduler(clip_sample=spec.clip_sample, **args),
-            DDIMScheduler(clip_sample=spec.clip_sample, **args))
+    kind = {"epsilon": "epsilon", "v": "v_prediction"}[spec.prediction]
+    return (DDPMScheduler(clip_sample=spec.clip_sample, prediction_type=kind, **args),
+            DDIMScheduler(clip_sample=spec.clip_sample, prediction_type=kind, **args))
 
 
 def ddim_timesteps(T: int, n: int) -> list[int]:
@@ -172,7 +174,8 @@ class DiffusionModel(GenerativeModel):
         d = cfg.diffusion
         spec = DiffusionSpec(image_size, channels, num_classes, tuple(d.channels), tuple(d.attention), d.res_blocks,
                              d.norm_groups, d.timesteps, d.schedule, d.beta_start, d.beta_end, d.sampler,
-                             d.sampling_steps, d.conditional, d.guidance_scale, d.ema_decay, d.clip_sample)
+                             d.sampling_steps, d.conditional, d.guidance_scale, d.ema_decay, d.clip_sample,
+                             d.prediction)
         return cls(spec, seed=derive_seed(cfg.run.seed, "init"), lr=d.lr, cond_drop=d.cond_drop,
                    device=resolve_device(cfg.run.device), precision=cfg.train.precision)
 
@@ -258,12 +261,13 @@ class DiffusionModel(GenerativeModel):
                 drop = torch.rand(bs, generator=generator).to(dev) < self.cond_drop
                 y = torch.where(drop, torch.full_like(t, self.null_label), labels[i].to(dev).long())
             xt = self.ddpm.add_noise(x0, noise, t)  # sqrt(a_t) x0 + sqrt(1 - a_t) e
+            target = noise if self.spec.prediction == "epsilon" else self.ddpm.get_velocity(x0, noise, t)
             self.opt.zero_grad(set_to_none=True)
             if dp is not None:
-                loss = self._dp_backward(dp, unet, xt, noise, t, y)
+                loss = self._dp_backward(dp, unet, xt, target, t, y)
             else:
                 with amp:
-                    loss = F.mse_loss(unet(xt, t, class_labels=y).float(), noise)
+                    loss = F.mse_loss(unet(xt, t, class_labels=y).float(), target)
                 if scaler is None:
                     loss.backward()
                 else:  # unscaled right away, so hooks see true gradients
@@ -313,9 +317,9 @@ class DiffusionModel(GenerativeModel):
         net.eval()
         return lambda z, y: self._sample(net, z, y)
 
-    def _eps(self, net: nn.Module, x: torch.Tensor, t: int, y: torch.Tensor | None) -> torch.Tensor:
-        """The predicted noise at step ``t``; conditional with guidance w != 1: the
-        classifier-free mix ``eps_u + w (eps_c - eps_u)`` (one batched pass of both)."""
+    def _predict(self, net: nn.Module, x: torch.Tensor, t: int, y: torch.Tensor | None) -> torch.Tensor:
+        """The UNet's prediction (the noise, or v) at step ``t``; conditional with guidance w != 1:
+        the classifier-free mix ``out_u + w (out_c - out_u)`` (one batched pass of both)."""
         tt = torch.full((len(x),), t, dtype=torch.long, device=x.device)
         if not self.conditional:
             return net(x, tt).float()
@@ -332,7 +336,7 @@ class DiffusionModel(GenerativeModel):
         if self.spec.sampler == "ddim":
             self.ddim.set_timesteps(self.spec.sampling_steps)  # MONAI's step reads num_inference_steps
             for t in ddim_timesteps(self.spec.timesteps, self.spec.sampling_steps):
-                x, _x0 = self.ddim.step(self._eps(net, x, t, y), t, x, eta=0.0)
+                x, _x0 = self.ddim.step(self._predict(net, x, t, y), t, x, eta=0.0)
             return x.clamp(-1, 1)
         # ddpm: ancestral sampling over every timestep (Ho et al. 2020, eq. 11 with sigma_t^2 = beta~_t);
         # each sample's noise comes from a generator seeded by its own latent
@@ -342,17 +346,20 @@ class DiffusionModel(GenerativeModel):
             noise = None
             if t > 0:
                 noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device)
-            x = self._ddpm_step(self._eps(net, x, t, y), t, x, noise)
+            x = self._ddpm_step(self._predict(net, x, t, y), t, x, noise)
         return x.clamp(-1, 1)
 
-    def _ddpm_step(self, eps: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
+    def _ddpm_step(self, out: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One ancestral step from ``x_t`` to ``x_{t-1}``: the posterior mean of q(x_{t-1} | x_t, x0)
-        at the predicted (clipped) x0, plus ``sigma_t noise``; schedule from MONAI's scheduler."""
+        at the x0 predicted from the UNet's ``out`` (clipped), plus ``sigma_t noise``; schedule from MONAI's scheduler."""
         s = self.ddpm
         a_bar = s.alphas_cumprod[t].item()
         a_bar_prev = s.alphas_cumprod[t - 1].item() if t > 0 else 1.0
         beta = s.betas[t].item()
-        x0 = (x - (1 - a_bar) ** 0.5 * eps) / a_bar ** 0.5
+        if self.spec.prediction == "v":  # v = sqrt(a) e - sqrt(1 - a) x0
+            x0 = a_bar ** 0.5 * x - (1 - a_bar) ** 0.5 * out
+        else:
+            x0 = (x - (1 - a_bar) ** 0.5 * out) / a_bar ** 0.5
         if self.spec.clip_sample:
             x0 = x0.clamp(-1, 1)
         mean = (a_bar_prev ** 0.5 * beta / (1 - a_bar)) * x0 + ((1 - beta) ** 0.5 * (1 - a_bar_prev) / (1 - a_bar)) * x
