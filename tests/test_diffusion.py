@@ -113,8 +113,7 @@ def test_v_prediction_steps_like_epsilon_given_the_exact_output(sampler):
     g = torch.Generator().manual_seed(5)
     x0 = torch.rand(3, 1, 16, 16, generator=g) * 1.6 - 0.8
     e = torch.randn(3, 1, 16, 16, generator=g)
-    eps_m, v_m = _model([f"diffusion.sampler={sampler}"]), _model([f"diffusion.sampler={sampler}",
-                                                                   "diffusion.prediction=v"])
+    eps_m, v_m = (_model([f"diffusion.sampler={sampler}", f"diffusion.prediction={p}"]) for p in ("epsilon", "v"))
     for t in (15, 6, 0):
         tt = torch.full((3,), t)
         xt = eps_m.ddpm.add_noise(x0, e, tt)
@@ -129,11 +128,11 @@ def test_v_prediction_steps_like_epsilon_given_the_exact_output(sampler):
 
 
 def test_v_prediction_trains_towards_v(tiny_d):
-    """The loss is measured against v (not the noise): a v-model's first loss differs from an
-    epsilon-model's on the same batch, and the run samples and scores as usual."""
+    """The loss is measured against v (the default), not the noise: a v-model's first loss differs
+    from an epsilon-model's on the same batch, and the run samples and scores as usual."""
     over = tiny_d + ["fed.rounds=1", "partition.clients=1", "eval.enabled=false"]
-    eps_loss = [r["value"] for r in _run(over).records if r["metric"] == "loss"]
-    res = _run(over + ["diffusion.prediction=v"])
+    eps_loss = [r["value"] for r in _run(over + ["diffusion.prediction=epsilon"]).records if r["metric"] == "loss"]
+    res = _run(over)
     v_loss = [r["value"] for r in res.records if r["metric"] == "loss"]
     assert len(v_loss) == 1 and 0 < v_loss[0] < 10 and v_loss != eps_loss
     m = _model(["diffusion.prediction=v"])

@@ -178,8 +178,9 @@ class DiffusionConfig:
                           "weights (0: off)", min=0.0, max=0.99999)
     lr: float = _f(1e-3, "UNet Adam learning rate (betas 0.9, 0.999)", min=0.0, exclusive_min=True)
     clip_sample: bool = _f(True, "clip the predicted clean image to [-1, 1] at every sampling step")
-    prediction: str = _f("epsilon", "what the UNet learns to predict: epsilon (the noise; Ho et al. 2020) or v "
-                         "(sqrt(a) noise - sqrt(1 - a) image; Salimans & Ho 2022)", choices=("epsilon", "v"))
+    prediction: str = _f("v", "what the UNet learns to predict: v (sqrt(a) noise - sqrt(1 - a) image; Salimans & "
+                         "Ho 2022; the default: anatomy within minutes on a CPU, docs/diffusion.md) or epsilon "
+                         "(the noise; Ho et al. 2020)", choices=("v", "epsilon"))
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class DiffusionSpec:
     guidance_scale: float = 1.0
     ema_decay: float = 0.999
     clip_sample: bool = True
-    prediction: str = "epsilon"                # what the UNet predicts: "epsilon" | "v"
+    prediction: str = "epsilon"                # "epsilon" | "v" (config default v; epsilon: checkpoints before it)
 
     def to_dict(self) -> dict:
         d = asdict(self)
