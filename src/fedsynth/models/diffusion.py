@@ -1,5 +1,6 @@
-"""The diffusion family: a denoising UNet trained to predict the noise (DDPM), sampled with DDIM
-or DDPM, optionally class-conditional with classifier-free guidance, with an EMA of its weights.
+"""The diffusion family: a denoising UNet trained on the DDPM objective (predicting v, or the
+noise), sampled with DDIM or DDPM, optionally class-conditional with classifier-free guidance,
+with an EMA of its weights.
 
 Building blocks from MONAI (``monai.networks.nets.DiffusionModelUNet``, its DDPM/DDIM
 schedulers): the medical-imaging field's library, 2D and 3D, Apache-2.0; measured as fast as
@@ -25,7 +26,8 @@ Sampling is deterministic given the latents: DDIM with eta = 0 draws nothing; DD
 noise for a sample comes from a generator seeded by that sample's latent, so a sample does not
 depend on the batch it is drawn in.
 
-References: Ho et al. 2020 (DDPM, arXiv:2006.11239), Song et al. 2021 (DDIM, arXiv:2010.02502),
+References: Ho et al. 2020 (DDPM, arXiv:2006.11239), Salimans & Ho 2022 (v-prediction,
+arXiv:2202.00512), Song et al. 2021 (DDIM, arXiv:2010.02502),
 Ho & Salimans 2022 (classifier-free guidance, arXiv:2207.12598), Nichol & Dhariwal 2021
 (cosine schedule, arXiv:2102.09672).
 """
@@ -138,8 +140,9 @@ class DiffusionModel(GenerativeModel):
     the DDPM objective, an EMA, DDIM/DDPM sampling.
 
     One local step: a batch of real images ``x0``, noise ``e`` and timesteps ``t`` (drawn from
-    the seeded generator), ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) e``, loss ``|| e - unet(x_t, t) ||^2``
-    (Ho et al. 2020), hooks, the optimizer step, then the EMA update.
+    the seeded generator), ``x_t = sqrt(a_t) x0 + sqrt(1 - a_t) e``, loss ``|| target - unet(x_t, t) ||^2``
+    with target ``v = sqrt(a_t) e - sqrt(1 - a_t) x0`` (Salimans & Ho 2022) or ``e`` (Ho et al.
+    2020), hooks, the optimizer step, then the EMA update.
     """
 
     family = "diffusion"
@@ -351,7 +354,8 @@ class DiffusionModel(GenerativeModel):
 
     def _ddpm_step(self, out: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One ancestral step from ``x_t`` to ``x_{t-1}``: the posterior mean of q(x_{t-1} | x_t, x0)
-        at the x0 predicted from the UNet's ``out`` (clipped), plus ``sigma_t noise``; schedule from MONAI's scheduler."""
+        at the x0 predicted from the UNet's ``out`` (clipped), plus ``sigma_t noise``; schedule from
+        MONAI's scheduler."""
         s = self.ddpm
         a_bar = s.alphas_cumprod[t].item()
         a_bar_prev = s.alphas_cumprod[t - 1].item() if t > 0 else 1.0
