@@ -22,10 +22,11 @@ import sys
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from . import secagg
+from .records import from_record, to_record
 
 # SecAgg+ messages go through Flower's secaggplus_mod (fed.secure-aggregation); the others pass untouched
 client = ClientApp(mods=[secagg.secure_mod])
@@ -48,11 +49,6 @@ def _dispatch(kind: str, req: dict[str, Any]) -> dict[str, Any]:
     return res
 
 
-def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
-    return ArrayRecord(array_dict={k: Array(v if v.flags.c_contiguous else v.copy(order="C"))
-                                   for k, v in arrays.items()})  # (keeps 0-d arrays 0-d)
-
-
 def _run(kind: str, config: dict[str, Any], arrays: dict[str, np.ndarray] | None,
          strategy: dict[str, np.ndarray] | None, context: Context) -> dict[str, Any]:
     """A plain request -> :func:`_dispatch`; the node's state kept in Flower's context."""
@@ -66,17 +62,17 @@ def _run(kind: str, config: dict[str, Any], arrays: dict[str, np.ndarray] | None
 
 
 def _answer(kind: str, msg: Message, context: Context) -> Message:
-    """Flower message -> plain request -> :func:`_dispatch` -> Flower reply. Arrays travel as
-    the NumPy arrays Flower stores (bit-exact both ways)."""
+    """Flower message -> plain request -> :func:`_dispatch` -> Flower reply. Arrays travel
+    packed into one Flower Array per dtype (:mod:`.records`; bit-exact both ways)."""
     content = msg.content
 
     def arrays_of(name: str) -> dict[str, np.ndarray] | None:
-        return {k: a.numpy() for k, a in content[name].items()} if name in content else None
+        return from_record(content[name]) if name in content else None
     res = _run(kind, dict(content["config"]), arrays_of("arrays"), arrays_of("strategy"), context)
     out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
     for name in ("arrays", "extra", "stats"):
         if res.get(name) is not None:
-            out[name] = _record({k: np.asarray(v) for k, v in res[name].items()})
+            out[name] = to_record({k: np.asarray(v) for k, v in res[name].items()})
     if res.get("metrics") is not None:
         out["metrics"] = MetricRecord(res["metrics"])
     return Message(RecordDict(out), reply_to=msg)

@@ -38,13 +38,14 @@ import time
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from ...config import UserError, build_config, load_config
 from ...registry import is_fd_metric
 from ..engine import ClientPool
 from . import secagg
+from .records import from_record, is_packed, to_record
 
 POLL_S = 0.05  # how often the server asks the SuperLink for replies
 
@@ -133,6 +134,9 @@ def message_arrays(msg: Message) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     def npy(b: Any) -> bool:
         return isinstance(b, bytes) and b[:6] == b"\x93NUMPY"
     for name, rec in msg.content.items():
+        if isinstance(rec, ArrayRecord) and is_packed(rec):  # fedsynth's own replies: the named tensors
+            arrays.update((f"{name}/{k}", a) for k, a in from_record(rec).items())
+            continue
         for key, v in rec.items():
             at = f"{name}/{key}"
             if isinstance(rec, ArrayRecord):
@@ -184,6 +188,11 @@ def records_from_json(text: str, cid: str) -> list[dict[str, Any]]:
     return [{**x, "client": str(x.get("client", cid))} for x in recs]
 
 
+def _tensors(rec: ArrayRecord) -> dict[str, Any]:
+    import torch
+    return {k: torch.from_numpy(v) for k, v in from_record(rec).items()}
+
+
 def parse_train_reply(content: RecordDict, cid: str):
     """``(records, timing, update or None)`` from a node's ``train`` reply. Tensors come only
     from ArrayRecords (NumPy, read without pickle), everything else from JSON or config
@@ -205,8 +214,8 @@ def parse_train_reply(content: RecordDict, cid: str):
             raise ValueError(f"field '{name}' is not a {kind.__name__}")
     mr = content["metrics"]
     metrics = {k: float(v) for k, v in mr.items() if k not in ("num-examples", "steps")}
-    return recs, timing, ClientUpdate(cid, content["arrays"].to_torch_state_dict(), int(mr["num-examples"]),
-                                      metrics, int(mr["steps"]), content["extra"].to_torch_state_dict())
+    return recs, timing, ClientUpdate(cid, _tensors(content["arrays"]), int(mr["num-examples"]),
+                                      metrics, int(mr["steps"]), _tensors(content["extra"]))
 
 
 class FlowerClients(ClientPool):
@@ -260,7 +269,7 @@ class FlowerClients(ClientPool):
                                 f"node its own --node-config client-id")
             info[cid] = {"node": nid, **meta}
             if "stats" in rep.content:
-                self.stats[cid] = FeatureStats.from_npz_dict({k: a.numpy() for k, a in rep.content["stats"].items()})
+                self.stats[cid] = FeatureStats.from_npz_dict(from_record(rep.content["stats"]))
         self.info = info
         self.ids = sorted(info, key=_natural)
         self.by_node = {info[c]["node"]: c for c in self.ids}
@@ -325,8 +334,8 @@ class FlowerClients(ClientPool):
         """Round ``r``'s messages: ``train`` to the sampled clients, ``evaluate`` to the others
         that must score the incoming global model. Weights and strategy state serialised once."""
         tensors, base = self._request(r)
-        weights = ArrayRecord(self.fed.server.global_state)
-        strategy = ArrayRecord(array_dict={k: Array(v.detach().contiguous().numpy()) for k, v in tensors.items()})
+        weights = to_record({k: v.detach().cpu().contiguous().numpy() for k, v in self.fed.server.global_state.items()})
+        strategy = to_record({k: v.detach().cpu().contiguous().numpy() for k, v in tensors.items()})
         out = []
         for kind, cids in (("train", train), ("evaluate", evaluate)):
             for cid in cids:
