@@ -101,19 +101,28 @@ def test_kid_matches_torchmetrics_with_one_full_subset():
     assert ours == pytest.approx(float(tm.compute()[0]), rel=1e-6)
 
 
-def test_kid_float32_gram_agrees_with_float64():
+def _kid_float64_loop(real, fake, subsets, m, seed):
+    """The all-float64 loop the batched KID replaced: the same subsets, subset by subset."""
+    rng, d, out = np.random.default_rng(seed), real.shape[1], []
+    for _ in range(subsets):
+        x, y = real[rng.choice(len(real), m, replace=False)], fake[rng.choice(len(fake), m, replace=False)]
+        kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+        out.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                   - 2 * kxy.mean())
+    return np.array(out)
+
+
+@pytest.mark.parametrize("n, d, m, subsets", [(400, 480, 100, 20),    # the default shape: one batch
+                                              (1300, 3, 1200, 13)])   # large subsets: in two chunks
+def test_kid_float32_gram_agrees_with_float64(n, d, m, subsets):
     """The batched float32 Gram matrices move KID by far less than its spread over subsets."""
     g = np.random.default_rng(4)
-    real = np.abs(g.normal(size=(400, 480))) * 2
-    fake = np.abs(g.normal(size=(300, 480))) * 2.1
-    ours, std = kernel_inception_distance(real, fake, subsets=20, subset_size=100, seed=7)
-    rng, ref = np.random.default_rng(7), []
-    for _ in range(20):  # the float64 loop it replaced: the same subsets
-        x, y = real[rng.choice(400, 100, replace=False)], fake[rng.choice(300, 100, replace=False)]
-        kxx, kyy, kxy = ((a @ b.T / 480 + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
-        ref.append((kxx.sum() - np.trace(kxx)) / 9900 + (kyy.sum() - np.trace(kyy)) / 9900 - 2 * kxy.mean())
-    assert ours == pytest.approx(np.mean(ref), rel=1e-5)
-    assert abs(ours - np.mean(ref)) < 1e-3 * np.std(ref) and std == pytest.approx(np.std(ref), rel=1e-4)
+    real = np.abs(g.normal(size=(n, d))) * 2
+    fake = np.abs(g.normal(size=(n - 100, d))) * 2.1
+    ours, std = kernel_inception_distance(real, fake, subsets=subsets, subset_size=m, seed=7)
+    ref = _kid_float64_loop(real, fake, subsets, m, 7)
+    assert ours == pytest.approx(ref.mean(), rel=1e-4)
+    assert abs(ours - ref.mean()) < 1e-3 * ref.std() and std == pytest.approx(ref.std(), rel=1e-3)
 
 
 def test_inception_is_never_downloaded(monkeypatch, tmp_path):

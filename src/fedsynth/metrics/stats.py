@@ -131,8 +131,7 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
     rng = np.random.default_rng(seed)
     idx = [(rng.choice(len(real), m, replace=False), rng.choice(len(fake), m, replace=False))
            for _ in range(subsets)]
-    x = torch.from_numpy(real).float()[torch.from_numpy(np.stack([i for i, _ in idx]))]  # (subsets, m, d)
-    y = torch.from_numpy(fake).float()[torch.from_numpy(np.stack([j for _, j in idx]))]
+    real_t, fake_t = torch.from_numpy(real).float(), torch.from_numpy(fake).float()
 
     def k(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return (torch.bmm(a, b.transpose(1, 2)).double() / d + 1) ** 3
@@ -140,5 +139,12 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
     def within(kk: torch.Tensor) -> torch.Tensor:  # off-diagonal mean
         return (kk.sum((1, 2)) - kk.diagonal(dim1=1, dim2=2).sum(-1)) / (m * (m - 1))
 
-    vals = (within(k(x, x)) + within(k(y, y)) - 2 * k(x, y).mean((1, 2))).numpy()
-    return float(vals.mean()), float(vals.std())
+    vals = []
+    chunk = max(1, 2 ** 24 // (m * max(d, m)))  # subsets at a time: each tensor at most ~128 MB
+    for c in range(0, subsets, chunk):
+        part = idx[c:c + chunk]
+        x = real_t[torch.from_numpy(np.stack([i for i, _ in part]))]  # (chunk, m, d)
+        y = fake_t[torch.from_numpy(np.stack([j for _, j in part]))]
+        vals.append(within(k(x, x)) + within(k(y, y)) - 2 * k(x, y).mean((1, 2)))
+    v = torch.cat(vals).numpy()
+    return float(v.mean()), float(v.std())

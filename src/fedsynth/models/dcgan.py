@@ -123,8 +123,8 @@ class ColumnConvTranspose2d(nn.Module):
     """A transposed convolution with one output channel (a gray image's output layer), computed
     on the CPU as one matrix product and col2im (``F.fold``): each input pixel's ``k x k`` patch of
     contributions, then the patches summed into place. PyTorch's CPU kernel spends its time on the
-    large output map; this is 3.4x faster for the 64 px output layer (benchmarks/performance.py
-    eval) and agrees with it to float rounding (~1e-9). Elsewhere (a GPU, autocast) the
+    large output map; this is 3.4x faster for the 64 px output layer (docs/performance.md,
+    "Evaluation, third pass") and agrees with it to float rounding (~1e-9). Elsewhere (a GPU, autocast) the
     convolution itself runs."""
 
     def __init__(self, conv: nn.ConvTranspose2d):
