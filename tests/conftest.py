@@ -56,3 +56,25 @@ def local_http_server(handler):
         httpd.shutdown()
         httpd.server_close()
         t.join()
+
+
+def kill_9_when(cmd, env, ready, timeout=300.0):
+    """Start ``cmd``, wait until ``ready()`` holds (or ``timeout`` s pass, or the process ends),
+    SIGKILL it and reap it. Returns whether it was still running when killed (the kill -9 +
+    resume tests)."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not ready() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        alive = proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return alive
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

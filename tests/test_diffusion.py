@@ -6,13 +6,11 @@ two-level UNet, 20 timesteps, 3 DDIM steps."""
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from conftest import kill_9_when
 from typer.testing import CliRunner
 
 from fedsynth.cli import app
@@ -231,20 +229,9 @@ def test_kill_9_then_resume_is_bit_identical(tiny_d, tmp_path):
     assert res.exit_code == 0, res.output
     out = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "fedsynth", "run", *_sets(over), "--out", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while not (out / "checkpoints" / "round-0001.pt").is_file() and time.time() < deadline \
-                and proc.poll() is None:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    first = out / "checkpoints" / "round-0001.pt"
+    assert kill_9_when([sys.executable, "-m", "fedsynth", "run", *_sets(over), "--out", str(out)], env,
+                       first.is_file), "the run ended before it could be killed"
     assert (out / "checkpoints" / "round-0001.pt").is_file() and not (out / "checkpoints" / "round-0003.pt").is_file()
     res = runner.invoke(app, ["run", "--resume", str(out)])
     assert res.exit_code == 0, res.output

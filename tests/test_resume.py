@@ -3,13 +3,12 @@ starts round 1 again from the initial weights -- the uninterrupted run's result,
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
+from conftest import kill_9_when
 from typer.testing import CliRunner
 
 from fedsynth.cli import app
@@ -50,18 +49,8 @@ def test_kill_9_before_the_first_checkpoint_then_resume(tiny, tmp_path):
     cmd = [sys.executable, "-m", "fedsynth", "run", *_sets(over)]
     subprocess.run(cmd + ["--out", str(tmp_path / "ref")], check=True, env=env, capture_output=True)
     out = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + ["--out", str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 120
-        while not (out / "metrics.jsonl").is_file() and time.time() < deadline:
-            time.sleep(0.02)
-        assert (out / "metrics.jsonl").is_file() and not list((out / "checkpoints").glob("*.pt"))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    kill_9_when(cmd + ["--out", str(out)], env, lambda: (out / "metrics.jsonl").is_file(), timeout=120)
+    assert (out / "metrics.jsonl").is_file() and not list((out / "checkpoints").glob("*.pt"))
     assert {json.loads(x)["round"] for x in (out / "metrics.jsonl").read_text().splitlines()} == {0}
     res = subprocess.run([sys.executable, "-m", "fedsynth", "run", "--resume", str(out)], env=env,
                          capture_output=True, text=True, timeout=300)
