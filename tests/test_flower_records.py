@@ -65,3 +65,11 @@ def test_a_malformed_layout_is_refused_naming_the_problem(layout, message):
 def test_an_unsupported_dtype_is_refused_when_packing():
     with pytest.raises(TypeError, match="complex64"):
         to_record({"z": np.zeros(2, np.complex64)})
+
+
+def test_unpacked_arrays_become_tensors_of_the_same_shapes():
+    """0-d buffers (BatchNorm's step count, the EMA's) stay 0-d on their way into torch."""
+    from fedsynth.fed.flower.node import arrays, tensors
+    back = tensors(from_record(to_record(_state())))
+    assert back["G.steps"].shape == () and back["G.w"].shape == (4, 3, 2, 2) and back["G.empty"].shape == (0, 3)
+    assert all(np.array_equal(arrays(back)[k], v) for k, v in _state().items())

@@ -72,7 +72,7 @@ def _answer(kind: str, msg: Message, context: Context) -> Message:
     out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
     for name in ("arrays", "extra", "stats"):
         if res.get(name) is not None:
-            out[name] = to_record({k: np.asarray(v) for k, v in res[name].items()})
+            out[name] = to_record(res[name])
     if res.get("metrics") is not None:
         out["metrics"] = MetricRecord(res["metrics"])
     return Message(RecordDict(out), reply_to=msg)

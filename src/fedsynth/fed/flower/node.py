@@ -36,7 +36,8 @@ KEEP_STATES = 3  # saved node states per run (the server's last checkpoint may b
 
 
 def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    """NumPy arrays as tensors, shapes kept (``np.ascontiguousarray`` alone makes a 0-d array 1-d)."""
+    return {k: torch.from_numpy(np.ascontiguousarray(v).reshape(np.shape(v))) for k, v in arrays.items()}
 
 
 def arrays(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:

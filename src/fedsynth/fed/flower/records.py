@@ -35,7 +35,7 @@ def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
             raise TypeError(f"tensor '{name}' has dtype {dt}, which a Flower message does not carry")
         layout.append([name, dt, list(a.shape)])
         groups.setdefault(dt, []).append(a.reshape(-1))
-    flat = {dt: np.concatenate(parts) if parts else np.zeros(0, dt) for dt, parts in groups.items()}
+    flat = {dt: np.concatenate(parts) for dt, parts in groups.items()}
     flat[LAYOUT] = np.frombuffer(json.dumps(layout).encode(), dtype=np.uint8)
     return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in flat.items()})
 

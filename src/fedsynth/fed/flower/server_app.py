@@ -188,17 +188,13 @@ def records_from_json(text: str, cid: str) -> list[dict[str, Any]]:
     return [{**x, "client": str(x.get("client", cid))} for x in recs]
 
 
-def _tensors(rec: ArrayRecord) -> dict[str, Any]:
-    import torch
-    return {k: torch.from_numpy(v) for k, v in from_record(rec).items()}
-
-
 def parse_train_reply(content: RecordDict, cid: str):
     """``(records, timing, update or None)`` from a node's ``train`` reply. Tensors come only
     from ArrayRecords (NumPy, read without pickle), everything else from JSON or config
     values; anything missing or of the wrong kind raises ``ValueError``/``KeyError``/``TypeError``
     naming the field -- the caller rejects the client for the round."""
     from ...updates import ClientUpdate
+    from .node import tensors
     meta = content["meta"]
     recs = parse_records(content, cid)
     timing = json.loads(str(meta["timing"]))
@@ -214,8 +210,8 @@ def parse_train_reply(content: RecordDict, cid: str):
             raise ValueError(f"field '{name}' is not a {kind.__name__}")
     mr = content["metrics"]
     metrics = {k: float(v) for k, v in mr.items() if k not in ("num-examples", "steps")}
-    return recs, timing, ClientUpdate(cid, _tensors(content["arrays"]), int(mr["num-examples"]),
-                                      metrics, int(mr["steps"]), _tensors(content["extra"]))
+    return recs, timing, ClientUpdate(cid, tensors(from_record(content["arrays"])), int(mr["num-examples"]),
+                                      metrics, int(mr["steps"]), tensors(from_record(content["extra"])))
 
 
 class FlowerClients(ClientPool):
@@ -333,9 +329,9 @@ class FlowerClients(ClientPool):
     def _messages(self, r: int, train: list[str], evaluate: list[str], eval_local: bool) -> list[Message]:
         """Round ``r``'s messages: ``train`` to the sampled clients, ``evaluate`` to the others
         that must score the incoming global model. Weights and strategy state serialised once."""
+        from .node import arrays
         tensors, base = self._request(r)
-        weights = to_record({k: v.detach().cpu().contiguous().numpy() for k, v in self.fed.server.global_state.items()})
-        strategy = to_record({k: v.detach().cpu().contiguous().numpy() for k, v in tensors.items()})
+        weights, strategy = to_record(arrays(self.fed.server.global_state)), to_record(arrays(tensors))
         out = []
         for kind, cids in (("train", train), ("evaluate", evaluate)):
             for cid in cids:
