@@ -353,9 +353,11 @@ def generate(
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
+    spacing: float = typer.Option(0.0, "--spacing", help="Volumes: voxel size in mm written to the NIfTI files "
+                                  "(0: the voxel size of the run's data where known, else 1 mm)."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Write N generated images as PNG files.
+    """Write N generated images as PNG files (volumes: NIfTI files with their voxel size).
 
     Examples:
       fedsynth generate --checkpoint runs/quick -o synth/
@@ -379,11 +381,28 @@ def generate(
     except UserError as e:
         _fail(str(e))
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
+    volumes = arr.ndim == 5
+    if volumes:
+        from .data.export import nifti_bytes
+        mm = spacing or _voxel_mm(checkpoint)
     with atomic_folder(out) as tmp:
         for i, img in enumerate(arr):
-            save_png(img, tmp / f"{i:06d}.png")
-    what = f"class {label} ({names[label]})" if label is not None and names else "images"
+            if volumes:  # NIfTI, with the voxel size of the data the model learnt from
+                (tmp / f"{i:06d}.nii.gz").write_bytes(nifti_bytes(img, mm))
+            else:
+                save_png(img, tmp / f"{i:06d}.png")
+    what = f"class {label} ({names[label]})" if label is not None and names else ("volumes" if volumes else "images")
     console.print(f"wrote {n} {what} to {out}")
+
+
+def _voxel_mm(checkpoint: Path) -> float:
+    """The voxel size (mm) of the data a run's model learnt from, from its ``partition.json``
+    (1.0 where the run does not say)."""
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent
+    try:
+        return float(json.loads((run / "partition.json").read_text())["data"].get("voxel_mm", 1.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1.0
 
 
 @app.command()

@@ -163,12 +163,13 @@ ROBUST_RULES = Registry("privacy.robust", [
 
 
 def is_fd_metric(metric: str) -> bool:
-    """A Frechet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary)."""
-    return (metric == "fid" or metric.startswith("fd-")) and "-sites-" not in metric
+    """A Frechet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary, nor
+    one plane's distance of a volume, ``fd-<network>-plane-<xy|yz|zx>``: the headline is their mean)."""
+    return (metric == "fid" or metric.startswith("fd-")) and "-sites-" not in metric and "-plane-" not in metric
 
 
 def is_kid_metric(metric: str) -> bool:
-    return (metric == "kid" or metric.startswith("kid-")) and "-sites-" not in metric
+    return (metric == "kid" or metric.startswith("kid-")) and "-sites-" not in metric and "-plane-" not in metric
 
 
 def kid_metric(fd_metric: str) -> str:

@@ -28,6 +28,7 @@ CLASSES3D = {
     "phantom-ct": ("slim", "broad"),
     "phantom-mr": ("t1", "t2"),
 }
+FIELD_OF_VIEW_MM = {"phantom-ct": 400.0, "phantom-mr": 240.0}  # the cube's side: voxel size = this / size
 
 
 def _grid3(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,4 +179,4 @@ def make_volume_phantom(name: str, n: int, size: int = 32, seed: int = 0) -> Ima
         labels.append(label)
     return ImageSet(np.stack(vols), np.asarray(labels, np.int64), CLASSES3D[name], name,
                     {"source": "builtin-phantom", "phantom": name, "dims": 3, "seed": seed, "size": size,
-                     "count": n})
+                     "count": n, "voxel_mm": FIELD_OF_VIEW_MM[name] / size})
