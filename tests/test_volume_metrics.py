@@ -84,3 +84,17 @@ def test_records_per_plane_and_their_mean_name_plane_and_network():
     # the headline machinery (plots, tables, terminal) sees only the mean
     assert is_fd_metric("fd-random") and not is_fd_metric("fd-random-plane-xy")
     assert not is_kid_metric("kid-random-plane-zx")
+
+
+def test_the_trained_effnet_scores_volumes_per_plane():
+    """The offline EfficientNet-Lite0 under the same 2.5-D wrapper: 1,280 features per plane."""
+    from fedsynth.metrics.features import effnet_unavailable
+    if effnet_unavailable():
+        import pytest
+        pytest.skip(effnet_unavailable())
+    ext = build_extractor("effnet-lite0", dims=3, slices=2, effnet_input=64)
+    vols = make_volume_phantom("phantom-mr", 2, 16, seed=0).batch()
+    rows = ext.extract(vols)
+    assert rows.shape == (2 * 2, 3 * 1280) and ext.metric == "fd-effnet" and "effnet-lite0" in ext.name
+    xy = planes_of(vols, slice_indices(16, 2))[0]
+    assert torch.allclose(rows[:, :1280], ext.inner.extract(xy), atol=1e-5)
