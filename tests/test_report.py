@@ -10,7 +10,7 @@ import pytest
 
 from fedsynth.config import build_config
 from fedsynth.fed.run import run_experiment
-from fedsynth.report.browser import check_report, chromium
+from fedsynth.report.browser import check_report
 from fedsynth.report.html import _pick_rounds, build_report
 from fedsynth.report.rundir import read_metrics
 
@@ -82,9 +82,7 @@ def test_evenly_spaced_rounds():
     assert _pick_rounds([0, 1], 6) == [0, 1]
 
 
-def test_report_renders_in_chromium_at_two_widths(tiny_run):
-    if chromium() is None:  # CI installs it (.ci/run); a dev machine without it gets a clear failure
-        pytest.fail("chromium is not installed: apt-get install chromium")
+def test_report_renders_in_chromium_at_two_widths(chromium_bin, tiny_run):  # chromium_bin: skip/fail first
     build_report(tiny_run)
     wide, narrow = check_report(tiny_run / "report.html", (1280, 420))
     for seen in (wide, narrow):

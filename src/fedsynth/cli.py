@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 from .report.terminal import (PROGRESS_COLUMNS, RichReporter, partition_table, plural, prdc_note, summary_table,
                               value, written)
 
-from .config import Config, UserError, load_config
+from .config import Config, UserError, check_output_path, load_config
 from .registry import EXTRACTORS
 
 
@@ -89,6 +89,17 @@ class _Group(TyperGroup):
                 raise
         return super().resolve_command(ctx, args)  # raises again, with Typer's suggestion
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """A file-system error that no check caught (a disk that filled up, a folder made
+        read-only during a run) ends the command with one line naming the path, exit 2."""
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if ctx.parent is not None or isinstance(e, (BrokenPipeError,)):
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"{where}{e.strerror or e}")
+
 
 def _typer(help: str) -> typer.Typer:
     """A command group: -h as well as --help, help for no arguments, one suggestion per typo."""
@@ -97,7 +108,7 @@ def _typer(help: str) -> typer.Typer:
                        context_settings={"help_option_names": ["-h", "--help"]})
 
 
-app = _typer("Federated GANs for medical image synthesis.")
+app = _typer("Federated generative models (GANs, diffusion models) for medical image synthesis.")
 data_app = _typer("Inspect built-in and local data.")
 app.add_typer(data_app, name="data")
 deploy_app = _typer("Helpers for a Flower deployment.")
@@ -126,7 +137,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
                                        help="Print fedsynth's version and exit.")) -> None:
-    """Federated GANs for medical image synthesis."""
+    """Federated generative models (GANs, diffusion models) for medical image synthesis."""
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -158,11 +169,12 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
 ) -> None:
-    """Train a GAN federatedly (or a baseline) and evaluate it; writes a run directory.
+    """Train a generative model (a GAN, or a diffusion model) federatedly, or a baseline; evaluate it; write a run directory.
 
     Examples:
       fedsynth run                            # the default: 2 sites, x-rays
       fedsynth run -s fed.strategy=local      # baseline: each hospital alone
+      fedsynth run -s model.family=diffusion  # a diffusion model (MONAI UNet)
       fedsynth run -c examples/quick.toml -s fed.rounds=4 -o runs/quick
       fedsynth run --dry-run -s partition.clients=3   # the resolved config
       fedsynth run --resume runs/quick"""
@@ -293,6 +305,7 @@ def sweep(
         base, variants = list(set_), []
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
+        check_output_path(out, "--out")
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -366,6 +379,7 @@ def generate(
     try:
         if n < 1:
             raise UserError("--images must be at least 1")
+        check_output_path(out, "--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         from .checkpoint import load_released
@@ -402,7 +416,7 @@ def evaluate(
                              "the generated images."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
+    """Fréchet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
 
     Between two image sets, or between a checkpoint's samples and a data set.
 
@@ -416,6 +430,8 @@ def evaluate(
     try:
         if (fake is None) == (checkpoint is None):
             raise UserError("give either FAKE (a path) or --checkpoint")
+        if out is not None:
+            check_output_path(out, "--out", folder=False, example="numbers.json")
         model = state = None
         if checkpoint is not None:
             from .checkpoint import load_released
@@ -470,6 +486,7 @@ def audit(
     from .privacy.audit import write_audit
     n = images if n is None else n
     try:
+        check_output_path(out, "--out")
         from .checkpoint import load_released
         model, state, _ = load_released(checkpoint)
         side = model.describe()["image_size"]
@@ -562,6 +579,7 @@ def utility(
     try:
         if not (run_dir / "config.toml").is_file():
             raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+        check_output_path(run_dir / "utility", "RUN_DIR")
         names = classifier_names()
         if classifier not in names:
             raise UserError(f"--classifier: unknown classifier {classifier!r}; choose from {', '.join(names)}")
@@ -691,6 +709,10 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     from .report.html import build_report
     if not (run_dir / "metrics.jsonl").is_file():
         _fail(f"{run_dir} is not a run directory (no metrics.jsonl)")
+    try:
+        check_output_path(run_dir / "report.html", "RUN_DIR", folder=False)
+    except UserError as e:
+        _fail(str(e))
     console.print(f"wrote {build_report(run_dir)}")
 
 
@@ -716,6 +738,7 @@ def compare(
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
     from .report.compare import build_compare
     try:
+        check_output_path(out, "--out")
         page = build_compare(run_dirs, out, baseline, title)
     except UserError as e:
         _fail(str(e))
@@ -743,6 +766,10 @@ def data_preview(
         _fail(f"unknown data set {name!r}; choose from {', '.join(PHANTOMS)}")
     if not 16 <= size <= 256 or n < 1:
         _fail("--size must be 16-256 and --images at least 1")
+    try:
+        check_output_path(out, "--out", folder=False, example="montage.png")
+    except UserError as e:
+        _fail(str(e))
     data = make_phantom(name, max(n * 4, 64), size, seed)
     save_class_montage(data, out, per_class=max(1, n // data.num_classes))
     console.print(f"wrote {out}")
@@ -765,6 +792,8 @@ def data_inspect(
       fedsynth data inspect sample-ct -s preprocess.clahe=0.02"""
     import numpy as np
     try:
+        if montage is not None:
+            check_output_path(montage, "--montage", folder=False, example="montage.png")
         from .data.export import source_overrides
         cfg = load_config(None, source_overrides(source) + list(set_))
         data = _load_with_progress(cfg)
@@ -794,12 +823,7 @@ def data_inspect(
         console.print("montage: not written (add --montage FILE.png to write one)")
         return
     from .report.montage import save_class_montage
-    try:
-        if montage.is_dir():
-            raise UserError(f"--montage {montage} is a folder; give a file name such as {montage / 'montage.png'}")
-        montage.parent.mkdir(parents=True, exist_ok=True)
-    except UserError as e:
-        _fail(str(e))
+    montage.parent.mkdir(parents=True, exist_ok=True)
     save_class_montage(data, montage, per_class=8)
     console.print(f"montage: {montage}")
 
@@ -823,6 +847,7 @@ def data_split(
     try:
         cfg = load_config(None, source_overrides(source) + list(set_)
                           + [f"partition.clients={clients}", f"partition.scheme={scheme}"])
+        check_output_path(out, "--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         data = _load_with_progress(cfg)
@@ -916,6 +941,7 @@ def deploy_certs(
     try:
         if nodes < 0:
             raise UserError("--nodes must be 0 or more (0: hospitals make their own keys with `fedsynth deploy keygen`)")
+        check_output_path(out, "--out")
         files = make_certs(out, nodes, tuple(name))
     except UserError as e:
         _fail(str(e))
@@ -940,6 +966,7 @@ def deploy_keygen(
       fedsynth deploy keygen -o keys --name hospital-a"""
     from .fed.flower.deploy import make_node_key
     try:
+        check_output_path(out, "--out")
         priv, pub = make_node_key(out, name)
     except UserError as e:
         _fail(str(e))
@@ -1080,6 +1107,8 @@ def deploy_run(
         return
     try:
         cfg, target = prepare_run(config, set_, out, clients, resume)  # a bad config fails here, before anything is sent
+        if audit_dir is not None:
+            check_output_path(audit_dir, "--audit-dir")
     except UserError as e:
         _fail(str(e))
     code = run_flower(cfg, target, clients, superlink, round_timeout, resume is not None,

@@ -39,6 +39,40 @@ class UserError(Exception):
     """An error caused by user input (config, paths, data). Shown as one line, exit code 2."""
 
 
+def _why_not(folder: Path, e: OSError) -> str:
+    import errno
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder}"
+    if e.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system"
+    return f"cannot write in {folder} ({e.strerror or e})"
+
+
+def check_output_path(path: str | Path, option: str, *, folder: bool = True, example: str = "out") -> Path:
+    """Check that ``path`` (a folder to create or fill, or with ``folder=False`` a file to write)
+    can be written, before any work starts; a one-line :class:`UserError` naming ``option``,
+    the path and the reason otherwise (a parent that is a file, no permission, a read-only or
+    virtual file system such as /proc). Probes with a temporary folder it removes again:
+    nothing is left behind."""
+    import tempfile
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UserError(f"{option} {path}: it is a file, not a folder")
+        if not folder and path.is_dir():
+            raise UserError(f"{option} {path}: it is a folder; give a file name such as {path / example}")
+    probe = (path if folder and path.is_dir() else path.parent).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {path}: {probe} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(prefix=".fedsynth-probe-", dir=probe).cleanup()
+    except OSError as e:
+        raise UserError(f"{option} {path}: {_why_not(probe, e)}") from None
+    return path
+
+
 def _f(default: Any, help: str, **constraints: Any) -> Any:
     return field(default=default, metadata={"help": help, **constraints})
 
@@ -272,7 +306,7 @@ class EvalConfig:
 
     enabled: bool = _f(True, "evaluate at all (false: no metrics but losses, no sample grids)")
     every: int = _f(1, "evaluate every N rounds (0: only before training and at the end)", min=0)
-    num_samples: int = _f(1000, "generated images per Frechet distance", min=2)
+    num_samples: int = _f(1000, "generated images per Fréchet distance", min=2)
     max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
     feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a frozen random "
                                 "network), inception (FID), effnet-lite0 (fd-effnet), dinov2 (fd-dinov2), xrv "

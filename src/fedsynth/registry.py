@@ -160,7 +160,7 @@ ROBUST_RULES = Registry("privacy.robust", [
 
 
 def is_fd_metric(metric: str) -> bool:
-    """A Frechet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary)."""
+    """A Fréchet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary)."""
     return (metric == "fid" or metric.startswith("fd-")) and "-sites-" not in metric
 
 

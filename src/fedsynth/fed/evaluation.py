@@ -43,7 +43,7 @@ def _too_few(sizes: dict[str, int]) -> str | None:
     where = ", ".join(f"site {cid} has {n}" for cid, n in small[:3]) + (", ..." if len(small) > 3 else "")
     fewer = "" if k == 1 else " (or fewer sites: partition.clients)"
     return (f"too few images to evaluate: {where} of {total} image(s) over {k} site(s); evaluation scores every "
-            f"site against its own real images and a Frechet distance needs at least {MIN_REAL_PER_SITE} of "
+            f"site against its own real images and a Fréchet distance needs at least {MIN_REAL_PER_SITE} of "
             f"them per site, so at least {MIN_REAL_PER_SITE * k} images here{fewer}; "
             f"or set eval.enabled = false to train without evaluation")
 

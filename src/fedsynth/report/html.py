@@ -93,6 +93,17 @@ def _read_json(p: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def family_of(cfg: dict[str, Any]) -> Any:
+    """The model family class of a run's parsed config (its words for pages and headers); the
+    base class, with neutral words, for a family this installation does not know."""
+    from ..models.base import GenerativeModel
+    from ..registry import FAMILIES
+    try:
+        return FAMILIES.load(str(cfg.get("model", {}).get("family", "gan")))
+    except (KeyError, ImportError):
+        return GenerativeModel
+
+
 def _read_config(run: Path) -> tuple[str, dict[str, Any]]:
     p = run / "config.toml"
     if not p.is_file():
@@ -153,8 +164,7 @@ def _summary(run: Path, cfg: dict[str, Any], part: dict[str, Any], nodes: dict[s
         ("rounds", f"{rounds_done} of {rounds}; {g('fed', 'local-epochs', '?')} local epoch(s) per round"
          if rounds_done != rounds else f"{rounds}; {g('fed', 'local-epochs', '?')} local epoch(s) per round"),
         ("data", f"{data}, {g('data', 'image-size')} px"),
-        ("model", f"{esc(str(g('model', 'family', 'gan')))} ({esc(str(g('model', 'arch', '?')))}), loss "
-                  f"{esc(str(g('train', 'loss', '–')))}, batch {g('train', 'batch-size')}"),
+        ("model", f"{esc(family_of(cfg).config_line(cfg))}; batch {g('train', 'batch-size')}"),
         ("evaluation", (f"{esc(fd_metric)}, {g('eval', 'num-samples')} generated images per score, every "
                         f"{g('eval', 'every')} round(s)") if evaluated and fd_metric else
          ("on, but no scores recorded yet" if evaluated else "off (eval.enabled = false)")),
@@ -196,7 +206,7 @@ def _change(v0: float | None, v1: float | None) -> str:
     return f"{(v1 - v0) / abs(v0) * 100:+.1f}%"
 
 
-def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str) -> str:
+def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str, maker: str = "model") -> str:
     fd, kid = _by_round(records, fd_metric), _by_round(records, kid_metric)
     last = max(max(v) for v in fd.values())
     base = fd.get(("global", "union"), {}).get(last)
@@ -223,7 +233,7 @@ def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str)
         rows.append(f"<tr{cls}><td>{esc(model)}</td><td class=opt>{esc(data)}</td><td>{_fmt(v0)}</td><td>{final}</td>"
                     f"<td>{_change(v0, v1)}</td>{ratio}<td>{_fmt(k1, 4)}</td></tr>")
     note = ("<p class=note><b>change</b>: the final score against the same model's score before training "
-            "(round 0, the untrained generator); negative is better. ")
+            f"(round 0, the untrained {esc(maker)}); negative is better. ")
     if base:
         note += ("<b>÷ global</b>: the final score divided by the global model's final score on all sites "
                  f"({_fmt(base)}), the run's headline number: above 1 means that model, or that site, fares worse. ")
@@ -266,7 +276,8 @@ def _global_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str
 
 
 # ---------------------------------------------------------------------------- curves
-def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: str | None) -> list[tuple[str, bytes]]:
+def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: str | None,
+            loss_labels: dict[str, str] | None = None) -> list[tuple[str, bytes]]:
     """(caption, PNG) per panel: one figure each, so a narrow screen stacks them."""
     import matplotlib
     matplotlib.use("Agg")
@@ -359,21 +370,32 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         out.append(("Realism score of the global model's evaluation samples against all sites' real images "
                     "(dotted line: R = 1, the edge of the real manifold).", _fig_png(fig)))
         plt.close(fig)
-    losses = {m: fd_series(records, m) for m in ("d-loss", "g-loss")}
-    if any(losses.values()):
+    # the family's own losses (the GAN's two, the diffusion model's one), and any other one recorded
+    labels = dict(loss_labels or {})
+    for r in records:
+        m = r["metric"]
+        if (m == "loss" or m.endswith("-loss")) and m not in labels:
+            labels[m] = m
+    losses = {m: fd_series(records, m) for m in labels}
+    losses = {m: v for m, v in losses.items() if v}
+    if losses:
         fig, ax = plt.subplots(figsize=(6.2, 4.4), dpi=100)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        names = sorted(set(losses["d-loss"]) | set(losses["g-loss"]), key=lambda s: (len(s), s))
+        styles = ("-", "--", ":", "-.")
+        names = sorted({n for v in losses.values() for n in v}, key=lambda s: (len(s), s))
         for i, name in enumerate(names):
-            for m, ls in (("d-loss", "-"), ("g-loss", "--")):
+            for j, m in enumerate(losses):
                 pts = losses[m].get(name)
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker=".", lw=1.3,
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[j % len(styles)], marker=".", lw=1.3,
                             color=colors[i % len(colors)],
-                            label=f"{label_of(name)}: {'discriminator' if m == 'd-loss' else 'generator'}")
-        _finish(ax, "Local training losses", "loss (mean over a round's steps)", False)
-        out.append(("Discriminator (solid) and generator (dashed) losses of each client's local training, "
-                    "the mean over each round's steps.", _fig_png(fig)))
+                            label=f"{label_of(name)}" + (f": {labels[m]}" if len(losses) > 1 else ""))
+        kinds = [f"{labels[m]} ({['solid', 'dashed', 'dotted', 'dash-dotted'][j % 4]})" if len(losses) > 1
+                 else labels[m] for j, m in enumerate(losses)]
+        _finish(ax, "Local training " + ("losses" if len(losses) > 1 else labels[next(iter(losses))]),
+                "loss (mean over a round's steps)", False)
+        out.append((f"{', '.join(kinds).capitalize()}{' losses' if len(losses) > 1 else ''} of each client's local "
+                    "training, the mean over each round's steps.", _fig_png(fig)))
         plt.close(fig)
     return out
 
@@ -512,13 +534,13 @@ def _utility_section(run: Path) -> str:
                f'height="{h}" style="max-width:100%;height:auto"><figcaption>t-SNE (scikit-learn, seeded) of '
                f"{tsne.get('real', '?')} real training and {tsne.get('synthetic', '?')} synthetic images' features "
                f"from the run's feature network (<code>{esc(str(tsne.get('kind', '?')))}</code>): synthetic points "
-               f"mixed with real ones everywhere suggest the generator covers the real data; synthetic islands "
+               f"mixed with real ones everywhere suggest the model covers the real data; synthetic islands "
                f"suggest artefacts, real regions without synthetic points missed modes.</figcaption></figure>")
     return f"<h2 id=utility>Downstream utility</h2>{text}{table}{fig}"
 
 
 # ---------------------------------------------------------------------------- explanations
-def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bool) -> str:
+def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bool, family: Any = None) -> str:
     items = []
     if fd_metric:
         items.append(("Fréchet distance", f"<code>{esc(fd_metric)}</code>",
@@ -548,10 +570,8 @@ def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bo
                   "on real images moves fd-random only from 0.015 (two real sets) to 0.020, but precision from "
                   "0.98 to 0.06 (s.d. 0.1: 0.080 and 0.000). Read them as a per-sample test of fine detail, not "
                   "as a contradiction of the distance."))
-    items.append(("Losses", "<code>d-loss</code>, <code>g-loss</code>",
-                  "Each client's discriminator and generator losses, the mean over a round's local steps. A GAN's "
-                  "losses do not fall towards 0; a discriminator loss near 0 with a rising generator loss means the "
-                  "discriminator has won and training has stalled."))
+    if family is not None and family.loss_labels:
+        items.append(("Losses", ", ".join(f"<code>{esc(m)}</code>" for m in family.loss_labels), esc(family.loss_help)))
     return "<dl class=metrics>" + "".join(f"<dt>{a} <span class=note>{b}</span></dt><dd>{c}</dd>" for a, b, c in items) + "</dl>"
 
 
@@ -641,13 +661,15 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
     fd_metric = next((r["metric"] for r in records if is_fd_metric(r["metric"])), None)
     kid_metric = next((r["metric"] for r in records if is_kid_metric(r["metric"])), None)
     extractors = sorted({r["extractor"] for r in records if r.get("extractor")})
-    conditional = str(cfg.get("model", {}).get("conditional", "none")) not in ("none", "", "false", "False")
+    family = family_of(cfg)
+    conditional = str(cfg.get("model", {}).get("conditional", "none")) not in ("none", "", "false", "False") or \
+        bool(cfg.get("diffusion", {}).get("conditional", False)) and family.family == "diffusion"
 
     if fd_metric:
         what, caveat = NETWORKS.get(fd_metric, (f"<code>{esc(fd_metric)}</code>", ""))
         ext_html = (f"<p>Every score below comes from {what}: <code>{', '.join(esc(e) for e in extractors)}</code>. "
                     f"<span class=note>{caveat}</span></p>")
-        results = ext_html + _final_table(records, fd_metric, kid_metric or "") + _global_table(records, fd_metric, kid_metric or "")
+        results = ext_html + _final_table(records, fd_metric, kid_metric or "", family.maker) + _global_table(records, fd_metric, kid_metric or "")
         glob = _by_round(records, fd_metric).get(("global", "union"), {})
         if glob:
             r1 = max(glob)
@@ -663,12 +685,12 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
         results = "<p>No evaluation records yet.</p>"
         headline = "No evaluation records yet."
 
-    curves = _curves(records, fd_metric, kid_metric)
+    curves = _curves(records, fd_metric, kid_metric, family.loss_labels)
     curves_html = "".join(f'<figure><img src="{_data_uri(png)}" alt="{esc(cap)}" width="620" height="440">'
                           f"<figcaption>{esc(cap)}</figcaption></figure>" for cap, png in curves)
     strategy = cfg.get("fed", {}).get("strategy", "")
     n_sites = len(part.get("clients", {})) or len(nodes) or cfg.get("partition", {}).get("clients", "?")
-    lede = (f"{esc(str(strategy))} over {n_sites} site(s) on {esc(str(cfg.get('data', {}).get('source', '?')))} "
+    lede = (f"{esc(family.title[0].upper() + family.title[1:])}, {esc(str(strategy))} over {_plural(int(n_sites), 'site') if str(n_sites).isdigit() else n_sites} on {esc(str(cfg.get('data', {}).get('source', '?')))} "
             f"images. {headline}")
     has_realism = any(r["metric"] == "realism-mean" for r in records)
     sections = [("results", "Results"), ("curves", "Curves"), ("samples", "Samples")]
@@ -692,7 +714,7 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
 <h2 id=samples>Samples</h2>{_samples(run, records, evaluated, flower, conditional, max_grids)}
 {_realism_section(run, records, evaluated, flower)}
 {utility}
-<h2 id=metrics>What the numbers mean</h2>{_explanations(fd_metric, kid_metric, has_realism)}
+<h2 id=metrics>What the numbers mean</h2>{_explanations(fd_metric, kid_metric, has_realism, family)}
 <h2 id=partition>Partition</h2>{_partition(part, nodes)}
 <h2 id=config>Configuration</h2>
 <details><summary>config.toml ({n_lines} lines): the resolved configuration this run used</summary><pre>{esc(config)}</pre></details>

@@ -13,7 +13,7 @@ Layout (written in this order)::
     samples/round-XXXX.png sample grid from fixed latents
     samples/realism.png    the last round's most (top row) and least realistic samples
     checkpoints/round-XXXX.pt
-    fd.png                 Frechet distance per client and global, per round
+    fd.png                 Fréchet distance per client and global, per round
 
 Every file is written atomically (temp file + rename): a killed run leaves the previous
 complete version, never a half-written one.
@@ -231,7 +231,7 @@ class RunDir:
         return p
 
     def plot(self, title: str) -> Path:
-        """``fd.png``: the Frechet distance per client and global, per round, so far."""
+        """``fd.png``: the Fréchet distance per client and global, per round, so far."""
         from .plots import plot_fd
         p = self.path / "fd.png"
         plot_fd(self.records, p, title=title)
