@@ -140,6 +140,12 @@ def _main(version: bool = typer.Option(False, "--version", "-V", callback=_print
     """Federated generative models (GANs, diffusion models) for medical image synthesis."""
 
 
+def _quiet(c: Console | None = None) -> bool:
+    """No live bars when output is not a terminal (a pipe, a file, a CI log): there they leave
+    only blank lines behind; the lines a command prints are the same either way."""
+    return not (c or console).is_terminal
+
+
 def _fail(msg: str, code: int = 2) -> None:
     first = str(msg).strip().splitlines()[0] if str(msg).strip() else "error"
     # the message is text, not rich markup: "known in [fed]: ..." must keep its [fed]
@@ -151,7 +157,7 @@ def _load_with_progress(cfg: Config):
     """Load (and prepare, or read from cache) the configured data, with a progress bar."""
     from .data import load_dataset
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+                  TimeElapsedColumn(), console=console, transient=True, disable=_quiet()) as progress:
         task = progress.add_task(f"loading {cfg.data.source}", total=None)
         data = load_dataset(cfg, lambda done, total: progress.update(task, completed=done, total=total))
     skipped = data.provenance.get("skipped", [])
@@ -184,6 +190,8 @@ def run(
             if config is not None or out is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
                 raise UserError("--resume takes no --config, --out, or --set other than "
                                 f"{', '.join(HARDWARE_KEYS)}: the run's own config.toml is used")
+            if not resume.exists():
+                raise UserError(f"--resume {resume}: does not exist")
             if not (resume / "config.toml").is_file():
                 raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
             from .report.rundir import claim_for_resume
@@ -203,7 +211,7 @@ def run(
     threads = set_torch_threads(cfg.train.threads)
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
         reporter = RichReporter(progress, progress.console)
 
         def started(run_dir, fed, first):
@@ -322,7 +330,7 @@ def sweep(
         def final(name: str) -> str:
             row = summarise(out / name)
             return f"final {row['global_is']} {row['metric']} {row['global_fd']:.3f} (round {row['round']})"
-        with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+        with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
             view = SweepReporter(progress, progress.console, final)
             try:
                 rows = run_sweep(str(config) if config else None, base, variants, out,
@@ -622,7 +630,7 @@ def utility(
     settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
                                seed=seed, device=str(dev))
     t0 = time.perf_counter()
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
         tasks: dict[str, Any] = {}
 
         def show(what: str, done: int, total: int) -> None:
@@ -907,7 +915,7 @@ def weights_fetch(
         try:
             w = spec(name)
             with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeRemainingColumn(), console=err_console, transient=True) as p:
+                          TimeRemainingColumn(), console=err_console, transient=True, disable=_quiet(err_console)) as p:
                 task = p.add_task("", total=w.size)
                 path, digest, new = fetch(name, sha256=sha256, force=force,
                                           progress=lambda n, total: p.update(task, completed=n, total=total))

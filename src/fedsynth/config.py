@@ -620,7 +620,11 @@ def build_config(tree: Mapping[str, Any] | None = None,
             sites.setdefault(parts[0], {})[f"{parts[1]}.{parts[2]}"] = value
             continue
         if section not in SECTIONS:
-            raise UserError(f"unknown config key '{key}' (unknown section '{section}')")
+            import difflib
+            close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            hint = f"did you mean '{close[0]}.{name}'? " if close else ""
+            raise UserError(f"unknown config key '{key}' ({hint}unknown section '{section}'; "
+                            f"known: {', '.join(SECTIONS)})")
         f = {x.name: x for x in dataclasses.fields(SECTIONS[section])}.get(_snake(name))
         if f is not None and type(f.default) is str and not isinstance(value, str):
             value = text.split("=", 1)[1].strip()  # a string key: `nan`, `inf`, `1e3` stay text
@@ -634,8 +638,11 @@ def build_config(tree: Mapping[str, Any] | None = None,
             key = f"{section}.{name}"
             f = fields.get(_snake(name))
             if f is None:
+                import difflib
                 known = ", ".join(_kebab(n) for n in fields)
-                raise UserError(f"unknown config key '{key}' (known in [{section}]: {known})")
+                close = difflib.get_close_matches(name, [_kebab(n) for n in fields], n=1)
+                hint = f"did you mean '{section}.{close[0]}'? " if close else ""
+                raise UserError(f"unknown config key '{key}' ({hint}known in [{section}]: {known})")
             if "_" in name:
                 raise UserError(f"unknown config key '{key}': keys are kebab-case, "
                                 f"write '{section}.{_kebab(name)}'")
