@@ -91,3 +91,38 @@ def test_report_renders_in_chromium_at_two_widths(chromium_bin, tiny_run):  # ch
         assert seen["broken"] == [] and seen["hidden"] == [], seen
         assert seen["wider_than_window"] == [] and seen["page_width"] <= seen["width"], seen
     assert wide["width"] == 1280 and narrow["width"] == 420
+
+
+def _fake_run(tmp_path, overrides, losses):
+    """A run directory written by hand: config, FD records and the family's loss records."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(build_config(overrides=overrides).to_toml())
+    ext = "random-conv-v1(seed=0,dims=480,input=64)"
+    recs = [{"round": r, "client": "global", "real": "union", "metric": "fd-random", "value": v, "extractor": ext}
+            for r, v in ((0, 30.0), (2, 10.0))]
+    recs += [{"round": r, "client": c, "real": c, "metric": m, "value": 0.5 + r / 10}
+             for r in (1, 2) for c in ("0", "1") for m in losses]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    build_report(run)
+    return run
+
+
+def test_a_diffusion_report_speaks_of_diffusion(tmp_path):
+    """Its model line, its loss curve and the explanations are the diffusion model's, not a GAN's."""
+    from fedsynth.report.html import _curves
+    run = _fake_run(tmp_path, ["model.family=diffusion"], ["loss"])
+    text = _text((run / "report.html").read_text())
+    assert "diffusion: UNet (16/32/64 channels), 1000 noise steps" in text and "Diffusion model, fedavg" in text
+    assert "the untrained denoising UNet" in text and "denoising loss" in text
+    for word in ("GAN", "generator", "discriminator", "d-loss", "bce"):
+        assert word not in text, word
+    caps = [c for c, _ in _curves(read_metrics(run), "fd-random", None, {"loss": "denoising loss"})]
+    assert any(c.startswith("Denoising loss of each client's local training") for c in caps), caps
+
+
+def test_a_gan_report_speaks_of_the_gan(tmp_path):
+    run = _fake_run(tmp_path, [], ["d-loss", "g-loss"])
+    text = _text((run / "report.html").read_text())
+    assert "GAN: dcgan generator, dcgan discriminator, loss bce" in text and "the untrained generator" in text
+    assert "discriminator has won" in text and "denoising" not in text
