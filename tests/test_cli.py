@@ -112,3 +112,11 @@ def test_deploy_certs_writes_ca_server_and_node_keys(tmp_path):
     assert "localhost" in sans.get_values_for_type(x509.DNSName) and "superlink.example" in sans.get_values_for_type(x509.DNSName)
     again = runner.invoke(app, ["deploy", "certs", "--out", str(c), "--nodes", "1"])
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
+
+
+def test_help_does_not_import_torch():
+    """`fedsynth --help` and every command's help stay fast: the CLI module imports no torch."""
+    import subprocess
+    import sys
+    code = "import sys, fedsynth.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

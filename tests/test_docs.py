@@ -189,3 +189,15 @@ def test_the_home_page_lists_every_page():
     linked = set(re.findall(r"\]\(([\w-]+\.md)", table))
     pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"index.md"}
     assert pages <= linked, f"missing from the home page's table: {sorted(pages - linked)}"
+
+
+def test_every_sweep_preset_is_on_the_runs_page_and_in_the_help(site):
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    from fedsynth.sweep import PRESETS
+    page = (site / "runs.html").read_text()
+    text = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output
+    for name in PRESETS:
+        assert f"<code>{name}</code>:" in page, name
+        assert name in text, name

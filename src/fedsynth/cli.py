@@ -18,11 +18,14 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .report.terminal import (PROGRESS_COLUMNS, RichReporter, partition_table, plural, prdc_note, summary_table,
-                              value, written)
+from .report.terminal import (PROGRESS_COLUMNS, RichReporter, model_line, partition_table, plural, prdc_note,
+                              summary_table, threads_line, value, written)
 
 from .config import Config, UserError, check_output_path, load_config
 from .registry import EXTRACTORS
+from .sweep import PRESETS as _PRESETS
+
+PRESET_NAMES = tuple(_PRESETS)
 
 
 def _keep_argument_help() -> None:
@@ -223,18 +226,19 @@ def run(
                                   f"e.g. {info['skipped'][0]['file']}: {info['skipped'][0]['reason']}", highlight=False)
             if first > 1:
                 reporter.say(f"resuming {run_dir.path} after round {first - 1}")
-            elif fed.description is not None:
-                console.print(partition_table(fed.description[1]))
             ev = fed.evaluator
-            if ev is not None and getattr(ev.extractor, "notice", ""):
-                reporter.say(ev.extractor.notice, "dim")
             sites = len(fed.pool.ids)
             reporter.say(f"fedsynth run → {run_dir.path}")
             reporter.say(f"  {cfg.data.source}: {plural(info['images'], 'image') if 'images' in info else '? images'} "
                          f"of {info.get('size', '?')} px, {plural(sites, 'site')} ({cfg.partition.scheme}), "
                          f"strategy {cfg.fed.strategy}, {plural(cfg.fed.rounds, 'round')}")
+            reporter.say(f"  model: {model_line(cfg)}")
             reporter.say(f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
-                         f"{plural(threads, 'thread')}; ready in {time.perf_counter() - t0:.1f} s")
+                         f"{threads_line(cfg.train.threads, threads)}; ready in {time.perf_counter() - t0:.1f} s")
+            if ev is not None and getattr(ev.extractor, "notice", ""):
+                reporter.say(ev.extractor.notice, "dim")
+            if first == 1 and fed.description is not None:
+                console.print(partition_table(fed.description[1]))
             signal.signal(signal.SIGINT, lambda *_: _stop(fed))
 
         def _stop(fed):  # first Ctrl-C: finish the current step, then stop cleanly
@@ -293,7 +297,8 @@ def _run_quietly(cfg: Config, out: Path, reporter: RichReporter) -> None:
 @app.command()
 def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run directory per variant + results."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies, study, clients, noniid, server-lr."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: " + ", ".join(PRESET_NAMES)
+                                         + " (docs: Running a study, Sweeps)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base TOML config."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
     grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
@@ -341,17 +346,23 @@ def sweep(
     except UserError as e:
         _fail(str(e))
     t = Table(title=f"sweep {out} ({seconds(time.perf_counter() - t0)})")
-    for col in ("variant", f"final global {rows[0]['metric']}", "ratio to centralized", "mean site (own data)", "global is"):
-        t.add_column(col)
+    ratio = any(r["ratio_to_centralized"] == r["ratio_to_centralized"] for r in rows)  # not all NaN
+    cols = [("variant", "variant"), ("global_fd", f"final global {rows[0]['metric']}"),
+            ("ratio_to_centralized", "÷ centralized"), ("client_fd_mean", "mean site (own data)"),
+            ("global_is", "global is")]
+    cols = [(k, c) for k, c in cols if ratio or k != "ratio_to_centralized"]
+    for k, col in cols:  # a variant's name is never cut or broken: the numbers' headers wrap instead
+        t.add_column(col, no_wrap=k == "variant", justify="left" if k in ("variant", "global_is") else "right")
     for r in rows:
-        t.add_row(r["variant"], value(r["global_fd"], 3), value(r["ratio_to_centralized"]),
-                  value(r["client_fd_mean"], 3), r["global_is"])
+        t.add_row(*(r[k] if k in ("variant", "global_is") else value(r[k], 3 if k != "ratio_to_centralized" else 2)
+                    for k, _ in cols))
     console.print(t)
-    if all(r["ratio_to_centralized"] != r["ratio_to_centralized"] for r in rows):  # all NaN
-        console.print("ratio to centralized: — (no variant named `centralized` or `<group>-centralized` in this "
+    if not ratio:
+        console.print("(no ÷ centralized column: no variant named `centralized` or `<group>-centralized` in this "
                       "sweep)", highlight=False, markup=False)
-    console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}"
-                  + (f"; figure: {out / 'study-grid.png'}" if (out / "study-grid.png").exists() else ""),
+    figures = [out / f for f in ("results.png", "study-grid.png") if (out / f).exists()]
+    console.print(f"side by side: {out / 'compare' / 'compare.html'}; tables: {out / 'results.csv'}, "
+                  f"{out / 'results.md'}" + (f"; figures: {', '.join(map(str, figures))}" if figures else ""),
                   highlight=False, markup=False)
 
 

@@ -34,11 +34,12 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ..utils import atomic_torch_save, atomic_write_bytes, atomic_write_text
+
+if TYPE_CHECKING:  # imported where used: `fedsynth --help` need not load torch
+    import torch
 
 
 def _slug(text: str) -> str:

@@ -485,7 +485,7 @@ def prdc_note(res: dict[str, Any], k: int = 5) -> str | None:
 
 def partition_table(part: dict[str, Any]) -> Table:
     names = part["class_names"]
-    t = Table(title=f"partition: {part.get('scheme', '')}")
+    t = Table(title=f"partition: {part.get('scheme', '')}; images per site and class", title_justify="left")
     t.add_column("site")
     t.add_column("images", justify="right")
     for c in names:
@@ -508,3 +508,27 @@ def partition_table(part: dict[str, Any]) -> Table:
 def site_settings(settings: dict[str, Any] | None) -> str:
     """A site's own settings in one line: ``model.ndf=32 train.batch-size=8`` (``-``: the run's)."""
     return " ".join(f"{k}={v}" for k, v in (settings or {}).items()) or "-"
+
+
+def model_line(cfg: Any) -> str:
+    """The run header's model line, in the run's own family's words (its config_line)."""
+    from ..config import tomllib
+    from .html import family_of
+    tree = tomllib.loads(cfg.to_toml())
+    return family_of(tree).config_line(tree)
+
+
+def threads_line(asked: int, used: int) -> str:
+    """``"2 threads"``; with ``train.threads = 0`` (all cores) on a machine already busier than its
+    cores, the load too: other work shares those cores and every round takes longer."""
+    import os
+    text = plural(used, "thread") + (" (all cores)" if asked == 0 else "")
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return text
+    cores = os.cpu_count() or 1
+    if asked == 0 and load > cores:
+        text += (f"; the machine is busy (load {load:.1f} on {plural(cores, 'core')}): "
+                 f"set train.threads to share the cores")
+    return text
