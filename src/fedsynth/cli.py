@@ -573,10 +573,14 @@ def utility(
                                          "global one: local, ensemble)."),
     seed: int = typer.Option(0, "--seed", help="Seed of every draw: synthetic latents, classifier weights, "
                              "data order, augmentations, the t-SNE subsets."),
+    seeds: int = typer.Option(3, "--seeds", help="Train each arm this many times (seeds SEED, SEED+1, ...): the "
+                              "table gives the mean and its 95 % interval; fewer than 3 give no conclusion."),
 ) -> None:
     """Train a classifier on real, synthetic and real + synthetic images; score it on real ones.
 
-    Each arm is scored (accuracy, macro F1) on the held-out --real-test images. A class-conditional
+    Each arm is trained --seeds times and scored (accuracy, macro F1: mean and 95 % interval) on the
+    held-out --real-test images, beside the chance level (always answering the most common class); a
+    synthetic arm whose interval overlaps the real-only arm's reads "cannot tell". A class-conditional
     run generates its images per class, with the real training set's class balance; an unconditional
     run's images have no labels, so its synthetic arms are skipped (the table says why). Writes
     RUN_DIR/utility/ (utility.json, utility.csv, utility.md; each classifier adds its rows), a t-SNE
@@ -612,6 +616,8 @@ def utility(
                 raise UserError(f"{opt} must be at least {low}")
         if synthetic is not None and synthetic < 1:
             raise UserError("--synthetic must be at least 1")
+        if seeds < 1:
+            raise UserError("--seeds must be at least 1 (3 or more for an interval worth reading)")
         try:
             dev = resolve_device(device)
         except UserError as e:
@@ -639,7 +645,7 @@ def utility(
         _fail(str(e))
 
     settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
-                               seed=seed, device=str(dev))
+                               seed=seed, device=str(dev), seeds=seeds)
     t0 = time.perf_counter()
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
         tasks: dict[str, Any] = {}
@@ -678,15 +684,25 @@ def utility(
     from .report.html import build_report
     build_report(run_dir)
 
-    t = Table(title=f"downstream utility: {key} on {len(test)} held-out real images ({real_test})")
-    for col, just in (("training data", "left"), ("images", "right"), ("accuracy", "right"), ("macro F1", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    from .evaluate.utility import format_score
+    t = Table(title=f"downstream utility: {key} on {len(test)} held-out real images ({real_test}), "
+                    f"{plural(seeds, 'seed')}")
+    for col, just in (("training data", "left"), ("images", "right"), ("accuracy", "right"), ("macro F1", "right"),
+                      ("verdict", "left")):
+        t.add_column(col, justify=just, no_wrap=col != "verdict")  # type: ignore[arg-type]
     for r in result.rows:
         if r.get("skipped"):
-            t.add_row(r["train"], "—", "skipped", "skipped")
-        else:
-            t.add_row(r["train"], str(r["images"]), f"{r['accuracy']:.3f}", f"{r['f1']:.3f}")
+            t.add_row(r["train"], "—", "skipped", "skipped", "")
+        else:  # the interval under the mean: the table fits 80 columns
+            t.add_row(r["train"], str(r["images"]), format_score(r, "accuracy").replace(" [", "\n["),
+                      format_score(r, "f1").replace(" [", "\n["), r.get("verdict", ""))
+    chance = result.settings["chance"]
+    t.add_row("chance level", "", f"{chance['accuracy']:.3f}", f"{chance['f1']:.3f}", "always the most common class",
+              style="dim")
     console.print(t)
+    console.print(("mean over seeds [95 % interval]; \"cannot tell\": the interval overlaps real only's"
+                   if seeds >= 2 else "1 seed: no interval, so no arm can be told from another (use --seeds 3)"),
+                  highlight=False, markup=False, style="dim")
     if not model.conditional:
         console.print(f"synthetic arms skipped: {result.rows[-1]['skipped']}", highlight=False, markup=False,
                       soft_wrap=True)

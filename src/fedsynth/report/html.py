@@ -496,7 +496,7 @@ def _utility_section(run: Path) -> str:
     entries = doc.get("classifiers") if isinstance(doc.get("classifiers"), dict) else {}
     if not entries:
         return ""
-    rows, tests, notes = [], set(), set()
+    rows, tests, notes, seeds = [], set(), set(), set()
     for name, e in entries.items():
         if not isinstance(e, dict):
             continue
@@ -511,17 +511,30 @@ def _utility_section(run: Path) -> str:
                 continue
             if r.get("skipped"):
                 notes.add(str(r["skipped"]))
-                cells = "<td>–</td><td>skipped</td><td>skipped</td>"
+                cells = "<td>–</td><td>skipped</td><td>skipped</td><td></td>"
             else:
-                cells = (f"<td>{int(r.get('images', 0)):,}</td><td>{_fmt(r.get('accuracy'))}</td>"
-                         f"<td>{_fmt(r.get('f1'))}</td>")
+                def score(k: str) -> str:  # the mean, its interval over seeds below it
+                    lo, hi = r.get(f"{k}_low"), r.get(f"{k}_high")
+                    return _fmt(r.get(k)) + (f"<br><span class=note>[{_fmt(lo)}, {_fmt(hi)}]</span>"
+                                             if lo is not None and hi is not None else "")
+                cells = (f"<td>{int(r.get('images', 0)):,}</td><td>{score('accuracy')}</td>"
+                         f"<td>{score('f1')}</td><td>{esc(str(r.get('verdict', '')))}</td>")
             rows.append(f"<tr><td>{label}</td><td class=opt>{esc(how)}</td><td>{esc(str(r.get('train', '?')))}</td>"
                         f"{cells}</tr>")
+        chance = s.get("chance")
+        if isinstance(chance, dict):
+            rows.append(f"<tr class=note><td>{label}</td><td class=opt></td><td>chance level</td><td></td>"
+                        f"<td>{_fmt(chance.get('accuracy'))}</td><td>{_fmt(chance.get('f1'))}</td>"
+                        f"<td>always the most common class</td></tr>")
+        seeds.add(int(s.get("seeds", 1) or 1))
     table = ("<div class=scroll><table><tr><th>classifier</th><th class=opt>training</th><th>trained on</th>"
-             "<th>images</th><th>accuracy</th><th>macro F1</th></tr>" + "".join(rows) + "</table></div>")
+             "<th>images</th><th>accuracy</th><th>macro F1</th><th>verdict</th></tr>" + "".join(rows) + "</table></div>")
     text = (f"<p>A classifier trained on the real training images only, on the run's synthetic images only, and on "
             f"both, each scored on held-out real images: {', '.join(sorted(tests))}. Synthetic data is useful if "
-            f"<i>synthetic</i> comes near <i>real</i>, or <i>real + synthetic</i> beats it.</p>")
+            f"<i>synthetic</i> comes near <i>real</i>, or <i>real + synthetic</i> beats it. Each arm was trained "
+            f"{' or '.join(_plural(n, 'time') for n in sorted(seeds))} with different seeds: the mean, with its 95 % "
+            f"interval (Student t) below it; <i>cannot tell</i> where a synthetic arm's interval overlaps the "
+            f"real-only arm's, <i>at chance</i> where an interval reaches the chance level.</p>")
     if notes:
         text += "".join(f"<p class=note>Skipped: {esc(n)}.</p>" for n in sorted(notes))
     tsne = doc.get("tsne") if isinstance(doc.get("tsne"), dict) else {}
