@@ -73,7 +73,9 @@ def test_report_with_evaluation_off_says_so(tiny, tmp_path):
     text = _text((tmp_path / "off" / "report.html").read_text())
     assert "Evaluation was off" in text and "Inception" not in text and "feature network ran" in text
     assert "Fréchet distance (" not in text and "Real images" not in text
-    assert not (tmp_path / "off" / "samples").exists()
+    # the final model's samples all the same: one grid, drawn after the last round
+    assert sorted(p.name for p in (tmp_path / "off" / "samples").iterdir()) == ["round-0001.png"]
+    assert "Generated, round 1" in text and "the final model's samples only" in text
 
 
 def test_evenly_spaced_rounds():
@@ -126,3 +128,10 @@ def test_a_gan_report_speaks_of_the_gan(tmp_path):
     text = _text((run / "report.html").read_text())
     assert "GAN: dcgan generator, dcgan discriminator, loss bce" in text and "the untrained generator" in text
     assert "discriminator has won" in text and "denoising" not in text
+
+
+def test_few_real_images_are_a_warning_in_the_report(tiny_run):
+    """tiny_run scores against 32 real images a site: fewer than the random network's 480 features."""
+    text = _text((tiny_run / "report.html").read_text())
+    assert "Few real images" in text
+    assert "the distances of client 0's data rest on 32 real images (fewer than the 480 feature dimensions" in text

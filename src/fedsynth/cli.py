@@ -18,8 +18,8 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .report.terminal import (PROGRESS_COLUMNS, RichReporter, model_line, partition_table, plural, prdc_note,
-                              summary_table, threads_line, value, written)
+from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
+                              prdc_note, summary_table, threads_line, value, written)
 
 from .config import Config, UserError, check_output_path, load_config
 from .registry import EXTRACTORS
@@ -239,6 +239,15 @@ def run(
                 reporter.say(ev.extractor.notice, "dim")
             if first == 1 and fed.description is not None:
                 console.print(partition_table(fed.description[1]))
+            if ev is not None and fed.description is not None:
+                from .metrics.stats import few_real_note
+                sizes = {cid: c.get("images", 0) for cid, c in fed.description[1].get("clients", {}).items()}
+                if sizes:
+                    cid = min(sizes, key=lambda k: sizes[k])
+                    note = few_real_note(sizes[cid], getattr(ev.extractor, "dims", None),
+                                         f"site {cid}" if len(sizes) > 1 else "")
+                    if note:
+                        reporter.warning(note)
             signal.signal(signal.SIGINT, lambda *_: _stop(fed))
 
         def _stop(fed):  # first Ctrl-C: finish the current step, then stop cleanly
@@ -468,14 +477,20 @@ def evaluate(
         ext = build_extractor(extractor, inception_weights)
     except UserError as e:
         _fail(str(e))
+    if getattr(ext, "notice", ""):  # --extractor auto: say which network it picked, and how to get another
+        console.print(ext.notice, style="dim", highlight=False, markup=False)
     res = {"real": real, "fake": fake or str(checkpoint), **compare_images(xr, xf, ext, seed)}
     res["diversity_ratio"] = diversity(xf, xr)
-    t = Table(title=f"{res['fake']} vs {real}")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in res.items():
-        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    console.print(t)
+    console.print(evaluate_table(res, f"{res['fake']} vs {real}"))
+    from .metrics.stats import few_real_note
+    caveats = [few_real_note(res["num_real"], getattr(ext, "dims", None))]
+    if res["num_real"] < n:
+        caveats.append(f"{real} has {res['num_real']} images: fewer than the {n} asked for (--images)")
+    if "precision" not in res:
+        caveats.append("precision, recall, density and coverage need more than 5 images in each set: not computed")
+    for c in caveats:
+        if c:
+            err_console.print(f"[yellow]warning:[/] {escape(c)}", highlight=False)
     note = prdc_note(res)
     if note:
         console.print(note, style="dim", highlight=False, markup=False)

@@ -138,6 +138,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
             forget()
         raise
     end_session(run_dir, session, cfg.fed.rounds, result.seconds)
+    if fed.evaluator is None:
+        final_grid(cfg, run_dir)
     from ..report.html import build_report
     try:
         build_report(run_dir.path)
@@ -146,6 +148,33 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         raise
     sink.close("FINISHED")
     return Outcome(run_dir, result, fed, first - 1, tuple(skipped))
+
+
+def final_grid(cfg: Config, run_dir: RunDir) -> None:
+    """With evaluation off no round draws a sample grid: draw the released model's from the last
+    checkpoint (``eval.grid-size`` images, seeded from the run seed), so the report still shows
+    what the run made. A run without a global model (``local``, ``ensemble``) draws client 0's."""
+    import math
+
+    from ..checkpoint import load_released
+    from ..utils import derive_seed
+    try:
+        model, state, _ = load_released(run_dir.path)
+    except UserError:
+        try:
+            model, state, _ = load_released(run_dir.path, sorted(_clients_of(run_dir))[0])
+        except (UserError, IndexError):
+            return
+    n = cfg.eval.grid_size
+    x = model.generate(state, n, derive_seed(cfg.run.seed, "final-grid") % (2**31))
+    run_dir.save_grid(cfg.fed.rounds, x, nrow=int(math.ceil(math.sqrt(n))))
+
+
+def _clients_of(run_dir: RunDir) -> list[str]:
+    try:
+        return list(json.loads((run_dir.path / "partition.json").read_text()).get("clients", {}))
+    except (OSError, ValueError):
+        return []
 
 
 def partition_info(scheme: str, parts: list, data: Any) -> dict[str, Any]:

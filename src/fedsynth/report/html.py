@@ -206,6 +206,27 @@ def _change(v0: float | None, v1: float | None) -> str:
     return f"{(v1 - v0) / abs(v0) * 100:+.1f}%"
 
 
+FEATURE_DIMS = {"fid": 2048, "fd-effnet": 1280, "fd-dinov2": 1024, "fd-xrv": 1024}
+
+
+def _few_real(records: list[dict[str, Any]], fd_metric: str) -> str:
+    """A warning above the results when a distance rests on few real images (the smallest set
+    scored against; :func:`fedsynth.metrics.stats.few_real_note`)."""
+    import re
+
+    from ..metrics.stats import few_real_note
+    scored = [r for r in records if r["metric"] == fd_metric and isinstance(r.get("num_real"), int)]
+    if not scored:
+        return ""
+    low = min(scored, key=lambda r: r["num_real"])
+    m = re.search(r"dims=(\d+)", str(low.get("extractor", "")))
+    dims = int(m.group(1)) if m else FEATURE_DIMS.get(fd_metric)
+    who = low.get("real", "")
+    where = "" if who in ("union", "global") or len({r.get("real") for r in scored}) == 1 else f"client {who}'s data"
+    note = few_real_note(low["num_real"], dims, where)
+    return f"<p class=warn><b>Few real images</b>: {esc(note)}.</p>" if note else ""
+
+
 def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str, maker: str = "model") -> str:
     fd, kid = _by_round(records, fd_metric), _by_round(records, kid_metric)
     last = max(max(v) for v in fd.values())
@@ -442,7 +463,10 @@ def _samples(run: Path, records: list[dict[str, Any]], evaluated: bool, flower: 
                      f"sites, in turn ({rows}the same layout as the samples)</figcaption></figure>")
     parts.append(f"<figure>{_zoomable(grids[last].read_bytes(), f'samples, round {last}')}<figcaption><b>Generated, "
                  f"round {last}</b> (the final model; fixed latents, the same every round)</figcaption></figure></div>")
-    if not real.is_file():
+    if not real.is_file() and not evaluated:
+        parts.append("<p class=note>Evaluation was off (<code>eval.enabled = false</code>): the final model's "
+                     "samples only, drawn once the run ended; no scores, no real-image grid.</p>")
+    elif not real.is_file():
         why = ("over Flower the server holds no images: they never leave the sites" if flower
                else "this run directory has no <code>samples/real.png</code> (written by runs since the report "
                     "gained it)")
@@ -625,6 +649,7 @@ def _partition(part: dict[str, Any], nodes: dict[str, Any]) -> str:
 
 
 CSS = """*{box-sizing:border-box}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .7em}
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;padding:1.2em 1.2em 3em;max-width:1140px;color:#1d1d1f;line-height:1.45}
 h1{font-size:1.55em;margin:.2em 0 .4em;overflow-wrap:anywhere}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.25em;margin-top:1.8em}
 h3{font-size:1.02em;margin:1.2em 0 .3em}
@@ -682,7 +707,8 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
         what, caveat = NETWORKS.get(fd_metric, (f"<code>{esc(fd_metric)}</code>", ""))
         ext_html = (f"<p>Every score below comes from {what}: <code>{', '.join(esc(e) for e in extractors)}</code>. "
                     f"<span class=note>{caveat}</span></p>")
-        results = ext_html + _final_table(records, fd_metric, kid_metric or "", family.maker) + _global_table(records, fd_metric, kid_metric or "")
+        results = ext_html + _few_real(records, fd_metric) + _final_table(records, fd_metric, kid_metric or "",
+                                                                         family.maker) + _global_table(records, fd_metric, kid_metric or "")
         glob = _by_round(records, fd_metric).get(("global", "union"), {})
         if glob:
             r1 = max(glob)
@@ -692,7 +718,8 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
             headline = f"Scored with {esc(fd_metric)} (no global model: every client keeps its own)."
     elif not evaluated:
         results = ("<p>Evaluation was off (<code>eval.enabled = false</code>): no feature network ran, so there are "
-                   "no distances, no realism scores and no sample grids; only the training losses below.</p>")
+                   "no distances and no realism scores; only the training losses and the final model's samples "
+                   "below.</p>")
         headline = "Evaluation was off: training losses only."
     else:
         results = "<p>No evaluation records yet.</p>"

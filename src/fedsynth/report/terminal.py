@@ -532,3 +532,41 @@ def threads_line(asked: int, used: int) -> str:
         text += (f"; the machine is busy (load {load:.1f} on {plural(cores, 'core')}): "
                  f"set train.threads to share the cores")
     return text
+
+
+# `fedsynth evaluate`'s numbers: (label, which way is better, what it says), by JSON key
+_EVALUATED = {
+    "precision": ("precision", "higher", "share of generated images inside some real image's 5-NN ball: realism"),
+    "recall": ("recall", "higher", "share of real images inside some generated image's 5-NN ball: variety"),
+    "density": ("density", "≈ 1", "real balls a generated image falls in, per 5; above 1: crowded"),
+    "coverage": ("coverage", "higher", "share of real images with a generated image inside their 5-NN ball"),
+    "knn-radius-real": ("real 5-NN radius", "", "median distance of a real image to its 5th-nearest real one"),
+    "nearest-real-distance": ("nearest real", "", "median distance of a generated image to its nearest real one"),
+    "diversity_ratio": ("diversity ratio", "≈ 1", "spread of the generated images ÷ spread of the real ones"),
+}
+
+
+def evaluate_table(res: dict[str, Any], title: str) -> Table:
+    """``fedsynth evaluate``'s numbers named in words, each with the way it is better and what it
+    measures (the JSON written with -o keeps its keys)."""
+    from ..registry import is_fd_metric, is_kid_metric
+    t = Table(title=title, caption=f"features: {res.get('extractor', '?')}; {res.get('num_real', '?')} real and "
+                                   f"{res.get('num_fake', '?')} generated images")
+    for col, just in (("measure", "left"), ("value", "right"), ("better", "left"), ("what it says", "left")):
+        t.add_column(col, justify=just, no_wrap=col == "value")  # type: ignore[arg-type]
+    for k, v in res.items():
+        if not isinstance(v, float):
+            continue
+        if is_fd_metric(k):
+            row = (f"Fréchet distance ({k})", "lower", "distance between Gaussians fitted to real and generated "
+                   "features")
+        elif is_kid_metric(k):
+            row = (f"kernel distance, KID ({k})", "lower", "squared MMD of the features (cubic kernel), unbiased; "
+                   "about 0 at a match")
+        elif k.startswith("swd"):
+            row = (f"sliced Wasserstein ({k})", "lower", "distance of 7x7 patches, Laplacian pyramid, x1e3"
+                   + ("; all levels" if k == "swd" else ""))
+        else:
+            row = _EVALUATED.get(k, (k, "", ""))
+        t.add_row(row[0], f"{v:.4f}", row[1], row[2])
+    return t
