@@ -120,3 +120,32 @@ def test_help_does_not_import_torch():
     import sys
     code = "import sys, fedsynth.cli; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_ctrl_c_writes_the_report_so_far_and_says_how_to_go_on(tiny, tmp_path, monkeypatch):
+    from fedsynth.report.terminal import RichReporter
+    end = RichReporter.round_end
+
+    def interrupted(self, r, *a, **k):
+        end(self, r, *a, **k)
+        if r == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(RichReporter, "round_end", interrupted)
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["run", *[a for o in tiny for a in ("--set", o)], "--set", "fed.rounds=3",
+                              "--out", str(out)])
+    assert res.exit_code == 130, res.output
+    assert (out / "report.html").is_file() and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert f"fedsynth run --resume {out}" in text and f"fedsynth report {out}" in text
+
+
+def test_resume_before_the_first_checkpoint_says_it_starts_again(tiny, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    from fedsynth.config import build_config
+    (out / "config.toml").write_text(build_config(overrides=tiny + ["fed.rounds=1"]).to_toml())
+    res = runner.invoke(app, ["run", "--resume", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "has no checkpoint yet" in text and "starting again from round 1" in text

@@ -254,7 +254,8 @@ def run(
             if fed.pool.stop_requested:
                 raise KeyboardInterrupt
             fed.pool.stop_requested = True
-            err_console.print("stopping after the current step (Ctrl-C again to abort at once)…")
+            # on the bars' own console: a line above them, not glued to them
+            reporter.say("stopping after the current step (Ctrl-C again to abort at once)…", "yellow")
 
         import signal
         previous = signal.getsignal(signal.SIGINT)
@@ -267,8 +268,14 @@ def run(
         except (KeyboardInterrupt, StopRun):
             _stop_progress(progress)
             rd = state.get("run_dir")
-            where = f"; rounds up to the last checkpoint are kept: fedsynth run --resume {rd.path}" if rd else ""
-            err_console.print(f"stopped{where}")
+            if rd is None:
+                err_console.print("stopped before the run directory was made: nothing written")
+                raise typer.Exit(130)
+            report = _report_so_far(rd.path)
+            err_console.print(f"stopped. Rounds up to the last checkpoint are kept: continue with "
+                              f"fedsynth run --resume {rd.path}" + (f"; the report so far: {report} (rewrite it "
+                              f"any time with fedsynth report {rd.path})" if report else ""),
+                              highlight=False, markup=False)
             raise typer.Exit(130)
         finally:
             signal.signal(signal.SIGINT, previous)
@@ -284,6 +291,17 @@ def run(
     done = f"done in {time.perf_counter() - t0:.0f} s. Results in {run_dir.path}: {', '.join(written(run_dir.path))}"
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
+
+
+def _report_so_far(run_dir: Path) -> Optional[Path]:
+    """report.html of a stopped run, from what it recorded (None when it recorded nothing)."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    from .report.html import build_report
+    try:
+        return build_report(run_dir)
+    except (OSError, ValueError, KeyError):  # a report is a courtesy here: the stop is the news
+        return None
 
 
 def _stop_progress(progress: Progress) -> None:

@@ -99,6 +99,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         except UserError as e:
             if "no checkpoints" not in str(e):
                 raise
+            reporter.warning(f"{resume} has no checkpoint yet (the run stopped before its first round ended): "
+                             f"starting again from round 1")
         for p, why in skipped:
             reporter.warning(f"skipped checkpoint {p.name}: {why}")
         if ck is not None and ck["round"] >= cfg.fed.rounds:
