@@ -149,3 +149,20 @@ def test_resume_before_the_first_checkpoint_says_it_starts_again(tiny, tmp_path)
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "has no checkpoint yet" in text and "starting again from round 1" in text
+
+
+def test_a_finished_run_can_be_extended_by_more_rounds(tiny, tmp_path):
+    out = tmp_path / "r"
+    base = ["run", *[a for o in tiny for a in ("--set", o)], "--set", "fed.rounds=1", "--set", "eval.every=1"]
+    assert runner.invoke(app, [*base, "--out", str(out)]).exit_code == 0
+    done = runner.invoke(app, ["run", "--resume", str(out)])
+    assert done.exit_code == 0 and "--set fed.rounds=N" in " ".join(done.output.split())
+    more = runner.invoke(app, ["run", "--resume", str(out), "--set", "fed.rounds=2"])
+    assert more.exit_code == 0, more.output
+    assert "extending the run from 1 to 2 rounds" in " ".join(more.output.split())
+    assert "rounds = 2" in (out / "config.toml").read_text()
+    session = json.loads((out / "run.json").read_text())["sessions"][-1]
+    assert session["rounds_extended"] == {"from": 1, "to": 2} and session["last_round"] == 2
+    assert any(json.loads(line)["round"] == 2 for line in (out / "metrics.jsonl").read_text().splitlines())
+    fewer = runner.invoke(app, ["run", "--resume", str(out), "--set", "fed.rounds=1"])
+    assert fewer.exit_code == 2 and "has already done 2 rounds" in fewer.output

@@ -189,10 +189,12 @@ def run(
       fedsynth run --resume runs/quick"""
     try:
         if resume is not None:
-            from .config import HARDWARE_KEYS, parse_override
-            if config is not None or out is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
+            from .config import EXTEND_KEYS, HARDWARE_KEYS, parse_override
+            allowed = HARDWARE_KEYS + EXTEND_KEYS
+            if config is not None or out is not None or any(parse_override(t)[0] not in allowed for t in set_):
                 raise UserError("--resume takes no --config, --out, or --set other than "
-                                f"{', '.join(HARDWARE_KEYS)}: the run's own config.toml is used")
+                                f"{', '.join(allowed)}: the run's own config.toml is used (fed.rounds: more "
+                                f"rounds for a finished run)")
             if not resume.exists():
                 raise UserError(f"--resume {resume}: does not exist")
             if not (resume / "config.toml").is_file():
@@ -282,7 +284,8 @@ def run(
         reporter.finish()
     if out_.result is None:
         console.print(f"{resume} is complete ({out_.resumed_from} of {plural(cfg.fed.rounds, 'round')}); "
-                      f"nothing to resume", highlight=False)
+                      f"nothing to resume (more rounds: --resume {resume} --set fed.rounds=N)", highlight=False,
+                      markup=False)
         return
     result, run_dir = out_.result, out_.run_dir
     if result.metric and any(r["metric"] == result.metric for r in result.records):

@@ -806,10 +806,14 @@ def _check_secure_aggregation(cfg: Config) -> None:
 HARDWARE_KEYS = ("run.device", "fed.parallel-clients", "train.threads")
 
 
-def without_hardware(tree: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A ``Config.to_dict()`` tree without :data:`HARDWARE_KEYS` (what must match to resume)."""
+#: keys a resume may raise: a finished run is extended by more rounds (recorded in run.json)
+EXTEND_KEYS = ("fed.rounds",)
+
+
+def without_hardware(tree: dict[str, dict[str, Any]], also: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """A ``Config.to_dict()`` tree without :data:`HARDWARE_KEYS` and ``also`` (what must match to resume)."""
     drop: dict[str, set[str]] = {}
-    for key in HARDWARE_KEYS:
+    for key in HARDWARE_KEYS + also:
         section, name = key.split(".", 1)
         drop.setdefault(section, set()).add(name)
     return {sec: {k: v for k, v in body.items() if k not in drop.get(sec, ())} for sec, body in tree.items()}

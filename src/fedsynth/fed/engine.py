@@ -30,7 +30,7 @@ import torch
 
 from ..checkpoint import FORMAT as CHECKPOINT_FORMAT
 from ..checkpoint import read_checkpoint_file
-from ..config import Config, UserError, without_hardware
+from ..config import EXTEND_KEYS, Config, UserError, without_hardware
 from ..data import ImageSet
 from ..metrics import build_extractor
 from ..models import GenerativeModel, build_model
@@ -270,7 +270,8 @@ class Federation:
     def restore(self, ck: dict[str, Any]) -> None:
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise UserError("not a fedsynth checkpoint")
-        if without_hardware(ck["config"]) != without_hardware(self.cfg.to_dict()):  # run.device may change
+        if without_hardware(ck["config"], EXTEND_KEYS) != without_hardware(self.cfg.to_dict(), EXTEND_KEYS):
+            # run.device may change, and fed.rounds may grow (a finished run extended)
             raise UserError("the checkpoint was written with a different configuration")
         self.server = ServerState(ck["global"], ck.get("ema"))
         self.server.load_training_state(ck)

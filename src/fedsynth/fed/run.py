@@ -103,6 +103,9 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
                              f"starting again from round 1")
         for p, why in skipped:
             reporter.warning(f"skipped checkpoint {p.name}: {why}")
+        if ck is not None and ck["round"] > cfg.fed.rounds:
+            raise UserError(f"fed.rounds={cfg.fed.rounds}: {resume} has already done {ck['round']} rounds "
+                            f"(a resume can add rounds, not take them away)")
         if ck is not None and ck["round"] >= cfg.fed.rounds:
             return Outcome(RunDir(Path(resume)), None, None, ck["round"], tuple(skipped))
     fed = (engine or in_process())(cfg, reporter)
@@ -125,6 +128,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
             shutil.rmtree(run_dir.path, ignore_errors=True)
 
     session = start_session(run_dir, first, "Flower (SuperNodes)" if fed.pool.remote else "in-process")
+    if resume is not None:
+        extend_rounds(cfg, run_dir, session, reporter)
     try:
         sink = open_trackers(cfg, run_dir, None if resume is None else first - 1, reporter.warning)
     except UserError:
@@ -150,6 +155,20 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         raise
     sink.close("FINISHED")
     return Outcome(run_dir, result, fed, first - 1, tuple(skipped))
+
+
+def extend_rounds(cfg: Config, run_dir: RunDir, session: dict[str, Any], reporter: Reporter) -> None:
+    """A resume with more rounds (``--resume DIR --set fed.rounds=N``): config.toml gets the new
+    number, and run.json's session says from how many rounds to how many."""
+    from ..config import load_config
+    old = load_config(run_dir.path / "config.toml").fed.rounds
+    if old == cfg.fed.rounds:
+        return
+    run_dir.write_text("config.toml", load_config(run_dir.path / "config.toml",
+                                                  [f"fed.rounds={cfg.fed.rounds}"]).to_toml())
+    session["sessions"][-1]["rounds_extended"] = {"from": old, "to": cfg.fed.rounds}
+    run_dir.write_json("run.json", session)
+    reporter.warning(f"extending the run from {old} to {cfg.fed.rounds} rounds (recorded in config.toml and run.json)")
 
 
 def final_grid(cfg: Config, run_dir: RunDir) -> None:
