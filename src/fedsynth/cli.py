@@ -810,7 +810,8 @@ def compare(
     from .report.compare import build_compare
     try:
         check_output_path(out, "--out")
-        page = build_compare(run_dirs, out, baseline, title)
+        page = build_compare(run_dirs, out, baseline, title,
+                             warn=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False))
     except UserError as e:
         _fail(str(e))
     console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/)", highlight=False)
