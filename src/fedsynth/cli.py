@@ -885,7 +885,10 @@ def data_inspect(
                        f"min {x[:, c].min():.0f} max {x[:, c].max():.0f}" for c in range(data.channels))
     console.print(f"intensity (prepared, 0-255): {per_ch}", highlight=False)
     if prov.get("raw_sizes"):
-        console.print("raw sizes (HxW[xC]: files): " + ", ".join(f"{k}: {v}" for k, v in prov["raw_sizes"].items()),
+        more = int(prov.get("raw_size_count", 0) or 0) - len(prov["raw_sizes"])
+        console.print("raw sizes (HxW[xC]: files; the most common first): "
+                      + ", ".join(f"{k}: {v}" for k, v in prov["raw_sizes"].items())
+                      + (f" … and {more} more" if more > 0 else ""),
                       highlight=False)
     if prov.get("skipped"):
         console.print(f"skipped: {len(prov['skipped'])} file(s)")
@@ -945,8 +948,8 @@ def weights_list() -> None:
       fedsynth weights list"""
     from .weights import WEIGHTS, cached, target_path
     t = Table(title="pretrained weights")
-    for col in ("name", "network", "present", "path"):
-        t.add_column(col)
+    for col in ("name", "network", "present", "path"):  # the path is never cut: a hospital copies files there
+        t.add_column(col, overflow="fold" if col == "path" else "ellipsis")
     for name, w in WEIGHTS.items():
         t.add_row(name, w.what, "yes" if cached(name) else "no", str(target_path(name)))
     console.print(t)

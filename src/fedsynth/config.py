@@ -438,7 +438,10 @@ class Config:
         return apply_overrides(self, self.site_overrides(cid))
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+        """TOML (tomli_w), with each array of plain values on one line: ``channels = [16, 32, 64]``."""
+        def one_line(m: re.Match) -> str:
+            return "= [" + ", ".join(x.strip().rstrip(",") for x in m.group(1).splitlines()) + "]"
+        return re.sub(r"= \[\n((?:    [^\n\[\]{}]+,\n)+)\]", one_line, tomli_w.dumps(self.to_dict()))
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:

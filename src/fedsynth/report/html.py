@@ -158,15 +158,18 @@ def _summary(run: Path, cfg: dict[str, Any], part: dict[str, Any], nodes: dict[s
     else:
         site_text = f"{len(sites) or g('partition', 'clients')}: {site_list}"
     evaluated = g("eval", "enabled", True)
+    e = g("fed", "local-epochs", "?")
+    epochs = _plural(e, "local epoch") if isinstance(e, int) else f"{e} local epochs"
+    every = g("eval", "every", "?")
+    every_text = "every round" if every == 1 else f"every {every} rounds"
     rows = [
         ("strategy", esc(strategy) + (f" (fraction {g('fed', 'fraction')})" if g("fed", "fraction", 1.0) not in (1, 1.0, "–") else "")),
         ("sites", site_text + (f"; split {esc(str(part.get('scheme')))}" if part.get("scheme") else "")),
-        ("rounds", f"{rounds_done} of {rounds}; {g('fed', 'local-epochs', '?')} local epoch(s) per round"
-         if rounds_done != rounds else f"{rounds}; {g('fed', 'local-epochs', '?')} local epoch(s) per round"),
+        ("rounds", (f"{rounds_done} of {rounds}" if rounds_done != rounds else f"{rounds}") + f"; {epochs} per round"),
         ("data", f"{data}, {g('data', 'image-size')} px"),
         ("model", f"{esc(family_of(cfg).config_line(cfg))}; batch {g('train', 'batch-size')}"),
         ("evaluation", (f"{esc(fd_metric)}, {g('eval', 'num-samples')} generated images per score, every "
-                        f"{g('eval', 'every')} round(s)") if evaluated and fd_metric else
+                        f"{every_text[6:]}") if evaluated and fd_metric else
          ("on, but no scores recorded yet" if evaluated else "off (eval.enabled = false)")),
         ("duration", duration + (f"; local training {_seconds(train_s)} of it" if train_s and sessions else "")),
         ("started", esc(date)),
@@ -328,10 +331,10 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
             pts = series[name]
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             if name == "global":
-                ax.plot(xs, ys, "-o", color="black", lw=2.4, ms=4, label=label_of(name), zorder=5)
+                ax.plot(xs, ys, "-o", color="black", lw=2.4, ms=4, label=label_of(name), zorder=2, alpha=0.75)
             else:
                 ax.plot(xs, ys, "--" if name.endswith(" on union") else "-", marker=".", lw=1.4, alpha=0.9,
-                        label=label_of(name))
+                        label=label_of(name), zorder=3)  # above the global line: never hidden under it
         _finish(ax, title, ylabel, log)
         out.append((caption or title, _fig_png(fig)))
         plt.close(fig)
@@ -344,7 +347,8 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         ys = [y for line in ax.get_lines() for y in line.get_ydata()]
         if log and ys and min(ys) > 0 and max(ys) / min(ys) > 5:  # a log axis only where values span decades
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
             ax.set_ylabel(ylabel.replace("log scale, ", ""))
@@ -357,17 +361,19 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
 
     if fd_metric:
         fd = fd_series(records, fd_metric)
-        panel(f"Fréchet distance ({fd_metric}) per model", f"{fd_metric} (log scale, lower is better)",
-              {k: v for k, v in fd.items() if not k.startswith("global on")}, log=True,
-              caption="Fréchet distance of each model against its data: the global model against all sites, each "
-                      "client's model against its own data (dashed: a client's own model against all sites).")
+        drawn = {k: v for k, v in fd.items() if not k.startswith("global on")}
+        dashed = (" (dashed: a client's own model against all sites)" if any(k.endswith(" on union") for k in drawn)
+                  else "")
+        panel(f"Fréchet distance ({fd_metric}) per model", f"{fd_metric} (log scale, lower is better)", drawn, log=True,
+              caption="Fréchet distance of each model against its data: the global model (black) against all sites, "
+                      f"each client's model against its own data{dashed}.")
         site = {k: v for k, v in fd.items() if k.startswith("global")}
         if len(site) > 1:
             panel("Fairness: the global model on each site's data", f"{fd_metric} (log scale, lower is better)",
                   site, log=True, caption="The released global model scored against each site's own images.")
     if kid_metric:
         kid = fd_series(records, kid_metric)
-        panel(f"Kernel inception distance ({kid_metric})", f"{kid_metric} (lower is better)",
+        panel(f"{_kid_name(kid_metric)} ({kid_metric})", f"{kid_metric} (lower is better)",
               {k: v for k, v in kid.items() if not k.startswith("global on")},
               caption="KID per model, on the same features as the Fréchet distance.")
     realism = {m: sorted((r["round"], r["value"]) for r in records if r["metric"] == m and r.get("client") == "global")
@@ -528,7 +534,7 @@ def _utility_section(run: Path) -> str:
         test = e.get("real_test", {})
         tests.add(f"{esc(str(test.get('source', '?')))} ({_plural(int(test.get('images', 0) or 0), 'image')})")
         label = esc(str(s.get("classifier", name))) + (" <span class=note>(pretrained)</span>" if s.get("pretrained") else "")
-        how = (f"{s.get('epochs', '?')} epoch(s), at least {s.get('min_steps', '?')} steps, "
+        how = (f"{s.get('epochs', '?')} epoch{'' if s.get('epochs') == 1 else 's'}, at least {s.get('min_steps', '?')} steps, "
                f"{'augmented' if s.get('augment') else 'no augmentation'}")
         for r in e.get("rows", []):
             if not isinstance(r, dict):
@@ -577,6 +583,11 @@ def _utility_section(run: Path) -> str:
 
 
 # ---------------------------------------------------------------------------- explanations
+def _kid_name(kid_metric: str) -> str:
+    """KID is the *Kernel Inception* Distance only on Inception features; on others, a kernel distance."""
+    return "Kernel inception distance (KID)" if kid_metric == "kid" else "Kernel distance (KID on other features)"
+
+
 def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bool, family: Any = None) -> str:
     items = []
     if fd_metric:
@@ -585,7 +596,7 @@ def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bo
                       "images' features; 0 when they match, lower is better. It is biased upwards when few images "
                       "are scored, so compare values computed from the same numbers of images."))
     if kid_metric:
-        items.append(("Kernel inception distance", f"<code>{esc(kid_metric)}</code>",
+        items.append((_kid_name(kid_metric), f"<code>{esc(kid_metric)}</code>",
                       "The squared maximum mean discrepancy between real and generated features with a cubic "
                       "polynomial kernel, averaged over random subsets; unbiased, so usable with few images; 0 at a "
                       "match (small negative values are noise)."))
@@ -649,6 +660,7 @@ def _partition(part: dict[str, Any], nodes: dict[str, Any]) -> str:
 
 
 CSS = """*{box-sizing:border-box}
+@media (max-width:700px){.scroll::before{content:"scroll sideways for more columns →";display:block;font-size:.8em;color:#777;margin:.2em 0}}
 .warn{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .7em}
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;padding:1.2em 1.2em 3em;max-width:1140px;color:#1d1d1f;line-height:1.45}
 h1{font-size:1.55em;margin:.2em 0 .4em;overflow-wrap:anywhere}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.25em;margin-top:1.8em}

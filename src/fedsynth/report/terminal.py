@@ -441,8 +441,10 @@ def summary_table(records: list[Record], metric: str, kid_metric: str, max_sites
 def _row_name(series: str) -> str:
     if series == "global":
         return "global, all sites"
+    if series == "global sites worst":  # the worst site of each round: not always the same site
+        return "global, worst site each round"
     if series.startswith("global sites "):
-        return f"global, site {series.rsplit(' ', 1)[-1]}"
+        return f"global, {series.rsplit(' ', 1)[-1]} over sites"
     if series.startswith("global on "):
         return f"global, site {series[len('global on '):]}"
     if series.endswith(" on union"):
