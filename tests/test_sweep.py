@@ -26,11 +26,12 @@ def test_sweep_runs_tables_and_resumes(tiny, tmp_path):
     base = [a for o in tiny + ["fed.rounds=1"] for a in ("--set", o)]
     args = ["sweep", "--out", str(tmp_path / "sw"), *base, "--variant", "fedavg: fed.strategy=fedavg",
             "--variant", 'shareG: fed.share=["G"]', "--variant", "local: fed.strategy=local",
-            "--variant", "centralized: fed.strategy=centralized"]
+            "--variant", "centralized: fed.strategy=centralized", "--second-network", "none"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     md = (tmp_path / "sw" / "results.md").read_text()
-    assert "| centralized |" in md and "| 1.00 |" in md and "mean of local models on the union" in md
+    assert "| centralized" in md and "| 1 (reference) |" in md and "mean of local models on the union" in md
+    assert "One seed: no interval, so no conclusion" in md
     assert (tmp_path / "sw" / "results.png").stat().st_size > 1000
     page = (tmp_path / "sw" / "compare" / "compare.html").read_text()  # the variants side by side
     assert "Baseline: <b>centralized</b>" in page and all(f"<td>{v}" in page for v in ("fedavg", "shareG", "local"))
@@ -80,3 +81,64 @@ def test_each_family_is_compared_with_its_own_centralized_run():
     assert centralized_reference("diffusion-fedavg-label-skew", names) == "diffusion-centralized"
     assert centralized_reference("fedavg", ["fedavg", "centralized"]) == "centralized"
     assert centralized_reference("fedavg", ["fedavg", "local"]) is None
+
+
+def _sweep_args(tiny, out, seeds="2"):
+    base = [a for o in tiny + ["fed.rounds=1", "train.threads=1"] for a in ("--set", o)]
+    return ["sweep", "--out", str(out), *base, "--seeds", seeds, "--second-network", "none",
+            "--variant", "fedavg: fed.strategy=fedavg", "--variant", "centralized: fed.strategy=centralized"]
+
+
+def _table(out):
+    """results.md without its cost part, and results.csv without the seconds (which differ between runs)."""
+    import csv
+    md = (out / "results.md").read_text().split("Cost (mean per run)")[0]
+    rows = [{k: v for k, v in r.items() if k not in ("wall_s", "eval_s")} for r in csv.DictReader(open(out / "results.csv"))]
+    return md, rows
+
+
+def test_two_seed_sweep_killed_midway_resumes_to_the_same_table(tiny, tmp_path):
+    import os
+    import sys
+
+    from conftest import kill_9_when
+    whole = runner.invoke(app, _sweep_args(tiny, tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.output
+    md, rows = _table(tmp_path / "whole")
+    assert [(r["variant"], r["seed"]) for r in rows] == [("fedavg", "0"), ("fedavg", "1"), ("centralized", "0"),
+                                                         ("centralized", "1")]
+    assert "| fedavg" in md and "| 2 |" in md and "Over 2 seeds: mean [95 % Student-t interval]" in md
+    assert (tmp_path / "whole" / "curves.png").stat().st_size > 1000  # the band figure
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the same BLAS threads: the same last digits
+    killed = kill_9_when([sys.executable, "-m", "fedsynth", *_sweep_args(tiny, cut)], env,
+                         lambda: (cut / "fedavg" / "seed-1" / "config.toml").is_file())
+    assert killed and not (cut / "results.md").exists()
+    again = runner.invoke(app, _sweep_args(tiny, cut))
+    assert again.exit_code == 0, again.output
+    assert "reusing 1 finished variant: fedavg/seed-0" in again.output
+    assert _table(cut) == (md, rows)
+
+
+def test_seeds_must_be_positive(tmp_path):
+    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), "--seeds", "0", "--variant", "a: fed.rounds=1"])
+    assert res.exit_code == 2 and "--seeds must be at least 1, got 0" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_variant_summary_intervals_and_paired_ratios():
+    from fedsynth.metrics.intervals import mean_interval, paired_ratio_interval
+    from fedsynth.sweep import summarise_variants
+    runs = [{"variant": v, "seed": s, "metric": "fd-random", "extractor": "random", "real": "holdout",
+             "global_is": "global model", "round": 5, "last_k": 3, "last_k_median": x, "global_fd": x * 1.1,
+             "client_fd_mean": float("nan"), "wall_s": 1.0, "eval_s": 0.5}
+            for v, xs in (("a", [2.0, 3.0, 2.5]), ("b", [2.1, 2.9, 2.6]), ("centralized", [1.0, 1.4, 1.2]))
+            for s, x in enumerate(xs)]
+    rows = {r["variant"]: r for r in summarise_variants(runs, ["a", "b", "centralized"])}
+    assert rows["a"]["score"] == mean_interval([2.0, 3.0, 2.5])
+    assert rows["a"]["ratio"] == paired_ratio_interval([2.0, 3.0, 2.5], [1.0, 1.4, 1.2])
+    assert rows["a"]["reference"] == "centralized" and rows["a"]["verdict"] == "worse"
+    assert rows["centralized"]["verdict"] == "reference" and rows["centralized"]["best"] == "centralized"
+    assert not rows["a"]["tied_with_best"]
+    tied = {r["variant"]: r for r in summarise_variants(runs, ["a", "b"])}  # no centralized: the first is the reference
+    assert tied["b"]["reference"] == "a" and tied["b"]["verdict"] == "cannot tell" and tied["b"]["tied_with_best"]
