@@ -118,6 +118,12 @@ def test_two_seed_sweep_killed_midway_resumes_to_the_same_table(tiny, tmp_path):
     assert again.exit_code == 0, again.output
     assert "reusing 1 finished variant: fedavg/seed-0" in again.output
     assert _table(cut) == (md, rows)
+    # compare of the seeded variants: the same intervals as the sweep's table, the band, every run's curves
+    cmp = runner.invoke(app, ["compare", str(cut / "fedavg"), str(cut / "centralized"), "-o", str(tmp_path / "cmp")])
+    assert cmp.exit_code == 0, cmp.output
+    assert (tmp_path / "cmp" / "seeds.md").read_text().splitlines()[2:4] == md.splitlines()[2:4]
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "<h2>Over seeds</h2>" in page and (tmp_path / "cmp" / "curves.png").is_file()
 
 
 def test_seeds_must_be_positive(tmp_path):

@@ -753,11 +753,28 @@ def compare(
       fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
     from .report.compare import build_compare
+    from .sweep import compare_over_seeds, seed_runs, table_notes, variant_table
     try:
-        page = build_compare(run_dirs, out, baseline, title)
+        seeded = [p for p in run_dirs if seed_runs(p)]
+        section, rows = "", None
+        if seeded:  # folders of seeded runs (a sweep's <variant>/): means, intervals and paired ratios
+            rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
+        runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
+        page = build_compare(runs, out, None if seeded else baseline, title, section)
     except UserError as e:
         _fail(str(e))
-    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/)", highlight=False)
+    if rows:
+        head, body = variant_table(rows)
+        t = Table(title="over seeds")
+        for col in head:
+            t.add_column(col)
+        for b in body:
+            t.add_row(*b)
+        console.print(t)
+        for line in table_notes(rows):
+            console.print(line, highlight=False, markup=False)
+    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/"
+                  + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
 
 
 @data_app.command("preview")

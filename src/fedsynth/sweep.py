@@ -712,3 +712,48 @@ def write_tables(rows: list[dict[str, Any]], run_rows: list[dict[str, Any]], out
     lines += ["", "Cost (mean per run):", "", "| variant | wall s | evaluation s |", "| --- | --- | --- |"]
     lines += [f"| {r['variant']} | {_num(r['wall_s'], 0)} | {_num(r['eval_s'], 0)} |" for r in rows]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
+def seed_runs(path: Path) -> list[Path]:
+    """The seeded runs of a sweep variant's folder (``seed-<s>/``), in seed order; [] for a run directory."""
+    runs = [p for p in path.glob("seed-*") if (p / "metrics.jsonl").is_file() and p.name[5:].isdigit()]
+    return sorted(runs, key=lambda p: int(p.name[5:]))
+
+
+def compare_over_seeds(paths: list[Path], out: Path, reference: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """``fedsynth compare`` of settings run with several seeds: each path is a folder of seeded
+    runs (a sweep variant's ``<variant>/``) or one run directory. Returns the variant rows
+    (:func:`summarise_variants`, the variant named by its folder) and the HTML section (table,
+    notes and the band figure ``out/curves.png``); writes ``out/seeds.md``."""
+    import base64
+    import html
+    names, run_rows, groups = [], [], {}
+    for p in paths:
+        name = p.name
+        if name in names:
+            raise UserError(f"two settings are named {name!r}; compare folders with distinct names")
+        names.append(name)
+        runs = seed_runs(p) or [p]
+        groups[name] = runs
+        for r in runs:
+            seed = int(r.name[5:]) if r.name.startswith("seed-") and r.name[5:].isdigit() else \
+                load_config(str(r / "config.toml")).run.seed
+            last_k = load_config(str(r / "config.toml")).eval.last_k if (r / "config.toml").is_file() else 3
+            run_rows.append({"variant": name, "seed": seed, "run": str(r), **summarise(r, last_k)})
+    if reference is not None and reference not in names:
+        reference = None
+    rows = summarise_variants(run_rows, names, reference)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = band_figure(groups, out)
+    head, body = variant_table(rows)
+    notes = table_notes(rows)
+    atomic_write_text(out / "seeds.md", "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+                                                  + ["| " + " | ".join(b) + " |" for b in body] + [""] + notes) + "\n")
+    esc = html.escape
+    table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in b) + "</tr>" for b in body) + "</table>"
+    img = f'<img alt="curves over seeds" src="data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}">' \
+        if fig else ""
+    section = (f"<h2>Over seeds</h2><div class=\"wide\">{table}</div>"
+               + "".join(f"<p class=\"note\">{esc(n)}</p>" for n in notes) + img)
+    return rows, section
