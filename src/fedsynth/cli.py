@@ -300,8 +300,7 @@ def sweep(
       fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .report.terminal import SweepReporter, seconds
-    from .sweep import (PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise, table_notes,
-                        variant_table)
+    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise
     from .utils import set_torch_threads
     try:
         base, variants = list(set_), []
@@ -338,8 +337,17 @@ def sweep(
                 view.finish()
     except UserError as e:
         _fail(str(e))
+    _print_variants(rows, f"sweep {out} ({seconds(time.perf_counter() - t0)})")
+    figs = [out / f for f in ("results.png", "curves.png", "study-grid.png", "compare/compare.html") if (out / f).exists()]
+    console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}; figures: {', '.join(map(str, figs))}",
+                  highlight=False, markup=False)
+
+
+def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
+    """The variants' table over seeds (:func:`fedsynth.sweep.variant_table`) and its notes."""
+    from .sweep import table_notes, variant_table
     head, body = variant_table(rows)
-    t = Table(title=f"sweep {out} ({seconds(time.perf_counter() - t0)})")
+    t = Table(title=title)
     for col in head:
         t.add_column(col)
     for b in body:
@@ -347,9 +355,6 @@ def sweep(
     console.print(t)
     for line in table_notes(rows):
         console.print(line, highlight=False, markup=False)
-    figs = [out / f for f in ("results.png", "curves.png", "study-grid.png", "compare/compare.html") if (out / f).exists()]
-    console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}; figures: {', '.join(map(str, figs))}",
-                  highlight=False, markup=False)
 
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
@@ -753,7 +758,7 @@ def compare(
       fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
     from .report.compare import build_compare
-    from .sweep import compare_over_seeds, seed_runs, table_notes, variant_table
+    from .sweep import compare_over_seeds, seed_runs
     try:
         seeded = [p for p in run_dirs if seed_runs(p)]
         section, rows = "", None
@@ -764,15 +769,7 @@ def compare(
     except UserError as e:
         _fail(str(e))
     if rows:
-        head, body = variant_table(rows)
-        t = Table(title="over seeds")
-        for col in head:
-            t.add_column(col)
-        for b in body:
-            t.add_row(*b)
-        console.print(t)
-        for line in table_notes(rows):
-            console.print(line, highlight=False, markup=False)
+        _print_variants(rows, "over seeds")
     console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/"
                   + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
 

@@ -193,8 +193,13 @@ def study_figure(out: Path) -> Path | None:
                 ax.set_xlabel("local epochs")
             if i == 0 and j == 0:
                 ax.legend(fontsize=6)
+    return _save(fig, out / "study-grid.png")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure (tight layout) and close it."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
-    path = out / "study-grid.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -512,11 +517,7 @@ def band_figure(groups: dict[str, list[Path]], out: Path) -> Path | None:
     ax.set_title(f"{out.name}: mean over seeds, band: 95 % interval per round", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "curves.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "curves.png")
 
 
 def second_network(choice: str, first: str) -> str:
@@ -627,11 +628,7 @@ def results_figure(rows: list[dict[str, Any]], out: Path) -> Path:
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(f"{out.name}: {seeds} seed{'s' if seeds != 1 else ''}"
                  + (", mean and 95 % interval" if seeds > 1 else ""), fontsize=9)
-    fig.tight_layout()
-    path = out / "results.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(fig, out / "results.png")
 
 
 MISSING = "—"  # a number that does not exist (e.g. no centralized reference): never "nan"
