@@ -262,6 +262,7 @@ class Federation:
             self.server.own = {k: init[k].clone() for k in self.local_keys}
         self.start_round = 1
         self.best: dict[str, Any] | None = None  # the best round by the held-out selection score
+        self.notes: list[str] = []  # shown once as the run starts (e.g. held-out evaluation turned off)
         self.sink: Any = MemorySink()
         self.description: tuple[str, dict[str, Any]] | None = None  # (file, contents) describing the clients
         self.data_info: dict[str, Any] = {}
@@ -306,6 +307,8 @@ class Federation:
             if real is not None:
                 self.sink.save_image_grid("real", real, nrow=self._grid_nrow())
         if self.start_round == 1:  # before the header: the notes are not a round's
+            for text in self.notes:
+                self.reporter.warning(text)
             for text in workload_notes(cfg, self.strategy, {i: self.pool.num_images(i) for i in self.pool.ids}):
                 self.reporter.warning(text)
         self.reporter.run_start(self.plan(to_eval))

@@ -52,9 +52,9 @@ def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[
         parts = partition_for(cfg, data)
         parts, held, notice = holdout_for(cfg, parts)  # each site's held-out images never train
         check_enough_images(cfg, parts)  # before anything is written
-        if notice:
-            reporter.warning(notice)
         fed = build_in_process(cfg, parts, reporter, holdout=held)
+        if notice:  # shown with the run's other notes, once it starts
+            fed.notes.append(notice)
         info = partition_info(cfg.partition.scheme, parts, data)
         for cid, settings in cfg.sites:  # which site ran what ([sites.<id>])
             if cid in info["clients"]:

@@ -603,7 +603,7 @@ def _serve(grid: Grid, context: Context) -> None:
             PollingGrid(grid, poll, str(rc.get("audit-dir", ""))), cfg, int(rc["clients"]),
             float(rc.get("round-timeout", 3600)), float(rc.get("connect-timeout", 300)), poll)
         model = build_model(cfg, pool.size, pool.channels, pool.num_classes)
-        ev = None
+        ev, notes = None, []
         if extractor is not None:
             extractor.to(model.device)  # the server's own run.device
             pool.check_extractor(extractor.name)
@@ -611,11 +611,12 @@ def _serve(grid: Grid, context: Context) -> None:
             if pool.holdout and set(pool.holdout) == set(pool.ids):  # every site kept held-out images
                 held = {c: {split: RealStats(st, None) for split, st in pool.holdout[c].items()} for c in pool.ids}
             elif cfg.eval.holdout > 0:
-                reporter.warning("held-out evaluation off: not every site has enough images to keep "
-                                 f"eval.holdout = {cfg.eval.holdout} of them out of training")
+                notes.append("held-out evaluation off: not every site has enough images to keep "
+                             f"eval.holdout = {cfg.eval.holdout} of them out of training")
             ev = Evaluator(cfg.eval, extractor, {c: RealStats(pool.stats[c], None) for c in pool.ids}, pool.counts,
                            model, cfg.run.seed, held)
         fed = Federation(cfg, model, pool, ev, reporter, class_names=pool.class_names)
+        fed.notes += notes
         fed.description = ("nodes.json", pool.describe())
         return fed
 
