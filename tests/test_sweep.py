@@ -55,10 +55,13 @@ def test_parallel_jobs_and_presets_validate(tiny, tmp_path):
         for vname, over in p["variants"]:
             load_config(None, p["base"] + over)  # every preset variant is a valid config
     base = [a for o in tiny + ["fed.rounds=1"] for a in ("--set", o)]
-    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), *base, "--jobs", "2",
-                              "--grid", "fed.strategy=fedavg,local"])
+    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), *base, "--jobs", "2", "--seeds", "2",
+                              "--second-network", "none", "--grid", "fed.strategy=fedavg,local"])
     assert res.exit_code == 0, res.output
     assert "strategy-fedavg" in (tmp_path / "sw" / "results.md").read_text()
+    assert all((tmp_path / "sw" / v / f"seed-{s}" / "report.html").is_file() for v in ("strategy-fedavg", "strategy-local")
+               for s in (0, 1))  # seeded runs spread over the jobs
+    assert all(p["seeds"] == 3 for n, p in PRESETS.items() if n in ("study", "study-128", "strategies"))
 
 
 def test_a_preset_runs_through_the_cli_with_user_overrides(tmp_path):
