@@ -294,6 +294,12 @@ def run(
     done = f"done in {time.perf_counter() - t0:.0f} s. Results in {run_dir.path}: {', '.join(written(run_dir.path))}"
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
+    from .metrics.features import trained_network_command
+    cmd = trained_network_command(cfg, run_dir.path)
+    if cmd and out_.federation is not None and out_.federation.evaluator is not None \
+            and out_.federation.evaluator.extractor.kind != "effnet-lite0":
+        console.print(f"a trained feature network's score (fd-effnet) of the released model: {cmd}",
+                      highlight=False, markup=False)
 
 
 def _report_so_far(run_dir: Path) -> Optional[Path]:
@@ -333,33 +339,45 @@ def sweep(
     set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
     grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
     variant: List[str] = typer.Option([], "--variant", help="'name: key=value; key=value' (repeatable)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Variants run at once (separate processes; cores shared out)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once (separate processes; cores shared out)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run every variant with this many seeds (run.seed, "
+                                        "run.seed + 1, ...); tables give the mean over seeds with a 95 % interval "
+                                        "(default: the preset's, else 1)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="The variant the others are compared with "
+                                            "(default: centralized if present, else the first)."),
+    rescore: str = typer.Option("auto", "--second-network", help="A second feature network that scores each run's "
+                                "last eval.last-k evaluations (auto: effnet-lite0 when installed; none: off)."),
 ) -> None:
     """Run several configurations and print one comparison table (resumable).
 
     Examples:
       fedsynth sweep --preset strategies -o runs/sweep-strategies
-      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5
+      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .report.terminal import SweepReporter, seconds
-    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, summarise
+    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise
     from .utils import set_torch_threads
     try:
         base, variants = list(set_), []
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
+        if seeds is not None and seeds < 1:
+            raise UserError(f"--seeds must be at least 1, got {seeds}")
         check_output_path(out, "--out")
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
             base = PRESETS[preset]["base"] + base
             variants += PRESETS[preset]["variants"]
+            seeds = seeds if seeds is not None else PRESETS[preset].get("seeds", 1)
         variants += [parse_variant(v) for v in variant]
         if grid:
             variants += grid_variants(grid)
         if not variants:
             raise UserError("nothing to sweep: give --preset, --variant or --grid")
-        set_torch_threads(load_config(config, base).train.threads)
+        base_cfg = load_config(config, base)
+        set_torch_threads(base_cfg.train.threads)
+        second = second_network(rescore, base_cfg.eval.feature_extractor)
         t0 = time.perf_counter()
 
         def final(name: str) -> str:
@@ -369,31 +387,31 @@ def sweep(
             view = SweepReporter(progress, progress.console, final)
             try:
                 rows = run_sweep(str(config) if config else None, base, variants, out,
-                                 lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(d.name)), jobs=jobs,
-                                 progress=view)
+                                 lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(str(d.relative_to(out)))),
+                                 jobs=jobs, progress=view, seeds=seeds or 1, reference=reference, rescore=second)
             finally:
                 view.finish()
     except UserError as e:
         _fail(str(e))
-    t = Table(title=f"sweep {out} ({seconds(time.perf_counter() - t0)})")
-    ratio = any(r["ratio_to_centralized"] == r["ratio_to_centralized"] for r in rows)  # not all NaN
-    cols = [("variant", "variant"), ("global_fd", f"final global {rows[0]['metric']}"),
-            ("ratio_to_centralized", "÷ centralized"), ("client_fd_mean", "mean site (own data)"),
-            ("global_is", "global is")]
-    cols = [(k, c) for k, c in cols if ratio or k != "ratio_to_centralized"]
-    for k, col in cols:  # a variant's name is never cut or broken: the numbers' headers wrap instead
-        t.add_column(col, no_wrap=k == "variant", justify="left" if k in ("variant", "global_is") else "right")
-    for r in rows:
-        t.add_row(*(r[k] if k in ("variant", "global_is") else value(r[k], 3 if k != "ratio_to_centralized" else 2)
-                    for k, _ in cols))
-    console.print(t)
-    if not ratio:
-        console.print("(no ÷ centralized column: no variant named `centralized` or `<group>-centralized` in this "
-                      "sweep)", highlight=False, markup=False)
-    figures = [out / f for f in ("results.png", "study-grid.png") if (out / f).exists()]
+    _print_variants(rows, f"sweep {out} ({seconds(time.perf_counter() - t0)})")
+    figures = [out / f for f in ("results.png", "curves.png", "study-grid.png") if (out / f).exists()]
     console.print(f"side by side: {out / 'compare' / 'compare.html'}; tables: {out / 'results.csv'}, "
                   f"{out / 'results.md'}" + (f"; figures: {', '.join(map(str, figures))}" if figures else ""),
                   highlight=False, markup=False)
+
+
+def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
+    """The variants' table over seeds (:func:`fedsynth.sweep.variant_table`) and its notes."""
+    from .sweep import table_notes, variant_table
+    head, body = variant_table(rows)
+    t = Table(title=title)
+    for i, col in enumerate(head):  # a variant's name is never cut or broken: the numbers' headers wrap instead
+        t.add_column(col, no_wrap=i == 0, justify="left" if i == 0 else "right")
+    for b in body:
+        t.add_row(*b)
+    console.print(t)
+    for line in table_notes(rows):
+        console.print(line, highlight=False, markup=False)
 
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
@@ -410,6 +428,9 @@ def _old_n() -> Any:
 @app.command()
 def generate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     images: int = typer.Option(64, "--images", "-n", help="Number of images to generate."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files (created)."),
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
@@ -432,7 +453,9 @@ def generate(
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         from .checkpoint import load_released
-        model, state, names = load_released(checkpoint, client)
+        released = load_released(checkpoint, client, round_)
+        model, state, names = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         if label is not None and not 0 <= label < max(model.num_classes, 1):
             raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
         try:
@@ -454,6 +477,9 @@ def evaluate(
     real: str = typer.Argument(..., help="Real images: a phantom/sample name or a path."),
     fake: Optional[str] = typer.Argument(None, help="Generated images (a path), or use --checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Generate from this checkpoint instead."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     images: int = typer.Option(1000, "--images", "-n", help="Images per set (at most)."),
     size: Optional[int] = typer.Option(None, "--size", show_default=False,
                                        help="Image side in pixels (default: the checkpoint's image size, else 64)."),
@@ -484,7 +510,9 @@ def evaluate(
         model = state = None
         if checkpoint is not None:
             from .checkpoint import load_released
-            model, state, _ = load_released(checkpoint)
+            released = load_released(checkpoint, None, round_)
+            model, state, _ = released
+            console.print(f"model: {released.which}", highlight=False, markup=False)
         side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
         if model is not None:
@@ -524,6 +552,9 @@ def evaluate(
 @app.command()
 def audit(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     train: str = typer.Option(..., "--train", help="The images the model was trained on (name or path)."),
     held: str = typer.Option(..., "--held", help="Held-out images of the same distribution (name or path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the audit (JSON, closest pairs, PCA plot)."),
@@ -543,7 +574,9 @@ def audit(
     try:
         check_output_path(out, "--out")
         from .checkpoint import load_released
-        model, state, _ = load_released(checkpoint)
+        released = load_released(checkpoint, None, round_)
+        model, state, _ = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         side = model.describe()["image_size"]
         tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
         he = _images_of(held, side, 10**9, 0, list(held_set)).batch()
@@ -607,6 +640,9 @@ def utility(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (runs without a "
                                          "global one: local, ensemble)."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     seed: int = typer.Option(0, "--seed", help="Seed of every draw: synthetic latents, classifier weights, "
                              "data order, augmentations, the t-SNE subsets."),
     seeds: int = typer.Option(3, "--seeds", help="Train each arm this many times (seeds SEED, SEED+1, ...): the "
@@ -658,7 +694,9 @@ def utility(
             dev = resolve_device(device)
         except UserError as e:
             raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
-        model, state, run_classes = load_released(run_dir, client)
+        released = load_released(run_dir, client, round_)
+        model, state, run_classes = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         desc = model.describe()
         size, channels = int(desc["image_size"]), int(desc["channels"])
         train = _real_set("--real-train", real_train, size, channels, train_set)
@@ -808,13 +846,22 @@ def compare(
       fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
     from .report.compare import build_compare
+    from .sweep import compare_over_seeds, seed_runs
     try:
         check_output_path(out, "--out")
-        page = build_compare(run_dirs, out, baseline, title,
+        seeded = [p for p in run_dirs if seed_runs(p)]
+        section, rows = "", None
+        if seeded:  # folders of seeded runs (a sweep's <variant>/): means, intervals and paired ratios
+            rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
+        runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
+        page = build_compare(runs, out, None if seeded else baseline, title, section,
                              warn=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False))
     except UserError as e:
         _fail(str(e))
-    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/)", highlight=False)
+    if rows:
+        _print_variants(rows, "over seeds")
+    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/"
+                  + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
 
 
 @data_app.command("preview")

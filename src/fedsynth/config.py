@@ -318,6 +318,14 @@ class EvalConfig:
     kid_subset_size: int = _f(100, "KID: images per subset", min=2)
     grid_size: int = _f(64, "images in each sample grid (fixed latents)", min=1)
     per_site: bool = _f(True, "also score the global model on each client's own data (fairness)")
+    holdout: float = _f(0.1, "share of each site's images kept out of training, seeded: half selects the best "
+                        "round, half is what distances are reported against (off with a notice when a site would "
+                        "keep fewer than 10; 0: off, distances against the training images)", min=0.0, max=0.9)
+    local_every: int = _f(5, "score each site's own local model (the studies' per-client protocol) every N rounds "
+                          "and at the last; the global model is scored every eval.every rounds (0: only at the last)",
+                          min=0)
+    last_k: int = _f(3, "a run's summary score (sweeps, compare): the median of its last k evaluations, beside "
+                     "the final one (one evaluation of a GAN swings 2-5x)", min=1)
     bf16: bool = _f(False, "generate evaluation samples under bfloat16 autocast: ~2.5x faster on "
                     "CPUs with AVX512-BF16/AMX, slower elsewhere; numbers shift slightly")
 

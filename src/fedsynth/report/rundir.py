@@ -247,6 +247,13 @@ class RunDir:
             q.unlink(missing_ok=True)
         return p
 
+    def save_best(self, round_: int, obj: dict[str, Any]) -> Path:
+        """``checkpoints/best.pt``: the best round by the held-out selection score, kept beside
+        the newest rounds (written atomically; a later better round replaces it)."""
+        p = self.path / "checkpoints" / "best.pt"
+        atomic_torch_save(obj, p)
+        return p
+
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     p = Path(path)
