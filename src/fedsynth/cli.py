@@ -157,6 +157,11 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/NNNN-desc)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="Re-run this recorded run (e.g. a Flower run) in "
+                                          "this process with the participation it had, and check that the global "
+                                          "weights come out bit-identical; needs --sites."),
+    sites: Optional[Path] = typer.Option(None, "--sites", help="With --replay: the folder holding each site's "
+                                         "images as client-<id>/ (as fedsynth data split writes them)."),
 ) -> None:
     """Train a GAN federatedly (or a baseline) and evaluate it; writes a run directory.
 
@@ -165,9 +170,23 @@ def run(
       fedsynth run -s fed.strategy=local      # baseline: each hospital alone
       fedsynth run -c examples/quick.toml -s fed.rounds=4 -o runs/quick
       fedsynth run --dry-run -s partition.clients=3   # the resolved config
-      fedsynth run --resume runs/quick"""
+      fedsynth run --resume runs/quick
+      fedsynth run --replay runs/flower-demo --sites sites -o runs/replay   # check a Flower run"""
+    engine = None
     try:
-        if resume is not None:
+        if (replay is None) != (sites is None):
+            raise UserError("--replay and --sites go together: the recorded run, and the folder of the sites' images")
+        if replay is not None:
+            from .config import HARDWARE_KEYS, parse_override
+            from .fed.replay import replay_config, replay_engine
+            if config is not None or resume is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
+                raise UserError("--replay takes no --config, --resume, or --set other than "
+                                f"{', '.join(HARDWARE_KEYS)}: the recorded run's own config.toml is used")
+            cfg, ids, missed = replay_config(replay, set_)
+            engine = replay_engine(ids, sites)
+            console.print(f"replaying {replay}: {plural(len(ids), 'client')}, {plural(cfg.fed.rounds, 'round')}, "
+                          f"{plural(len(missed), 'missed client round')} forced", highlight=False)
+        elif resume is not None:
             from .config import HARDWARE_KEYS, parse_override
             if config is not None or out is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
                 raise UserError("--resume takes no --config, --out, or --set other than "
@@ -177,7 +196,8 @@ def run(
             from .report.rundir import claim_for_resume
             claim_for_resume(resume)  # refused while a live run holds the directory
             config = resume / "config.toml"
-        cfg = load_config(config, set_)
+        if replay is None:
+            cfg = load_config(config, set_)
     except UserError as e:
         _fail(str(e))
     if dry_run:
@@ -227,7 +247,7 @@ def run(
         previous = signal.getsignal(signal.SIGINT)
         try:
             out_ = run_experiment(cfg, out, reporter, resume,
-                                  in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
+                                  engine or in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
         except UserError as e:
             _stop_progress(progress)
             _fail(str(e))
@@ -251,6 +271,22 @@ def run(
     done = f"done in {time.perf_counter() - t0:.0f} s. Results in {run_dir.path}: {', '.join(written(run_dir.path))}"
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
+    if replay is not None:
+        _check_replay(replay, run_dir.path)
+
+
+def _check_replay(recorded: Path, replayed: Path) -> None:
+    """The replay's global weights against the recorded run's, per checkpoint both kept; exit 1 if any differ."""
+    from .fed.replay import compare_checkpoints
+    rows = compare_checkpoints(recorded, replayed)
+    if not rows:
+        _fail(f"{recorded} and {replayed} kept no checkpoint of the same round: nothing to compare", code=1)
+    for row in rows:
+        word = "bit-identical" if row["identical"] else f"DIFFERENT (max |difference| {row['max-abs-diff']:.3g})"
+        console.print(f"round {row['round']}: global weights {word} to {recorded} ({row['tensors']} tensors)",
+                      highlight=False)
+    if not all(row["identical"] for row in rows):
+        _fail("the replay does not reproduce the recorded run (same data, device and library versions?)", code=1)
 
 
 def _stop_progress(progress: Progress) -> None:
