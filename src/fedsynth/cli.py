@@ -171,7 +171,7 @@ def run(
       fedsynth run -c examples/quick.toml -s fed.rounds=4 -o runs/quick
       fedsynth run --dry-run -s partition.clients=3   # the resolved config
       fedsynth run --resume runs/quick
-      fedsynth run --replay runs/flower-demo --sites sites -o runs/replay   # check a Flower run"""
+      fedsynth run --replay runs/flower-demo --sites sites -o runs/check"""
     engine = None
     try:
         if (replay is None) != (sites is None):
