@@ -30,28 +30,16 @@ from .engine import Federation, Reporter, build_in_process
 MISSED = ("dropped", "rejected")
 
 
-
-
 def missed_rounds(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every (round, client) of a run directory whose update the server did not use, with the
     recorded reason: the ``dropped`` and ``rejected`` records of ``metrics.jsonl``, rounds >= 1."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        raise UserError(f"--replay {run_dir}: no metrics.jsonl there (not a run directory, or no round finished)")
-    out = []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise UserError(f"{path}, line {k}: not a JSON record") from None
-        if rec.get("metric") in MISSED and int(rec.get("round", 0)) >= 1 and rec.get("client") not in ("server", None):
-            out.append({"round": int(rec["round"]), "client": str(rec["client"]), "why": str(rec.get("reason", ""))})
-    return out
+    from ..report.compare import load_run
+    return [{"round": int(r["round"]), "client": str(r["client"]), "why": str(r.get("reason", ""))}
+            for r in load_run(run_dir).records
+            if r["metric"] in MISSED and r["round"] >= 1 and r.get("client") not in ("server", None)]
 
 
-def clients_of(run_dir: str | Path, cfg: Config) -> tuple[list[str], dict[str, dict[str, Any]]]:
+def clients_of(run_dir: str | Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
     """The run's client ids in order, and each one's own settings: from ``nodes.json`` (a Flower
     run), else ``partition.json`` (an in-process run)."""
     for name in ("nodes.json", "partition.json"):
@@ -61,7 +49,8 @@ def clients_of(run_dir: str | Path, cfg: Config) -> tuple[list[str], dict[str, d
             clients = info if name == "nodes.json" else info.get("clients", {})
             ids = sorted(clients, key=_order)
             return ids, {c: dict(clients[c].get("settings", {})) for c in ids}
-    raise UserError(f"--replay {run_dir}: neither nodes.json nor partition.json there: which clients took part is unknown")
+    raise UserError(f"--replay {run_dir}: neither nodes.json nor partition.json there: which clients took part "
+                    f"is unknown")
 
 
 def _order(cid: str) -> tuple:
@@ -70,7 +59,8 @@ def _order(cid: str) -> tuple:
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", cid) if p)
 
 
-def replay_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> tuple[Config, list[str], list[dict[str, Any]]]:
+def replay_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()
+                  ) -> tuple[Config, list[str], list[dict[str, Any]]]:
     """The run's own ``config.toml``, each site's own settings as ``[sites.<id>]`` tables, and
     the recorded drop-outs forced (``faults.dropout-schedule``); with the client ids and the
     missed rounds. ``overrides``: hardware keys only (``run.device``, ``train.threads``)."""
@@ -79,8 +69,7 @@ def replay_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
     if not f.is_file():
         raise UserError(f"--replay {run_dir}: no config.toml there (not a run directory)")
     tree = tomllib.loads(f.read_text(encoding="utf-8"))
-    cfg0 = build_config(tree)
-    ids, settings = clients_of(run_dir, cfg0)
+    ids, settings = clients_of(run_dir)
     missed = missed_rounds(run_dir)
     faults = tree.setdefault("faults", {})
     faults["dropout-schedule"] = sorted(set(faults.get("dropout-schedule", [])) | {f"{m['round']}:{m['client']}"
@@ -113,7 +102,7 @@ def replay_engine(ids: list[str], sites: str | Path) -> Callable[[Config, Report
         from ..data import summary
         fed = build_in_process(cfg, parts, reporter, client_ids=ids)
         info = {"scheme": "replay", **summary(parts, parts[0].class_names), "replay-of-sites": str(sites)}
-        info["clients"] = dict(zip(ids, info["clients"].values())) if isinstance(info.get("clients"), dict) else info.get("clients")
+        info["clients"] = dict(zip(ids, info["clients"].values()))  # summary() numbers them 0, 1, ...
         for cid, own in cfg.sites:
             if cid in info["clients"]:
                 info["clients"][cid]["settings"] = dict(own)

@@ -11,11 +11,13 @@ runs :func:`handle` in its own process or in the node's warm worker
 
 Requests: ``{"config": {...}, "node_config": {...}, "arrays": {name: ndarray} | None,
 "strategy": {name: ndarray} | None, "state": bytes | None, "state-round": int | None}`` (the
-context's state and the round it is of). The node's state after each round it trains is also saved on its own disk (``<cache>/flower-state/<run key>/<client id>/``, the
-newest three rounds), so that a restarted SuperNode, or a run resumed from the server's
-checkpoint -- a new Flower run, with empty contexts -- continues exactly: the server names the
-round whose state it expects (config ``state-round``, the last round whose reply it took).
-Answers: ``{"meta": {...}, "arrays": ..., "extra": ..., "metrics": ..., "stats": ..., "state": ...}`` (absent = nothing). A bad data folder or bad
+context's state and the round it is of). The node's state after each round it trains is also
+saved on its own disk (``<cache>/flower-state/<run key>/<client id>/``, the newest three
+rounds), so that a restarted SuperNode, or a run resumed from the server's checkpoint -- a new
+Flower run, with empty contexts -- continues exactly: the server names the round whose state it
+expects (config ``state-round``, the last round whose reply it took). Answers: ``{"meta":
+{...}, "arrays": ..., "extra": ..., "metrics": ..., "stats": ..., "state": ...}`` (absent =
+nothing). A bad data folder or bad
 input gives ``{"meta": {"client-id": ..., "error": "one line"}}``, never a traceback.
 """
 
