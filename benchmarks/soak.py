@@ -259,13 +259,21 @@ def report(work: Path, args) -> None:
     per_round = [r["wall_s"] for r in rows]
     print()
     print(f"soak: {len({r['round'] for r in rows})} of {args.rounds} rounds completed in {wall / 60:.1f} min; "
-          f"1 server restart (SuperLink + ServerApp SIGKILLed after round {args.server_kill_at}, resumed); "
+          f"{sum(1 for e in events if e['what'] == 'server')} server restart (SuperLink + ServerApp SIGKILLed after "
+          f"round {', '.join(str(e['round']) for e in events if e['what'] == 'server')}, resumed); "
           f"{sum(1 for e in events if e['what'] != 'server')} SuperNode SIGKILLs, "
           f"{sum(restarts.values())} node starts after them (refused tries included)")
     for k in range(3):
         mine = sorted(r["round"] for r in missed if r["client"] == str(k))
         reasons = sorted({r.get("reason", "")[:70] for r in missed if r["client"] == str(k)})
         print(f"  hospital {k}: missed {len(mine)} round(s) {mine if mine else ''} {reasons if reasons else ''}")
+    trained = {(r["round"], r["client"]) for r in recs if r["metric"] == "d-loss"}
+    for e in (e for e in events if e["what"] != "server"):
+        k = e["what"][-1]
+        back = next((r for r in range(e["round"] + 1, args.rounds + 1) if (r, k) in trained), None)
+        gap = [r for r in range(e["round"] + 1, back or args.rounds + 1) if (r, k) not in trained]
+        what = f"missed rounds {gap[0]}-{gap[-1]}" if gap else "missed no round"
+        print(f"  hospital {k} SIGKILLed after round {e['round']}: {what}, trained again in round {back}")
     print(f"  node state lost on a restart: {len(lost)} time(s)")
     print("memory (RSS, MiB; sampled at each round's end):")
     for key, label in (("superlink", "SuperLink"), ("serverapp", "ServerApp"), ("node0", "hospital 0 (never killed)"),

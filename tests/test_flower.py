@@ -13,6 +13,9 @@ everything it spawned; it raises if anything survives).
 * The diffusion family over TLS + node authentication: weights bit-identical to in-process.
 * Secure aggregation (SecAgg+) over TLS + node authentication: the server receives only masked
   vectors, and the global weights stay within the quantisation error of plain FedAvg.
+* A SuperNode SIGKILLed mid-run and restarted (same key and data) rejoins; its missed rounds are
+  recorded with the reason; the weights equal the in-process engine's with those drop-outs, and
+  ``fedsynth run --replay`` of the run reproduces them bit for bit.
 Skipped where flwr is not installed (pip install -e ".[flower]")."""
 
 import dataclasses
