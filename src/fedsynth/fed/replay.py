@@ -69,6 +69,9 @@ def replay_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = 
     if not f.is_file():
         raise UserError(f"--replay {run_dir}: no config.toml there (not a run directory)")
     tree = tomllib.loads(f.read_text(encoding="utf-8"))
+    if tree.get("fed", {}).get("secure-aggregation", False):
+        raise UserError(f"--replay {run_dir}: the run used secure aggregation, whose aggregate is quantised inside "
+                        f"Flower's SecAgg+ protocol; one process cannot reproduce it bit for bit")
     ids, settings = clients_of(run_dir)
     missed = missed_rounds(run_dir)
     faults = tree.setdefault("faults", {})
