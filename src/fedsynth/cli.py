@@ -177,6 +177,11 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/NNNN-desc)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="Re-run this recorded run (e.g. a Flower run) in "
+                                          "this process with the participation it had, and check that the global "
+                                          "weights come out bit-identical; needs --sites."),
+    sites: Optional[Path] = typer.Option(None, "--sites", help="With --replay: the folder holding each site's "
+                                         "images as client-<id>/ (as fedsynth data split writes them)."),
 ) -> None:
     """Train a generative model (a GAN, or a diffusion model) federatedly, or a baseline; evaluate it; write a run directory.
 
@@ -186,9 +191,23 @@ def run(
       fedsynth run -s model.family=diffusion  # a diffusion model (MONAI UNet)
       fedsynth run -c examples/quick.toml -s fed.rounds=4 -o runs/quick
       fedsynth run --dry-run -s partition.clients=3   # the resolved config
-      fedsynth run --resume runs/quick"""
+      fedsynth run --resume runs/quick
+      fedsynth run --replay runs/flower-demo --sites sites -o runs/check"""
+    engine = None
     try:
-        if resume is not None:
+        if (replay is None) != (sites is None):
+            raise UserError("--replay and --sites go together: the recorded run, and the folder of the sites' images")
+        if replay is not None:
+            from .config import HARDWARE_KEYS, parse_override
+            from .fed.replay import replay_config, replay_engine
+            if config is not None or resume is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
+                raise UserError("--replay takes no --config, --resume, or --set other than "
+                                f"{', '.join(HARDWARE_KEYS)}: the recorded run's own config.toml is used")
+            cfg, ids, missed = replay_config(replay, set_)
+            engine = replay_engine(ids, sites)
+            console.print(f"replaying {replay}: {plural(len(ids), 'client')}, {plural(cfg.fed.rounds, 'round')}, "
+                          f"{plural(len(missed), 'missed client round')} forced", highlight=False)
+        elif resume is not None:
             from .config import EXTEND_KEYS, HARDWARE_KEYS, parse_override
             allowed = HARDWARE_KEYS + EXTEND_KEYS
             if config is not None or out is not None or any(parse_override(t)[0] not in allowed for t in set_):
@@ -202,7 +221,8 @@ def run(
             from .report.rundir import claim_for_resume
             claim_for_resume(resume)  # refused while a live run holds the directory
             config = resume / "config.toml"
-        cfg = load_config(config, set_)
+        if replay is None:
+            cfg = load_config(config, set_)
     except UserError as e:
         _fail(str(e))
     if dry_run:
@@ -263,7 +283,7 @@ def run(
         previous = signal.getsignal(signal.SIGINT)
         try:
             out_ = run_experiment(cfg, out, reporter, resume,
-                                  in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
+                                  engine or in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
         except UserError as e:
             _stop_progress(progress)
             _fail(str(e))
@@ -300,6 +320,22 @@ def run(
             and out_.federation.evaluator.extractor.kind != "effnet-lite0":
         console.print(f"a trained feature network's score (fd-effnet) of the released model: {cmd}",
                       highlight=False, markup=False)
+    if replay is not None:
+        _check_replay(replay, run_dir.path)
+
+
+def _check_replay(recorded: Path, replayed: Path) -> None:
+    """The replay's global weights against the recorded run's, per checkpoint both kept; exit 1 if any differ."""
+    from .fed.replay import compare_checkpoints
+    rows = compare_checkpoints(recorded, replayed)
+    if not rows:
+        _fail(f"{recorded} and {replayed} kept no checkpoint of the same round: nothing to compare", code=1)
+    for row in rows:
+        word = "bit-identical" if row["identical"] else f"DIFFERENT (max |difference| {row['max-abs-diff']:.3g})"
+        console.print(f"round {row['round']}: global weights {word} to {recorded} ({row['tensors']} tensors)",
+                      highlight=False)
+    if not all(row["identical"] for row in rows):
+        _fail("the replay does not reproduce the recorded run (same data, device and library versions?)", code=1)
 
 
 def _report_so_far(run_dir: Path) -> Optional[Path]:
