@@ -251,8 +251,10 @@ def run(
             ev = fed.evaluator
             sites = len(fed.pool.ids)
             reporter.say(f"fedsynth run → {run_dir.path}")
-            reporter.say(f"  {cfg.data.source}: {plural(info['images'], 'image') if 'images' in info else '? images'} "
-                         f"of {info.get('size', '?')} px, {plural(sites, 'site')} ({cfg.partition.scheme}), "
+            item, side = ("volume", f"{info.get('size', '?')}³ voxels") if cfg.data.dims == 3 else \
+                ("image", f"{info.get('size', '?')} px")
+            reporter.say(f"  {cfg.data.source}: {plural(info['images'], item) if 'images' in info else f'? {item}s'} "
+                         f"of {side}, {plural(sites, 'site')} ({cfg.partition.scheme}), "
                          f"strategy {cfg.fed.strategy}, {plural(cfg.fed.rounds, 'round')}")
             reporter.say(f"  model: {model_line(cfg)}")
             reporter.say(f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
@@ -472,9 +474,11 @@ def generate(
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
+    spacing: float = typer.Option(0.0, "--spacing", help="Volumes: voxel size in mm written to the NIfTI files "
+                                  "(0: the voxel size of the run's data where known, else 1 mm)."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Write N generated images as PNG files.
+    """Write N generated images as PNG files (volumes: NIfTI files with their voxel size).
 
     Examples:
       fedsynth generate --checkpoint runs/quick -o synth/
@@ -501,11 +505,28 @@ def generate(
     except UserError as e:
         _fail(str(e))
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
+    volumes = arr.ndim == 5
+    if volumes:
+        from .data.export import nifti_bytes
+        mm = spacing or _voxel_mm(checkpoint)
     with atomic_folder(out) as tmp:
         for i, img in enumerate(arr):
-            save_png(img, tmp / f"{i:06d}.png")
-    what = f"class {label} ({names[label]})" if label is not None and names else "images"
+            if volumes:  # NIfTI, with the voxel size of the data the model learnt from
+                (tmp / f"{i:06d}.nii.gz").write_bytes(nifti_bytes(img, mm))
+            else:
+                save_png(img, tmp / f"{i:06d}.png")
+    what = f"class {label} ({names[label]})" if label is not None and names else ("volumes" if volumes else "images")
     console.print(f"wrote {n} {what} to {out}")
+
+
+def _voxel_mm(checkpoint: Path) -> float:
+    """The voxel size (mm) of the data a run's model learnt from, from its ``partition.json``
+    (1.0 where the run does not say)."""
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent
+    try:
+        return float(json.loads((run / "partition.json").read_text())["data"].get("voxel_mm", 1.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1.0
 
 
 @app.command()
@@ -902,30 +923,38 @@ def compare(
 
 @data_app.command("preview")
 def data_preview(
-    name: str = typer.Argument(..., help="phantom-xray, phantom-ct or phantom-histo"),
+    name: str = typer.Argument(..., help="phantom-xray, phantom-ct, phantom-histo or (volumes) phantom-mr"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
     images: int = typer.Option(32, "--images", "-n", help="Number of images in the montage."),
-    size: int = typer.Option(64, "--size", help="Image side in pixels."),
+    size: int = typer.Option(64, "--size", help="Image side in pixels (volumes: voxels)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom generator."),
+    dims: int = typer.Option(2, "--dims", help="3: volumes (phantom-ct, phantom-mr), each shown as its three "
+                             "orthogonal mid-slices (axial, coronal, sagittal)."),
     n: Optional[int] = _old_n(),
 ) -> None:
     """Write a montage PNG of a built-in data set, one row per class.
 
     Examples:
       fedsynth data preview phantom-histo -o histo.png
-      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png"""
-    from .data import PHANTOMS, make_phantom
+      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png
+      fedsynth data preview phantom-ct --dims 3 -n 4 --size 32 -o ct3d.png"""
+    from .data import PHANTOMS, PHANTOMS3D, make_phantom, make_volume_phantom
     from .report.montage import save_class_montage
     n = images if n is None else n
-    if name not in PHANTOMS:
-        _fail(f"unknown data set {name!r}; choose from {', '.join(PHANTOMS)}")
+    dims = 3 if name == "phantom-mr" else dims
+    known = PHANTOMS3D if dims == 3 else PHANTOMS
+    if dims not in (2, 3) or name not in known:
+        _fail(f"unknown {'3-D ' if dims == 3 else ''}data set {name!r}; choose from {', '.join(known)}")
     if not 16 <= size <= 256 or n < 1:
         _fail("--size must be 16-256 and --images at least 1")
     try:
         check_output_path(out, "--out", folder=False, example="montage.png")
     except UserError as e:
         _fail(str(e))
-    data = make_phantom(name, max(n * 4, 64), size, seed)
+    if dims == 3:  # volumes are costlier: a few per class suffice
+        data = make_volume_phantom(name, max(n * 3, 8), size, seed)
+    else:
+        data = make_phantom(name, max(n * 4, 64), size, seed)
     save_class_montage(data, out, per_class=max(1, n // data.num_classes))
     console.print(f"wrote {out}")
 

@@ -596,7 +596,7 @@ class InProcessClients(ClientPool):
                     used[cid].add(k)
                     return d.batch(np.array([k]))
             first = self.first
-            return torch.full((1, first.channels, first.size, first.size), -1.0)
+            return torch.full((1, *first.images.shape[1:]), -1.0)
 
         if self.fed.server.released is None:  # one block of rows per client's own model
             tiles = [pick([cid], label) for cid in sites for label in labels]
@@ -637,7 +637,8 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
     if cfg.eval.enabled:
         reporter = reporter or Reporter()
         reporter.busy(f"loading the feature network ({cfg.eval.feature_extractor})")
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights).to(model.device)
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights, dims=cfg.data.dims,
+                                    slices=cfg.eval.volume_slices).to(model.device)
         if cfg.train.channels_last:
             extractor = extractor.to(memory_format=torch.channels_last)
         real, counts = pool.statistics(extractor, cfg, pool.num_classes(), reporter)
@@ -703,7 +704,8 @@ class FederatedRun:
     @property
     def extractor(self):
         return self.fed.evaluator.extractor if self.fed.evaluator else build_extractor(
-            self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights)
+            self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights, dims=self.cfg.data.dims,
+            slices=self.cfg.eval.volume_slices)
 
     @property
     def clients(self) -> dict[str, ClientState]:

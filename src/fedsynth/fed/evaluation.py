@@ -24,6 +24,7 @@ import torch
 from ..config import EvalConfig, UserError
 from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, kernel_inception_distance
+from ..metrics.planes import plane_blocks
 from ..metrics.realism import RealismReference, realism_summary
 from ..metrics.stats import frechet_distance, sqrtm_psd
 from ..updates import State
@@ -264,21 +265,26 @@ class Evaluator:
         """Records for the model ``state`` (named ``who``) against client ``against`` (None: union)."""
         return self.score(self.fake_features(state, against), round_, who, against)
 
-    def _moments(self, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Mean, covariance and covariance square root of generated features; one set scored
+    def _moments(self, fake: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Mean, covariance and covariance square root of generated features, one triple per plane
+        block (:func:`fedsynth.metrics.planes.plane_blocks`; images: one block); one set scored
         against several targets (the union, each site) computes them once."""
         if self._last is not None and self._last[0] is fake:
             return self._last[1]
         st = FeatureStats.of(fake)
-        mu, cov = st.mean, st.cov
-        out = (mu, cov, sqrtm_psd(cov) if np.isfinite(mu).all() and np.isfinite(cov).all() else None)
+        out = []
+        for _, cols in plane_blocks(self.extractor):
+            mu, cov = st.mean[cols], st.cov[cols, cols]
+            out.append((mu, cov, sqrtm_psd(cov) if np.isfinite(mu).all() and np.isfinite(cov).all() else None))
         self._last = (fake, out)
         return out
 
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
-        mu, cov, root = self._moments(fake)
-        fd = frechet_distance(mu, cov, real.stats.mean, real.stats.cov, sqrt_sigma1=root)
+        blocks = plane_blocks(self.extractor)
+        real_mu, real_cov = real.stats.mean, real.stats.cov
+        fds = [frechet_distance(mu, cov, real_mu[cols], real_cov[cols, cols], sqrt_sigma1=root)
+               for (mu, cov, root), (_, cols) in zip(self._moments(fake), blocks)]
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
@@ -286,12 +292,23 @@ class Evaluator:
         if precision != "fp32":  # provenance of a cheaper precision (fp32, the reference, is implied)
             base["precision"] = precision
         base.update(self.model.provenance())  # how the samples were made (diffusion: sampler, steps)
-        recs = [{**base, "metric": self.extractor.metric, "value": fd}]
+        kids = []
         if real.kid_features is not None:
-            kid, kid_std = kernel_inception_distance(
-                real.kid_features, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size,
-                seed=derive_seed(self.seed, "kid", round_, who))
-            recs.append({**base, "metric": self.extractor.kid_metric, "value": kid, "std": kid_std})
+            kids = [kernel_inception_distance(real.kid_features[:, cols], fake[:, cols], self.cfg.kid_subsets,
+                                              self.cfg.kid_subset_size, seed=derive_seed(self.seed, "kid", round_, who))
+                    for _, cols in blocks]
+        recs = []
+        if blocks[0][0] is not None:  # volumes: each plane's distances, then their mean as the headline
+            for k, (plane, _) in enumerate(blocks):
+                recs.append({**base, "plane": plane, "metric": f"{self.extractor.metric}-plane-{plane}", "value": fds[k]})
+                if kids:
+                    recs.append({**base, "plane": plane, "metric": f"{self.extractor.kid_metric}-plane-{plane}",
+                                 "value": kids[k][0], "std": kids[k][1]})
+            base = {**base, "plane": "mean"}
+        recs.append({**base, "metric": self.extractor.metric, "value": float(np.mean(fds))})
+        if kids:
+            recs.append({**base, "metric": self.extractor.kid_metric, "value": float(np.mean([v for v, _ in kids])),
+                         "std": float(np.mean([sd for _, sd in kids]))})
         if who == "global" and against is None:
             recs += self.realism(fake, round_, base)
             if self.holdout is not None:

@@ -100,7 +100,8 @@ class Node:
     def extractor(self):
         """The feature network the server chose (it sends a concrete kind, never ``auto``)."""
         from ...metrics import build_extractor
-        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights).to(self.device)
+        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights, dims=self.cfg.data.dims,
+                               slices=self.cfg.eval.volume_slices).to(self.device)
 
     def setup(self, req: dict[str, Any], before: int) -> tuple[ClientSetup, ClientState, dict[str, torch.Tensor]]:
         """The model workspace, the strategy with the server's state, and this client as of

@@ -626,7 +626,8 @@ def _serve(grid: Grid, context: Context) -> None:
                         f"use it in-process")
     extractor = None
     if cfg.eval.enabled:  # the nodes must use exactly the server's extractor
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights, dims=cfg.data.dims,
+                                    slices=cfg.eval.volume_slices)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor.kind))
 
     def engine(cfg, reporter) -> Federation:
