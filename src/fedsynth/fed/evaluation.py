@@ -312,15 +312,19 @@ class Evaluator:
         if who == "global" and against is None:
             recs += self.realism(fake, round_, base)
             if self.holdout is not None:
-                recs += self.held_out(mu, cov, root, base)
+                recs += self.held_out(self._moments(fake), blocks, base)
         return recs
 
-    def held_out(self, mu: np.ndarray, cov: np.ndarray, root: np.ndarray | None, base: dict[str, Any]) -> list[dict[str, Any]]:
+    def held_out(self, moments: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], blocks: list,
+                 base: dict[str, Any]) -> list[dict[str, Any]]:
         """The released model against the held-out images: the reported distance (test half,
         ``real = "holdout"``), the score that selects the best round (other half,
         ``selection-score``, never reported as the model's quality), and the memorisation gap: the
         test-half distance minus the distance to as many training images."""
-        fd = {split: frechet_distance(mu, cov, st.mean, st.cov, sqrt_sigma1=root) for split, st in self.holdout.items()}
+        def distance(st: FeatureStats) -> float:  # the mean over plane blocks (images: one), as the headline
+            return float(np.mean([frechet_distance(mu, cov, st.mean[cols], st.cov[cols, cols], sqrt_sigma1=root)
+                                  for (mu, cov, root), (_, cols) in zip(moments, blocks)]))
+        fd = {split: distance(st) for split, st in self.holdout.items()}
         n = {split: st.n for split, st in self.holdout.items()}
         metric = self.extractor.metric
         return [{**base, "real": "holdout", "num_real": n["test"], "metric": metric, "value": fd["test"]},
