@@ -447,6 +447,8 @@ def _row_name(series: str) -> str:
         return "global, worst site each round"
     if series.startswith("global sites "):
         return f"global, {series.rsplit(' ', 1)[-1]} over sites"
+    if series == "global on holdout":  # the sites' held-out images: never trained on
+        return "global, held-out images"
     if series.startswith("global on "):
         return f"global, site {series[len('global on '):]}"
     if series.endswith(" on union"):
