@@ -163,7 +163,7 @@ ROBUST_RULES = Registry("privacy.robust", [
 
 
 def is_fd_metric(metric: str) -> bool:
-    """A Frechet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary, nor
+    """A Fréchet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary, nor
     one plane's distance of a volume, ``fd-<network>-plane-<xy|yz|zx>``: the headline is their mean)."""
     return (metric == "fid" or metric.startswith("fd-")) and "-sites-" not in metric and "-plane-" not in metric
 

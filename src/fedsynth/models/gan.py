@@ -124,6 +124,19 @@ class GANModel(GenerativeModel):
     :class:`fedsynth.train.LocalTrainer` (two Adam optimizers, the configured loss)."""
 
     family = "gan"
+    title = "GAN"
+    maker = "generator"
+    loss_labels = {"d-loss": "discriminator", "g-loss": "generator"}
+    loss_help = ("Each client's discriminator and generator losses, the mean over a round's local steps. A GAN's "
+                 "losses do not fall towards 0; a discriminator loss near 0 with a rising generator loss means the "
+                 "discriminator has won and training has stalled.")
+
+    @classmethod
+    def config_line(cls, cfg: dict[str, Any]) -> str:
+        m, t = cfg.get("model", {}), cfg.get("train", {})
+        cond = m.get("conditional", "none")
+        return (f"GAN: {m.get('g-arch', 'dcgan')} generator, {m.get('d-arch', 'dcgan')} discriminator, "
+                f"loss {t.get('loss', 'bce')}" + (f", class-conditional ({cond})" if cond not in ("none", None) else ""))
 
     def __init__(self, spec: ModelSpec, seed: int = 0, train: Any = None, device: torch.device | str = "cpu",
                  pretrained: bool = True):
