@@ -268,7 +268,10 @@ def run(
                 sizes = {cid: c.get("images", 0) for cid, c in fed.description[1].get("clients", {}).items()}
                 if sizes:
                     cid = min(sizes, key=lambda k: sizes[k])
-                    note = few_real_note(sizes[cid], getattr(ev.extractor, "dims", None),
+                    ext = ev.extractor  # volumes: each plane's block of features, one row per slice
+                    rows = sizes[cid] * (min(ext.slices or cfg.data.image_size, cfg.data.image_size)
+                                         if hasattr(ext, "plane_dims") else 1)
+                    note = few_real_note(rows, getattr(ext, "plane_dims", getattr(ext, "dims", None)),
                                          f"site {cid}" if len(sizes) > 1 else "")
                     if note:
                         reporter.warning(note)
