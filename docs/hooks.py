@@ -57,7 +57,26 @@ def site_keys_list() -> str:
                      + f": {_cell(r['help'])}" for r in rows) + "\n"
 
 
+PRESETS_MARKER = "<!-- sweep-presets -->"
+
+
+def presets_list() -> str:
+    """Every built-in sweep (``fedsynth sweep --preset NAME``) from the registry of presets,
+    with its variants and its base settings."""
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    from fedsynth.sweep import PRESETS
+    out = []
+    for name, p in PRESETS.items():
+        names = [v[0] for v in p["variants"]]
+        shown = ", ".join(names[:8]) + (f", … ({len(names)} in all)" if len(names) > 8 else "")
+        out.append(f"- `{name}`: {shown}; base: `{' '.join(p['base']) or '(the defaults)'}`")
+    return "\n".join(out) + "\n"
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
+    if PRESETS_MARKER in markdown:
+        markdown = markdown.replace(PRESETS_MARKER, presets_list())
     if MARKER in markdown:
         markdown = markdown.replace(MARKER, config_reference())
     if SITE_MARKER in markdown:

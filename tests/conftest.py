@@ -78,3 +78,24 @@ def kill_9_when(cmd, env, ready, timeout=300.0):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def need_chromium() -> str:
+    """The chromium binary for a test that looks at a page in a browser. Outside CI a machine
+    without it skips the test with one line saying how to enable it; in CI (CI=true, set by
+    .ci/run, which installs it) a missing browser is a failure."""
+    import os
+
+    from fedsynth.report.browser import chromium
+    path = chromium()
+    if path is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium is not installed, and CI=true: CI must install it (apt-get install chromium)")
+        pytest.skip("Chromium not found: install it (apt-get install chromium) to look at report.html in a browser")
+    return path
+
+
+@pytest.fixture
+def chromium_bin() -> str:
+    """:func:`need_chromium` as a fixture: list it first, so that a skip comes before the others are built."""
+    return need_chromium()

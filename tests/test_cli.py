@@ -112,3 +112,57 @@ def test_deploy_certs_writes_ca_server_and_node_keys(tmp_path):
     assert "localhost" in sans.get_values_for_type(x509.DNSName) and "superlink.example" in sans.get_values_for_type(x509.DNSName)
     again = runner.invoke(app, ["deploy", "certs", "--out", str(c), "--nodes", "1"])
     assert again.exit_code == 2 and "refusing to overwrite" in again.output
+
+
+def test_help_does_not_import_torch():
+    """`fedsynth --help` and every command's help stay fast: the CLI module imports no torch."""
+    import subprocess
+    import sys
+    code = "import sys, fedsynth.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_ctrl_c_writes_the_report_so_far_and_says_how_to_go_on(tiny, tmp_path, monkeypatch):
+    from fedsynth.report.terminal import RichReporter
+    end = RichReporter.round_end
+
+    def interrupted(self, r, *a, **k):
+        end(self, r, *a, **k)
+        if r == 1:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(RichReporter, "round_end", interrupted)
+    out = tmp_path / "r"
+    res = runner.invoke(app, ["run", *[a for o in tiny for a in ("--set", o)], "--set", "fed.rounds=3",
+                              "--out", str(out)])
+    assert res.exit_code == 130, res.output
+    assert (out / "report.html").is_file() and "Traceback" not in res.output
+    text = " ".join(res.output.split())
+    assert f"fedsynth run --resume {out}" in text and f"fedsynth report {out}" in text
+
+
+def test_resume_before_the_first_checkpoint_says_it_starts_again(tiny, tmp_path):
+    out = tmp_path / "r"
+    out.mkdir()
+    from fedsynth.config import build_config
+    (out / "config.toml").write_text(build_config(overrides=tiny + ["fed.rounds=1"]).to_toml())
+    res = runner.invoke(app, ["run", "--resume", str(out)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "has no checkpoint yet" in text and "starting again from round 1" in text
+
+
+def test_a_finished_run_can_be_extended_by_more_rounds(tiny, tmp_path):
+    out = tmp_path / "r"
+    base = ["run", *[a for o in tiny for a in ("--set", o)], "--set", "fed.rounds=1", "--set", "eval.every=1"]
+    assert runner.invoke(app, [*base, "--out", str(out)]).exit_code == 0
+    done = runner.invoke(app, ["run", "--resume", str(out)])
+    assert done.exit_code == 0 and "--set fed.rounds=N" in " ".join(done.output.split())
+    more = runner.invoke(app, ["run", "--resume", str(out), "--set", "fed.rounds=2"])
+    assert more.exit_code == 0, more.output
+    assert "extending the run from 1 to 2 rounds" in " ".join(more.output.split())
+    assert "rounds = 2" in (out / "config.toml").read_text()
+    session = json.loads((out / "run.json").read_text())["sessions"][-1]
+    assert session["rounds_extended"] == {"from": 1, "to": 2} and session["last_round"] == 2
+    assert any(json.loads(line)["round"] == 2 for line in (out / "metrics.jsonl").read_text().splitlines())
+    fewer = runner.invoke(app, ["run", "--resume", str(out), "--set", "fed.rounds=1"])
+    assert fewer.exit_code == 2 and "has already done 2 rounds" in fewer.output

@@ -178,3 +178,18 @@ def test_a_run_given_twice_or_a_foreign_baseline_is_refused(tmp_path):
     assert res.exit_code == 2 and "given twice" in res.output
     res = runner.invoke(app, ["compare", str(a), "--baseline", str(tmp_path / "nope")])
     assert res.exit_code == 2 and "nope: no such run directory" in res.output
+
+
+def test_compare_names_the_model_family_and_prints_its_warnings(tmp_path):
+    a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0])
+    b = make_run(tmp_path / "b", "fedavg", [40.0, 10.0])
+    (b / "config.toml").write_text(tomli_w.dumps({"fed": {"strategy": "fedavg", "rounds": 1},
+                                                  "data": {"source": "phantom-ct", "image-size": 16},
+                                                  "model": {"family": "diffusion"}}))
+    res = runner.invoke(app, ["compare", str(a), str(b), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "warning: The runs differ in data.source" in text
+    assert "warning: The runs train different model families (diffusion, gan)" in text  # a's: the default
+    page = (tmp_path / "out" / "compare.html").read_text()
+    assert "<th>model</th>" in page and "<td>diffusion</td>" in page

@@ -45,4 +45,4 @@ def test_inspect_refuses_a_folder_as_montage_file(tmp_path):
     src = _folder(tmp_path)
     res = runner.invoke(app, ["data", "inspect", str(src), "--montage", str(tmp_path)])
     assert res.exit_code == 2
-    assert res.output.strip().splitlines()[-1].startswith(f"error: --montage {tmp_path} is a folder")
+    assert res.output.strip() == f"error: --montage {tmp_path}: it is a folder; give a file name such as {tmp_path / 'montage.png'}"

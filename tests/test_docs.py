@@ -145,3 +145,59 @@ def test_refresh_headline_rewrites_only_the_marked_block(tmp_path):
         assert f'src="{prefix}default-fd.png"' in block and f'src="{prefix}default-samples.png"' in block
     assert (root / "docs" / "images" / "default-fd.png").read_bytes() == b"fd-curve"
     assert (root / "docs" / "images" / "default-samples.png").read_bytes() == b"last"
+
+
+# What user docs must not say: they speak of the product, not of how it was made.
+FORBIDDEN = {
+    "an issue number": (r"\bissues? #?\d+|(?<![\w/.-])#\d{2,}\b", re.I),  # owner/repo#N (upstream) is fine
+    "a commit hash": (r"`[0-9a-f]{7,40}`|\([0-9a-f]{7,40}\)|\b(?:commits?|main|branch) (?:at )?[0-9a-f]{7,40}\b", 0),
+    "dated work-in-progress text": (r"\btoday(?:'s)?\b|\bthat day(?:'s)?\b|\b(?:previous|new|helper|earlier|last) "
+                                    r"sessions?\b|\bthis branch\b|\bTODO\b|\bFIXME\b|\bWIP\b|\bwork in progress\b", re.I),
+}
+
+
+def _user_docs() -> list[Path]:
+    return [README, *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def _forbidden_in(text: str) -> list[tuple[int, str, str]]:
+    return [(i, what, m.group(0)) for i, line in enumerate(text.splitlines(), 1)
+            for what, (pattern, flags) in FORBIDDEN.items() for m in re.finditer(pattern, line, flags)]
+
+
+def test_user_docs_name_no_issue_commit_or_work_in_progress():
+    found = [f"{p.relative_to(ROOT)}:{i}: {what}: {hit!r}" for p in _user_docs() for i, what, hit in
+             _forbidden_in(p.read_text())]
+    assert not found, "user docs speak of the product, not of its making:\n" + "\n".join(found)
+
+
+@pytest.mark.parametrize("text,bad", [
+    ("the defaults of issue 18", True), ("fixed in #7570", True), ("upstream flwrlabs/flower#7570", False),
+    ("fedsynth as of `f325998`", True), ("before (d79bb90)", True), ("its base commit d4a9c9b", True),
+    ("with today's code", True), ("the defaults of that day", True), ("The previous session's adapter", True),
+    ("TODO: later", True), ("SHA-256 `1ee66fabd639a639…`", False), ("one entry per session", False),
+    ("weights-inception-2015-12-05-6726825d.pth", False), ("measured on 2026-11-30", False),
+])
+def test_the_docs_check_catches_what_it_should(text, bad):
+    assert bool(_forbidden_in(text)) == bad, text
+
+
+def test_the_home_page_lists_every_page():
+    """docs/index.md's "What is where" table links every page of the site."""
+    index = (ROOT / "docs" / "index.md").read_text()
+    table = index.split("## What is where", 1)[1].split("\n## ", 1)[0]
+    linked = set(re.findall(r"\]\(([\w-]+\.md)", table))
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"index.md"}
+    assert pages <= linked, f"missing from the home page's table: {sorted(pages - linked)}"
+
+
+def test_every_sweep_preset_is_on_the_runs_page_and_in_the_help(site):
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    from fedsynth.sweep import PRESETS
+    page = (site / "runs.html").read_text()
+    text = CliRunner().invoke(app, ["sweep", "--help"], env={"COLUMNS": "400", "TERMINAL_WIDTH": "400"}).output
+    for name in PRESETS:
+        assert f"<code>{name}</code>:" in page, name
+        assert name in text, name

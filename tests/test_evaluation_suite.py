@@ -98,3 +98,15 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"nope")
     res = runner.invoke(app, ["generate", "--checkpoint", str(tmp_path / "x.pt"), "--out", str(tmp_path / "g")])
     assert res.exit_code == 2 and "x.pt" in res.output
+
+
+def test_evaluate_names_its_numbers_and_warns_on_few_images():
+    """Each number in words with the way it is better; few real images and a cut --images are
+    said, as is what could not be computed."""
+    res = runner.invoke(app, ["evaluate", "phantom-ct", "phantom-ct", "-n", "4", "--size", "16", "--extractor",
+                              "random"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "Fréchet distance (fd-random)" in out and "lower" in out and "kernel distance, KID" in out
+    assert "warning: the distances rest on 4 real images (fewer than the 480 feature dimensions" in out
+    assert "precision, recall, density and coverage need more than 5 images" in out

@@ -81,10 +81,12 @@ def _in_process_engine(cfg_path, sites):
     from fedsynth.config import load_config
     from fedsynth.data import load_dataset
     from fedsynth.fed import FederatedRun
+    from fedsynth.fed.evaluation import holdout_for
     cfg = load_config(cfg_path)
     parts = [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, source="folder", path=str(sites / f"client-{k}")))) for k in (0, 1)]
-    return FederatedRun(cfg, parts, client_ids=["0", "1"])
+    parts, held, _ = holdout_for(cfg, parts)  # each site's held-out images, split as its node splits them
+    return FederatedRun(cfg, parts, client_ids=["0", "1"], holdout=held)
 
 
 def _in_process(cfg_path, sites):
@@ -114,7 +116,8 @@ def _key(r):
 def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, sites):
     from fedsynth.fed.flower.deploy import make_certs
     cfg_path = tmp_path / "fedsynth.toml"
-    cfg_path.write_text(CONFIG + "[eval]\nnum-samples = 64\ngrid-size = 4\nkid-subset-size = 32\n")
+    # held-out images: 16 of each node's 32 (8 select the best round, 8 are reported), split on the node
+    cfg_path.write_text(CONFIG + "[eval]\nnum-samples = 64\ngrid-size = 4\nkid-subset-size = 32\nholdout = 0.5\n")
     make_certs(tmp_path / "certs", 3)
     fed = _federation(tmp_path, sites, certs=tmp_path / "certs")
     try:
@@ -129,11 +132,12 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     ck = torch.load(out / "checkpoints" / "round-0002.pt", weights_only=True)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["round-0000.png", "round-0001.png", "round-0002.png"]
     assert (out / "report.html").is_file() and (out / "fd.png").is_file()
-    assert json.loads((out / "nodes.json").read_text())["1"]["images"] == 32
+    assert json.loads((out / "nodes.json").read_text())["1"]["images"] == 16  # 32, less 16 held out
 
     timings = [r for r in _records(out / "timings.jsonl") if r["client"] != "server"]
     assert len(timings) == 4 and all(r["warm-worker"] for r in timings)  # answered by the nodes' warm workers
-    ref = _in_process(cfg_path, sites)
+    ref_engine = _in_process_engine(cfg_path, sites)
+    ref = ref_engine.run()
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
     # evaluation: the nodes score local and global models on their own data, the server scores
     # the global model against the merged moments -- the same numbers as in-process
@@ -144,7 +148,10 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     assert set(flower) == set(inproc) - union_kid
     for k, r in flower.items():
         assert r["value"] == pytest.approx(inproc[k]["value"], rel=1e-6, abs=1e-9), k
-    assert {k[2] for k in flower if k[1] == "global"} == {"union", "0", "1", "sites"}
+    assert {k[2] for k in flower if k[1] == "global"} == {"union", "0", "1", "sites", "holdout", "holdout-select"}
+    # the held-out moments merged on the server from the nodes' = the in-process merge: the same best round
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best"] == ref_engine.fed.best
 
 
 def test_sampling_and_node_state_across_nodes_match_the_in_process_engine(tmp_path, sites):

@@ -10,7 +10,7 @@ import pytest
 
 from fedsynth.config import build_config
 from fedsynth.fed.run import run_experiment
-from fedsynth.report.browser import check_report, chromium
+from fedsynth.report.browser import check_report
 from fedsynth.report.html import _pick_rounds, build_report
 from fedsynth.report.rundir import read_metrics
 
@@ -73,7 +73,9 @@ def test_report_with_evaluation_off_says_so(tiny, tmp_path):
     text = _text((tmp_path / "off" / "report.html").read_text())
     assert "Evaluation was off" in text and "Inception" not in text and "feature network ran" in text
     assert "Fréchet distance (" not in text and "Real images" not in text
-    assert not (tmp_path / "off" / "samples").exists()
+    # the final model's samples all the same: one grid, drawn after the last round
+    assert sorted(p.name for p in (tmp_path / "off" / "samples").iterdir()) == ["round-0001.png"]
+    assert "Generated, round 1" in text and "the final model's samples only" in text
 
 
 def test_evenly_spaced_rounds():
@@ -82,9 +84,7 @@ def test_evenly_spaced_rounds():
     assert _pick_rounds([0, 1], 6) == [0, 1]
 
 
-def test_report_renders_in_chromium_at_two_widths(tiny_run):
-    if chromium() is None:  # CI installs it (.ci/run); a dev machine without it gets a clear failure
-        pytest.fail("chromium is not installed: apt-get install chromium")
+def test_report_renders_in_chromium_at_two_widths(chromium_bin, tiny_run):  # chromium_bin: skip/fail first
     build_report(tiny_run)
     wide, narrow = check_report(tiny_run / "report.html", (1280, 420))
     for seen in (wide, narrow):
@@ -93,3 +93,45 @@ def test_report_renders_in_chromium_at_two_widths(tiny_run):
         assert seen["broken"] == [] and seen["hidden"] == [], seen
         assert seen["wider_than_window"] == [] and seen["page_width"] <= seen["width"], seen
     assert wide["width"] == 1280 and narrow["width"] == 420
+
+
+def _fake_run(tmp_path, overrides, losses):
+    """A run directory written by hand: config, FD records and the family's loss records."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(build_config(overrides=overrides).to_toml())
+    ext = "random-conv-v1(seed=0,dims=480,input=64)"
+    recs = [{"round": r, "client": "global", "real": "union", "metric": "fd-random", "value": v, "extractor": ext}
+            for r, v in ((0, 30.0), (2, 10.0))]
+    recs += [{"round": r, "client": c, "real": c, "metric": m, "value": 0.5 + r / 10}
+             for r in (1, 2) for c in ("0", "1") for m in losses]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    build_report(run)
+    return run
+
+
+def test_a_diffusion_report_speaks_of_diffusion(tmp_path):
+    """Its model line, its loss curve and the explanations are the diffusion model's, not a GAN's."""
+    from fedsynth.report.html import _curves
+    run = _fake_run(tmp_path, ["model.family=diffusion"], ["loss"])
+    text = _text((run / "report.html").read_text())
+    assert "diffusion: UNet (16/32/64 channels), 1000 noise steps" in text and "Diffusion model, fedavg" in text
+    assert "the untrained denoising UNet" in text and "denoising loss" in text
+    for word in ("GAN", "generator", "discriminator", "d-loss", "bce"):
+        assert word not in text, word
+    caps = [c for c, _ in _curves(read_metrics(run), "fd-random", None, {"loss": "denoising loss"})]
+    assert any(c.startswith("Denoising loss of each client's local training") for c in caps), caps
+
+
+def test_a_gan_report_speaks_of_the_gan(tmp_path):
+    run = _fake_run(tmp_path, [], ["d-loss", "g-loss"])
+    text = _text((run / "report.html").read_text())
+    assert "GAN: dcgan generator, dcgan discriminator, loss bce" in text and "the untrained generator" in text
+    assert "discriminator has won" in text and "denoising" not in text
+
+
+def test_few_real_images_are_a_warning_in_the_report(tiny_run):
+    """tiny_run scores against 32 real images a site: fewer than the random network's 480 features."""
+    text = _text((tiny_run / "report.html").read_text())
+    assert "Few real images" in text
+    assert "the distances of client 0's data rest on 32 real images (fewer than the 480 feature dimensions" in text

@@ -76,11 +76,9 @@ def test_three_arms_table_tsne_and_report(cond_run):
     assert 'alt="t-SNE of real and synthetic features"' in page and "t-SNE (scikit-learn, seeded)" in page
 
 
-def test_the_utility_section_fits_a_phone(cond_run):
+def test_the_utility_section_fits_a_phone(chromium_bin, cond_run):
     """The table scrolls in its box and the t-SNE figure shrinks: nothing wider than 420 px."""
-    from fedsynth.report.browser import check_report, chromium
-    if chromium() is None:  # CI installs it (.ci/run)
-        pytest.fail("chromium is not installed: apt-get install chromium")
+    from fedsynth.report.browser import check_report
     if not (cond_run / "utility" / "tsne.png").is_file():  # this test alone (another xdist worker ran the first)
         assert _utility(cond_run, "--real-train", "phantom-ct", "--real-test", "phantom-ct", *SMALL).exit_code == 0
     (narrow,) = check_report(cond_run / "report.html", (420,))
@@ -195,3 +193,31 @@ def test_a_run_without_checkpoints_or_config_is_refused(cond_run, tmp_path):
     (run / "config.toml").write_text((cond_run / "config.toml").read_text())
     res = _utility(run, "--real-train", "phantom-ct", "--real-test", "phantom-ct")
     assert res.exit_code == 2 and "no checkpoints in" in res.output and "Traceback" not in res.output
+
+
+def test_seeds_give_intervals_chance_and_cannot_tell(cond_run):
+    """Each arm over --seeds seeds: the mean and its t-interval (fedsynth.metrics.intervals), the
+    per-seed values, the chance level, and "cannot tell" where the intervals overlap."""
+    from fedsynth.evaluate.utility import verdicts
+    from fedsynth.metrics.intervals import mean_interval
+    res = _utility(cond_run, "--real-train", "phantom-ct", "--real-test", "phantom-ct", *SMALL, "--seeds", "3")
+    assert res.exit_code == 0, res.output
+    doc = json.loads((cond_run / "utility" / "utility.json").read_text())
+    entry = doc["classifiers"]["smallcnn"]
+    chance = entry["settings"]["chance"]
+    assert entry["settings"]["seeds"] == 3 and chance["classes"] == 3 and 1 / 3 <= chance["accuracy"] <= 1
+    for r in entry["rows"]:
+        assert len(r["accuracy_seeds"]) == 3
+        iv = mean_interval(r["accuracy_seeds"])
+        assert r["accuracy"] == pytest.approx(iv.mean, abs=1e-5) and r["accuracy_low"] == pytest.approx(iv.low, abs=1e-5)
+    assert "chance level" in res.output and "3 seeds" in res.output
+    # the verdicts themselves, on made-up rows: overlapping intervals cannot be told apart
+    row = lambda name, m, lo, hi: {"train": name, "accuracy": m, "accuracy_low": lo, "accuracy_high": hi,  # noqa: E731
+                                   "accuracy_seeds": [m] * 3}
+    ch = {"accuracy": 0.5, "f1": 0.33, "classes": 2}
+    assert verdicts([row("real", 0.41, 0.30, 0.52), row("synthetic", 0.41, 0.35, 0.47),
+                     row("real + synthetic", 0.85, 0.80, 0.90)], ch) == {
+        "real": "at chance", "synthetic": "cannot tell; at chance", "real + synthetic": "better than real only"}
+    one = [{"train": "real", "accuracy": 0.9, "accuracy_seeds": [0.9]},
+           {"train": "synthetic", "accuracy": 0.95, "accuracy_seeds": [0.95]}]
+    assert verdicts(one, ch) == {"synthetic": "cannot tell"}  # one seed: no interval, no conclusion

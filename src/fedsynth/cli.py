@@ -18,11 +18,14 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColum
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .report.terminal import (PROGRESS_COLUMNS, RichReporter, partition_table, plural, prdc_note, summary_table,
-                              value, written)
+from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
+                              prdc_note, summary_table, threads_line, value, written)
 
-from .config import Config, UserError, load_config
+from .config import Config, UserError, check_output_path, load_config
 from .registry import EXTRACTORS
+from .sweep import PRESETS as _PRESETS
+
+PRESET_NAMES = tuple(_PRESETS)
 
 
 def _keep_argument_help() -> None:
@@ -89,6 +92,17 @@ class _Group(TyperGroup):
                 raise
         return super().resolve_command(ctx, args)  # raises again, with Typer's suggestion
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """A file-system error that no check caught (a disk that filled up, a folder made
+        read-only during a run) ends the command with one line naming the path, exit 2."""
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if ctx.parent is not None or isinstance(e, (BrokenPipeError,)):
+                raise
+            where = f"{e.filename}: " if e.filename else ""
+            _fail(f"{where}{e.strerror or e}")
+
 
 def _typer(help: str) -> typer.Typer:
     """A command group: -h as well as --help, help for no arguments, one suggestion per typo."""
@@ -97,7 +111,7 @@ def _typer(help: str) -> typer.Typer:
                        context_settings={"help_option_names": ["-h", "--help"]})
 
 
-app = _typer("Federated GANs for medical image synthesis.")
+app = _typer("Federated generative models (GANs, diffusion models) for medical image synthesis.")
 data_app = _typer("Inspect built-in and local data.")
 app.add_typer(data_app, name="data")
 deploy_app = _typer("Helpers for a Flower deployment.")
@@ -126,7 +140,13 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _main(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
                                        help="Print fedsynth's version and exit.")) -> None:
-    """Federated GANs for medical image synthesis."""
+    """Federated generative models (GANs, diffusion models) for medical image synthesis."""
+
+
+def _quiet(c: Console | None = None) -> bool:
+    """No live bars when output is not a terminal (a pipe, a file, a CI log): there they leave
+    only blank lines behind; the lines a command prints are the same either way."""
+    return not (c or console).is_terminal
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -140,7 +160,7 @@ def _load_with_progress(cfg: Config):
     """Load (and prepare, or read from cache) the configured data, with a progress bar."""
     from .data import load_dataset
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
+                  TimeElapsedColumn(), console=console, transient=True, disable=_quiet()) as progress:
         task = progress.add_task(f"loading {cfg.data.source}", total=None)
         data = load_dataset(cfg, lambda done, total: progress.update(task, completed=done, total=total))
     skipped = data.provenance.get("skipped", [])
@@ -163,11 +183,12 @@ def run(
     sites: Optional[Path] = typer.Option(None, "--sites", help="With --replay: the folder holding each site's "
                                          "images as client-<id>/ (as fedsynth data split writes them)."),
 ) -> None:
-    """Train a GAN federatedly (or a baseline) and evaluate it; writes a run directory.
+    """Train a generative model (a GAN, or a diffusion model) federatedly, or a baseline; evaluate it; write a run directory.
 
     Examples:
       fedsynth run                            # the default: 2 sites, x-rays
       fedsynth run -s fed.strategy=local      # baseline: each hospital alone
+      fedsynth run -s model.family=diffusion  # a diffusion model (MONAI UNet)
       fedsynth run -c examples/quick.toml -s fed.rounds=4 -o runs/quick
       fedsynth run --dry-run -s partition.clients=3   # the resolved config
       fedsynth run --resume runs/quick
@@ -187,10 +208,14 @@ def run(
             console.print(f"replaying {replay}: {plural(len(ids), 'client')}, {plural(cfg.fed.rounds, 'round')}, "
                           f"{plural(len(missed), 'missed client round')} forced", highlight=False)
         elif resume is not None:
-            from .config import HARDWARE_KEYS, parse_override
-            if config is not None or out is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
+            from .config import EXTEND_KEYS, HARDWARE_KEYS, parse_override
+            allowed = HARDWARE_KEYS + EXTEND_KEYS
+            if config is not None or out is not None or any(parse_override(t)[0] not in allowed for t in set_):
                 raise UserError("--resume takes no --config, --out, or --set other than "
-                                f"{', '.join(HARDWARE_KEYS)}: the run's own config.toml is used")
+                                f"{', '.join(allowed)}: the run's own config.toml is used (fed.rounds: more "
+                                f"rounds for a finished run)")
+            if not resume.exists():
+                raise UserError(f"--resume {resume}: does not exist")
             if not (resume / "config.toml").is_file():
                 raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
             from .report.rundir import claim_for_resume
@@ -211,7 +236,7 @@ def run(
     threads = set_torch_threads(cfg.train.threads)
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
         reporter = RichReporter(progress, progress.console)
 
         def started(run_dir, fed, first):
@@ -223,25 +248,38 @@ def run(
                                   f"e.g. {info['skipped'][0]['file']}: {info['skipped'][0]['reason']}", highlight=False)
             if first > 1:
                 reporter.say(f"resuming {run_dir.path} after round {first - 1}")
-            elif fed.description is not None:
-                console.print(partition_table(fed.description[1]))
             ev = fed.evaluator
-            if ev is not None and getattr(ev.extractor, "notice", ""):
-                reporter.say(ev.extractor.notice, "dim")
             sites = len(fed.pool.ids)
             reporter.say(f"fedsynth run → {run_dir.path}")
-            reporter.say(f"  {cfg.data.source}: {plural(info['images'], 'image') if 'images' in info else '? images'} "
-                         f"of {info.get('size', '?')} px, {plural(sites, 'site')} ({cfg.partition.scheme}), "
+            item, side = ("volume", f"{info.get('size', '?')}³ voxels") if cfg.data.dims == 3 else \
+                ("image", f"{info.get('size', '?')} px")
+            reporter.say(f"  {cfg.data.source}: {plural(info['images'], item) if 'images' in info else f'? {item}s'} "
+                         f"of {side}, {plural(sites, 'site')} ({cfg.partition.scheme}), "
                          f"strategy {cfg.fed.strategy}, {plural(cfg.fed.rounds, 'round')}")
+            reporter.say(f"  model: {model_line(cfg)}")
             reporter.say(f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
-                         f"{plural(threads, 'thread')}; ready in {time.perf_counter() - t0:.1f} s")
+                         f"{threads_line(cfg.train.threads, threads)}; ready in {time.perf_counter() - t0:.1f} s")
+            if ev is not None and getattr(ev.extractor, "notice", ""):
+                reporter.say(ev.extractor.notice, "dim")
+            if first == 1 and fed.description is not None:
+                console.print(partition_table(fed.description[1]))
+            if ev is not None and fed.description is not None:
+                from .metrics.stats import few_real_note
+                sizes = {cid: c.get("images", 0) for cid, c in fed.description[1].get("clients", {}).items()}
+                if sizes:
+                    cid = min(sizes, key=lambda k: sizes[k])
+                    note = few_real_note(sizes[cid], getattr(ev.extractor, "dims", None),
+                                         f"site {cid}" if len(sizes) > 1 else "")
+                    if note:
+                        reporter.warning(note)
             signal.signal(signal.SIGINT, lambda *_: _stop(fed))
 
         def _stop(fed):  # first Ctrl-C: finish the current step, then stop cleanly
             if fed.pool.stop_requested:
                 raise KeyboardInterrupt
             fed.pool.stop_requested = True
-            err_console.print("stopping after the current step (Ctrl-C again to abort at once)…")
+            # on the bars' own console: a line above them, not glued to them
+            reporter.say("stopping after the current step (Ctrl-C again to abort at once)…", "yellow")
 
         import signal
         previous = signal.getsignal(signal.SIGINT)
@@ -254,15 +292,22 @@ def run(
         except (KeyboardInterrupt, StopRun):
             _stop_progress(progress)
             rd = state.get("run_dir")
-            where = f"; rounds up to the last checkpoint are kept: fedsynth run --resume {rd.path}" if rd else ""
-            err_console.print(f"stopped{where}")
+            if rd is None:
+                err_console.print("stopped before the run directory was made: nothing written")
+                raise typer.Exit(130)
+            report = _report_so_far(rd.path)
+            err_console.print(f"stopped. Rounds up to the last checkpoint are kept: continue with "
+                              f"fedsynth run --resume {rd.path}" + (f"; the report so far: {report} (rewrite it "
+                              f"any time with fedsynth report {rd.path})" if report else ""),
+                              highlight=False, markup=False)
             raise typer.Exit(130)
         finally:
             signal.signal(signal.SIGINT, previous)
         reporter.finish()
     if out_.result is None:
         console.print(f"{resume} is complete ({out_.resumed_from} of {plural(cfg.fed.rounds, 'round')}); "
-                      f"nothing to resume", highlight=False)
+                      f"nothing to resume (more rounds: --resume {resume} --set fed.rounds=N)", highlight=False,
+                      markup=False)
         return
     result, run_dir = out_.result, out_.run_dir
     if result.metric and any(r["metric"] == result.metric for r in result.records):
@@ -271,6 +316,12 @@ def run(
     done = f"done in {time.perf_counter() - t0:.0f} s. Results in {run_dir.path}: {', '.join(written(run_dir.path))}"
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
+    from .metrics.features import trained_network_command
+    cmd = trained_network_command(cfg, run_dir.path)
+    if cmd and out_.federation is not None and out_.federation.evaluator is not None \
+            and out_.federation.evaluator.extractor.kind != "effnet-lite0":
+        console.print(f"a trained feature network's score (fd-effnet) of the released model: {cmd}",
+                      highlight=False, markup=False)
     if replay is not None:
         _check_replay(replay, run_dir.path)
 
@@ -287,6 +338,17 @@ def _check_replay(recorded: Path, replayed: Path) -> None:
                       highlight=False)
     if not all(row["identical"] for row in rows):
         _fail("the replay does not reproduce the recorded run (same data, device and library versions?)", code=1)
+
+
+def _report_so_far(run_dir: Path) -> Optional[Path]:
+    """report.html of a stopped run, from what it recorded (None when it recorded nothing)."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    from .report.html import build_report
+    try:
+        return build_report(run_dir)
+    except (OSError, ValueError, KeyError):  # a report is a courtesy here: the stop is the news
+        return None
 
 
 def _stop_progress(progress: Progress) -> None:
@@ -309,65 +371,85 @@ def _run_quietly(cfg: Config, out: Path, reporter: RichReporter) -> None:
 @app.command()
 def sweep(
     out: Path = typer.Option(..., "--out", "-o", help="Sweep folder: one run directory per variant + results."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: strategies, study, clients, noniid, server-lr."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="A built-in sweep: " + ", ".join(PRESET_NAMES)
+                                         + " (docs: Running a study, Sweeps)."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Base TOML config."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
     grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
     variant: List[str] = typer.Option([], "--variant", help="'name: key=value; key=value' (repeatable)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Variants run at once (separate processes; cores shared out)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once (separate processes; cores shared out)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run every variant with this many seeds (run.seed, "
+                                        "run.seed + 1, ...); tables give the mean over seeds with a 95 % interval "
+                                        "(default: the preset's, else 1)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="The variant the others are compared with "
+                                            "(default: centralized if present, else the first)."),
+    rescore: str = typer.Option("auto", "--second-network", help="A second feature network that scores each run's "
+                                "last eval.last-k evaluations (auto: effnet-lite0 when installed; none: off)."),
 ) -> None:
     """Run several configurations and print one comparison table (resumable).
 
     Examples:
       fedsynth sweep --preset strategies -o runs/sweep-strategies
-      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5
+      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .report.terminal import SweepReporter, seconds
-    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, summarise
+    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise
     from .utils import set_torch_threads
     try:
         base, variants = list(set_), []
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
+        if seeds is not None and seeds < 1:
+            raise UserError(f"--seeds must be at least 1, got {seeds}")
+        check_output_path(out, "--out")
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
             base = PRESETS[preset]["base"] + base
             variants += PRESETS[preset]["variants"]
+            seeds = seeds if seeds is not None else PRESETS[preset].get("seeds", 1)
         variants += [parse_variant(v) for v in variant]
         if grid:
             variants += grid_variants(grid)
         if not variants:
             raise UserError("nothing to sweep: give --preset, --variant or --grid")
-        set_torch_threads(load_config(config, base).train.threads)
+        base_cfg = load_config(config, base)
+        set_torch_threads(base_cfg.train.threads)
+        second = second_network(rescore, base_cfg.eval.feature_extractor)
         t0 = time.perf_counter()
 
         def final(name: str) -> str:
             row = summarise(out / name)
             return f"final {row['global_is']} {row['metric']} {row['global_fd']:.3f} (round {row['round']})"
-        with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+        with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
             view = SweepReporter(progress, progress.console, final)
             try:
                 rows = run_sweep(str(config) if config else None, base, variants, out,
-                                 lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(d.name)), jobs=jobs,
-                                 progress=view)
+                                 lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(str(d.relative_to(out)))),
+                                 jobs=jobs, progress=view, seeds=seeds or 1, reference=reference, rescore=second)
             finally:
                 view.finish()
     except UserError as e:
         _fail(str(e))
-    t = Table(title=f"sweep {out} ({seconds(time.perf_counter() - t0)})")
-    for col in ("variant", f"final global {rows[0]['metric']}", "ratio to centralized", "mean site (own data)", "global is"):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(r["variant"], value(r["global_fd"], 3), value(r["ratio_to_centralized"]),
-                  value(r["client_fd_mean"], 3), r["global_is"])
-    console.print(t)
-    if all(r["ratio_to_centralized"] != r["ratio_to_centralized"] for r in rows):  # all NaN
-        console.print("ratio to centralized: — (no variant named `centralized` or `<group>-centralized` in this "
-                      "sweep)", highlight=False, markup=False)
-    console.print(f"tables: {out / 'results.csv'}, {out / 'results.md'}"
-                  + (f"; figure: {out / 'study-grid.png'}" if (out / "study-grid.png").exists() else ""),
+    _print_variants(rows, f"sweep {out} ({seconds(time.perf_counter() - t0)})")
+    figures = [out / f for f in ("results.png", "curves.png", "study-grid.png") if (out / f).exists()]
+    console.print(f"side by side: {out / 'compare' / 'compare.html'}; tables: {out / 'results.csv'}, "
+                  f"{out / 'results.md'}" + (f"; figures: {', '.join(map(str, figures))}" if figures else ""),
                   highlight=False, markup=False)
+
+
+def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
+    """The variants' table over seeds (:func:`fedsynth.sweep.variant_table`) and its notes."""
+    from .sweep import table_notes, variant_table
+    head, body = variant_table(rows)
+    t = Table(title=title)
+    for i, col in enumerate(head):  # a variant's name is never cut or broken: the numbers' headers wrap instead
+        t.add_column(col, no_wrap=i == 0, justify="left" if i == 0 else "right")
+    for b in body:
+        t.add_row(*b)
+    console.print(t)
+    for line in table_notes(rows):
+        console.print(line, highlight=False, markup=False)
 
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
@@ -384,14 +466,19 @@ def _old_n() -> Any:
 @app.command()
 def generate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     images: int = typer.Option(64, "--images", "-n", help="Number of images to generate."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files (created)."),
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
+    spacing: float = typer.Option(0.0, "--spacing", help="Volumes: voxel size in mm written to the NIfTI files "
+                                  "(0: the voxel size of the run's data where known, else 1 mm)."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Write N generated images as PNG files.
+    """Write N generated images as PNG files (volumes: NIfTI files with their voxel size).
 
     Examples:
       fedsynth generate --checkpoint runs/quick -o synth/
@@ -402,10 +489,13 @@ def generate(
     try:
         if n < 1:
             raise UserError("--images must be at least 1")
+        check_output_path(out, "--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         from .checkpoint import load_released
-        model, state, names = load_released(checkpoint, client)
+        released = load_released(checkpoint, client, round_)
+        model, state, names = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         if label is not None and not 0 <= label < max(model.num_classes, 1):
             raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
         try:
@@ -415,11 +505,28 @@ def generate(
     except UserError as e:
         _fail(str(e))
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
+    volumes = arr.ndim == 5
+    if volumes:
+        from .data.export import nifti_bytes
+        mm = spacing or _voxel_mm(checkpoint)
     with atomic_folder(out) as tmp:
         for i, img in enumerate(arr):
-            save_png(img, tmp / f"{i:06d}.png")
-    what = f"class {label} ({names[label]})" if label is not None and names else "images"
+            if volumes:  # NIfTI, with the voxel size of the data the model learnt from
+                (tmp / f"{i:06d}.nii.gz").write_bytes(nifti_bytes(img, mm))
+            else:
+                save_png(img, tmp / f"{i:06d}.png")
+    what = f"class {label} ({names[label]})" if label is not None and names else ("volumes" if volumes else "images")
     console.print(f"wrote {n} {what} to {out}")
+
+
+def _voxel_mm(checkpoint: Path) -> float:
+    """The voxel size (mm) of the data a run's model learnt from, from its ``partition.json``
+    (1.0 where the run does not say)."""
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent
+    try:
+        return float(json.loads((run / "partition.json").read_text())["data"].get("voxel_mm", 1.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1.0
 
 
 @app.command()
@@ -427,6 +534,9 @@ def evaluate(
     real: str = typer.Argument(..., help="Real images: a phantom/sample name or a path."),
     fake: Optional[str] = typer.Argument(None, help="Generated images (a path), or use --checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Generate from this checkpoint instead."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     images: int = typer.Option(1000, "--images", "-n", help="Images per set (at most)."),
     size: Optional[int] = typer.Option(None, "--size", show_default=False,
                                        help="Image side in pixels (default: the checkpoint's image size, else 64)."),
@@ -438,7 +548,7 @@ def evaluate(
                              "the generated images."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Frechet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
+    """Fréchet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
 
     Between two image sets, or between a checkpoint's samples and a data set.
 
@@ -452,10 +562,14 @@ def evaluate(
     try:
         if (fake is None) == (checkpoint is None):
             raise UserError("give either FAKE (a path) or --checkpoint")
+        if out is not None:
+            check_output_path(out, "--out", folder=False, example="numbers.json")
         model = state = None
         if checkpoint is not None:
             from .checkpoint import load_released
-            model, state, _ = load_released(checkpoint)
+            released = load_released(checkpoint, None, round_)
+            model, state, _ = released
+            console.print(f"model: {released.which}", highlight=False, markup=False)
         side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
         if model is not None:
@@ -469,14 +583,20 @@ def evaluate(
         ext = build_extractor(extractor, inception_weights)
     except UserError as e:
         _fail(str(e))
+    if getattr(ext, "notice", ""):  # --extractor auto: say which network it picked, and how to get another
+        console.print(ext.notice, style="dim", highlight=False, markup=False)
     res = {"real": real, "fake": fake or str(checkpoint), **compare_images(xr, xf, ext, seed)}
     res["diversity_ratio"] = diversity(xf, xr)
-    t = Table(title=f"{res['fake']} vs {real}")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    for k, v in res.items():
-        t.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    console.print(t)
+    console.print(evaluate_table(res, f"{res['fake']} vs {real}"))
+    from .metrics.stats import few_real_note
+    caveats = [few_real_note(res["num_real"], getattr(ext, "dims", None))]
+    if res["num_real"] < n:
+        caveats.append(f"{real} has {res['num_real']} images: fewer than the {n} asked for (--images)")
+    if "precision" not in res:
+        caveats.append("precision, recall, density and coverage need more than 5 images in each set: not computed")
+    for c in caveats:
+        if c:
+            err_console.print(f"[yellow]warning:[/] {escape(c)}", highlight=False)
     note = prdc_note(res)
     if note:
         console.print(note, style="dim", highlight=False, markup=False)
@@ -489,6 +609,9 @@ def evaluate(
 @app.command()
 def audit(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     train: str = typer.Option(..., "--train", help="The images the model was trained on (name or path)."),
     held: str = typer.Option(..., "--held", help="Held-out images of the same distribution (name or path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the audit (JSON, closest pairs, PCA plot)."),
@@ -506,8 +629,11 @@ def audit(
     from .privacy.audit import write_audit
     n = images if n is None else n
     try:
+        check_output_path(out, "--out")
         from .checkpoint import load_released
-        model, state, _ = load_released(checkpoint)
+        released = load_released(checkpoint, None, round_)
+        model, state, _ = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         side = model.describe()["image_size"]
         tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
         he = _images_of(held, side, 10**9, 0, list(held_set)).batch()
@@ -571,12 +697,19 @@ def utility(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (runs without a "
                                          "global one: local, ensemble)."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     seed: int = typer.Option(0, "--seed", help="Seed of every draw: synthetic latents, classifier weights, "
                              "data order, augmentations, the t-SNE subsets."),
+    seeds: int = typer.Option(3, "--seeds", help="Train each arm this many times (seeds SEED, SEED+1, ...): the "
+                              "table gives the mean and its 95 % interval; fewer than 3 give no conclusion."),
 ) -> None:
     """Train a classifier on real, synthetic and real + synthetic images; score it on real ones.
 
-    Each arm is scored (accuracy, macro F1) on the held-out --real-test images. A class-conditional
+    Each arm is trained --seeds times and scored (accuracy, macro F1: mean and 95 % interval) on the
+    held-out --real-test images, beside the chance level (always answering the most common class); a
+    synthetic arm whose interval overlaps the real-only arm's reads "cannot tell". A class-conditional
     run generates its images per class, with the real training set's class balance; an unconditional
     run's images have no labels, so its synthetic arms are skipped (the table says why). Writes
     RUN_DIR/utility/ (utility.json, utility.csv, utility.md; each classifier adds its rows), a t-SNE
@@ -598,6 +731,7 @@ def utility(
     try:
         if not (run_dir / "config.toml").is_file():
             raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+        check_output_path(run_dir / "utility", "RUN_DIR")
         names = classifier_names()
         if classifier not in names:
             raise UserError(f"--classifier: unknown classifier {classifier!r}; choose from {', '.join(names)}")
@@ -611,11 +745,15 @@ def utility(
                 raise UserError(f"{opt} must be at least {low}")
         if synthetic is not None and synthetic < 1:
             raise UserError("--synthetic must be at least 1")
+        if seeds < 1:
+            raise UserError("--seeds must be at least 1 (3 or more for an interval worth reading)")
         try:
             dev = resolve_device(device)
         except UserError as e:
             raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
-        model, state, run_classes = load_released(run_dir, client)
+        released = load_released(run_dir, client, round_)
+        model, state, run_classes = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         desc = model.describe()
         size, channels = int(desc["image_size"]), int(desc["channels"])
         train = _real_set("--real-train", real_train, size, channels, train_set)
@@ -638,9 +776,9 @@ def utility(
         _fail(str(e))
 
     settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
-                               seed=seed, device=str(dev))
+                               seed=seed, device=str(dev), seeds=seeds)
     t0 = time.perf_counter()
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
         tasks: dict[str, Any] = {}
 
         def show(what: str, done: int, total: int) -> None:
@@ -677,15 +815,25 @@ def utility(
     from .report.html import build_report
     build_report(run_dir)
 
-    t = Table(title=f"downstream utility: {key} on {len(test)} held-out real images ({real_test})")
-    for col, just in (("training data", "left"), ("images", "right"), ("accuracy", "right"), ("macro F1", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    from .evaluate.utility import format_score
+    t = Table(title=f"downstream utility: {key} on {len(test)} held-out real images ({real_test}), "
+                    f"{plural(seeds, 'seed')}")
+    for col, just in (("training data", "left"), ("images", "right"), ("accuracy", "right"), ("macro F1", "right"),
+                      ("verdict", "left")):
+        t.add_column(col, justify=just, no_wrap=col != "verdict")  # type: ignore[arg-type]
     for r in result.rows:
         if r.get("skipped"):
-            t.add_row(r["train"], "—", "skipped", "skipped")
-        else:
-            t.add_row(r["train"], str(r["images"]), f"{r['accuracy']:.3f}", f"{r['f1']:.3f}")
+            t.add_row(r["train"], "—", "skipped", "skipped", "")
+        else:  # the interval under the mean: the table fits 80 columns
+            t.add_row(r["train"], str(r["images"]), format_score(r, "accuracy").replace(" [", "\n["),
+                      format_score(r, "f1").replace(" [", "\n["), r.get("verdict", ""))
+    chance = result.settings["chance"]
+    t.add_row("chance level", "", f"{chance['accuracy']:.3f}", f"{chance['f1']:.3f}", "always the most common class",
+              style="dim")
     console.print(t)
+    console.print(("mean over seeds [95 % interval]; \"cannot tell\": the interval overlaps real only's"
+                   if seeds >= 2 else "1 seed: no interval, so no arm can be told from another (use --seeds 3)"),
+                  highlight=False, markup=False, style="dim")
     if not model.conditional:
         console.print(f"synthetic arms skipped: {result.rows[-1]['skipped']}", highlight=False, markup=False,
                       soft_wrap=True)
@@ -727,6 +875,10 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     from .report.html import build_report
     if not (run_dir / "metrics.jsonl").is_file():
         _fail(f"{run_dir} is not a run directory (no metrics.jsonl)")
+    try:
+        check_output_path(run_dir / "report.html", "RUN_DIR", folder=False)
+    except UserError as e:
+        _fail(str(e))
     console.print(f"wrote {build_report(run_dir)}")
 
 
@@ -751,35 +903,58 @@ def compare(
       fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
     from .report.compare import build_compare
+    from .sweep import compare_over_seeds, seed_runs
     try:
-        page = build_compare(run_dirs, out, baseline, title)
+        check_output_path(out, "--out")
+        seeded = [p for p in run_dirs if seed_runs(p)]
+        section, rows = "", None
+        if seeded:  # folders of seeded runs (a sweep's <variant>/): means, intervals and paired ratios
+            rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
+        runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
+        page = build_compare(runs, out, None if seeded else baseline, title, section,
+                             warn=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False))
     except UserError as e:
         _fail(str(e))
-    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/)", highlight=False)
+    if rows:
+        _print_variants(rows, "over seeds")
+    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/"
+                  + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
 
 
 @data_app.command("preview")
 def data_preview(
-    name: str = typer.Argument(..., help="phantom-xray, phantom-ct or phantom-histo"),
+    name: str = typer.Argument(..., help="phantom-xray, phantom-ct, phantom-histo or (volumes) phantom-mr"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
     images: int = typer.Option(32, "--images", "-n", help="Number of images in the montage."),
-    size: int = typer.Option(64, "--size", help="Image side in pixels."),
+    size: int = typer.Option(64, "--size", help="Image side in pixels (volumes: voxels)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom generator."),
+    dims: int = typer.Option(2, "--dims", help="3: volumes (phantom-ct, phantom-mr), each shown as its three "
+                             "orthogonal mid-slices (axial, coronal, sagittal)."),
     n: Optional[int] = _old_n(),
 ) -> None:
     """Write a montage PNG of a built-in data set, one row per class.
 
     Examples:
       fedsynth data preview phantom-histo -o histo.png
-      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png"""
-    from .data import PHANTOMS, make_phantom
+      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png
+      fedsynth data preview phantom-ct --dims 3 -n 4 --size 32 -o ct3d.png"""
+    from .data import PHANTOMS, PHANTOMS3D, make_phantom, make_volume_phantom
     from .report.montage import save_class_montage
     n = images if n is None else n
-    if name not in PHANTOMS:
-        _fail(f"unknown data set {name!r}; choose from {', '.join(PHANTOMS)}")
+    dims = 3 if name == "phantom-mr" else dims
+    known = PHANTOMS3D if dims == 3 else PHANTOMS
+    if dims not in (2, 3) or name not in known:
+        _fail(f"unknown {'3-D ' if dims == 3 else ''}data set {name!r}; choose from {', '.join(known)}")
     if not 16 <= size <= 256 or n < 1:
         _fail("--size must be 16-256 and --images at least 1")
-    data = make_phantom(name, max(n * 4, 64), size, seed)
+    try:
+        check_output_path(out, "--out", folder=False, example="montage.png")
+    except UserError as e:
+        _fail(str(e))
+    if dims == 3:  # volumes are costlier: a few per class suffice
+        data = make_volume_phantom(name, max(n * 3, 8), size, seed)
+    else:
+        data = make_phantom(name, max(n * 4, 64), size, seed)
     save_class_montage(data, out, per_class=max(1, n // data.num_classes))
     console.print(f"wrote {out}")
 
@@ -801,6 +976,8 @@ def data_inspect(
       fedsynth data inspect sample-ct -s preprocess.clahe=0.02"""
     import numpy as np
     try:
+        if montage is not None:
+            check_output_path(montage, "--montage", folder=False, example="montage.png")
         from .data.export import source_overrides
         cfg = load_config(None, source_overrides(source) + list(set_))
         data = _load_with_progress(cfg)
@@ -820,7 +997,10 @@ def data_inspect(
                        f"min {x[:, c].min():.0f} max {x[:, c].max():.0f}" for c in range(data.channels))
     console.print(f"intensity (prepared, 0-255): {per_ch}", highlight=False)
     if prov.get("raw_sizes"):
-        console.print("raw sizes (HxW[xC]: files): " + ", ".join(f"{k}: {v}" for k, v in prov["raw_sizes"].items()),
+        more = int(prov.get("raw_size_count", 0) or 0) - len(prov["raw_sizes"])
+        console.print("raw sizes (HxW[xC]: files; the most common first): "
+                      + ", ".join(f"{k}: {v}" for k, v in prov["raw_sizes"].items())
+                      + (f" … and {more} more" if more > 0 else ""),
                       highlight=False)
     if prov.get("skipped"):
         console.print(f"skipped: {len(prov['skipped'])} file(s)")
@@ -830,12 +1010,7 @@ def data_inspect(
         console.print("montage: not written (add --montage FILE.png to write one)")
         return
     from .report.montage import save_class_montage
-    try:
-        if montage.is_dir():
-            raise UserError(f"--montage {montage} is a folder; give a file name such as {montage / 'montage.png'}")
-        montage.parent.mkdir(parents=True, exist_ok=True)
-    except UserError as e:
-        _fail(str(e))
+    montage.parent.mkdir(parents=True, exist_ok=True)
     save_class_montage(data, montage, per_class=8)
     console.print(f"montage: {montage}")
 
@@ -859,6 +1034,7 @@ def data_split(
     try:
         cfg = load_config(None, source_overrides(source) + list(set_)
                           + [f"partition.clients={clients}", f"partition.scheme={scheme}"])
+        check_output_path(out, "--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         data = _load_with_progress(cfg)
@@ -884,8 +1060,8 @@ def weights_list() -> None:
       fedsynth weights list"""
     from .weights import WEIGHTS, cached, target_path
     t = Table(title="pretrained weights")
-    for col in ("name", "network", "present", "path"):
-        t.add_column(col)
+    for col in ("name", "network", "present", "path"):  # the path is never cut: a hospital copies files there
+        t.add_column(col, overflow="fold" if col == "path" else "ellipsis")
     for name, w in WEIGHTS.items():
         t.add_row(name, w.what, "yes" if cached(name) else "no", str(target_path(name)))
     console.print(t)
@@ -918,7 +1094,7 @@ def weights_fetch(
         try:
             w = spec(name)
             with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeRemainingColumn(), console=err_console, transient=True) as p:
+                          TimeRemainingColumn(), console=err_console, transient=True, disable=_quiet(err_console)) as p:
                 task = p.add_task("", total=w.size)
                 path, digest, new = fetch(name, sha256=sha256, force=force,
                                           progress=lambda n, total: p.update(task, completed=n, total=total))
@@ -952,6 +1128,7 @@ def deploy_certs(
     try:
         if nodes < 0:
             raise UserError("--nodes must be 0 or more (0: hospitals make their own keys with `fedsynth deploy keygen`)")
+        check_output_path(out, "--out")
         files = make_certs(out, nodes, tuple(name))
     except UserError as e:
         _fail(str(e))
@@ -976,6 +1153,7 @@ def deploy_keygen(
       fedsynth deploy keygen -o keys --name hospital-a"""
     from .fed.flower.deploy import make_node_key
     try:
+        check_output_path(out, "--out")
         priv, pub = make_node_key(out, name)
     except UserError as e:
         _fail(str(e))
@@ -1116,6 +1294,8 @@ def deploy_run(
         return
     try:
         cfg, target = prepare_run(config, set_, out, clients, resume)  # a bad config fails here, before anything is sent
+        if audit_dir is not None:
+            check_output_path(audit_dir, "--audit-dir")
     except UserError as e:
         _fail(str(e))
     code = run_flower(cfg, target, clients, superlink, round_timeout, resume is not None,

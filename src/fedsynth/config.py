@@ -39,6 +39,40 @@ class UserError(Exception):
     """An error caused by user input (config, paths, data). Shown as one line, exit code 2."""
 
 
+def _why_not(folder: Path, e: OSError) -> str:
+    import errno
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to write in {folder}"
+    if e.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system"
+    return f"cannot write in {folder} ({e.strerror or e})"
+
+
+def check_output_path(path: str | Path, option: str, *, folder: bool = True, example: str = "out") -> Path:
+    """Check that ``path`` (a folder to create or fill, or with ``folder=False`` a file to write)
+    can be written, before any work starts; a one-line :class:`UserError` naming ``option``,
+    the path and the reason otherwise (a parent that is a file, no permission, a read-only or
+    virtual file system such as /proc). Probes with a temporary folder it removes again:
+    nothing is left behind."""
+    import tempfile
+    path = Path(path)
+    if path.exists():
+        if folder and not path.is_dir():
+            raise UserError(f"{option} {path}: it is a file, not a folder")
+        if not folder and path.is_dir():
+            raise UserError(f"{option} {path}: it is a folder; give a file name such as {path / example}")
+    probe = (path if folder and path.is_dir() else path.parent).absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{option} {path}: {probe} is a file, not a folder")
+    try:
+        tempfile.TemporaryDirectory(prefix=".fedsynth-probe-", dir=probe).cleanup()
+    except OSError as e:
+        raise UserError(f"{option} {path}: {_why_not(probe, e)}") from None
+    return path
+
+
 def _f(default: Any, help: str, **constraints: Any) -> Any:
     return field(default=default, metadata={"help": help, **constraints})
 
@@ -48,12 +82,16 @@ class DataConfig:
     """Where the images come from: a built-in phantom, a folder, DICOM, NIfTI, MedMNIST or a
     packaged sample (``[data]``)."""
 
-    source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo (built-in); folder | "
+    source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo | phantom-mr (built-in; "
+                     "phantom-mr and, with data.dims = 3, phantom-ct are volumes); folder | "
                      "dicom | nifti | medmnist (files under 'path'); sample-retina | sample-ihc | "
                      "sample-ct (small real images shipped by installed packages)", choices=SOURCES.names())
     path: str = _f("", "file or folder for folder/dicom/nifti sources; MedMNIST root folder")
-    image_size: int = _f(64, "image side in pixels (a power of two, 16-256)",
+    image_size: int = _f(64, "image side in pixels (a power of two, 16-256); volumes: the cube's side in voxels",
                          choices=(16, 32, 64, 128, 256))
+    dims: int = _f(2, "2: images; 3: volumes (nifti files, dicom series, phantom-ct, phantom-mr) resampled to "
+                   "a cube of data.image-size voxels, scored with 2.5-D distances (docs/volumes.md)",
+                   choices=(2, 3))
     num_images: int = _f(2000, "phantoms: number of images generated", min=1)
     max_images: int = _f(0, "file and sample sources: use at most this many images, a seeded "
                          "random subset (0: all)", min=0)
@@ -272,7 +310,7 @@ class EvalConfig:
 
     enabled: bool = _f(True, "evaluate at all (false: no metrics but losses, no sample grids)")
     every: int = _f(1, "evaluate every N rounds (0: only before training and at the end)", min=0)
-    num_samples: int = _f(1000, "generated images per Frechet distance", min=2)
+    num_samples: int = _f(1000, "generated images per Fréchet distance", min=2)
     max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
     feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a frozen random "
                                 "network), inception (FID), effnet-lite0 (fd-effnet), dinov2 (fd-dinov2), xrv "
@@ -284,6 +322,16 @@ class EvalConfig:
     kid_subset_size: int = _f(100, "KID: images per subset", min=2)
     grid_size: int = _f(64, "images in each sample grid (fixed latents)", min=1)
     per_site: bool = _f(True, "also score the global model on each client's own data (fairness)")
+    holdout: float = _f(0.1, "share of each site's images kept out of training, seeded: half selects the best "
+                        "round, half is what distances are reported against (off with a notice when a site would "
+                        "keep fewer than 10; 0: off, distances against the training images)", min=0.0, max=0.9)
+    local_every: int = _f(5, "score each site's own local model (the studies' per-client protocol) every N rounds "
+                          "and at the last; the global model is scored every eval.every rounds (0: only at the last)",
+                          min=0)
+    last_k: int = _f(3, "a run's summary score (sweeps, compare): the median of its last k evaluations, beside "
+                     "the final one (one evaluation of a GAN swings 2-5x)", min=1)
+    volume_slices: int = _f(0, "volumes: slices per axis whose features are scored (evenly spaced; 0: all)",
+                            min=0)
     bf16: bool = _f(False, "generate evaluation samples under bfloat16 autocast: ~2.5x faster on "
                     "CPUs with AVX512-BF16/AMX, slower elsewhere; numbers shift slightly")
 
@@ -404,7 +452,10 @@ class Config:
         return apply_overrides(self, self.site_overrides(cid))
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
+        """TOML (tomli_w), with each array of plain values on one line: ``channels = [16, 32, 64]``."""
+        def one_line(m: re.Match) -> str:
+            return "= [" + ", ".join(x.strip().rstrip(",") for x in m.group(1).splitlines()) + "]"
+        return re.sub(r"= \[\n((?:    [^\n\[\]{}]+,\n)+)\]", one_line, tomli_w.dumps(self.to_dict()))
 
 
 def _nest(flat: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -586,7 +637,11 @@ def build_config(tree: Mapping[str, Any] | None = None,
             sites.setdefault(parts[0], {})[f"{parts[1]}.{parts[2]}"] = value
             continue
         if section not in SECTIONS:
-            raise UserError(f"unknown config key '{key}' (unknown section '{section}')")
+            import difflib
+            close = difflib.get_close_matches(section, list(SECTIONS), n=1)
+            hint = f"did you mean '{close[0]}.{name}'? " if close else ""
+            raise UserError(f"unknown config key '{key}' ({hint}unknown section '{section}'; "
+                            f"known: {', '.join(SECTIONS)})")
         f = {x.name: x for x in dataclasses.fields(SECTIONS[section])}.get(_snake(name))
         if f is not None and type(f.default) is str and not isinstance(value, str):
             value = text.split("=", 1)[1].strip()  # a string key: `nan`, `inf`, `1e3` stay text
@@ -600,8 +655,11 @@ def build_config(tree: Mapping[str, Any] | None = None,
             key = f"{section}.{name}"
             f = fields.get(_snake(name))
             if f is None:
+                import difflib
                 known = ", ".join(_kebab(n) for n in fields)
-                raise UserError(f"unknown config key '{key}' (known in [{section}]: {known})")
+                close = difflib.get_close_matches(name, [_kebab(n) for n in fields], n=1)
+                hint = f"did you mean '{section}.{close[0]}'? " if close else ""
+                raise UserError(f"unknown config key '{key}' ({hint}known in [{section}]: {known})")
             if "_" in name:
                 raise UserError(f"unknown config key '{key}': keys are kebab-case, "
                                 f"write '{section}.{_kebab(name)}'")
@@ -670,6 +728,10 @@ def _check_cross_field(cfg: Config) -> None:
         if cfg.model.d_arch != "dcgan":
             raise UserError("config key 'privacy.dp-sgd' needs model.d-arch = 'dcgan' (backbones "
                             "hold BatchNorm or layers Opacus cannot take per-sample gradients of)")
+    if cfg.data.dims == 3:
+        _check_volumes(cfg)
+    elif cfg.data.source == "phantom-mr":
+        raise UserError("config key 'data.source' = 'phantom-mr' makes head MR volumes: set data.dims = 3")
     if cfg.model.family == "diffusion":
         _check_diffusion(cfg)
     elif pv.dp_sgd:
@@ -715,6 +777,27 @@ def server_source(spec: str) -> tuple[str, str] | None:
             raise UserError(f"config key 'fed.server-data': {spec!r} names no path")
         return kind, path
     return "folder", spec
+VOLUME_SOURCES = ("phantom-ct", "phantom-mr", "nifti", "dicom")
+
+
+def _check_volumes(cfg: Config) -> None:
+    """``data.dims = 3``: the sources that hold volumes, and what is built for them so far."""
+    if cfg.data.source not in VOLUME_SOURCES:
+        raise UserError(f"config key 'data.dims' = 3 needs volumes: data.source must be one of "
+                        f"{', '.join(VOLUME_SOURCES)}, not '{cfg.data.source}'")
+    if cfg.model.family != "gan":
+        raise UserError(f"config key 'data.dims' = 3: model.family = '{cfg.model.family}' does not train on "
+                        f"volumes yet; use model.family = 'gan' (the volumetric DCGAN)")
+    m = cfg.model
+    if m.g_arch != "dcgan" or m.d_arch != "dcgan":
+        raise UserError("config key 'data.dims' = 3 needs model.g-arch = 'dcgan' and model.d-arch = 'dcgan' "
+                        "(the volumetric DCGAN; the other networks are 2-D)")
+    if cfg.train.diffaugment:
+        raise UserError("config key 'train.diffaugment' augments 2-D images; leave it empty with data.dims = 3")
+    if cfg.preprocess.channels == "rgb":
+        raise UserError("config key 'preprocess.channels' = 'rgb': volumes are gray (data.dims = 3)")
+
+
 def _check_diffusion(cfg: Config) -> None:
     """The ``[diffusion]`` keys that constrain each other (the UNet's shape, the schedule)."""
     d = cfg.diffusion
@@ -765,10 +848,14 @@ def _check_secure_aggregation(cfg: Config) -> None:
 HARDWARE_KEYS = ("run.device", "fed.parallel-clients", "train.threads")
 
 
-def without_hardware(tree: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """A ``Config.to_dict()`` tree without :data:`HARDWARE_KEYS` (what must match to resume)."""
+#: keys a resume may raise: a finished run is extended by more rounds (recorded in run.json)
+EXTEND_KEYS = ("fed.rounds",)
+
+
+def without_hardware(tree: dict[str, dict[str, Any]], also: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """A ``Config.to_dict()`` tree without :data:`HARDWARE_KEYS` and ``also`` (what must match to resume)."""
     drop: dict[str, set[str]] = {}
-    for key in HARDWARE_KEYS:
+    for key in HARDWARE_KEYS + also:
         section, name = key.split(".", 1)
         drop.setdefault(section, set()).add(name)
     return {sec: {k: v for k, v in body.items() if k not in drop.get(sec, ())} for sec, body in tree.items()}

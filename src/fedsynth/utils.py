@@ -7,10 +7,12 @@ import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where it is used: `fedsynth --help` need not load it
+    import torch
 
 
 def derive_seed(run_seed: int, *parts: Any) -> int:
@@ -23,7 +25,8 @@ def derive_seed(run_seed: int, *parts: Any) -> int:
     return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
 
 
-def torch_generator(run_seed: int, *parts: Any) -> torch.Generator:
+def torch_generator(run_seed: int, *parts: Any) -> "torch.Generator":
+    import torch
     g = torch.Generator()
     g.manual_seed(derive_seed(run_seed, *parts))
     return g
@@ -75,6 +78,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    import torch
     _atomic_write(Path(path), lambda f: torch.save(obj, f))
 
 
@@ -86,6 +90,7 @@ def cache_dir() -> Path:
 
 def set_torch_threads(threads: int) -> int:
     """Set intra-op threads (0: all cores); returns the number in use."""
+    import torch
     n = threads if threads > 0 else (os.cpu_count() or 1)
     torch.set_num_threads(n)
     return n

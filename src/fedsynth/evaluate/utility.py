@@ -56,6 +56,7 @@ class UtilitySettings:
     synthetic: int | None = None     # synthetic images (None: as many as real training images)
     seed: int = 0                    # every draw: classifier init, data order, augmentation, latents
     device: str = "cpu"
+    seeds: int = 3                   # each arm is trained this many times (seeds seed, seed+1, ...) for an interval
 
 
 def balanced_labels(counts: list[int], n: int) -> torch.Tensor:
@@ -96,12 +97,13 @@ class UtilityResult:
     settings: dict[str, Any] = field(default_factory=dict)
 
     def markdown(self) -> str:
-        lines = ["| training data | images | accuracy | macro F1 |", "| --- | --- | --- | --- |"]
+        lines = ["| training data | images | accuracy | macro F1 | verdict |", "| --- | --- | --- | --- | --- |"]
         for r in self.rows:
             if r.get("skipped"):
-                lines.append(f"| {r['train']} | – | skipped | skipped |")
+                lines.append(f"| {r['train']} | – | skipped | skipped | |")
             else:
-                lines.append(f"| {r['train']} | {r['images']} | {r['accuracy']:.3f} | {r['f1']:.3f} |")
+                lines.append(f"| {r['train']} | {r['images']} | {format_score(r, 'accuracy')} | "
+                             f"{format_score(r, 'f1')} | {r.get('verdict', '')} |")
         return "\n".join(lines)
 
 
@@ -115,32 +117,102 @@ def _arms(real_train: ImageSet, synth_x: torch.Tensor | None, synth_y: torch.Ten
     yield "real + synthetic", torch.cat([xr, synth_x]), torch.cat([yr, synth_y]), len(xr), len(synth_x)
 
 
+def chance_level(test: ImageSet) -> dict[str, float]:
+    """What a classifier that learned nothing scores on ``test``: always answering the most
+    common class gives its share as accuracy and ``share / num_classes`` as macro F1 (F1 of that
+    class, 0 for the others); guessing uniformly gives ``1 / num_classes``."""
+    counts = np.asarray(test.class_counts(), dtype=np.float64)
+    k = max(len(counts), 1)
+    top = float(counts.max() / counts.sum()) if counts.sum() else 0.0
+    f1_top = 2 * top / (top + 1) / k if top else 0.0
+    return {"accuracy": max(top, 1 / k), "f1": f1_top, "classes": k}
+
+
+def _interval_fields(values: list[float], key: str) -> dict[str, Any]:
+    from ..metrics.intervals import mean_interval
+    iv = mean_interval(values)
+    return {key: iv.mean, f"{key}_low": iv.low if iv.known else None, f"{key}_high": iv.high if iv.known else None,
+            f"{key}_seeds": [round(v, 6) for v in values]}
+
+
+def verdicts(rows: list[dict[str, Any]], chance: dict[str, float]) -> dict[str, str]:
+    """Per synthetic arm, what its accuracy interval says against the real-only arm's:
+    ``helps``/``hurts`` when the intervals are apart, ``cannot tell`` when they overlap (or a
+    single seed gives none); and ``at chance`` for any arm whose interval reaches the chance level."""
+    from ..metrics.intervals import Interval
+    def iv(r: dict[str, Any]) -> Interval:
+        lo, hi = r.get("accuracy_low"), r.get("accuracy_high")
+        return Interval(r["accuracy"], float("nan") if lo is None else lo, float("nan") if hi is None else hi,
+                        len(r.get("accuracy_seeds", [])) or 1)
+    by = {r["train"]: r for r in rows if not r.get("skipped")}
+    out: dict[str, str] = {}
+    real = by.get("real")
+    for name, r in by.items():
+        a = iv(r)
+        note = ""
+        if a.known and a.low <= chance["accuracy"] or not a.known and a.mean <= chance["accuracy"]:
+            note = "at chance"
+        if name != "real" and real is not None:
+            b = iv(real)
+            verdict = ("cannot tell" if a.overlaps(b) else
+                       ("better than real only" if a.mean > b.mean else "worse than real only"))
+            note = verdict + (f"; {note}" if note else "")
+        if note:
+            out[name] = note
+    return out
+
+
 def run_arms(real_train: ImageSet, real_test: ImageSet, synth_x: torch.Tensor | None,
              synth_y: torch.Tensor | None, s: UtilitySettings, progress: Progress | None = None,
              skipped: str = "") -> UtilityResult:
-    """Train ``s.classifier`` on each arm (a fresh network from the same seed each time) and score
-    it on ``real_test``. Without synthetic labels the synthetic arms are rows with ``skipped``."""
+    """Train ``s.classifier`` on each arm ``s.seeds`` times (seeds ``s.seed``, ``s.seed + 1``, ...:
+    a fresh network each time) and score it on ``real_test``: each row holds the mean accuracy and
+    macro F1 with their 95 % t-intervals over the seeds (:mod:`fedsynth.metrics.intervals`) and
+    the per-seed values; ``verdict`` compares each synthetic arm with the real one ("cannot tell"
+    when the intervals overlap) and flags arms at the chance level. Without synthetic labels the
+    synthetic arms are rows with ``skipped``."""
     k = real_train.num_classes
     xt, yt = labelled(real_test)
     lr = s.lr if s.lr is not None else default_lr(s.classifier, s.pretrained)
     rows = []
     for name, x, y, n_real, n_syn in _arms(real_train, synth_x, synth_y):
         t0 = time.perf_counter()
-        model = build_classifier(s.classifier, x.shape[1], x.shape[-1], k, s.pretrained,
-                                 seed=derive_seed(s.seed, "utility", "init"))
-        step = (lambda done, total, name=name: progress(name, done, total)) if progress else None
-        model = train_classifier(x, y, k, s.epochs, s.batch_size, derive_seed(s.seed, "utility", "train", name),
-                                 lr, s.min_steps, model=model, augment=s.augment, device=s.device, on_step=step)
-        if progress:
-            progress(f"scoring {name}", 0, 0)
-        got = scores(predict(model, xt), yt, k)
-        rows.append({"train": name, "images": len(x), "real_images": n_real, "synthetic_images": n_syn, **got,
+        got: dict[str, list[float]] = {}
+        for i in range(s.seeds):
+            seed = s.seed + i
+            model = build_classifier(s.classifier, x.shape[1], x.shape[-1], k, s.pretrained,
+                                     seed=derive_seed(seed, "utility", "init"))
+            what = name if s.seeds == 1 else f"{name} (seed {i + 1}/{s.seeds})"
+            step = (lambda done, total, what=what: progress(what, done, total)) if progress else None
+            model = train_classifier(x, y, k, s.epochs, s.batch_size, derive_seed(seed, "utility", "train", name),
+                                     lr, s.min_steps, model=model, augment=s.augment, device=s.device, on_step=step)
+            if progress:
+                progress(f"scoring {what}", 0, 0)
+            for key, v in scores(predict(model, xt), yt, k).items():
+                got.setdefault(key, []).append(float(v))
+        fields: dict[str, Any] = {}
+        for key, vals in got.items():
+            fields.update(_interval_fields(vals, key))
+        rows.append({"train": name, "images": len(x), "real_images": n_real, "synthetic_images": n_syn, **fields,
                      "seconds": round(time.perf_counter() - t0, 2)})
     for name in ARMS[len(rows):]:
         rows.append({"train": name, "skipped": skipped or UNCONDITIONAL})
+    chance = chance_level(real_test)
+    for name, v in verdicts(rows, chance).items():
+        next(r for r in rows if r["train"] == name)["verdict"] = v
     settings = asdict(s)
     settings["lr"] = lr
+    settings["chance"] = chance
     return UtilityResult(rows, settings)
+
+
+def format_score(r: dict[str, Any], key: str) -> str:
+    """``0.412 [0.380, 0.444]`` (mean and 95 % interval over seeds), or the bare value."""
+    lo, hi = r.get(f"{key}_low"), r.get(f"{key}_high")
+    if lo is None or hi is None:
+        n = len(r.get(f"{key}_seeds", [])) or 1
+        return f"{r[key]:.3f}" + (f" ({n} seed{'s' if n != 1 else ''})" if f"{key}_seeds" in r else "")
+    return f"{r[key]:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
 def downstream_utility(real_train: ImageSet, real_test: ImageSet, synth_x: torch.Tensor, synth_y: torch.Tensor,
@@ -165,33 +237,43 @@ def table_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
         for r in entry.get("rows", []):
             out.append({"classifier": name, "pretrained": bool(s.get("pretrained")), "train": r["train"],
                         "images": r.get("images", ""), "accuracy": r.get("accuracy", ""), "f1": r.get("f1", ""),
-                        "note": r.get("skipped", "")})
+                        "accuracy_low": r.get("accuracy_low", ""), "accuracy_high": r.get("accuracy_high", ""),
+                        "seeds": len(r.get("accuracy_seeds", [])) or "", "verdict": r.get("verdict", ""),
+                        "note": r.get("skipped", ""), "row": r})
     return out
 
 
 def _markdown(doc: dict[str, Any]) -> str:
-    lines = ["| classifier | training data | images | accuracy | macro F1 |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| classifier | training data | images | accuracy | macro F1 | verdict |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for r in table_rows(doc):
         name = r["classifier"] + (" (pretrained)" if r["pretrained"] else "")
         if r["note"]:
-            lines.append(f"| {name} | {r['train']} | – | skipped | skipped |")
+            lines.append(f"| {name} | {r['train']} | – | skipped | skipped | |")
         else:
-            lines.append(f"| {name} | {r['train']} | {r['images']} | {r['accuracy']:.3f} | {r['f1']:.3f} |")
+            lines.append(f"| {name} | {r['train']} | {r['images']} | {format_score(r['row'], 'accuracy')} | "
+                         f"{format_score(r['row'], 'f1')} | {r['verdict']} |")
     notes = sorted({r["note"] for r in table_rows(doc) if r["note"]})
     test = {e.get("real_test", {}).get("images") for e in doc.get("classifiers", {}).values()}
     lines.append("")
+    chance = sorted({round(e.get("settings", {}).get("chance", {}).get("accuracy", 0), 3)
+                     for e in doc.get("classifiers", {}).values()} - {0})
     lines.append(f"Scored on the held-out real test set ({', '.join(str(t) for t in sorted(x for x in test if x))} "
-                 "images)." + "".join(f" Skipped: {n}." for n in notes))
+                 "images): mean over seeds with its 95 % interval (Student t). "
+                 + (f"Chance level (always the most common class): accuracy {', '.join(map(str, chance))}. "
+                    if chance else "")
+                 + "\"cannot tell\": the interval overlaps real only's." + "".join(f" Skipped: {n}." for n in notes))
     return "\n".join(lines) + "\n"
 
 
 def _csv(doc: dict[str, Any]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, ["classifier", "pretrained", "train", "images", "accuracy", "f1", "note"],
-                       lineterminator="\n")
+    w = csv.DictWriter(buf, ["classifier", "pretrained", "train", "images", "accuracy", "accuracy_low",
+                             "accuracy_high", "f1", "seeds", "verdict", "note"], lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in table_rows(doc):
-        w.writerow({**r, **({k: f"{r[k]:.6f}" for k in ("accuracy", "f1") if r[k] != ""})})
+        w.writerow({**r, **({k: f"{r[k]:.6f}" for k in ("accuracy", "f1", "accuracy_low", "accuracy_high")
+                             if r[k] not in ("", None)})})
     return buf.getvalue()
 
 

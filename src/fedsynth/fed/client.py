@@ -228,7 +228,8 @@ def workload_notes(cfg: Any, strategy: Any, sizes: dict[str, int]) -> list[str]:
         cid = few[0]
         key = "fed.local-steps" if cfg.fed.local_steps > 0 else "fed.min-local-steps"
         notes.append(f"{who(few)} train{'s' if len(few) == 1 else ''} only {plural(steps[cid], 'local step')} "
-                     f"per round ({sizes[cid]} images, batch {bss[cid]}): a GAN learns little from so few; "
+                     f"per round ({sizes[cid]} images, batch {bss[cid]}): a {'GAN' if cfg.model.family == 'gan' else 'model'} learns little from so "
+                     f"few; "
                      f"set {key} to {MIN_LOCAL_STEPS} or more")
     return notes
 

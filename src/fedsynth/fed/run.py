@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..config import Config, UserError
+from ..config import Config, UserError, check_output_path
 from ..report import RunDir
 from .engine import Federation, Reporter, RunResult, StopRun, build_in_process
 
@@ -47,11 +47,14 @@ def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[
     """The default engine: load and partition the configured data, every client in this process."""
     def build(cfg: Config, reporter: Reporter) -> Federation:
         from ..data import load_dataset, partition_for
-        from .evaluation import check_enough_images
+        from .evaluation import check_enough_images, holdout_for
         data = load_dataset(cfg, progress)
         parts = partition_for(cfg, data)
+        parts, held, notice = holdout_for(cfg, parts)  # each site's held-out images never train
         check_enough_images(cfg, parts)  # before anything is written
-        fed = build_in_process(cfg, parts, reporter)
+        fed = build_in_process(cfg, parts, reporter, holdout=held)
+        if notice:  # shown with the run's other notes, once it starts
+            fed.notes.append(notice)
         info = partition_info(cfg.partition.scheme, parts, data)
         for cid, settings in cfg.sites:  # which site ran what ([sites.<id>])
             if cid in info["clients"]:
@@ -60,6 +63,8 @@ def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[
             info["server"] = fed.server_trainer.describe()
         fed.description = ("partition.json", info)
         fed.data_info = {"images": len(data), "size": data.size, "skipped": data.provenance.get("skipped", [])}
+        if held:
+            info["holdout"] = {cid: {"select": len(s), "test": len(t)} for cid, (s, t) in held.items()}
         return fed
     return build
 
@@ -86,6 +91,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
     reporter = reporter or Reporter()
     from ..report.tracking import check_trackers, open_trackers
     check_trackers(cfg)  # a tracker's missing package: an error before any data is loaded
+    if resume is None:  # a run directory that cannot be made: an error before any data is loaded
+        check_output_path(out or cfg.run.out_dir, "--out" if out else "run.out-dir")
     skipped: list = []
     ck = None
     if resume is not None:
@@ -97,8 +104,13 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         except UserError as e:
             if "no checkpoints" not in str(e):
                 raise
+            reporter.warning(f"{resume} has no checkpoint yet (the run stopped before its first round ended): "
+                             f"starting again from round 1")
         for p, why in skipped:
             reporter.warning(f"skipped checkpoint {p.name}: {why}")
+        if ck is not None and ck["round"] > cfg.fed.rounds:
+            raise UserError(f"fed.rounds={cfg.fed.rounds}: {resume} has already done {ck['round']} rounds "
+                            f"(a resume can add rounds, not take them away)")
         if ck is not None and ck["round"] >= cfg.fed.rounds:
             return Outcome(RunDir(Path(resume)), None, None, ck["round"], tuple(skipped))
     fed = (engine or in_process())(cfg, reporter)
@@ -121,6 +133,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
             shutil.rmtree(run_dir.path, ignore_errors=True)
 
     session = start_session(run_dir, first, "Flower (SuperNodes)" if fed.pool.remote else "in-process")
+    if resume is not None:
+        extend_rounds(cfg, run_dir, session, reporter)
     try:
         sink = open_trackers(cfg, run_dir, None if resume is None else first - 1, reporter.warning)
     except UserError:
@@ -136,6 +150,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
             forget()
         raise
     end_session(run_dir, session, cfg.fed.rounds, result.seconds)
+    if fed.evaluator is None:
+        final_grid(cfg, run_dir)
     from ..report.html import build_report
     try:
         build_report(run_dir.path)
@@ -144,6 +160,47 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         raise
     sink.close("FINISHED")
     return Outcome(run_dir, result, fed, first - 1, tuple(skipped))
+
+
+def extend_rounds(cfg: Config, run_dir: RunDir, session: dict[str, Any], reporter: Reporter) -> None:
+    """A resume with more rounds (``--resume DIR --set fed.rounds=N``): config.toml gets the new
+    number, and run.json's session says from how many rounds to how many."""
+    from ..config import load_config
+    old = load_config(run_dir.path / "config.toml").fed.rounds
+    if old == cfg.fed.rounds:
+        return
+    run_dir.write_text("config.toml", load_config(run_dir.path / "config.toml",
+                                                  [f"fed.rounds={cfg.fed.rounds}"]).to_toml())
+    session["sessions"][-1]["rounds_extended"] = {"from": old, "to": cfg.fed.rounds}
+    run_dir.write_json("run.json", session)
+    reporter.warning(f"extending the run from {old} to {cfg.fed.rounds} rounds (recorded in config.toml and run.json)")
+
+
+def final_grid(cfg: Config, run_dir: RunDir) -> None:
+    """With evaluation off no round draws a sample grid: draw the released model's from the last
+    checkpoint (``eval.grid-size`` images, seeded from the run seed), so the report still shows
+    what the run made. A run without a global model (``local``, ``ensemble``) draws client 0's."""
+    import math
+
+    from ..checkpoint import load_released
+    from ..utils import derive_seed
+    try:
+        model, state, _ = load_released(run_dir.path)
+    except UserError:
+        try:
+            model, state, _ = load_released(run_dir.path, sorted(_clients_of(run_dir))[0])
+        except (UserError, IndexError):
+            return
+    n = cfg.eval.grid_size
+    x = model.generate(state, n, derive_seed(cfg.run.seed, "final-grid") % (2**31))
+    run_dir.save_grid(cfg.fed.rounds, x, nrow=int(math.ceil(math.sqrt(n))))
+
+
+def _clients_of(run_dir: RunDir) -> list[str]:
+    try:
+        return list(json.loads((run_dir.path / "partition.json").read_text()).get("clients", {}))
+    except (OSError, ValueError):
+        return []
 
 
 def partition_info(scheme: str, parts: list, data: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Metrics: feature extractors, mergeable statistics, Frechet distance, KID, precision/recall
+"""Metrics: feature extractors, mergeable statistics, Fréchet distance, KID, precision/recall
 and the per-sample realism score."""
 
 from .features import (KINDS, DinoV2Features, EffNetLite0Features, FeatureExtractor, InceptionFeatures,

@@ -6,7 +6,7 @@
 * density: how many real balls contain each generated sample, over k (can exceed 1);
 * coverage: fraction of real samples whose ball contains a generated sample.
 
-All four count matches one sample at a time, so they can be 0 beside a small Frechet distance
+All four count matches one sample at a time, so they can be 0 beside a small Fréchet distance
 (which compares only means and covariances): when the real features sit close together, as
 with few images or near-identical ones, the balls are small, and a difference that every
 generated image shares (blur, noise, a texture) puts each of them outside every ball.

@@ -3,7 +3,7 @@
 :class:`FeatureStats` keeps the sufficient statistics of a feature set -- count ``n``, sum
 ``s = sum x`` and sum of outer products ``S = sum x x^T`` -- in float64. They *merge exactly*:
 the statistics of the union of several sites' data are the sums of theirs, so the global
-model's Frechet distance against every hospital's data needs no image to leave a hospital.
+model's Fréchet distance against every hospital's data needs no image to leave a hospital.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
                      sqrt_sigma1: np.ndarray | None = None) -> float:
-    """Frechet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (Heusel et al. 2017).
 
     ``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^{1/2})``, where the last
     trace is computed as ``tr((A^{1/2} sigma2 A^{1/2})^{1/2})`` with ``A = sigma1``: a symmetric
@@ -148,3 +148,22 @@ def kernel_inception_distance(real: np.ndarray, fake: np.ndarray, subsets: int =
         vals.append(within(k(x, x)) + within(k(y, y)) - 2 * k(x, y).mean((1, 2)))
     v = torch.cat(vals).numpy()
     return float(v.mean()), float(v.std())
+
+
+#: below this many real images a Fréchet distance or KID is a rough number whatever the features
+MIN_REAL_IMAGES = 50
+
+
+def few_real_note(num_real: int, dims: int | None, where: str = "") -> str | None:
+    """A caveat when a distance rests on few real images (``None`` when it does not): fewer than
+    the feature dimension ``dims`` (the real features' covariance is then rank-deficient and the
+    Fréchet distance depends mostly on how many images there are) or than
+    :data:`MIN_REAL_IMAGES`. ``where`` names the set, e.g. ``"site 0"``."""
+    limits = [x for x in (dims, MIN_REAL_IMAGES) if x]
+    if not limits or num_real >= max(limits):
+        return None
+    why = (f"fewer than the {dims} feature dimensions, so the real features' covariance is rank-deficient"
+           if dims and num_real < dims else f"fewer than {MIN_REAL_IMAGES}")
+    return (f"{'the distances of ' + where + ' rest' if where else 'the distances rest'} on "
+            f"{num_real} real image{'s' if num_real != 1 else ''} ({why}): they move with the number of images "
+            f"as much as with the model; compare them only with scores from the same numbers of images")

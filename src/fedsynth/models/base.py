@@ -58,6 +58,18 @@ class GenerativeModel(ABC):
     """
 
     family: ClassVar[str]
+    # How pages, headers and help speak of this family (the report, the run header, the terminal):
+    title: ClassVar[str] = "generative model"     # "GAN", "diffusion model"
+    maker: ClassVar[str] = "model"                # what makes the images: "the untrained <maker>"
+    loss_labels: ClassVar[dict[str, str]] = {}    # recorded loss metric -> its name on a plot
+    loss_help: ClassVar[str] = ""                 # what the losses mean, for the report
+
+    @classmethod
+    def config_line(cls, cfg: dict[str, Any]) -> str:
+        """One line naming the model of a run from its parsed config.toml (the report's
+        summary, the run header)."""
+        return cls.title
+
     num_classes: int
     conditional: bool      # samples depend on class labels
     device: torch.device = torch.device("cpu")   # where the networks live (run.device)

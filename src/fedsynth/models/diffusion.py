@@ -146,6 +146,22 @@ class DiffusionModel(GenerativeModel):
     """
 
     family = "diffusion"
+    title = "diffusion model"
+    maker = "denoising UNet"
+    loss_labels = {"loss": "denoising loss"}
+    loss_help = ("Each client's denoising loss, the mean over a round's local steps: the mean squared error of "
+                 "the UNet's prediction (v or the noise, diffusion.prediction) at random noise levels. It falls "
+                 "quickly and then flattens while the samples still improve, so judge the samples by the "
+                 "distances above, not by this loss.")
+
+    @classmethod
+    def config_line(cls, cfg: dict[str, Any]) -> str:
+        d = cfg.get("diffusion", {})
+        steps = f" {d.get('sampling-steps', 10)} steps" if d.get("sampler", "ddim") == "ddim" else ""
+        widths = "/".join(str(c) for c in d.get("channels", ())) or "?"
+        return (f"diffusion: UNet ({widths} channels), {d.get('timesteps', 1000)} noise steps, "
+                f"{d.get('schedule', 'linear')} schedule, predicts {d.get('prediction', 'v')}; sampled with "
+                f"{d.get('sampler', 'ddim')}{steps}" + (", class-conditional" if d.get("conditional") else ""))
 
     def __init__(self, spec: DiffusionSpec, seed: int = 0, lr: float = 1e-3, cond_drop: float = 0.1,
                  device: torch.device | str = "cpu", precision: str = "auto"):

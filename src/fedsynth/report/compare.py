@@ -36,7 +36,7 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..config import UserError
 from ..registry import is_fd_metric, is_kid_metric
@@ -66,6 +66,8 @@ class Run:
         return str(self.config.get("fed", {}).get("strategy", "?"))
 
     def setting(self, section: str, key: str) -> Any:
+        if (section, key) == ("model", "family"):  # a config without it predates the families: a GAN
+            return self.config.get("model", {}).get("family", "gan")
         return self.config.get(section, {}).get(key, "?")
 
 
@@ -393,7 +395,7 @@ def _data_uri(png: bytes) -> str:
 
 
 def _runs_table(runs: Sequence[Run], base: int) -> str:
-    cols = [("strategy", "fed", "strategy"), ("data", "data", "source"), ("px", "data", "image-size"),
+    cols = [("model", "model", "family"), ("strategy", "fed", "strategy"), ("data", "data", "source"), ("px", "data", "image-size"),
             ("clients", "partition", "clients"), ("split", "partition", "scheme"), ("rounds", "fed", "rounds"),
             ("local epochs", "fed", "local-epochs"), ("seed", "run", "seed")]
     out = ["<table><tr><th>run</th>" + "".join(f"<th>{c}</th>" for c, _, _ in cols) + "<th>folder</th></tr>"]
@@ -415,7 +417,7 @@ def _data_differs(runs: Sequence[Run]) -> str:
 
 
 def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str | Path | None = None,
-                  title: str = "") -> Path:
+                  title: str = "", seeds_html: str = "", warn: Callable[[str], None] | None = None) -> Path:
     """Write ``out/compare.html`` (and ``compare.csv``, ``figures/*.png``); return the page's path.
 
     Parameters
@@ -427,6 +429,12 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     baseline : path, optional
         The run every ratio divides by; added in front if it is not among ``run_dirs``. Default:
         the first ``centralized`` run, else the first run.
+    seeds_html : str, optional
+        A section shown first: the settings compared over seeds (means, intervals, paired
+        ratios; written by ``fedsynth compare`` for folders of seeded runs).
+    warn : callable, optional
+        Gets each caveat the page shows above its tables (runs on different data, distances from
+        different feature networks, different model families), e.g. to print it too.
     """
     if not run_dirs:
         raise UserError("compare needs at least one run directory")
@@ -456,6 +464,12 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     warnings = extractor_conflicts(ps, runs)
     if (d := _data_differs(runs)):
         warnings.append(d)
+    families = sorted({str(r.setting("model", "family")) for r in runs})
+    if len(families) > 1:
+        warnings.append(f"The runs train different model families ({', '.join(families)}): compare their distances "
+                        f"on the same feature network and data only.")
+    for w in warnings if warn is not None else ():
+        warn(w)
     warn_html = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in warnings)
     why = ("chosen with --baseline" if baseline is not None else
            "the centralized run (all data pooled)" if runs[base].strategy == "centralized" else
@@ -477,6 +491,7 @@ so a ratio below 1 beats the baseline. <span class="note">Drawn per run: the glo
 sites' data); for runs without one (local), the mean of the hospitals' own models on the union; losses and other
 per-client numbers: the mean over clients.</span></p>
 {warn_html}
+{seeds_html}
 <h2>Runs</h2><div class="wide">{_runs_table(runs, base)}</div>
 <h2>Final metrics</h2><p class="note">Each run's last evaluated round (hover a cell for it); under each metric, the
 feature network that measured it; in brackets the ratio to the baseline, missing where the baseline has no

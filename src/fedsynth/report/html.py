@@ -93,6 +93,17 @@ def _read_json(p: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def family_of(cfg: dict[str, Any]) -> Any:
+    """The model family class of a run's parsed config (its words for pages and headers); the
+    base class, with neutral words, for a family this installation does not know."""
+    from ..models.base import GenerativeModel
+    from ..registry import FAMILIES
+    try:
+        return FAMILIES.load(str(cfg.get("model", {}).get("family", "gan")))
+    except (KeyError, ImportError):
+        return GenerativeModel
+
+
 def _read_config(run: Path) -> tuple[str, dict[str, Any]]:
     p = run / "config.toml"
     if not p.is_file():
@@ -147,16 +158,18 @@ def _summary(run: Path, cfg: dict[str, Any], part: dict[str, Any], nodes: dict[s
     else:
         site_text = f"{len(sites) or g('partition', 'clients')}: {site_list}"
     evaluated = g("eval", "enabled", True)
+    e = g("fed", "local-epochs", "?")
+    epochs = _plural(e, "local epoch") if isinstance(e, int) else f"{e} local epochs"
+    every = g("eval", "every", "?")
+    every_text = "every round" if every == 1 else f"every {every} rounds"
     rows = [
         ("strategy", esc(strategy) + (f" (fraction {g('fed', 'fraction')})" if g("fed", "fraction", 1.0) not in (1, 1.0, "–") else "")),
         ("sites", site_text + (f"; split {esc(str(part.get('scheme')))}" if part.get("scheme") else "")),
-        ("rounds", f"{rounds_done} of {rounds}; {g('fed', 'local-epochs', '?')} local epoch(s) per round"
-         if rounds_done != rounds else f"{rounds}; {g('fed', 'local-epochs', '?')} local epoch(s) per round"),
+        ("rounds", (f"{rounds_done} of {rounds}" if rounds_done != rounds else f"{rounds}") + f"; {epochs} per round"),
         ("data", f"{data}, {g('data', 'image-size')} px"),
-        ("model", f"{esc(str(g('model', 'family', 'gan')))} ({esc(str(g('model', 'arch', '?')))}), loss "
-                  f"{esc(str(g('train', 'loss', '–')))}, batch {g('train', 'batch-size')}"),
+        ("model", f"{esc(family_of(cfg).config_line(cfg))}; batch {g('train', 'batch-size')}"),
         ("evaluation", (f"{esc(fd_metric)}, {g('eval', 'num-samples')} generated images per score, every "
-                        f"{g('eval', 'every')} round(s)") if evaluated and fd_metric else
+                        f"{every_text[6:]}") if evaluated and fd_metric else
          ("on, but no scores recorded yet" if evaluated else "off (eval.enabled = false)")),
         ("duration", duration + (f"; local training {_seconds(train_s)} of it" if train_s and sessions else "")),
         ("started", esc(date)),
@@ -171,6 +184,8 @@ def _summary(run: Path, cfg: dict[str, Any], part: dict[str, Any], nodes: dict[s
 def _row_name(who: str, real: str) -> tuple[str, str]:
     """(model, scored on) in words, for a record's ``client`` and ``real``."""
     data = "all sites (union)" if real in ("union", "global") else f"client {real}'s data"
+    if real == "holdout":
+        return "global model, held-out images", "each site's held-out images (never trained on)"
     if who == "global":
         return ("global model" if real in ("union", "global") else f"global on client {real}'s data"), data
     if who == "pooled":
@@ -196,14 +211,36 @@ def _change(v0: float | None, v1: float | None) -> str:
     return f"{(v1 - v0) / abs(v0) * 100:+.1f}%"
 
 
-def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str) -> str:
+FEATURE_DIMS = {"fid": 2048, "fd-effnet": 1280, "fd-dinov2": 1024, "fd-xrv": 1024}
+
+
+def _few_real(records: list[dict[str, Any]], fd_metric: str) -> str:
+    """A warning above the results when a distance rests on few real images (the smallest set
+    scored against; :func:`fedsynth.metrics.stats.few_real_note`)."""
+    import re
+
+    from ..metrics.stats import few_real_note
+    scored = [r for r in records if r["metric"] == fd_metric and isinstance(r.get("num_real"), int)]
+    if not scored:
+        return ""
+    low = min(scored, key=lambda r: r["num_real"])
+    m = re.search(r"dims=(\d+)", str(low.get("extractor", "")))
+    dims = int(m.group(1)) if m else FEATURE_DIMS.get(fd_metric)
+    who = low.get("real", "")
+    where = "" if who in ("union", "global") or len({r.get("real") for r in scored}) == 1 else f"client {who}'s data"
+    note = few_real_note(low["num_real"], dims, where)
+    return f"<p class=warn><b>Few real images</b>: {esc(note)}.</p>" if note else ""
+
+
+def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str, maker: str = "model") -> str:
     fd, kid = _by_round(records, fd_metric), _by_round(records, kid_metric)
     last = max(max(v) for v in fd.values())
     base = fd.get(("global", "union"), {}).get(last)
 
     def order(key: tuple[str, str]) -> tuple:
         who, real = key
-        return (who != "global", real not in ("union", "global"), who == real, len(who), who, len(real), real)
+        return (who != "global", real not in ("union", "global", "holdout"), real != "holdout", who == real, len(who),
+                who, len(real), real)
 
     head = (f"<tr><th>model</th><th class=opt>scored on</th><th>before training</th><th>round {last}</th>"
             f"<th>change</th>{'<th>÷ global</th>' if base else ''}<th>{esc(kid_metric)} round {last}</th></tr>")
@@ -223,7 +260,7 @@ def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str)
         rows.append(f"<tr{cls}><td>{esc(model)}</td><td class=opt>{esc(data)}</td><td>{_fmt(v0)}</td><td>{final}</td>"
                     f"<td>{_change(v0, v1)}</td>{ratio}<td>{_fmt(k1, 4)}</td></tr>")
     note = ("<p class=note><b>change</b>: the final score against the same model's score before training "
-            "(round 0, the untrained generator); negative is better. ")
+            f"(round 0, the untrained {esc(maker)}); negative is better. ")
     if base:
         note += ("<b>÷ global</b>: the final score divided by the global model's final score on all sites "
                  f"({_fmt(base)}), the run's headline number: above 1 means that model, or that site, fares worse. ")
@@ -244,7 +281,12 @@ def _global_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str
             vals = {r["round"]: r["value"] for r in records if r["metric"] == metric + suffix}
             if vals:
                 rows.append((f"{metric}, {label}", "lower is better", vals, digits))
-    for metric, label, how in (("realism-mean", "realism score, mean", "higher is more realistic"),
+    for metric, label, how in (("memorisation-gap", "memorisation gap: held-out minus training distance (as many "
+                                "images each)", "near 0: no sign of copying; clearly above 0: closer to its training "
+                                "images than to unseen ones"),
+                               ("selection-score", "selection score (the other half of the held-out images)",
+                                "lower is better; picks the best round, never reported as the model's quality"),
+                               ("realism-mean", "realism score, mean", "higher is more realistic"),
                                ("realism-median", "realism score, median", "higher is more realistic"),
                                ("realism-inside", "share of samples inside the real manifold (R ≥ 1)", "higher is better")):
         vals = {r["round"]: r["value"] for r in records if r["metric"] == metric and r.get("client") == "global"}
@@ -262,11 +304,27 @@ def _global_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str
             cells = f"<td>{_fmt(v0, digits)}</td><td>{_fmt(v1, digits)}</td>"
         out.append(f"<tr><td>{esc(label)}</td><td class='note opt'>{how}</td>{cells}<td>{_change(v0, v1)}</td></tr>")
     out.append("</table></div>")
+    best = best_round(records)
+    if best is not None:
+        out.append(f"<p class=note><b>Best round: {best}</b>, by the selection score on half of the held-out images "
+                   "(the distances reported against held-out images use the other half). It is kept as "
+                   "<code>checkpoints/best.pt</code> beside the newest rounds, and <code>generate</code>, "
+                   "<code>evaluate</code>, <code>utility</code> and <code>audit</code> use it unless given "
+                   "<code>--round last</code> or a round number.</p>")
     return "".join(out)
 
 
+def best_round(records: list[dict[str, Any]]) -> int | None:
+    """The best round by the held-out selection score (lowest; ties: the earlier), as the run
+    chose it for ``checkpoints/best.pt``; None where the run kept no held-out images."""
+    sel = [(r["value"], r["round"]) for r in records if r["metric"] == "selection-score"
+           and r.get("client") == "global" and r["round"] > 0]
+    return min(sel)[1] if sel else None
+
+
 # ---------------------------------------------------------------------------- curves
-def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: str | None) -> list[tuple[str, bytes]]:
+def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: str | None,
+            loss_labels: dict[str, str] | None = None) -> list[tuple[str, bytes]]:
     """(caption, PNG) per panel: one figure each, so a narrow screen stacks them."""
     import matplotlib
     matplotlib.use("Agg")
@@ -279,6 +337,8 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
     def label_of(name: str) -> str:
         if name == "global":
             return "global model (all sites)"
+        if name == "global on holdout":
+            return "global model (held-out images)"
         if name.startswith("global on "):
             return f"global on client {name[10:]}'s data"
         if name.endswith(" on union"):
@@ -288,18 +348,20 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         return f"client {name}"
 
     def panel(title: str, ylabel: str, series: dict[str, list[tuple[int, float]]], log: bool = False,
-              caption: str = "") -> None:
+              caption: str = "", mark: int | None = None) -> None:
         if not series:
             return
         fig, ax = plt.subplots(figsize=(6.2, 4.4), dpi=100)
+        if mark is not None:
+            ax.axvline(mark, color="tab:green", lw=1.2, ls=":", label=f"best round ({mark})")
         for name in sorted(series, key=lambda s: (s != "global", s)):
             pts = series[name]
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
             if name == "global":
-                ax.plot(xs, ys, "-o", color="black", lw=2.4, ms=4, label=label_of(name), zorder=5)
+                ax.plot(xs, ys, "-o", color="black", lw=2.4, ms=4, label=label_of(name), zorder=2, alpha=0.75)
             else:
                 ax.plot(xs, ys, "--" if name.endswith(" on union") else "-", marker=".", lw=1.4, alpha=0.9,
-                        label=label_of(name))
+                        label=label_of(name), zorder=3)  # above the global line: never hidden under it
         _finish(ax, title, ylabel, log)
         out.append((caption or title, _fig_png(fig)))
         plt.close(fig)
@@ -312,7 +374,8 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         ys = [y for line in ax.get_lines() for y in line.get_ydata()]
         if log and ys and min(ys) > 0 and max(ys) / min(ys) > 5:  # a log axis only where values span decades
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         else:
             ax.set_ylabel(ylabel.replace("log scale, ", ""))
@@ -325,17 +388,28 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
 
     if fd_metric:
         fd = fd_series(records, fd_metric)
-        panel(f"Fréchet distance ({fd_metric}) per model", f"{fd_metric} (log scale, lower is better)",
-              {k: v for k, v in fd.items() if not k.startswith("global on")}, log=True,
-              caption="Fréchet distance of each model against its data: the global model against all sites, each "
-                      "client's model against its own data (dashed: a client's own model against all sites).")
-        site = {k: v for k, v in fd.items() if k.startswith("global")}
+        best = best_round(records)
+        drawn = {k: v for k, v in fd.items() if not k.startswith("global on") or k == "global on holdout"}
+        dashed = (" (dashed: a client's own model against all sites)" if any(k.endswith(" on union") for k in drawn)
+                  else "")
+        panel(f"Fréchet distance ({fd_metric}) per model", f"{fd_metric} (log scale, lower is better)", drawn, log=True,
+              caption="Fréchet distance of each model against its data: the global model (black) against all sites' "
+                      "training images and against their held-out images (when the run kept some), each client's "
+                      f"model against its own data{dashed}."
+                      + (f" Dotted: the best round ({best}), chosen by the held-out selection score." if best else ""),
+              mark=best)
+        gap = fd_series(records, "memorisation-gap")
+        panel("Memorisation signal", "held-out minus training distance", gap,
+              caption="The global model's distance to held-out images minus its distance to as many training "
+                      "images, per round: a gap that grows clearly above 0 means the model is closer to the images "
+                      "it trained on than to unseen ones of the same sites.")
+        site = {k: v for k, v in fd.items() if k.startswith("global") and k != "global on holdout"}
         if len(site) > 1:
             panel("Fairness: the global model on each site's data", f"{fd_metric} (log scale, lower is better)",
                   site, log=True, caption="The released global model scored against each site's own images.")
     if kid_metric:
         kid = fd_series(records, kid_metric)
-        panel(f"Kernel inception distance ({kid_metric})", f"{kid_metric} (lower is better)",
+        panel(f"{_kid_name(kid_metric)} ({kid_metric})", f"{kid_metric} (lower is better)",
               {k: v for k, v in kid.items() if not k.startswith("global on")},
               caption="KID per model, on the same features as the Fréchet distance.")
     realism = {m: sorted((r["round"], r["value"]) for r in records if r["metric"] == m and r.get("client") == "global")
@@ -359,21 +433,32 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         out.append(("Realism score of the global model's evaluation samples against all sites' real images "
                     "(dotted line: R = 1, the edge of the real manifold).", _fig_png(fig)))
         plt.close(fig)
-    losses = {m: fd_series(records, m) for m in ("d-loss", "g-loss")}
-    if any(losses.values()):
+    # the family's own losses (the GAN's two, the diffusion model's one), and any other one recorded
+    labels = dict(loss_labels or {})
+    for r in records:
+        m = r["metric"]
+        if (m == "loss" or m.endswith("-loss")) and m not in labels:
+            labels[m] = m
+    losses = {m: fd_series(records, m) for m in labels}
+    losses = {m: v for m, v in losses.items() if v}
+    if losses:
         fig, ax = plt.subplots(figsize=(6.2, 4.4), dpi=100)
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        names = sorted(set(losses["d-loss"]) | set(losses["g-loss"]), key=lambda s: (len(s), s))
+        styles = ("-", "--", ":", "-.")
+        names = sorted({n for v in losses.values() for n in v}, key=lambda s: (len(s), s))
         for i, name in enumerate(names):
-            for m, ls in (("d-loss", "-"), ("g-loss", "--")):
+            for j, m in enumerate(losses):
                 pts = losses[m].get(name)
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], ls, marker=".", lw=1.3,
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], styles[j % len(styles)], marker=".", lw=1.3,
                             color=colors[i % len(colors)],
-                            label=f"{label_of(name)}: {'discriminator' if m == 'd-loss' else 'generator'}")
-        _finish(ax, "Local training losses", "loss (mean over a round's steps)", False)
-        out.append(("Discriminator (solid) and generator (dashed) losses of each client's local training, "
-                    "the mean over each round's steps.", _fig_png(fig)))
+                            label=f"{label_of(name)}" + (f": {labels[m]}" if len(losses) > 1 else ""))
+        kinds = [f"{labels[m]} ({['solid', 'dashed', 'dotted', 'dash-dotted'][j % 4]})" if len(losses) > 1
+                 else labels[m] for j, m in enumerate(losses)]
+        _finish(ax, "Local training " + ("losses" if len(losses) > 1 else labels[next(iter(losses))]),
+                "loss (mean over a round's steps)", False)
+        out.append((f"{', '.join(kinds).capitalize()}{' losses' if len(losses) > 1 else ''} of each client's local "
+                    "training, the mean over each round's steps.", _fig_png(fig)))
         plt.close(fig)
     return out
 
@@ -420,7 +505,10 @@ def _samples(run: Path, records: list[dict[str, Any]], evaluated: bool, flower: 
                      f"sites, in turn ({rows}the same layout as the samples)</figcaption></figure>")
     parts.append(f"<figure>{_zoomable(grids[last].read_bytes(), f'samples, round {last}')}<figcaption><b>Generated, "
                  f"round {last}</b> (the final model; fixed latents, the same every round)</figcaption></figure></div>")
-    if not real.is_file():
+    if not real.is_file() and not evaluated:
+        parts.append("<p class=note>Evaluation was off (<code>eval.enabled = false</code>): the final model's "
+                     "samples only, drawn once the run ended; no scores, no real-image grid.</p>")
+    elif not real.is_file():
         why = ("over Flower the server holds no images: they never leave the sites" if flower
                else "this run directory has no <code>samples/real.png</code> (written by runs since the report "
                     "gained it)")
@@ -474,7 +562,7 @@ def _utility_section(run: Path) -> str:
     entries = doc.get("classifiers") if isinstance(doc.get("classifiers"), dict) else {}
     if not entries:
         return ""
-    rows, tests, notes = [], set(), set()
+    rows, tests, notes, seeds = [], set(), set(), set()
     for name, e in entries.items():
         if not isinstance(e, dict):
             continue
@@ -482,24 +570,37 @@ def _utility_section(run: Path) -> str:
         test = e.get("real_test", {})
         tests.add(f"{esc(str(test.get('source', '?')))} ({_plural(int(test.get('images', 0) or 0), 'image')})")
         label = esc(str(s.get("classifier", name))) + (" <span class=note>(pretrained)</span>" if s.get("pretrained") else "")
-        how = (f"{s.get('epochs', '?')} epoch(s), at least {s.get('min_steps', '?')} steps, "
+        how = (f"{s.get('epochs', '?')} epoch{'' if s.get('epochs') == 1 else 's'}, at least {s.get('min_steps', '?')} steps, "
                f"{'augmented' if s.get('augment') else 'no augmentation'}")
         for r in e.get("rows", []):
             if not isinstance(r, dict):
                 continue
             if r.get("skipped"):
                 notes.add(str(r["skipped"]))
-                cells = "<td>–</td><td>skipped</td><td>skipped</td>"
+                cells = "<td>–</td><td>skipped</td><td>skipped</td><td></td>"
             else:
-                cells = (f"<td>{int(r.get('images', 0)):,}</td><td>{_fmt(r.get('accuracy'))}</td>"
-                         f"<td>{_fmt(r.get('f1'))}</td>")
+                def score(k: str) -> str:  # the mean, its interval over seeds below it
+                    lo, hi = r.get(f"{k}_low"), r.get(f"{k}_high")
+                    return _fmt(r.get(k)) + (f"<br><span class=note>[{_fmt(lo)}, {_fmt(hi)}]</span>"
+                                             if lo is not None and hi is not None else "")
+                cells = (f"<td>{int(r.get('images', 0)):,}</td><td>{score('accuracy')}</td>"
+                         f"<td>{score('f1')}</td><td>{esc(str(r.get('verdict', '')))}</td>")
             rows.append(f"<tr><td>{label}</td><td class=opt>{esc(how)}</td><td>{esc(str(r.get('train', '?')))}</td>"
                         f"{cells}</tr>")
+        chance = s.get("chance")
+        if isinstance(chance, dict):
+            rows.append(f"<tr class=note><td>{label}</td><td class=opt></td><td>chance level</td><td></td>"
+                        f"<td>{_fmt(chance.get('accuracy'))}</td><td>{_fmt(chance.get('f1'))}</td>"
+                        f"<td>always the most common class</td></tr>")
+        seeds.add(int(s.get("seeds", 1) or 1))
     table = ("<div class=scroll><table><tr><th>classifier</th><th class=opt>training</th><th>trained on</th>"
-             "<th>images</th><th>accuracy</th><th>macro F1</th></tr>" + "".join(rows) + "</table></div>")
+             "<th>images</th><th>accuracy</th><th>macro F1</th><th>verdict</th></tr>" + "".join(rows) + "</table></div>")
     text = (f"<p>A classifier trained on the real training images only, on the run's synthetic images only, and on "
             f"both, each scored on held-out real images: {', '.join(sorted(tests))}. Synthetic data is useful if "
-            f"<i>synthetic</i> comes near <i>real</i>, or <i>real + synthetic</i> beats it.</p>")
+            f"<i>synthetic</i> comes near <i>real</i>, or <i>real + synthetic</i> beats it. Each arm was trained "
+            f"{' or '.join(_plural(n, 'time') for n in sorted(seeds))} with different seeds: the mean, with its 95 % "
+            f"interval (Student t) below it; <i>cannot tell</i> where a synthetic arm's interval overlaps the "
+            f"real-only arm's, <i>at chance</i> where an interval reaches the chance level.</p>")
     if notes:
         text += "".join(f"<p class=note>Skipped: {esc(n)}.</p>" for n in sorted(notes))
     tsne = doc.get("tsne") if isinstance(doc.get("tsne"), dict) else {}
@@ -512,13 +613,18 @@ def _utility_section(run: Path) -> str:
                f'height="{h}" style="max-width:100%;height:auto"><figcaption>t-SNE (scikit-learn, seeded) of '
                f"{tsne.get('real', '?')} real training and {tsne.get('synthetic', '?')} synthetic images' features "
                f"from the run's feature network (<code>{esc(str(tsne.get('kind', '?')))}</code>): synthetic points "
-               f"mixed with real ones everywhere suggest the generator covers the real data; synthetic islands "
+               f"mixed with real ones everywhere suggest the model covers the real data; synthetic islands "
                f"suggest artefacts, real regions without synthetic points missed modes.</figcaption></figure>")
     return f"<h2 id=utility>Downstream utility</h2>{text}{table}{fig}"
 
 
 # ---------------------------------------------------------------------------- explanations
-def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bool) -> str:
+def _kid_name(kid_metric: str) -> str:
+    """KID is the *Kernel Inception* Distance only on Inception features; on others, a kernel distance."""
+    return "Kernel inception distance (KID)" if kid_metric == "kid" else "Kernel distance (KID on other features)"
+
+
+def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bool, family: Any = None) -> str:
     items = []
     if fd_metric:
         items.append(("Fréchet distance", f"<code>{esc(fd_metric)}</code>",
@@ -526,7 +632,7 @@ def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bo
                       "images' features; 0 when they match, lower is better. It is biased upwards when few images "
                       "are scored, so compare values computed from the same numbers of images."))
     if kid_metric:
-        items.append(("Kernel inception distance", f"<code>{esc(kid_metric)}</code>",
+        items.append((_kid_name(kid_metric), f"<code>{esc(kid_metric)}</code>",
                       "The squared maximum mean discrepancy between real and generated features with a cubic "
                       "polynomial kernel, averaged over random subsets; unbiased, so usable with few images; 0 at a "
                       "match (small negative values are noise)."))
@@ -548,10 +654,8 @@ def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bo
                   "on real images moves fd-random only from 0.015 (two real sets) to 0.020, but precision from "
                   "0.98 to 0.06 (s.d. 0.1: 0.080 and 0.000). Read them as a per-sample test of fine detail, not "
                   "as a contradiction of the distance."))
-    items.append(("Losses", "<code>d-loss</code>, <code>g-loss</code>",
-                  "Each client's discriminator and generator losses, the mean over a round's local steps. A GAN's "
-                  "losses do not fall towards 0; a discriminator loss near 0 with a rising generator loss means the "
-                  "discriminator has won and training has stalled."))
+    if family is not None and family.loss_labels:
+        items.append(("Losses", ", ".join(f"<code>{esc(m)}</code>" for m in family.loss_labels), esc(family.loss_help)))
     return "<dl class=metrics>" + "".join(f"<dt>{a} <span class=note>{b}</span></dt><dd>{c}</dd>" for a, b, c in items) + "</dl>"
 
 
@@ -592,6 +696,8 @@ def _partition(part: dict[str, Any], nodes: dict[str, Any]) -> str:
 
 
 CSS = """*{box-sizing:border-box}
+@media (max-width:700px){.scroll::before{content:"scroll sideways for more columns →";display:block;font-size:.8em;color:#777;margin:.2em 0}}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.4em .7em}
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;padding:1.2em 1.2em 3em;max-width:1140px;color:#1d1d1f;line-height:1.45}
 h1{font-size:1.55em;margin:.2em 0 .4em;overflow-wrap:anywhere}h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.25em;margin-top:1.8em}
 h3{font-size:1.02em;margin:1.2em 0 .3em}
@@ -623,6 +729,25 @@ dl.metrics dt{font-weight:600;margin-top:.7em}dl.metrics dd{margin:.15em 0 0 1.2
 details summary{cursor:pointer;font-weight:600;margin:.4em 0}"""
 
 
+def _trained_network_note(run: Path, fd_metric: str) -> str:
+    """The command that adds the trained network's score (fd-effnet) of the released model, where
+    the run was scored with another network (:func:`fedsynth.fed.rescore.trained_network_command`)."""
+    if fd_metric == "fd-effnet":
+        return ""
+    from ..config import load_config
+    from ..metrics.features import trained_network_command
+    try:
+        cmd = trained_network_command(load_config(str(run / "config.toml")), run)
+    except Exception:  # a report is written for any run directory, even one whose config no longer loads
+        return ""
+    if not cmd:
+        return ""
+    return (f"<p class=note>{esc(fd_metric)} uses a frozen random network: it ranks a run against itself over rounds, "
+            "not against published numbers. The released model's score in a trained network (fd-effnet, "
+            "EfficientNet-Lite0 ImageNet features; ~30 s of CPU per 1,000 samples, so not part of every run): "
+            f"<code>{esc(cmd)}</code></p>")
+
+
 def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
     """Write ``RUN_DIR/report.html`` and return its path.
 
@@ -641,13 +766,17 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
     fd_metric = next((r["metric"] for r in records if is_fd_metric(r["metric"])), None)
     kid_metric = next((r["metric"] for r in records if is_kid_metric(r["metric"])), None)
     extractors = sorted({r["extractor"] for r in records if r.get("extractor")})
-    conditional = str(cfg.get("model", {}).get("conditional", "none")) not in ("none", "", "false", "False")
+    family = family_of(cfg)
+    conditional = str(cfg.get("model", {}).get("conditional", "none")) not in ("none", "", "false", "False") or \
+        bool(cfg.get("diffusion", {}).get("conditional", False)) and family.family == "diffusion"
 
     if fd_metric:
         what, caveat = NETWORKS.get(fd_metric, (f"<code>{esc(fd_metric)}</code>", ""))
         ext_html = (f"<p>Every score below comes from {what}: <code>{', '.join(esc(e) for e in extractors)}</code>. "
                     f"<span class=note>{caveat}</span></p>")
-        results = ext_html + _final_table(records, fd_metric, kid_metric or "") + _global_table(records, fd_metric, kid_metric or "")
+        results = ext_html + _few_real(records, fd_metric) + _final_table(records, fd_metric, kid_metric or "",
+                                                                         family.maker) + _global_table(records, fd_metric, kid_metric or "")
+        results += _trained_network_note(run, fd_metric)
         glob = _by_round(records, fd_metric).get(("global", "union"), {})
         if glob:
             r1 = max(glob)
@@ -657,18 +786,19 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
             headline = f"Scored with {esc(fd_metric)} (no global model: every client keeps its own)."
     elif not evaluated:
         results = ("<p>Evaluation was off (<code>eval.enabled = false</code>): no feature network ran, so there are "
-                   "no distances, no realism scores and no sample grids; only the training losses below.</p>")
+                   "no distances and no realism scores; only the training losses and the final model's samples "
+                   "below.</p>")
         headline = "Evaluation was off: training losses only."
     else:
         results = "<p>No evaluation records yet.</p>"
         headline = "No evaluation records yet."
 
-    curves = _curves(records, fd_metric, kid_metric)
+    curves = _curves(records, fd_metric, kid_metric, family.loss_labels)
     curves_html = "".join(f'<figure><img src="{_data_uri(png)}" alt="{esc(cap)}" width="620" height="440">'
                           f"<figcaption>{esc(cap)}</figcaption></figure>" for cap, png in curves)
     strategy = cfg.get("fed", {}).get("strategy", "")
     n_sites = len(part.get("clients", {})) or len(nodes) or cfg.get("partition", {}).get("clients", "?")
-    lede = (f"{esc(str(strategy))} over {n_sites} site(s) on {esc(str(cfg.get('data', {}).get('source', '?')))} "
+    lede = (f"{esc(family.title[0].upper() + family.title[1:])}, {esc(str(strategy))} over {_plural(int(n_sites), 'site') if str(n_sites).isdigit() else n_sites} on {esc(str(cfg.get('data', {}).get('source', '?')))} "
             f"images. {headline}")
     has_realism = any(r["metric"] == "realism-mean" for r in records)
     sections = [("results", "Results"), ("curves", "Curves"), ("samples", "Samples")]
@@ -692,7 +822,7 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
 <h2 id=samples>Samples</h2>{_samples(run, records, evaluated, flower, conditional, max_grids)}
 {_realism_section(run, records, evaluated, flower)}
 {utility}
-<h2 id=metrics>What the numbers mean</h2>{_explanations(fd_metric, kid_metric, has_realism)}
+<h2 id=metrics>What the numbers mean</h2>{_explanations(fd_metric, kid_metric, has_realism, family)}
 <h2 id=partition>Partition</h2>{_partition(part, nodes)}
 <h2 id=config>Configuration</h2>
 <details><summary>config.toml ({n_lines} lines): the resolved configuration this run used</summary><pre>{esc(config)}</pre></details>

@@ -1,4 +1,4 @@
-"""Figures of a run: Frechet distance per client and for the global model."""
+"""Figures of a run: Fréchet distance per client and for the global model."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def series_name(r: dict[str, Any]) -> str:
 
 
 def fd_series(records: list[dict[str, Any]], metric: str | None = None) -> dict[str, list[tuple[int, float]]]:
-    """Frechet-distance (or ``metric``) values per series, sorted by round."""
+    """Fréchet-distance (or ``metric``) values per series, sorted by round."""
     out: dict[str, list[tuple[int, float]]] = {}
     for r in records:
         if (metric is None and is_fd_metric(r["metric"])) or r["metric"] == metric:

@@ -153,6 +153,8 @@ def describe(x: Record) -> str:
     if who == "server":  # the server's own training (fed.server-data)
         return "the server"
     if who == "global":
+        if real == "holdout":
+            return "global model on held-out images"
         return "global model on all sites" if real in (None, "union", "global") else f"global model on site {real}"
     if real is None:
         return f"site {who}"
@@ -166,7 +168,7 @@ def _site_key(cid: Any) -> tuple:
 
 def _detail_key(x: Record) -> tuple:
     who, real = str(x["client"]), x.get("real")
-    rank = (0 if real in (None, "union", "global") else 1) if who == "global" else (2 if real in (None, who) else 3)
+    rank = (0 if real in (None, "union", "global", "holdout") else 1) if who == "global" else (2 if real in (None, who) else 3)
     return (rank, _site_key(real if who == "global" else who))
 
 
@@ -441,8 +443,12 @@ def summary_table(records: list[Record], metric: str, kid_metric: str, max_sites
 def _row_name(series: str) -> str:
     if series == "global":
         return "global, all sites"
+    if series == "global sites worst":  # the worst site of each round: not always the same site
+        return "global, worst site each round"
     if series.startswith("global sites "):
-        return f"global, site {series.rsplit(' ', 1)[-1]}"
+        return f"global, {series.rsplit(' ', 1)[-1]} over sites"
+    if series == "global on holdout":  # the sites' held-out images: never trained on
+        return "global, held-out images"
     if series.startswith("global on "):
         return f"global, site {series[len('global on '):]}"
     if series.endswith(" on union"):
@@ -485,7 +491,7 @@ def prdc_note(res: dict[str, Any], k: int = 5) -> str | None:
 
 def partition_table(part: dict[str, Any]) -> Table:
     names = part["class_names"]
-    t = Table(title=f"partition: {part.get('scheme', '')}")
+    t = Table(title=f"partition: {part.get('scheme', '')}; images per site and class", title_justify="left")
     t.add_column("site")
     t.add_column("images", justify="right")
     for c in names:
@@ -508,3 +514,65 @@ def partition_table(part: dict[str, Any]) -> Table:
 def site_settings(settings: dict[str, Any] | None) -> str:
     """A site's own settings in one line: ``model.ndf=32 train.batch-size=8`` (``-``: the run's)."""
     return " ".join(f"{k}={v}" for k, v in (settings or {}).items()) or "-"
+
+
+def model_line(cfg: Any) -> str:
+    """The run header's model line, in the run's own family's words (its config_line)."""
+    from ..config import tomllib
+    from .html import family_of
+    tree = tomllib.loads(cfg.to_toml())
+    return family_of(tree).config_line(tree)
+
+
+def threads_line(asked: int, used: int) -> str:
+    """``"2 threads"``; with ``train.threads = 0`` (all cores) on a machine already busier than its
+    cores, the load too: other work shares those cores and every round takes longer."""
+    import os
+    text = plural(used, "thread") + (" (all cores)" if asked == 0 else "")
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return text
+    cores = os.cpu_count() or 1
+    if asked == 0 and load > cores:
+        text += (f"; the machine is busy (load {load:.1f} on {plural(cores, 'core')}): "
+                 f"set train.threads to share the cores")
+    return text
+
+
+# `fedsynth evaluate`'s numbers: (label, which way is better, what it says), by JSON key
+_EVALUATED = {
+    "precision": ("precision", "higher", "share of generated images inside some real image's 5-NN ball: realism"),
+    "recall": ("recall", "higher", "share of real images inside some generated image's 5-NN ball: variety"),
+    "density": ("density", "≈ 1", "real balls a generated image falls in, per 5; above 1: crowded"),
+    "coverage": ("coverage", "higher", "share of real images with a generated image inside their 5-NN ball"),
+    "knn-radius-real": ("real 5-NN radius", "", "median distance of a real image to its 5th-nearest real one"),
+    "nearest-real-distance": ("nearest real", "", "median distance of a generated image to its nearest real one"),
+    "diversity_ratio": ("diversity ratio", "≈ 1", "spread of the generated images ÷ spread of the real ones"),
+}
+
+
+def evaluate_table(res: dict[str, Any], title: str) -> Table:
+    """``fedsynth evaluate``'s numbers named in words, each with the way it is better and what it
+    measures (the JSON written with -o keeps its keys)."""
+    from ..registry import is_fd_metric, is_kid_metric
+    t = Table(title=title, caption=f"features: {res.get('extractor', '?')}; {res.get('num_real', '?')} real and "
+                                   f"{res.get('num_fake', '?')} generated images")
+    for col, just in (("measure", "left"), ("value", "right"), ("better", "left"), ("what it says", "left")):
+        t.add_column(col, justify=just, no_wrap=col == "value")  # type: ignore[arg-type]
+    for k, v in res.items():
+        if not isinstance(v, float):
+            continue
+        if is_fd_metric(k):
+            row = (f"Fréchet distance ({k})", "lower", "distance between Gaussians fitted to real and generated "
+                   "features")
+        elif is_kid_metric(k):
+            row = (f"kernel distance, KID ({k})", "lower", "squared MMD of the features (cubic kernel), unbiased; "
+                   "about 0 at a match")
+        elif k.startswith("swd"):
+            row = (f"sliced Wasserstein ({k})", "lower", "distance of 7x7 patches, Laplacian pyramid, x1e3"
+                   + ("; all levels" if k == "swd" else ""))
+        else:
+            row = _EVALUATED.get(k, (k, "", ""))
+        t.add_row(row[0], f"{v:.4f}", row[1], row[2])
+    return t

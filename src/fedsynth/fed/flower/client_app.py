@@ -71,7 +71,7 @@ def _answer(kind: str, msg: Message, context: Context) -> Message:
         return from_record(content[name]) if name in content else None
     res = _run(kind, dict(content["config"]), arrays_of("arrays"), arrays_of("strategy"), context)
     out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
-    for name in ("arrays", "extra", "stats"):
+    for name in ("arrays", "extra", "stats", "holdout-select", "holdout-test", "holdout-matched"):
         if res.get(name) is not None:
             out[name] = to_record(res[name])
     if res.get("metrics") is not None:

@@ -470,7 +470,7 @@ def prepare_run(config, overrides, out, clients: int, resume) -> tuple:
     a resume takes the directory's own config.toml; a new run must not reuse a directory."""
     import time
 
-    from ...config import load_config
+    from ...config import check_output_path, load_config
     target = None
     if resume is not None:
         if config is not None or overrides or out is not None:
@@ -484,6 +484,7 @@ def prepare_run(config, overrides, out, clients: int, resume) -> tuple:
         raise UserError("--clients must be at least 1")
     if target is None:
         target = (Path(out) if out else Path("runs") / time.strftime("flower-%Y%m%d-%H%M%S")).resolve()
+        check_output_path(target, "--out")
         if (target / "config.toml").exists():
             raise UserError(f"--out {target} already holds a run (config.toml exists); choose another "
                             f"directory, or continue it with --resume {target}")

@@ -89,11 +89,19 @@ class Node:
             self.data = load_dataset(self.cfg)
         except UserError as e:
             raise UserError(f"data-path {self.path}: {e}") from None
+        # this site's held-out images: split here, exactly as in-process; only their statistics leave
+        from ...fed.evaluation import holdout_check, split_holdout
+        self.held = None
+        if self.cfg.eval.enabled and self.cfg.eval.holdout > 0 and \
+                holdout_check(self.cfg.eval.holdout, {self.cid: len(self.data)}) == "":
+            self.data, *held = split_holdout(self.data, self.cfg.eval.holdout, self.cfg.run.seed, self.cid)
+            self.held = tuple(held)
 
     def extractor(self):
         """The feature network the server chose (it sends a concrete kind, never ``auto``)."""
         from ...metrics import build_extractor
-        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights).to(self.device)
+        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights, dims=self.cfg.data.dims,
+                               slices=self.cfg.eval.volume_slices).to(self.device)
 
     def setup(self, req: dict[str, Any], before: int) -> tuple[ClientSetup, ClientState, dict[str, torch.Tensor]]:
         """The model workspace, the strategy with the server's state, and this client as of
@@ -196,6 +204,11 @@ def _hello(node: Node) -> dict[str, Any]:
         st = real_statistics(d, ex, node.cfg.eval.max_real, node.cfg.run.seed).stats
         meta["extractor"] = ex.name
         out["stats"] = {k: np.asarray(v) for k, v in st.to_npz_dict().items()}
+        if node.held is not None:  # the held-out images' moments (select, test, matched), never the images
+            from ...fed.evaluation import holdout_statistics
+            held = holdout_statistics(d, *node.held, ex, node.cfg.eval, node.cfg.run.seed)
+            for split, rs in held.items():
+                out[f"holdout-{split}"] = {k: np.asarray(v) for k, v in rs.stats.to_npz_dict().items()}
     return out
 
 

@@ -245,6 +245,7 @@ class FlowerClients(ClientPool):
     # ---- who is there
     def _greet(self, n_clients: int, connect_timeout: float) -> None:
         from ...metrics import FeatureStats
+        from ..evaluation import HOLDOUT_SPLITS
         grid = self.flower_grid
         _say(f"waiting for {n_clients} SuperNode(s)")
         deadline = time.monotonic() + connect_timeout
@@ -260,6 +261,7 @@ class FlowerClients(ClientPool):
             raise UserError(f"SuperNode(s) {silent} did not answer the greeting within {self.timeout:.0f} s")
         info: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, Any] = {}
+        self.holdout: dict[str, dict[str, Any]] = {}
         for rep in replies:
             nid = rep.metadata.src_node_id
             if rep.has_error():
@@ -274,6 +276,9 @@ class FlowerClients(ClientPool):
             info[cid] = {"node": nid, **meta}
             if "stats" in rep.content:
                 self.stats[cid] = FeatureStats.from_npz_dict(from_record(rep.content["stats"]))
+            if "holdout-test" in rep.content:  # the node's held-out images' moments
+                self.holdout[cid] = {split: FeatureStats.from_npz_dict(from_record(rep.content[f"holdout-{split}"]))
+                                     for split in HOLDOUT_SPLITS}
         self.info = info
         self.ids = sorted(info, key=_natural)
         self.by_node = {info[c]["node"]: c for c in self.ids}
@@ -621,7 +626,8 @@ def _serve(grid: Grid, context: Context) -> None:
                         f"use it in-process")
     extractor = None
     if cfg.eval.enabled:  # the nodes must use exactly the server's extractor
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights, dims=cfg.data.dims,
+                                    slices=cfg.eval.volume_slices)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor.kind))
 
     def engine(cfg, reporter) -> Federation:
@@ -630,13 +636,20 @@ def _serve(grid: Grid, context: Context) -> None:
             PollingGrid(grid, poll, str(rc.get("audit-dir", ""))), cfg, int(rc["clients"]),
             float(rc.get("round-timeout", 3600)), float(rc.get("connect-timeout", 300)), poll)
         model = build_model(cfg, pool.size, pool.channels, pool.num_classes)
-        ev = None
+        ev, notes = None, []
         if extractor is not None:
             extractor.to(model.device)  # the server's own run.device
             pool.check_extractor(extractor.name)
+            held = None
+            if pool.holdout and set(pool.holdout) == set(pool.ids):  # every site kept held-out images
+                held = {c: {split: RealStats(st, None) for split, st in pool.holdout[c].items()} for c in pool.ids}
+            elif cfg.eval.holdout > 0:
+                notes.append("held-out evaluation off: not every site has enough images to keep "
+                             f"eval.holdout = {cfg.eval.holdout} of them out of training")
             ev = Evaluator(cfg.eval, extractor, {c: RealStats(pool.stats[c], None) for c in pool.ids}, pool.counts,
-                           model, cfg.run.seed)
+                           model, cfg.run.seed, held)
         fed = Federation(cfg, model, pool, ev, reporter, class_names=pool.class_names)
+        fed.notes += notes
         fed.description = ("nodes.json", pool.describe())
         return fed
 
