@@ -103,7 +103,13 @@ def replay_engine(ids: list[str], sites: str | Path) -> Callable[[Config, Report
             except UserError as e:
                 raise UserError(f"client {cid} ({path}): {e}") from None
         from ..data import summary
-        fed = build_in_process(cfg, parts, reporter, client_ids=ids)
+        from .evaluation import holdout_for
+        parts, held, notice = holdout_for(cfg, parts)  # each site's held-out images, split as its node split them
+        if held is not None:
+            held = {ids[int(k)]: v for k, v in held.items()}
+        fed = build_in_process(cfg, parts, reporter, client_ids=ids, holdout=held)
+        if notice:
+            fed.notes.append(notice)
         info = {"scheme": "replay", **summary(parts, parts[0].class_names), "replay-of-sites": str(sites)}
         info["clients"] = dict(zip(ids, info["clients"].values()))  # summary() numbers them 0, 1, ...
         for cid, own in cfg.sites:
