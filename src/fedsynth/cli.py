@@ -247,7 +247,7 @@ def run(
                 if sizes:
                     cid = min(sizes, key=lambda k: sizes[k])
                     note = few_real_note(sizes[cid], getattr(ev.extractor, "dims", None),
-                                         f"site {cid}" if len(sizes) > 1 else "")
+                                         f"site {cid}'s data" if len(sizes) > 1 else "")
                     if note:
                         reporter.warning(note)
             signal.signal(signal.SIGINT, lambda *_: _stop(fed))
