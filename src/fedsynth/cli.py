@@ -291,7 +291,8 @@ def run(
     if result.metric and any(r["metric"] == result.metric for r in result.records):
         ev = out_.federation.evaluator.extractor
         console.print(summary_table(result.records, ev.metric, ev.kid_metric))
-    done = f"done in {time.perf_counter() - t0:.0f} s. Results in {run_dir.path}: {', '.join(written(run_dir.path))}"
+    done = (f"done in {time.perf_counter() - t0:.0f} s (the rounds {result.seconds:.0f} s of it: report.html's "
+            f"duration). Results in {run_dir.path}: {', '.join(written(run_dir.path))}")
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
 
