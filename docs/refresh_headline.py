@@ -107,7 +107,7 @@ def headline(run: Path) -> dict:
             continue
         who, real = str(r["client"]), str(r.get("real", r["client"]))
         if who == "global":
-            name = "global" if real in ("union", "global") else f"global on {real}"
+            name = "global" if real in ("union", "global") else "held-out" if real == "holdout" else f"global on {real}"
         elif real == who:
             name = f"client {who}"
         else:
@@ -137,6 +137,10 @@ def render(run: Path, prefix: str, machine: str) -> str:
     if "global" in s and 0 in s["global"] and last in s["global"]:
         g = s["global"]
         rows.append(f"| **global model, on the union of all clients' data** | **{g[0]:.3f}** | "
+                    f"**{g[last]:.3f}** | **{_change(g[0], g[last])}** |")
+    if "held-out" in s and 0 in s["held-out"] and last in s["held-out"]:
+        g = s["held-out"]
+        rows.append(f"| **global model, on the sites' held-out images (never trained on)** | **{g[0]:.3f}** | "
                     f"**{g[last]:.3f}** | **{_change(g[0], g[last])}** |")
     fair = [n for n in sorted(s) if n.startswith("global on ") and 0 in s[n] and last in s[n]]
     if fair:

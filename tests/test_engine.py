@@ -42,16 +42,18 @@ def test_same_seed_same_metrics_and_weights(tiny):
 
 
 def test_protocol_records_clients_and_global_each_evaluated_round(tiny):
-    res = _run(tiny + ["fed.rounds=3", "eval.every=2", "partition.clients=3"])
+    # the global model every 2nd round; each site's own model every 3rd and at the last (round 0: its start)
+    res = _run(tiny + ["fed.rounds=4", "eval.every=2", "eval.local-every=3", "partition.clients=3"])
     fd = [(r["round"], r["client"]) for r in res.records if r["metric"] == "fd-random" and r["real"] != "sites"]
-    for rnd in (0, 2, 3):
+    for rnd in (0, 4):
         assert {c for r, c in fd if r == rnd} == {"global", "0", "1", "2"}
-    assert not any(r == 1 for r, _ in fd)
+    assert {c for r, c in fd if r == 2} == {"global"}  # not a local round
+    assert not any(r in (1, 3) for r, _ in fd)          # round 3 is a local round but not an evaluated one
     g = [r for r in res.records if r["client"] == "global" and r["metric"] == "fd-random" and r["real"] == "union"]
-    assert len(g) == 3 and all(r["num_real"] == 64 for r in g)
+    assert len(g) == 3 and all(r["num_real"] == 64 for r in g)  # 64 images: too few to hold any out
     assert all("random-conv" in r["extractor"] for r in res.records if r["metric"].startswith(("fd", "kid")))
     losses = [r for r in res.records if r["metric"] == "d-loss"]
-    assert len(losses) == 9 and all(np.isfinite(r["value"]) for r in losses)
+    assert len(losses) == 12 and all(np.isfinite(r["value"]) for r in losses)
 
 
 def test_global_model_is_fedavg_of_client_models(tiny):
@@ -146,3 +148,11 @@ def test_federated_global_fd_equals_pooled_data_fd(tiny):
     recorded = [r["value"] for r in res.records if r["client"] == "global" and r["real"] == "union"
                 and r["metric"] == "fd-random" and r["round"] == 2][0]
     assert fd_from_stats(fake, pooled) == pytest.approx(recorded, rel=1e-9)
+
+
+def test_local_models_are_scored_every_nth_round_and_at_the_last():
+    from fedsynth.fed.engine import local_eval_rounds
+    assert local_eval_rounds(20, 5) == {5, 10, 15, 20}
+    assert local_eval_rounds(12, 5) == {5, 10, 12}
+    assert local_eval_rounds(3, 1) == {1, 2, 3}
+    assert local_eval_rounds(7, 0) == {7}

@@ -13,6 +13,9 @@ everything it spawned; it raises if anything survives).
 * The diffusion family over TLS + node authentication: weights bit-identical to in-process.
 * Secure aggregation (SecAgg+) over TLS + node authentication: the server receives only masked
   vectors, and the global weights stay within the quantisation error of plain FedAvg.
+* A SuperNode SIGKILLed mid-run and restarted (same key and data) rejoins; its missed rounds are
+  recorded with the reason; the weights equal the in-process engine's with those drop-outs, and
+  ``fedsynth run --replay`` of the run reproduces them bit for bit.
 Skipped where flwr is not installed (pip install -e ".[flower]")."""
 
 import dataclasses
@@ -33,13 +36,21 @@ CONFIG = ("[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\
 def _free_port_base(nodes: int) -> int:
     """A SuperLink port ``p`` such that ``p`` and the SuperNodes' ``p + 100 + k`` are free now:
     the kernel's choice of a free port, so federations of two xdist workers (or two test
-    sessions) on one machine do not collide."""
+    sessions) on one machine do not collide. ``FEDSYNTH_TEST_PORTS=LO-HI`` confines every port to
+    that range instead (SuperNodes then at ``p + 1 + k``), for machines where ranges are assigned."""
+    import random
     import socket
+    span = os.environ.get("FEDSYNTH_TEST_PORTS", "")
     for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        ports = [p] + [p + 100 + k for k in range(nodes)]
+        if span:
+            lo, hi = (int(x) for x in span.split("-"))
+            p = random.randint(lo, hi - nodes - 1)
+            ports = [p] + [p + 1 + k for k in range(nodes)]
+        else:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                p = s.getsockname()[1]
+            ports = [p] + [p + 100 + k for k in range(nodes)]
         if ports[-1] > 65535:
             continue
         socks = []
@@ -60,7 +71,9 @@ def _free_port_base(nodes: int) -> int:
 def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
     from fedsynth.fed.flower.deploy import LocalFederation
     nodes = nodes or [(str(sites / f"client-{k}"), str(k)) for k in (0, 1)]
-    return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=_free_port_base(len(nodes) + 1), warm=warm,
+    port = _free_port_base(len(nodes) + 1)
+    return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=port, warm=warm,
+                           node_port=port + 1 if os.environ.get("FEDSYNTH_TEST_PORTS") else None,
                            env={**os.environ, "FEDSYNTH_CACHE": str(tmp_path / "cache")}, log_dir=tmp_path / "logs")
 
 
@@ -68,10 +81,12 @@ def _in_process_engine(cfg_path, sites):
     from fedsynth.config import load_config
     from fedsynth.data import load_dataset
     from fedsynth.fed import FederatedRun
+    from fedsynth.fed.evaluation import holdout_for
     cfg = load_config(cfg_path)
     parts = [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, source="folder", path=str(sites / f"client-{k}")))) for k in (0, 1)]
-    return FederatedRun(cfg, parts, client_ids=["0", "1"])
+    parts, held, _ = holdout_for(cfg, parts)  # each site's held-out images, split as its node splits them
+    return FederatedRun(cfg, parts, client_ids=["0", "1"], holdout=held)
 
 
 def _in_process(cfg_path, sites):
@@ -101,7 +116,8 @@ def _key(r):
 def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, sites):
     from fedsynth.fed.flower.deploy import make_certs
     cfg_path = tmp_path / "fedsynth.toml"
-    cfg_path.write_text(CONFIG + "[eval]\nnum-samples = 64\ngrid-size = 4\nkid-subset-size = 32\n")
+    # held-out images: 16 of each node's 32 (8 select the best round, 8 are reported), split on the node
+    cfg_path.write_text(CONFIG + "[eval]\nnum-samples = 64\ngrid-size = 4\nkid-subset-size = 32\nholdout = 0.5\n")
     make_certs(tmp_path / "certs", 3)
     fed = _federation(tmp_path, sites, certs=tmp_path / "certs")
     try:
@@ -116,11 +132,12 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     ck = torch.load(out / "checkpoints" / "round-0002.pt", weights_only=True)
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["round-0000.png", "round-0001.png", "round-0002.png"]
     assert (out / "report.html").is_file() and (out / "fd.png").is_file()
-    assert json.loads((out / "nodes.json").read_text())["1"]["images"] == 32
+    assert json.loads((out / "nodes.json").read_text())["1"]["images"] == 16  # 32, less 16 held out
 
     timings = [r for r in _records(out / "timings.jsonl") if r["client"] != "server"]
     assert len(timings) == 4 and all(r["warm-worker"] for r in timings)  # answered by the nodes' warm workers
-    ref = _in_process(cfg_path, sites)
+    ref_engine = _in_process_engine(cfg_path, sites)
+    ref = ref_engine.run()
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
     # evaluation: the nodes score local and global models on their own data, the server scores
     # the global model against the merged moments -- the same numbers as in-process
@@ -131,7 +148,10 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     assert set(flower) == set(inproc) - union_kid
     for k, r in flower.items():
         assert r["value"] == pytest.approx(inproc[k]["value"], rel=1e-6, abs=1e-9), k
-    assert {k[2] for k in flower if k[1] == "global"} == {"union", "0", "1", "sites"}
+    assert {k[2] for k in flower if k[1] == "global"} == {"union", "0", "1", "sites", "holdout", "holdout-select"}
+    # the held-out moments merged on the server from the nodes' = the in-process merge: the same best round
+    best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
+    assert best["best"] == ref_engine.fed.best
 
 
 def test_sampling_and_node_state_across_nodes_match_the_in_process_engine(tmp_path, sites):
@@ -361,3 +381,106 @@ def test_heterogeneous_sites_and_server_data_over_flower_match_the_in_process_en
     steps = {r["client"]: r["steps"] for r in _records(tmp_path / "run" / "timings.jsonl") if r.get("round") == 1
              and r["client"] != "server"}
     assert steps == {"0": 4, "1": 2}  # 32 images at batch 8 and at batch 16
+
+
+@pytest.fixture(scope="module")
+def restarted_run(tmp_path_factory, sites):
+    """An 8-round SCAFFOLD run over TLS-authenticated warm SuperNodes in which hospital 0 drops out
+    of round 1 (faults.dropout-schedule) and hospital 1's SuperNode is SIGKILLed with its worker
+    once round 1 is checkpointed, then started again -- same key, same data -- as a service
+    manager would, until the SuperLink lets it in. Flower counts the killed node as online until
+    it misses two heartbeats (30 s apart, fixed in Flower 1.42): its round waits that long, and
+    this is what makes the test take about 90 s."""
+    import subprocess
+    import time
+
+    from fedsynth.fed.flower.deploy import flower_bin, make_certs
+    tmp_path = tmp_path_factory.mktemp("restart")
+    cfg_path = tmp_path / "fedsynth.toml"
+    cfg_path.write_text(CONFIG.replace("rounds = 2", 'rounds = 8\nstrategy = "scaffold"')
+                        + '[eval]\nenabled = false\n[faults]\ndropout-schedule = ["1:0"]\n')
+    make_certs(tmp_path / "certs", 2)
+    fed = _federation(tmp_path, sites, certs=tmp_path / "certs")
+    out = tmp_path / "run"
+    restarts = 0
+    try:
+        fed.start()
+        flwr = subprocess.Popen([flower_bin("flwr"), "run", str(APP), "local", "--stream", "--run-config",
+                                 f'config-path="{cfg_path}" out="{out}" round-timeout=150'],
+                                env=fed.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.time() + 120
+            while not (out / "checkpoints" / "round-0001.pt").exists():
+                assert time.time() < deadline and flwr.poll() is None, "round 1 never finished: " + (
+                    flwr.stdout.read()[-3000:] if flwr.poll() is not None else "")
+                time.sleep(0.05)
+            fed.kill(fed.by_node[1])  # hospital 1's machine dies after round 1 ...
+            deadline = time.time() + 600
+            while not (out / "checkpoints" / "round-0008.pt").exists() and flwr.poll() is None:
+                assert time.time() < deadline, "the run did not finish"
+                restarts += len(fed.revive())  # ... and its service manager starts it again
+                time.sleep(2)
+            text, _ = flwr.communicate(timeout=300)
+        finally:
+            if flwr.poll() is None:
+                flwr.kill()
+                flwr.wait()
+    finally:
+        fed.stop()
+    assert "[fedsynth] done" in text and restarts >= 1, text[-3000:]
+    return cfg_path, out
+
+
+def _participation(out):
+    """(round, client) of every recorded training, and of every drop-out with its reason."""
+    recs = _records(out / "metrics.jsonl")
+    trained = {(r["round"], r["client"]) for r in recs if r["metric"] == "d-loss"}
+    return trained, {(r["round"], r["client"]): r.get("reason", "") for r in recs if r["metric"] == "dropped"}
+
+
+@pytest.mark.timeout(900)  # the module fixture's run (~100 s alone; far longer on a loaded machine)
+def test_a_restarted_node_rejoins_and_the_run_completes(restarted_run, sites):
+    """Hospital 1 misses the rounds while it is down -- each recorded as dropped, with the reason
+    -- and trains every round from its return on; the weights equal the in-process engine's with
+    the same participation: its SCAFFOLD control variate and optimizer came back from its own
+    disk as of the last round the server took from it."""
+    cfg_path, out = restarted_run
+    trained, dropped = _participation(out)
+    assert (1, "0") in dropped and all(dropped.values())
+    assert all((r, "0") in trained for r in range(2, 9))
+    gone = sorted(r for r, c in dropped if c == "1")  # the rounds hospital 1 was down for
+    assert gone and gone == list(range(2, gone[-1] + 1)) and gone[-1] < 8
+    assert all((r, "1") in trained for r in [1] + list(range(gone[-1] + 1, 9)))
+    assert not [r for r in _records(out / "metrics.jsonl") if r["metric"] == "state-lost"]
+    ref_cfg = cfg_path.parent / "in-process.toml"
+    ref_cfg.write_text(cfg_path.read_text().replace('["1:0"]', json.dumps(sorted(f"{r}:{c}" for r, c in dropped))))
+    ref = _in_process(ref_cfg, sites)
+    ck = torch.load(out / "checkpoints" / "round-0008.pt", weights_only=True)
+    assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
+
+
+@pytest.mark.timeout(900)  # see above: it may be the first test to use the fixture
+def test_replay_of_a_run_with_a_drop_out_gives_the_recorded_weights(restarted_run, sites, tmp_path):
+    """`fedsynth run --replay RUN --sites SITES`: the recorded participation forced in-process;
+    the global weights of every kept checkpoint bit-identical. A recorded run that differs is
+    reported and exits 1."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    _cfg, out = restarted_run
+    _trained, dropped = _participation(out)
+    res = CliRunner().invoke(app, ["run", "--replay", str(out), "--sites", str(sites), "-o", str(tmp_path / "replay")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # the terminal width wraps long paths
+    assert f"{len(dropped)} missed client round" in text
+    assert "round 8: global weights bit-identical" in text and "round 7: global weights bit-identical" in text
+    tampered = tmp_path / "tampered"
+    shutil.copytree(out, tampered)
+    ck = torch.load(tampered / "checkpoints" / "round-0008.pt", weights_only=True)
+    k = next(k for k, v in ck["global"].items() if v.is_floating_point())
+    ck["global"][k] = ck["global"][k] + 1e-3
+    torch.save(ck, tampered / "checkpoints" / "round-0008.pt")
+    res = CliRunner().invoke(app, ["run", "--replay", str(tampered), "--sites", str(sites), "-o", str(tmp_path / "r2")])
+    assert res.exit_code == 1 and "round 8: global weights DIFFERENT" in " ".join(res.output.split()), res.output

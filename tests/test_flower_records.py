@@ -73,3 +73,26 @@ def test_unpacked_arrays_become_tensors_of_the_same_shapes():
     back = tensors(from_record(to_record(_state())))
     assert back["G.steps"].shape == () and back["G.w"].shape == (4, 3, 2, 2) and back["G.empty"].shape == (0, 3)
     assert all(np.array_equal(arrays(back)[k], v) for k, v in _state().items())
+
+
+def test_a_node_builds_on_the_state_of_the_round_the_server_took():
+    """``state-round`` names the state a node builds on: Flower's context if it holds that round,
+    else the node's disk; a newer round the server never took (the node was killed before its
+    reply arrived) is not used; a state that is gone raises StateLost (the node then says so)."""
+    from types import SimpleNamespace
+
+    from fedsynth.fed.flower.node import StateLost, save_state, saved_state
+    node = SimpleNamespace(cid="1", conf={"run-key": "abc"})
+    for r in (1, 2, 3):
+        save_state(node, r, f"state after round {r}".encode())
+    node.conf["state-round"] = 2  # round 3 was trained, but its reply never reached the server
+    assert saved_state(node, {"state": b"context, round 3", "state-round": 3}, before=4) == b"state after round 2"
+    assert saved_state(node, {"state": b"context, round 2", "state-round": 2}, before=4) == b"context, round 2"
+    assert saved_state(node, {"state": None}, before=4) == b"state after round 2"  # restarted: empty context
+    node.conf["state-round"] = 0
+    assert saved_state(node, {"state": b"x", "state-round": 3}, before=4) is None  # never trained: a fresh state
+    node.conf["state-round"] = 7
+    with pytest.raises(StateLost, match="client 1: its state after round 7"):
+        saved_state(node, {"state": None}, before=8)
+    del node.conf["state-round"]  # a server without state-round: the newest state before the round
+    assert saved_state(node, {"state": None}, before=3) == b"state after round 2"

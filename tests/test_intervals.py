@@ -37,3 +37,43 @@ def test_bad_values_are_refused():
         mean_interval([])
     with pytest.raises(ValueError):
         mean_interval([1.0, float("nan")])
+
+
+def test_paired_ratio_interval_equals_scipy_on_log_ratios():
+    from fedsynth.metrics.intervals import paired_ratio_interval
+    a, ref = [2.0, 3.1, 2.4, 5.0], [1.0, 1.4, 1.3, 2.2]
+    iv = paired_ratio_interval(a, ref)
+    logs = np.log(np.array(a) / np.array(ref))
+    lo, hi = stats.t.interval(0.95, 3, loc=logs.mean(), scale=stats.sem(logs))
+    assert iv.mean == pytest.approx(stats.gmean(np.array(a) / np.array(ref)), rel=1e-12)
+    assert (iv.low, iv.high) == (pytest.approx(np.exp(lo), rel=1e-12), pytest.approx(np.exp(hi), rel=1e-12))
+    assert not iv.contains(1.0)           # every seed's ratio is about 2: told apart from the reference
+    same = paired_ratio_interval([1.0, 1.2, 0.9], [1.1, 1.0, 1.0])
+    assert same.contains(1.0)             # cannot be told apart
+    assert paired_ratio_interval([2.0], [1.0]).format() == "2 (1 seed)"
+    with pytest.raises(ValueError):
+        paired_ratio_interval([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError):
+        paired_ratio_interval([1.0, 0.0], [1.0, 1.0])
+
+
+def test_median_of_last_k():
+    from fedsynth.metrics.intervals import median_last
+    curve = [9.0, 5.0, 0.155, 0.406, 0.2]
+    assert median_last(curve, 3) == 0.2
+    assert median_last(curve, 2) == pytest.approx((0.406 + 0.2) / 2)
+    assert median_last(curve, 1) == 0.2 and median_last(curve, 10) == 0.406
+    assert math.isnan(median_last([], 3))
+    with pytest.raises(ValueError):
+        median_last(curve, 0)
+
+
+def test_rank_agreement_is_scipy_kendall_tau():
+    from fedsynth.metrics.intervals import rank_agreement
+    x, y = [0.1, 0.4, 0.3, 0.9, 0.5], [10.0, 30.0, 40.0, 80.0, 50.0]
+    ra = rank_agreement(x, y)
+    ref = stats.kendalltau(x, y)
+    assert ra.tau == pytest.approx(ref.statistic, abs=1e-15) and ra.pvalue == pytest.approx(ref.pvalue)
+    assert ra.tau == pytest.approx(0.8) and ra.n == 5   # by hand: 9 concordant, 1 discordant pair of 10
+    assert rank_agreement([1, 2, float("nan"), 3], [3, 2, 1, 1]).n == 3
+    assert math.isnan(rank_agreement([1, 2], [1, 2]).tau)

@@ -26,11 +26,12 @@ def test_sweep_runs_tables_and_resumes(tiny, tmp_path):
     base = [a for o in tiny + ["fed.rounds=1"] for a in ("--set", o)]
     args = ["sweep", "--out", str(tmp_path / "sw"), *base, "--variant", "fedavg: fed.strategy=fedavg",
             "--variant", 'shareG: fed.share=["G"]', "--variant", "local: fed.strategy=local",
-            "--variant", "centralized: fed.strategy=centralized"]
+            "--variant", "centralized: fed.strategy=centralized", "--second-network", "none"]
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     md = (tmp_path / "sw" / "results.md").read_text()
-    assert "| centralized |" in md and "| 1.00 |" in md and "mean of local models on the union" in md
+    assert "| centralized" in md and "| 1 (reference) |" in md and "mean of local models on the union" in md
+    assert "One seed: no interval, so no conclusion" in md
     assert (tmp_path / "sw" / "results.png").stat().st_size > 1000
     page = (tmp_path / "sw" / "compare" / "compare.html").read_text()  # the variants side by side
     assert "Baseline: <b>centralized</b>" in page and all(f"<td>{v}" in page for v in ("fedavg", "shareG", "local"))
@@ -54,10 +55,13 @@ def test_parallel_jobs_and_presets_validate(tiny, tmp_path):
         for vname, over in p["variants"]:
             load_config(None, p["base"] + over)  # every preset variant is a valid config
     base = [a for o in tiny + ["fed.rounds=1"] for a in ("--set", o)]
-    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), *base, "--jobs", "2",
-                              "--grid", "fed.strategy=fedavg,local"])
+    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), *base, "--jobs", "2", "--seeds", "2",
+                              "--second-network", "none", "--grid", "fed.strategy=fedavg,local"])
     assert res.exit_code == 0, res.output
     assert "strategy-fedavg" in (tmp_path / "sw" / "results.md").read_text()
+    assert all((tmp_path / "sw" / v / f"seed-{s}" / "report.html").is_file() for v in ("strategy-fedavg", "strategy-local")
+               for s in (0, 1))  # seeded runs spread over the jobs
+    assert all(p["seeds"] == 3 for n, p in PRESETS.items() if n in ("study", "study-128", "strategies"))
 
 
 def test_a_preset_runs_through_the_cli_with_user_overrides(tmp_path):
@@ -80,3 +84,89 @@ def test_each_family_is_compared_with_its_own_centralized_run():
     assert centralized_reference("diffusion-fedavg-label-skew", names) == "diffusion-centralized"
     assert centralized_reference("fedavg", ["fedavg", "centralized"]) == "centralized"
     assert centralized_reference("fedavg", ["fedavg", "local"]) is None
+
+
+def _sweep_args(tiny, out, seeds="2"):
+    base = [a for o in tiny + ["fed.rounds=1", "train.threads=1"] for a in ("--set", o)]
+    return ["sweep", "--out", str(out), *base, "--seeds", seeds, "--second-network", "none",
+            "--variant", "fedavg: fed.strategy=fedavg", "--variant", "centralized: fed.strategy=centralized"]
+
+
+def _table(out):
+    """results.md without its cost part, and results.csv without the seconds (which differ between runs)."""
+    import csv
+    md = (out / "results.md").read_text().split("Cost (mean per run)")[0]
+    rows = [{k: v for k, v in r.items() if k not in ("wall_s", "eval_s")} for r in csv.DictReader(open(out / "results.csv"))]
+    return md, rows
+
+
+def test_two_seed_sweep_killed_midway_resumes_to_the_same_table(tiny, tmp_path):
+    import os
+    import sys
+
+    from conftest import kill_9_when
+    whole = runner.invoke(app, _sweep_args(tiny, tmp_path / "whole"))
+    assert whole.exit_code == 0, whole.output
+    md, rows = _table(tmp_path / "whole")
+    assert [(r["variant"], r["seed"]) for r in rows] == [("fedavg", "0"), ("fedavg", "1"), ("centralized", "0"),
+                                                         ("centralized", "1")]
+    assert "| fedavg" in md and "| 2 |" in md and "Over 2 seeds: mean [95 % Student-t interval]" in md
+    assert (tmp_path / "whole" / "curves.png").stat().st_size > 1000  # the band figure
+    cut = tmp_path / "cut"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the same BLAS threads: the same last digits
+    killed = kill_9_when([sys.executable, "-m", "fedsynth", *_sweep_args(tiny, cut)], env,
+                         lambda: (cut / "fedavg" / "seed-1" / "config.toml").is_file())
+    assert killed and not (cut / "results.md").exists()
+    again = runner.invoke(app, _sweep_args(tiny, cut))
+    assert again.exit_code == 0, again.output
+    assert "reusing 1 finished variant: fedavg/seed-0" in again.output
+    assert _table(cut) == (md, rows)
+    # compare of the seeded variants: the same intervals as the sweep's table, the band, every run's curves
+    cmp = runner.invoke(app, ["compare", str(cut / "fedavg"), str(cut / "centralized"), "-o", str(tmp_path / "cmp")])
+    assert cmp.exit_code == 0, cmp.output
+    assert (tmp_path / "cmp" / "seeds.md").read_text().splitlines()[2:4] == md.splitlines()[2:4]
+    page = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "<h2>Over seeds</h2>" in page and (tmp_path / "cmp" / "curves.png").is_file()
+
+
+def test_seeds_must_be_positive(tmp_path):
+    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), "--seeds", "0", "--variant", "a: fed.rounds=1"])
+    assert res.exit_code == 2 and "--seeds must be at least 1, got 0" in res.output
+    assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_variant_summary_intervals_and_paired_ratios():
+    from fedsynth.metrics.intervals import mean_interval, paired_ratio_interval
+    from fedsynth.sweep import summarise_variants
+    runs = [{"variant": v, "seed": s, "metric": "fd-random", "extractor": "random", "real": "holdout",
+             "global_is": "global model", "round": 5, "last_k": 3, "last_k_median": x, "global_fd": x * 1.1,
+             "client_fd_mean": float("nan"), "wall_s": 1.0, "eval_s": 0.5}
+            for v, xs in (("a", [2.0, 3.0, 2.5]), ("b", [2.1, 2.9, 2.6]), ("centralized", [1.0, 1.4, 1.2]))
+            for s, x in enumerate(xs)]
+    rows = {r["variant"]: r for r in summarise_variants(runs, ["a", "b", "centralized"])}
+    assert rows["a"]["score"] == mean_interval([2.0, 3.0, 2.5])
+    assert rows["a"]["ratio"] == paired_ratio_interval([2.0, 3.0, 2.5], [1.0, 1.4, 1.2])
+    assert rows["a"]["reference"] == "centralized" and rows["a"]["verdict"] == "worse"
+    assert rows["centralized"]["verdict"] == "reference" and rows["centralized"]["best"] == "centralized"
+    assert not rows["a"]["tied_with_best"]
+    tied = {r["variant"]: r for r in summarise_variants(runs, ["a", "b"])}  # no centralized: the first is the reference
+    assert tied["b"]["reference"] == "a" and tied["b"]["verdict"] == "cannot tell" and tied["b"]["tied_with_best"]
+
+
+def test_second_network_rescores_the_last_k_evaluations_and_ranks_agree(tiny, tmp_path):
+    """Re-scored with the run's own network, the last k evaluations come out exactly as the run
+    recorded them; the table carries the second column and Kendall's tau of the two."""
+    import json
+    base = [a for o in tiny + ["fed.rounds=2", "eval.per-site=false"] for a in ("--set", o)]
+    res = runner.invoke(app, ["sweep", "--out", str(tmp_path / "sw"), *base, "--second-network", "random",
+                              "--grid", "fed.local-epochs=1,2,3"])
+    assert res.exit_code == 0, res.output
+    run = tmp_path / "sw" / "local-epochs-1"
+    own = {(r["round"], r["metric"]): r["value"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+           if r["client"] == "global" and r.get("real") == "union"}
+    again = [json.loads(x) for x in (run / "rescore.jsonl").read_text().splitlines()]
+    scored = {(r["round"], r["metric"]): r["value"] for r in again if r["client"] == "global" and r.get("real") == "union"}
+    assert {k[0] for k in scored} == {1, 2} and all(scored[k] == own[k] for k in scored if k[1] == "fd-random")
+    md = (tmp_path / "sw" / "results.md").read_text()
+    assert md.count("fd-random median of last 3") == 2
+    assert "Rank agreement of the two feature networks over the variants (Kendall tau): +1.00" in md

@@ -262,13 +262,16 @@ def test_sweep_reporter_shows_each_variant_and_its_result():
 
 def test_sweep_tables_say_dash_not_nan_for_missing_ratios(tmp_path):
     """Defect: "ratio to centralized: nan" when the sweep has no centralized variant."""
-    from fedsynth.sweep import write_tables
-    rows = [{"variant": v, "overrides": "", "round": 2, "metric": M, "extractor": "x", "global_fd": fd,
-             "global_is": "global model", "client_fd_mean": 3.0, "ratio_to_centralized": float("nan")}
-            for v, fd in (("fedavg", 1.5), ("fedprox", 2.5))]
-    write_tables(rows, tmp_path)
+    from fedsynth.sweep import summarise_variants, write_tables
+    runs = [{"variant": v, "seed": 0, "run": v, "overrides": "", "round": 2, "metric": M, "extractor": "x",
+             "global_fd": fd, "last_k": 3, "last_k_median": fd, "real": "union", "global_is": "global model",
+             "client_fd_mean": 3.0, "wall_s": 1.0, "eval_s": float("nan")}
+            for v, fd in (("fedavg", 1.5), ("fedprox", float("nan")))]  # fedprox: never scored
+    rows = summarise_variants(runs, ["fedavg", "fedprox"])
+    write_tables(rows, runs, tmp_path)
     md = (tmp_path / "results.md").read_text()
-    assert "| fedavg | 1.500 | — | 3.000 |" in md and "nan" not in md.lower()
+    assert "| fedavg (best) | 1 | 1.5 (1 seed) | 1.5 (1 seed) | 1 (reference) | reference |" in md
+    assert "| fedprox | 1 | — | — | — | — (fedavg) |" in md and "nan" not in md.lower()
     assert "nan" not in (tmp_path / "results.csv").read_text().lower()
 
 

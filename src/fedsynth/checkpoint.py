@@ -34,11 +34,49 @@ def read_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Any:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint file, or a run directory's newest readable checkpoint."""
+    return pick_checkpoint(path, "last")[0]
+
+
+def pick_checkpoint(path: str | Path, which: str | None = None) -> tuple[dict[str, Any], str]:
+    """The checkpoint ``which`` of a run directory, and a line saying which it is: ``best`` (the
+    default: the best round by the held-out selection score, ``checkpoints/best.pt``; the last
+    round where the run kept no held-out images), ``last`` (the newest readable round) or a round
+    number that was kept. A checkpoint file is itself (``which`` must then be left out)."""
     p = Path(path).expanduser()
-    if p.is_dir():
+    if not p.is_dir():
+        if which is not None:
+            raise UserError(f"--round {which}: give a run directory, not a checkpoint file, to pick a round")
+        ck = _checked(read_checkpoint_file(p), p)
+        return ck, f"checkpoint {p.name} (round {ck['round']})"
+    which = which or "best"
+    d = p / "checkpoints"
+    best = d / "best.pt"
+    if which == "best" and best.is_file():
+        ck = _checked(read_checkpoint_file(best), best)
+        return ck, f"best round {ck['round']} (lowest held-out selection score; --round last for the last)"
+    if which in ("best", "last"):
         ck, _skipped = latest_checkpoint(p)
-        return ck
-    ck = read_checkpoint_file(p)
+        why = " (this run kept no held-out images to select a best round by)" if which == "best" else ""
+        return ck, f"last round {ck['round']}{why}"
+    if not which.isdigit():
+        raise UserError(f"--round must be best, last or a round number, got {which!r}")
+    r = int(which)
+    kept = sorted(int(q.stem.split("-")[1]) for q in d.glob("round-*.pt") if q.stem.split("-")[1].isdigit())
+    if r in kept:
+        ck = _checked(read_checkpoint_file(d / f"round-{r:04d}.pt"), d / f"round-{r:04d}.pt")
+        return ck, f"round {r}"
+    if best.is_file():
+        ck = _checked(read_checkpoint_file(best), best)
+        if ck["round"] == r:
+            return ck, f"round {r} (the best round)"
+        kept_text = f"best (round {ck['round']}), " + ", ".join(map(str, kept))
+    else:
+        kept_text = ", ".join(map(str, kept)) or "none"
+    raise UserError(f"--round {r}: round {r} was not kept in {d} (kept: {kept_text}; run.keep-checkpoints "
+                    f"sets how many of the newest rounds stay)")
+
+
+def _checked(ck: Any, p: Path) -> dict[str, Any]:
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise UserError(f"{p} is not a fedsynth checkpoint")
     return ck
@@ -65,10 +103,17 @@ def latest_checkpoint(run_dir: str | Path) -> tuple[dict[str, Any], list[tuple[P
     raise UserError(f"no readable checkpoint in {d}: " + "; ".join(f"{p.name}: {why}" for p, why in skipped))
 
 
-def load_released(path: str | Path, client: str | None = None) -> tuple[GenerativeModel, dict, list[str]]:
+class Released(tuple):
+    """``(model, weights, class names)`` with ``.which``: the line saying which checkpoint it is."""
+
+    which: str = ""
+
+
+def load_released(path: str | Path, client: str | None = None, which: str | None = None) -> Released:
     """The model a run released, as ``(model, weights, class names)``: the global model (its EMA
-    if the run kept one), or ``client``'s own model for runs without one (``local``, ``ensemble``)."""
-    ck = load_checkpoint(path)
+    if the run kept one), or ``client``'s own model for runs without one (``local``, ``ensemble``);
+    of the checkpoint ``which`` (:func:`pick_checkpoint`: by default the best round)."""
+    ck, line = pick_checkpoint(path, which)
     desc = dict(ck["model"])
     names = desc.pop("class_names", [])
     try:
@@ -90,4 +135,6 @@ def load_released(path: str | Path, client: str | None = None) -> tuple[Generati
     except RuntimeError as e:
         raise UserError(f"{path}: weights do not match the model the checkpoint describes "
                         f"(written by another fedsynth version?): {str(e).splitlines()[0][:160]}") from None
-    return model, state, names
+    out = Released((model, state, names))
+    out.which = line
+    return out

@@ -177,6 +177,11 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/NNNN-desc)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this run directory from its last checkpoint."),
+    replay: Optional[Path] = typer.Option(None, "--replay", help="Re-run this recorded run (e.g. a Flower run) in "
+                                          "this process with the participation it had, and check that the global "
+                                          "weights come out bit-identical; needs --sites."),
+    sites: Optional[Path] = typer.Option(None, "--sites", help="With --replay: the folder holding each site's "
+                                         "images as client-<id>/ (as fedsynth data split writes them)."),
 ) -> None:
     """Train a generative model (a GAN, or a diffusion model) federatedly, or a baseline; evaluate it; write a run directory.
 
@@ -186,9 +191,23 @@ def run(
       fedsynth run -s model.family=diffusion  # a diffusion model (MONAI UNet)
       fedsynth run -c examples/quick.toml -s fed.rounds=4 -o runs/quick
       fedsynth run --dry-run -s partition.clients=3   # the resolved config
-      fedsynth run --resume runs/quick"""
+      fedsynth run --resume runs/quick
+      fedsynth run --replay runs/flower-demo --sites sites -o runs/check"""
+    engine = None
     try:
-        if resume is not None:
+        if (replay is None) != (sites is None):
+            raise UserError("--replay and --sites go together: the recorded run, and the folder of the sites' images")
+        if replay is not None:
+            from .config import HARDWARE_KEYS, parse_override
+            from .fed.replay import replay_config, replay_engine
+            if config is not None or resume is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
+                raise UserError("--replay takes no --config, --resume, or --set other than "
+                                f"{', '.join(HARDWARE_KEYS)}: the recorded run's own config.toml is used")
+            cfg, ids, missed = replay_config(replay, set_)
+            engine = replay_engine(ids, sites)
+            console.print(f"replaying {replay}: {plural(len(ids), 'client')}, {plural(cfg.fed.rounds, 'round')}, "
+                          f"{plural(len(missed), 'missed client round')} forced", highlight=False)
+        elif resume is not None:
             from .config import EXTEND_KEYS, HARDWARE_KEYS, parse_override
             allowed = HARDWARE_KEYS + EXTEND_KEYS
             if config is not None or out is not None or any(parse_override(t)[0] not in allowed for t in set_):
@@ -202,7 +221,8 @@ def run(
             from .report.rundir import claim_for_resume
             claim_for_resume(resume)  # refused while a live run holds the directory
             config = resume / "config.toml"
-        cfg = load_config(config, set_)
+        if replay is None:
+            cfg = load_config(config, set_)
     except UserError as e:
         _fail(str(e))
     if dry_run:
@@ -231,8 +251,10 @@ def run(
             ev = fed.evaluator
             sites = len(fed.pool.ids)
             reporter.say(f"fedsynth run → {run_dir.path}")
-            reporter.say(f"  {cfg.data.source}: {plural(info['images'], 'image') if 'images' in info else '? images'} "
-                         f"of {info.get('size', '?')} px, {plural(sites, 'site')} ({cfg.partition.scheme}), "
+            item, side = ("volume", f"{info.get('size', '?')}³ voxels") if cfg.data.dims == 3 else \
+                ("image", f"{info.get('size', '?')} px")
+            reporter.say(f"  {cfg.data.source}: {plural(info['images'], item) if 'images' in info else f'? {item}s'} "
+                         f"of {side}, {plural(sites, 'site')} ({cfg.partition.scheme}), "
                          f"strategy {cfg.fed.strategy}, {plural(cfg.fed.rounds, 'round')}")
             reporter.say(f"  model: {model_line(cfg)}")
             reporter.say(f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
@@ -263,7 +285,7 @@ def run(
         previous = signal.getsignal(signal.SIGINT)
         try:
             out_ = run_experiment(cfg, out, reporter, resume,
-                                  in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
+                                  engine or in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
         except UserError as e:
             _stop_progress(progress)
             _fail(str(e))
@@ -295,6 +317,28 @@ def run(
             f"duration). Results in {run_dir.path}: {', '.join(written(run_dir.path))}")
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
+    from .metrics.features import trained_network_command
+    cmd = trained_network_command(cfg, run_dir.path)
+    if cmd and out_.federation is not None and out_.federation.evaluator is not None \
+            and out_.federation.evaluator.extractor.kind != "effnet-lite0":
+        console.print(f"a trained feature network's score (fd-effnet) of the released model: {cmd}",
+                      highlight=False, markup=False)
+    if replay is not None:
+        _check_replay(replay, run_dir.path)
+
+
+def _check_replay(recorded: Path, replayed: Path) -> None:
+    """The replay's global weights against the recorded run's, per checkpoint both kept; exit 1 if any differ."""
+    from .fed.replay import compare_checkpoints
+    rows = compare_checkpoints(recorded, replayed)
+    if not rows:
+        _fail(f"{recorded} and {replayed} kept no checkpoint of the same round: nothing to compare", code=1)
+    for row in rows:
+        word = "bit-identical" if row["identical"] else f"DIFFERENT (max |difference| {row['max-abs-diff']:.3g})"
+        console.print(f"round {row['round']}: global weights {word} to {recorded} ({row['tensors']} tensors)",
+                      highlight=False)
+    if not all(row["identical"] for row in rows):
+        _fail("the replay does not reproduce the recorded run (same data, device and library versions?)", code=1)
 
 
 def _report_so_far(run_dir: Path) -> Optional[Path]:
@@ -334,33 +378,45 @@ def sweep(
     set_: List[str] = typer.Option([], "--set", "-s", help="Base overrides for every variant."),
     grid: List[str] = typer.Option([], "--grid", "-g", help="key=v1,v2,... (cartesian product over --grid)."),
     variant: List[str] = typer.Option([], "--variant", help="'name: key=value; key=value' (repeatable)."),
-    jobs: int = typer.Option(1, "--jobs", "-j", help="Variants run at once (separate processes; cores shared out)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Runs at once (separate processes; cores shared out)."),
+    seeds: Optional[int] = typer.Option(None, "--seeds", help="Run every variant with this many seeds (run.seed, "
+                                        "run.seed + 1, ...); tables give the mean over seeds with a 95 % interval "
+                                        "(default: the preset's, else 1)."),
+    reference: Optional[str] = typer.Option(None, "--reference", help="The variant the others are compared with "
+                                            "(default: centralized if present, else the first)."),
+    rescore: str = typer.Option("auto", "--second-network", help="A second feature network that scores each run's "
+                                "last eval.last-k evaluations (auto: effnet-lite0 when installed; none: off)."),
 ) -> None:
     """Run several configurations and print one comparison table (resumable).
 
     Examples:
       fedsynth sweep --preset strategies -o runs/sweep-strategies
-      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5
+      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .report.terminal import SweepReporter, seconds
-    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, summarise
+    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise
     from .utils import set_torch_threads
     try:
         base, variants = list(set_), []
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
+        if seeds is not None and seeds < 1:
+            raise UserError(f"--seeds must be at least 1, got {seeds}")
         check_output_path(out, "--out")
         if preset:
             if preset not in PRESETS:
                 raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
             base = PRESETS[preset]["base"] + base
             variants += PRESETS[preset]["variants"]
+            seeds = seeds if seeds is not None else PRESETS[preset].get("seeds", 1)
         variants += [parse_variant(v) for v in variant]
         if grid:
             variants += grid_variants(grid)
         if not variants:
             raise UserError("nothing to sweep: give --preset, --variant or --grid")
-        set_torch_threads(load_config(config, base).train.threads)
+        base_cfg = load_config(config, base)
+        set_torch_threads(base_cfg.train.threads)
+        second = second_network(rescore, base_cfg.eval.feature_extractor)
         t0 = time.perf_counter()
 
         def final(name: str) -> str:
@@ -370,31 +426,31 @@ def sweep(
             view = SweepReporter(progress, progress.console, final)
             try:
                 rows = run_sweep(str(config) if config else None, base, variants, out,
-                                 lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(d.name)), jobs=jobs,
-                                 progress=view)
+                                 lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(str(d.relative_to(out)))),
+                                 jobs=jobs, progress=view, seeds=seeds or 1, reference=reference, rescore=second)
             finally:
                 view.finish()
     except UserError as e:
         _fail(str(e))
-    t = Table(title=f"sweep {out} ({seconds(time.perf_counter() - t0)})")
-    ratio = any(r["ratio_to_centralized"] == r["ratio_to_centralized"] for r in rows)  # not all NaN
-    cols = [("variant", "variant"), ("global_fd", f"final global {rows[0]['metric']}"),
-            ("ratio_to_centralized", "÷ centralized"), ("client_fd_mean", "mean site (own data)"),
-            ("global_is", "global is")]
-    cols = [(k, c) for k, c in cols if ratio or k != "ratio_to_centralized"]
-    for k, col in cols:  # a variant's name is never cut or broken: the numbers' headers wrap instead
-        t.add_column(col, no_wrap=k == "variant", justify="left" if k in ("variant", "global_is") else "right")
-    for r in rows:
-        t.add_row(*(r[k] if k in ("variant", "global_is") else value(r[k], 3 if k != "ratio_to_centralized" else 2)
-                    for k, _ in cols))
-    console.print(t)
-    if not ratio:
-        console.print("(no ÷ centralized column: no variant named `centralized` or `<group>-centralized` in this "
-                      "sweep)", highlight=False, markup=False)
-    figures = [out / f for f in ("results.png", "study-grid.png") if (out / f).exists()]
+    _print_variants(rows, f"sweep {out} ({seconds(time.perf_counter() - t0)})")
+    figures = [out / f for f in ("results.png", "curves.png", "study-grid.png") if (out / f).exists()]
     console.print(f"side by side: {out / 'compare' / 'compare.html'}; tables: {out / 'results.csv'}, "
                   f"{out / 'results.md'}" + (f"; figures: {', '.join(map(str, figures))}" if figures else ""),
                   highlight=False, markup=False)
+
+
+def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
+    """The variants' table over seeds (:func:`fedsynth.sweep.variant_table`) and its notes."""
+    from .sweep import table_notes, variant_table
+    head, body = variant_table(rows)
+    t = Table(title=title)
+    for i, col in enumerate(head):  # a variant's name is never cut or broken: the numbers' headers wrap instead
+        t.add_column(col, no_wrap=i == 0, justify="left" if i == 0 else "right")
+    for b in body:
+        t.add_row(*b)
+    console.print(t)
+    for line in table_notes(rows):
+        console.print(line, highlight=False, markup=False)
 
 
 def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
@@ -411,14 +467,19 @@ def _old_n() -> Any:
 @app.command()
 def generate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     images: int = typer.Option(64, "--images", "-n", help="Number of images to generate."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files (created)."),
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
+    spacing: float = typer.Option(0.0, "--spacing", help="Volumes: voxel size in mm written to the NIfTI files "
+                                  "(0: the voxel size of the run's data where known, else 1 mm)."),
     n: Optional[int] = _old_n(),
 ) -> None:
-    """Write N generated images as PNG files.
+    """Write N generated images as PNG files (volumes: NIfTI files with their voxel size).
 
     Examples:
       fedsynth generate --checkpoint runs/quick -o synth/
@@ -433,7 +494,9 @@ def generate(
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
         from .checkpoint import load_released
-        model, state, names = load_released(checkpoint, client)
+        released = load_released(checkpoint, client, round_)
+        model, state, names = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         if label is not None and not 0 <= label < max(model.num_classes, 1):
             raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
         try:
@@ -443,11 +506,28 @@ def generate(
     except UserError as e:
         _fail(str(e))
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
+    volumes = arr.ndim == 5
+    if volumes:
+        from .data.export import nifti_bytes
+        mm = spacing or _voxel_mm(checkpoint)
     with atomic_folder(out) as tmp:
         for i, img in enumerate(arr):
-            save_png(img, tmp / f"{i:06d}.png")
-    what = f"class {label} ({names[label]})" if label is not None and names else "images"
+            if volumes:  # NIfTI, with the voxel size of the data the model learnt from
+                (tmp / f"{i:06d}.nii.gz").write_bytes(nifti_bytes(img, mm))
+            else:
+                save_png(img, tmp / f"{i:06d}.png")
+    what = f"class {label} ({names[label]})" if label is not None and names else ("volumes" if volumes else "images")
     console.print(f"wrote {n} {what} to {out}")
+
+
+def _voxel_mm(checkpoint: Path) -> float:
+    """The voxel size (mm) of the data a run's model learnt from, from its ``partition.json``
+    (1.0 where the run does not say)."""
+    run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent
+    try:
+        return float(json.loads((run / "partition.json").read_text())["data"].get("voxel_mm", 1.0))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 1.0
 
 
 @app.command()
@@ -455,6 +535,9 @@ def evaluate(
     real: str = typer.Argument(..., help="Real images: a phantom/sample name or a path."),
     fake: Optional[str] = typer.Argument(None, help="Generated images (a path), or use --checkpoint."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Generate from this checkpoint instead."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     images: int = typer.Option(1000, "--images", "-n", help="Images per set (at most)."),
     size: Optional[int] = typer.Option(None, "--size", show_default=False,
                                        help="Image side in pixels (default: the checkpoint's image size, else 64)."),
@@ -485,7 +568,9 @@ def evaluate(
         model = state = None
         if checkpoint is not None:
             from .checkpoint import load_released
-            model, state, _ = load_released(checkpoint)
+            released = load_released(checkpoint, None, round_)
+            model, state, _ = released
+            console.print(f"model: {released.which}", highlight=False, markup=False)
         side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
         if model is not None:
@@ -525,6 +610,9 @@ def evaluate(
 @app.command()
 def audit(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A checkpoint file or a run directory."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     train: str = typer.Option(..., "--train", help="The images the model was trained on (name or path)."),
     held: str = typer.Option(..., "--held", help="Held-out images of the same distribution (name or path)."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the audit (JSON, closest pairs, PCA plot)."),
@@ -544,7 +632,9 @@ def audit(
     try:
         check_output_path(out, "--out")
         from .checkpoint import load_released
-        model, state, _ = load_released(checkpoint)
+        released = load_released(checkpoint, None, round_)
+        model, state, _ = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         side = model.describe()["image_size"]
         tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
         he = _images_of(held, side, 10**9, 0, list(held_set)).batch()
@@ -608,6 +698,9 @@ def utility(
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
     client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (runs without a "
                                          "global one: local, ensemble)."),
+    round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
+                                         "the best round by the held-out selection score), last, or a kept round "
+                                         "number."),
     seed: int = typer.Option(0, "--seed", help="Seed of every draw: synthetic latents, classifier weights, "
                              "data order, augmentations, the t-SNE subsets."),
     seeds: int = typer.Option(3, "--seeds", help="Train each arm this many times (seeds SEED, SEED+1, ...): the "
@@ -659,7 +752,9 @@ def utility(
             dev = resolve_device(device)
         except UserError as e:
             raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
-        model, state, run_classes = load_released(run_dir, client)
+        released = load_released(run_dir, client, round_)
+        model, state, run_classes = released
+        console.print(f"model: {released.which}", highlight=False, markup=False)
         desc = model.describe()
         size, channels = int(desc["image_size"]), int(desc["channels"])
         train = _real_set("--real-train", real_train, size, channels, train_set)
@@ -809,41 +904,58 @@ def compare(
       fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
     from .report.compare import build_compare
+    from .sweep import compare_over_seeds, seed_runs
     try:
         check_output_path(out, "--out")
-        page = build_compare(run_dirs, out, baseline, title,
+        seeded = [p for p in run_dirs if seed_runs(p)]
+        section, rows = "", None
+        if seeded:  # folders of seeded runs (a sweep's <variant>/): means, intervals and paired ratios
+            rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
+        runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
+        page = build_compare(runs, out, None if seeded else baseline, title, section,
                              warn=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False))
     except UserError as e:
         _fail(str(e))
-    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/)", highlight=False)
+    if rows:
+        _print_variants(rows, "over seeds")
+    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/"
+                  + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
 
 
 @data_app.command("preview")
 def data_preview(
-    name: str = typer.Argument(..., help="phantom-xray, phantom-ct or phantom-histo"),
+    name: str = typer.Argument(..., help="phantom-xray, phantom-ct, phantom-histo or (volumes) phantom-mr"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
     images: int = typer.Option(32, "--images", "-n", help="Number of images in the montage."),
-    size: int = typer.Option(64, "--size", help="Image side in pixels."),
+    size: int = typer.Option(64, "--size", help="Image side in pixels (volumes: voxels)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the phantom generator."),
+    dims: int = typer.Option(2, "--dims", help="3: volumes (phantom-ct, phantom-mr), each shown as its three "
+                             "orthogonal mid-slices (axial, coronal, sagittal)."),
     n: Optional[int] = _old_n(),
 ) -> None:
     """Write a montage PNG of a built-in data set, one row per class.
 
     Examples:
       fedsynth data preview phantom-histo -o histo.png
-      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png"""
-    from .data import PHANTOMS, make_phantom
+      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png
+      fedsynth data preview phantom-ct --dims 3 -n 4 --size 32 -o ct3d.png"""
+    from .data import PHANTOMS, PHANTOMS3D, make_phantom, make_volume_phantom
     from .report.montage import save_class_montage
     n = images if n is None else n
-    if name not in PHANTOMS:
-        _fail(f"unknown data set {name!r}; choose from {', '.join(PHANTOMS)}")
+    dims = 3 if name == "phantom-mr" else dims
+    known = PHANTOMS3D if dims == 3 else PHANTOMS
+    if dims not in (2, 3) or name not in known:
+        _fail(f"unknown {'3-D ' if dims == 3 else ''}data set {name!r}; choose from {', '.join(known)}")
     if not 16 <= size <= 256 or n < 1:
         _fail("--size must be 16-256 and --images at least 1")
     try:
         check_output_path(out, "--out", folder=False, example="montage.png")
     except UserError as e:
         _fail(str(e))
-    data = make_phantom(name, max(n * 4, 64), size, seed)
+    if dims == 3:  # volumes are costlier: a few per class suffice
+        data = make_volume_phantom(name, max(n * 3, 8), size, seed)
+    else:
+        data = make_phantom(name, max(n * 4, 64), size, seed)
     save_class_montage(data, out, per_class=max(1, n // data.num_classes))
     console.print(f"wrote {out}")
 

@@ -82,12 +82,16 @@ class DataConfig:
     """Where the images come from: a built-in phantom, a folder, DICOM, NIfTI, MedMNIST or a
     packaged sample (``[data]``)."""
 
-    source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo (built-in); folder | "
+    source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo | phantom-mr (built-in; "
+                     "phantom-mr and, with data.dims = 3, phantom-ct are volumes); folder | "
                      "dicom | nifti | medmnist (files under 'path'); sample-retina | sample-ihc | "
                      "sample-ct (small real images shipped by installed packages)", choices=SOURCES.names())
     path: str = _f("", "file or folder for folder/dicom/nifti sources; MedMNIST root folder")
-    image_size: int = _f(64, "image side in pixels (a power of two, 16-256)",
+    image_size: int = _f(64, "image side in pixels (a power of two, 16-256); volumes: the cube's side in voxels",
                          choices=(16, 32, 64, 128, 256))
+    dims: int = _f(2, "2: images; 3: volumes (nifti files, dicom series, phantom-ct, phantom-mr) resampled to "
+                   "a cube of data.image-size voxels, scored with 2.5-D distances (docs/volumes.md)",
+                   choices=(2, 3))
     num_images: int = _f(2000, "phantoms: number of images generated", min=1)
     max_images: int = _f(0, "file and sample sources: use at most this many images, a seeded "
                          "random subset (0: all)", min=0)
@@ -318,6 +322,16 @@ class EvalConfig:
     kid_subset_size: int = _f(100, "KID: images per subset", min=2)
     grid_size: int = _f(64, "images in each sample grid (fixed latents)", min=1)
     per_site: bool = _f(True, "also score the global model on each client's own data (fairness)")
+    holdout: float = _f(0.1, "share of each site's images kept out of training, seeded: half selects the best "
+                        "round, half is what distances are reported against (off with a notice when a site would "
+                        "keep fewer than 10; 0: off, distances against the training images)", min=0.0, max=0.9)
+    local_every: int = _f(5, "score each site's own local model (the studies' per-client protocol) every N rounds "
+                          "and at the last; the global model is scored every eval.every rounds (0: only at the last)",
+                          min=0)
+    last_k: int = _f(3, "a run's summary score (sweeps, compare): the median of its last k evaluations, beside "
+                     "the final one (one evaluation of a GAN swings 2-5x)", min=1)
+    volume_slices: int = _f(0, "volumes: slices per axis whose features are scored (evenly spaced; 0: all)",
+                            min=0)
     bf16: bool = _f(False, "generate evaluation samples under bfloat16 autocast: ~2.5x faster on "
                     "CPUs with AVX512-BF16/AMX, slower elsewhere; numbers shift slightly")
 
@@ -714,6 +728,10 @@ def _check_cross_field(cfg: Config) -> None:
         if cfg.model.d_arch != "dcgan":
             raise UserError("config key 'privacy.dp-sgd' needs model.d-arch = 'dcgan' (backbones "
                             "hold BatchNorm or layers Opacus cannot take per-sample gradients of)")
+    if cfg.data.dims == 3:
+        _check_volumes(cfg)
+    elif cfg.data.source == "phantom-mr":
+        raise UserError("config key 'data.source' = 'phantom-mr' makes head MR volumes: set data.dims = 3")
     if cfg.model.family == "diffusion":
         _check_diffusion(cfg)
     elif pv.dp_sgd:
@@ -759,6 +777,27 @@ def server_source(spec: str) -> tuple[str, str] | None:
             raise UserError(f"config key 'fed.server-data': {spec!r} names no path")
         return kind, path
     return "folder", spec
+VOLUME_SOURCES = ("phantom-ct", "phantom-mr", "nifti", "dicom")
+
+
+def _check_volumes(cfg: Config) -> None:
+    """``data.dims = 3``: the sources that hold volumes, and what is built for them so far."""
+    if cfg.data.source not in VOLUME_SOURCES:
+        raise UserError(f"config key 'data.dims' = 3 needs volumes: data.source must be one of "
+                        f"{', '.join(VOLUME_SOURCES)}, not '{cfg.data.source}'")
+    if cfg.model.family != "gan":
+        raise UserError(f"config key 'data.dims' = 3: model.family = '{cfg.model.family}' does not train on "
+                        f"volumes yet; use model.family = 'gan' (the volumetric DCGAN)")
+    m = cfg.model
+    if m.g_arch != "dcgan" or m.d_arch != "dcgan":
+        raise UserError("config key 'data.dims' = 3 needs model.g-arch = 'dcgan' and model.d-arch = 'dcgan' "
+                        "(the volumetric DCGAN; the other networks are 2-D)")
+    if cfg.train.diffaugment:
+        raise UserError("config key 'train.diffaugment' augments 2-D images; leave it empty with data.dims = 3")
+    if cfg.preprocess.channels == "rgb":
+        raise UserError("config key 'preprocess.channels' = 'rgb': volumes are gray (data.dims = 3)")
+
+
 def _check_diffusion(cfg: Config) -> None:
     """The ``[diffusion]`` keys that constrain each other (the UNet's shape, the schedule)."""
     d = cfg.diffusion

@@ -138,8 +138,11 @@ EXTRACTORS = Registry("eval.feature-extractor", [
 
 SOURCES = Registry("data.source", [
     Entry("phantom-xray", "data.phantoms:make_phantom", "built-in chest radiograph phantoms", kind="phantom"),
-    Entry("phantom-ct", "data.phantoms:make_phantom", "built-in axial CT phantoms", kind="phantom"),
+    Entry("phantom-ct", "data.phantoms:make_phantom", "built-in axial CT phantoms (data.dims = 3: chest CT volumes)",
+          kind="phantom"),
     Entry("phantom-histo", "data.phantoms:make_phantom", "built-in RGB H&E tile phantoms", kind="phantom"),
+    Entry("phantom-mr", "data.phantoms3d:make_volume_phantom", "built-in head MR volumes, T1 or T2 (data.dims = 3)",
+          kind="phantom"),
     Entry("folder", "data.sources:load_source", "PNG/JPEG/TIFF/BMP files under data.path", kind="files"),
     Entry("dicom", "data.sources:load_source", "DICOM files under data.path", kind="files"),
     Entry("nifti", "data.sources:load_source", "NIfTI volumes under data.path", kind="files"),
@@ -160,12 +163,13 @@ ROBUST_RULES = Registry("privacy.robust", [
 
 
 def is_fd_metric(metric: str) -> bool:
-    """A Fréchet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary)."""
-    return (metric == "fid" or metric.startswith("fd-")) and "-sites-" not in metric
+    """A Fréchet distance record's metric: ``fid`` or ``fd-<network>`` (not its sites summary, nor
+    one plane's distance of a volume, ``fd-<network>-plane-<xy|yz|zx>``: the headline is their mean)."""
+    return (metric == "fid" or metric.startswith("fd-")) and "-sites-" not in metric and "-plane-" not in metric
 
 
 def is_kid_metric(metric: str) -> bool:
-    return (metric == "kid" or metric.startswith("kid-")) and "-sites-" not in metric
+    return (metric == "kid" or metric.startswith("kid-")) and "-sites-" not in metric and "-plane-" not in metric
 
 
 def kid_metric(fd_metric: str) -> str:

@@ -25,11 +25,13 @@ from .report import read_metrics
 from .utils import atomic_write_text
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # issue 4: strategies on phantom-histo with a label-skew split over 4 clients
+    # strategies on phantom-histo with a label-skew split over 4 clients, 3 seeds. Scaled to ~2 h on a
+    # quiet 2-core machine at --jobs 2 (21 runs): 1,200 tiles and 10 rounds of 2 local epochs; the
+    # global model scored every 2nd round so the median of the last 3 evaluations covers rounds 6-10
     "strategies": {
-        "base": ["data.source=phantom-histo", "data.image-size=32", "data.num-images=2000",
+        "base": ["data.source=phantom-histo", "data.image-size=32", "data.num-images=1200",
                  "partition.clients=4", "partition.scheme=label-skew", "partition.majority=0.9",
-                 "fed.rounds=15", "fed.local-epochs=2", "eval.every=5"],
+                 "fed.rounds=10", "fed.local-epochs=2", "eval.every=2", "eval.num-samples=500"],
         "variants": [
             ("fedavg", ["fed.strategy=fedavg"]),
             ("fedprox", ["fed.strategy=fedprox", "fed.mu=0.01"]),
@@ -39,31 +41,43 @@ PRESETS: dict[str, dict[str, Any]] = {
             ("local", ["fed.strategy=local"]),
             ("centralized", ["fed.strategy=centralized"]),
         ],
+        "seeds": 3,
     },
 }
 
 
 def _study_variants() -> list[tuple[str, list[str]]]:
-    """Modality x aggregation period (same total epochs), plus local and centralized references."""
+    """Modality x aggregation period (same total epochs), plus local and centralized references;
+    every round scored (the global model and each site's own model: the study's protocol)."""
     out = []
     for mod in ("xray", "ct", "histo"):
         for period in (1, 3, 5):
             out.append((f"{mod}-period{period}", [f"data.source=phantom-{mod}", f"fed.local-epochs={period}",
-                                                  f"fed.rounds={15 // period}", f"eval.every={1}"]))
+                                                  f"fed.rounds={15 // period}"]))
         for base in ("local", "centralized"):
             out.append((f"{mod}-{base}", [f"data.source=phantom-{mod}", f"fed.strategy={base}",
-                                          "fed.local-epochs=1", "fed.rounds=15", "eval.every=3"]))
+                                          "fed.local-epochs=1", "fed.rounds=15"]))
     return out
 
 
-# issue 8: the studies' grids, scaled to this 2-core machine. Each client needs a few hundred
-# local steps before a DCGAN escapes its discriminator's early dominance, so data and epochs are
-# chosen for >= 300 steps per client.
-# FedAvg-DCGAN study: 32 px, 2,000 images over 2 clients, 15 local epochs in total
+# The FedAvg-DCGAN study's grid (its seed 000), scaled to this 2-core machine: 32 px, 2 clients, 15 local
+# epochs in total, 3 seeds (45 runs, ~2 h at --jobs 2 on a quiet 2-core machine: 1,200 images, so each
+# client still takes >= 300 local steps over the 15 epochs with fed.min-local-steps). Every round is
+# scored, the global model and each site's own model (eval.local-every = 1: the study's protocol).
 PRESETS["study"] = {
-    "base": ["data.image-size=32", "data.num-images=2000", "partition.clients=2", "eval.num-samples=500",
-             "eval.per-site=false"],
+    "base": ["data.image-size=32", "data.num-images=1200", "partition.clients=2", "eval.num-samples=500",
+             "eval.per-site=false", "eval.every=1", "eval.local-every=1"],
     "variants": _study_variants(),
+    "seeds": 3,
+}
+# The study's 128 px x-ray slice: period 1 vs period 5 (the study found that 128 px with period 5 did not
+# converge), 3 seeds. 128 px costs ~16x a 32 px image, so 400 images (200 a site) and 200 samples per score
+# keep the 6 runs near 2 h at --jobs 2.
+PRESETS["study-128"] = {
+    "base": ["data.source=phantom-xray", "data.image-size=128", "data.num-images=400", "partition.clients=2",
+             "eval.num-samples=200", "eval.per-site=false", "eval.every=1", "eval.local-every=1"],
+    "variants": [(f"xray128-period{p}", [f"fed.local-epochs={p}", f"fed.rounds={15 // p}"]) for p in (1, 5)],
+    "seeds": 3,
 }
 # issue 14: heterogeneous hospitals on phantom-histo (4 clients, label skew): one shared generator
 # with every site's discriminator alike, with two sites on a narrower group-normalised one, and with
@@ -179,8 +193,13 @@ def study_figure(out: Path) -> Path | None:
                 ax.set_xlabel("local epochs")
             if i == 0 and j == 0:
                 ax.legend(fontsize=6)
+    return _save(fig, out / "study-grid.png")
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure (tight layout) and close it."""
+    import matplotlib.pyplot as plt
     fig.tight_layout()
-    path = out / "study-grid.png"
     fig.savefig(path)
     plt.close(fig)
     return path
@@ -247,19 +266,62 @@ def _finished(run: Path, rounds: int) -> bool:
         return False
 
 
-def summarise(run: Path) -> dict[str, Any]:
+def score_series(recs: list[dict[str, Any]], metric: str | None = None) -> tuple[list[tuple[int, float]], str, str]:
+    """The curve a run is judged by, ``[(round, value), ...]``, with what it is and its real
+    images: the global model against the held-out images when the run kept some (``real =
+    "holdout"``), else against the union of the sites' training images; without a global model
+    (``local``), the mean over sites of each site's own model on the union. ``metric``: which
+    Frechet distance (default: the run's first)."""
+    fd = [r for r in recs if is_fd_metric(r["metric"]) and (metric is None or r["metric"] == metric)]
+    if not fd:
+        return [], "", ""
+    metric = fd[0]["metric"]
+    fd = [r for r in fd if r["metric"] == metric]
+    for real in ("holdout", "union"):
+        glob = {r["round"]: r["value"] for r in fd if r["client"] == "global" and r.get("real") == real}
+        if glob:
+            return sorted(glob.items()), "global model", real
+    by_round: dict[int, list[float]] = {}
+    for r in fd:
+        if r["client"] != "global" and r.get("real") == "union":
+            by_round.setdefault(r["round"], []).append(r["value"])
+    return sorted((k, sum(v) / len(v)) for k, v in by_round.items()), "mean of local models on the union", "union"
+
+
+def summarise(run: Path, last_k: int = 3) -> dict[str, Any]:
+    """One run's row: its final value and the median of its last ``last_k`` evaluations (the
+    number a sweep compares: one evaluation swings, the median of the last few much less), the
+    same with the second feature network where the run was scored with it (``rescore.jsonl``),
+    the mean per-site distance, wall and evaluation seconds."""
+    from .metrics.intervals import median_last
     recs = read_metrics(run)
     fd = [r for r in recs if is_fd_metric(r["metric"])]
+    series, global_is, real = score_series(recs)
     last = max(r["round"] for r in fd)
-    at_last = [r for r in fd if r["round"] == last]
-    glob = [r["value"] for r in at_last if r["client"] == "global" and r.get("real") == "union"]
-    on_union = [r["value"] for r in at_last if r["client"] != "global" and r.get("real") == "union"]
+    at_last = [r for r in fd if r["round"] == last and r["metric"] == fd[0]["metric"]]
     own = [r["value"] for r in at_last if r["client"] != "global" and r.get("real") == r["client"]]
-    g = glob[0] if glob else (sum(on_union) / len(on_union) if on_union else float("nan"))
     wall, evals = run_seconds(run)
-    return {"round": last, "metric": fd[0]["metric"], "extractor": fd[0]["extractor"],
-            "global_fd": g, "global_is": "global model" if glob else "mean of local models on the union",
-            "client_fd_mean": sum(own) / len(own) if own else float("nan"), "wall_s": wall, "eval_s": evals}
+    vals = [v for _, v in series]
+    row = {"round": last, "metric": fd[0]["metric"], "extractor": fd[0]["extractor"],
+           "global_fd": vals[-1] if vals else float("nan"), "last_k": last_k,
+           "last_k_median": median_last(vals, last_k), "real": real,
+           "global_is": global_is, "client_fd_mean": sum(own) / len(own) if own else float("nan"),
+           "wall_s": wall, "eval_s": evals}
+    second = rescored(run)
+    if second:
+        sv = [v for _, v in score_series(second)[0]]
+        row.update(second_metric=second[0]["metric"], second_final=sv[-1] if sv else float("nan"),
+                   second_last_k_median=median_last(sv, last_k), second_s=sum(r["value"] for r in second if r["metric"] == "rescore-seconds"))
+    return row
+
+
+def rescored(run: Path) -> list[dict[str, Any]]:
+    """The records of a run re-scored with a second feature network (``rescore.jsonl``; empty if none)."""
+    p = run / "rescore.jsonl"
+    if not p.is_file():
+        return []
+    import json
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
 
 def run_seconds(run: Path) -> tuple[float, float]:
@@ -313,10 +375,11 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: S
         while queue and len(running) < jobs:
             name, cfg = queue.pop(0)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-            toml = out / f".{name}.toml"
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            toml = out / f".{name.replace('/', '-')}.toml"
             atomic_write_text(toml, cfg.to_toml())
             progress.started(name)
-            log = open(out / f".{name}.log", "w")
+            log = open(out / f".{name.replace('/', '-')}.log", "w")
             running.append((name, subprocess.Popen([sys.executable, "-m", "fedsynth", "run", "--config", str(toml),
                                                     "--out", str(out / name)], stdout=log, stderr=subprocess.STDOUT),
                             cfg, time.perf_counter()))
@@ -333,35 +396,66 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: S
         raise UserError(f"variant(s) failed: {', '.join(failed)} (see {out}/.<name>.log)")
 
 
+def sweep_runs(cfgs: list[tuple[str, Any, list[str]]], seeds: int) -> list[tuple[str, int, str, Any]]:
+    """``(variant, seed, run folder relative to the sweep, config)`` for every variant and seed:
+    with one seed the run is ``<variant>/`` (as before seeds existed), with several it is
+    ``<variant>/seed-<s>/`` for ``s = run.seed, run.seed + 1, ...`` (the seed drives the partition,
+    the initialisation and every sample: every random draw derives from it)."""
+    import dataclasses
+    if seeds < 1:
+        raise UserError(f"--seeds must be at least 1, got {seeds}")
+    out = []
+    for name, cfg, _ in cfgs:
+        for i in range(seeds):
+            if seeds == 1:
+                out.append((name, cfg.run.seed, name, cfg))
+                continue
+            s = cfg.run.seed + i
+            out.append((name, s, f"{name}/seed-{s}", dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=s))))
+    return out
+
+
 def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tuple[str, list[str]]],
               out: Path, run_one: Callable[[Any, Path], None], jobs: int = 1,
-              progress: SweepProgress | None = None) -> list[dict[str, Any]]:
-    """Run (or reuse) every variant, ``jobs`` at a time; return one row per variant."""
+              progress: SweepProgress | None = None, seeds: int = 1, reference: str | None = None,
+              rescore: str = "") -> list[dict[str, Any]]:
+    """Run (or reuse) every variant with ``seeds`` seeds, ``jobs`` runs at a time; return one
+    summary row per variant (:func:`summarise_variants`). ``rescore``: a second feature network
+    (e.g. ``effnet-lite0``) that scores each run's last ``eval.last-k`` evaluations after it
+    finished (:func:`fedsynth.fed.rescore.rescore_run`)."""
     import time
     progress = progress or SweepProgress()
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
         raise UserError(f"variant names must be unique: {names}")
+    if reference is not None and reference not in names:
+        raise UserError(f"--reference {reference!r} is not a variant of this sweep ({', '.join(names)})")
     cfgs = [(n, load_config(base_config, list(base_sets) + o), o) for n, o in variants]  # validate all first
+    if rescore:
+        import dataclasses
+        cfgs = [(n, dataclasses.replace(c, run=dataclasses.replace(c.run, keep_checkpoints=max(
+            c.run.keep_checkpoints, c.eval.last_k))), o) for n, c, o in cfgs]  # the last k rounds stay on disk
+    runs = sweep_runs(cfgs, seeds)
     todo = []
-    for name, cfg, _ in cfgs:
-        d = out / name
+    for _, _, rel, cfg in runs:
+        d = out / rel
         if not _finished(d, cfg.fed.rounds):
             if d.exists():
                 from .report.rundir import RunDirBusy, lock_run_dir
                 try:  # never delete a directory a live run (another sweep) is writing
                     lock_run_dir(d)
                 except RunDirBusy as e:
-                    raise UserError(f"variant {name}: {d} is in use by a live run ({e.holder}); "
+                    raise UserError(f"run {rel}: {d} is in use by a live run ({e.holder}); "
                                     f"wait for it or use another --out") from None
                 shutil.rmtree(d)
-            todo.append((name, cfg))
-    progress.planned([(n, c.fed.rounds) for n, c in todo], [n for n, _, _ in cfgs if n not in dict(todo)])
+            todo.append((rel, cfg))
+    progress.planned([(n, c.fed.rounds) for n, c in todo], [rel for _, _, rel, _ in runs if rel not in dict(todo)])
     if jobs > 1:
         _run_parallel(todo, out, jobs, progress)
     else:
         for name, cfg in todo:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
             progress.started(name)
             t0 = time.perf_counter()
             try:
@@ -370,42 +464,171 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
                 progress.finished(name, False, time.perf_counter() - t0)
                 raise
             progress.finished(name, True, time.perf_counter() - t0)
-    rows = []
-    for name, cfg, overrides in cfgs:
-        rows.append({"variant": name, "overrides": "; ".join(overrides), **summarise(out / name)})
-    fd = {r["variant"]: r["global_fd"] for r in rows}
-    for r in rows:
-        ref = fd.get(centralized_reference(r["variant"], list(fd)) or "")
-        r["ratio_to_centralized"] = r["global_fd"] / ref if ref else float("nan")
-    write_tables(rows, out)
+    if rescore:
+        from .fed.rescore import rescore_run
+        for _, _, rel, cfg in runs:
+            if not rescored(out / rel):
+                rescore_run(out / rel, rescore, cfg.eval.last_k)
+    run_rows = []
+    for name, seed, rel, cfg in runs:
+        overrides = next(o for n, _, o in cfgs if n == name)
+        run_rows.append({"variant": name, "seed": seed, "run": rel, "overrides": "; ".join(overrides),
+                         **summarise(out / rel, cfg.eval.last_k)})
+    rows = summarise_variants(run_rows, names, reference)
+    write_tables(rows, run_rows, out)
     results_figure(rows, out)
-    study_figure(out)
-    from .report.compare import build_compare  # compare/compare.html: the variants side by side
-    build_compare([out / name for name, _, _ in cfgs], out / "compare", title=f"sweep {out.name}")
+    if seeds == 1:
+        study_figure(out)
+    if seeds == 1:
+        from .report.compare import build_compare  # compare/compare.html: the variants side by side
+        build_compare([out / name for name in names], out / "compare", title=f"sweep {out.name}")
+    else:
+        band_figure({name: [out / rel for v, _, rel, _ in runs if v == name] for name in names}, out)
     return rows
 
 
+def band_figure(groups: dict[str, list[Path]], out: Path) -> Path | None:
+    """``curves.png``: per variant, the mean over seeds of the curve it is scored by, with the
+    95 % t-interval per round as a band (not one line per seed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from .metrics.intervals import mean_interval
+    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
+    metric = real = ""
+    for i, (name, dirs) in enumerate(groups.items()):
+        per_round: dict[int, list[float]] = {}
+        for d in dirs:
+            series, _, real = score_series(read_metrics(d))
+            metric = metric or next((r["metric"] for r in read_metrics(d) if is_fd_metric(r["metric"])), "")
+            for r, v in series:
+                per_round.setdefault(r, []).append(v)
+        rounds = sorted(k for k, v in per_round.items() if len(v) == len(dirs))
+        if not rounds:
+            continue
+        ivs = [mean_interval(per_round[r]) for r in rounds]
+        color = plt.cm.tab10(i % 10)
+        ax.plot(rounds, [iv.mean for iv in ivs], "-", color=color, lw=1.6, label=f"{name} ({len(dirs)} seeds)")
+        if all(iv.known for iv in ivs):
+            ax.fill_between(rounds, [max(iv.low, 1e-9) for iv in ivs], [iv.high for iv in ivs], color=color, alpha=0.18)
+    ax.set_yscale("log")
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"{metric} ({'held-out' if real == 'holdout' else 'training'} images)", fontsize=9)
+    ax.set_title(f"{out.name}: mean over seeds, band: 95 % interval per round", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, out / "curves.png")
+
+
+def second_network(choice: str, first: str) -> str:
+    """The second feature network of a sweep (``--second-network``): ``auto`` is effnet-lite0
+    when it can be built here and the runs do not already use it; ``none`` (or "") is off."""
+    from .registry import EXTRACTORS
+    if choice in ("", "none"):
+        return ""
+    if choice == "auto":
+        from .metrics.features import effnet_unavailable
+        return "" if effnet_unavailable() or first == "effnet-lite0" else "effnet-lite0"
+    if choice not in EXTRACTORS.names() or choice == "auto":
+        raise UserError(f"--second-network {choice!r}: choose from auto, none, "
+                        + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
+    return choice
+
+
+def reference_of(name: str, names: list[str], reference: str | None) -> str:
+    """The variant ``name`` is compared with: ``reference`` if given, else its centralized run
+    (:func:`centralized_reference`), else the sweep's first variant."""
+    return reference or centralized_reference(name, names) or names[0]
+
+
+def summarise_variants(run_rows: list[dict[str, Any]], names: list[str], reference: str | None = None) -> list[dict[str, Any]]:
+    """One row per variant over its seeds: the mean and 95 % t-interval of the runs' median of the
+    last k evaluations (``score``) and of their final values (``final``); the paired per-seed
+    ratio to the reference variant with its interval (``ratio``, :func:`paired_ratio_interval`)
+    and the verdict: ``better`` / ``worse`` when the interval excludes 1, else ``cannot tell``;
+    ``tied_with_best``: the interval of the paired ratio to the best variant contains 1. With a
+    second feature network, the same score in it (``second``)."""
+    from .metrics.intervals import mean_interval, paired_ratio_interval
+    by: dict[str, list[dict[str, Any]]] = {n: [r for r in run_rows if r["variant"] == n] for n in names}
+
+    def per_seed(name: str, key: str) -> dict[int, float]:
+        return {r["seed"]: r[key] for r in by[name] if key in r and r[key] == r[key]}
+
+    def interval(vals: list[float]):
+        return mean_interval(vals) if vals else None
+
+    def paired(a: str, b: str, key: str = "last_k_median"):
+        x, y = per_seed(a, key), per_seed(b, key)
+        common = sorted(set(x) & set(y))
+        if not common or any(x[s] <= 0 or y[s] <= 0 for s in common):
+            return None
+        return paired_ratio_interval([x[s] for s in common], [y[s] for s in common])
+
+    rows = []
+    for name in names:
+        rs = by[name]
+        first = rs[0]
+        row = {"variant": name, "seeds": len(rs), "metric": first["metric"], "extractor": first["extractor"],
+               "real": first["real"], "global_is": first["global_is"], "round": first["round"], "last_k": first["last_k"],
+               "score": interval(list(per_seed(name, "last_k_median").values())),
+               "final": interval(list(per_seed(name, "global_fd").values())),
+               "client_fd_mean": interval(list(per_seed(name, "client_fd_mean").values())),
+               "wall_s": sum(r["wall_s"] for r in rs) / len(rs), "eval_s": sum(r["eval_s"] for r in rs) / len(rs),
+               "second": interval(list(per_seed(name, "second_last_k_median").values())),
+               "second_metric": first.get("second_metric", ""),
+               "second_s": sum(r.get("second_s", 0.0) for r in rs) / len(rs)}
+        ref = reference_of(name, names, reference)
+        row["reference"] = ref
+        row["ratio"] = None if ref == name else paired(name, ref)
+        row["verdict"] = ("reference" if ref == name else "—" if row["ratio"] is None
+                          else "cannot tell" if row["ratio"].contains(1.0)
+                          else "better" if row["ratio"].mean < 1 else "worse")
+        rows.append(row)
+    scored = [r for r in rows if r["score"] is not None]
+    best = min(scored, key=lambda r: r["score"].mean)["variant"] if scored else None
+    for r in rows:
+        ratio = paired(r["variant"], best) if best and r["variant"] != best else None
+        r["best"] = best
+        r["tied_with_best"] = r["variant"] == best or (ratio is not None and ratio.contains(1.0))
+        # the old flat columns (one seed: the values themselves), for scripts that read them
+        r["global_fd"] = r["final"].mean if r["final"] else float("nan")
+        r["ratio_to_centralized"] = r["ratio"].mean if r["ratio"] is not None and r["reference"].endswith(
+            "centralized") else float("nan")
+    return rows
+
+
+def rank_agreement_of(rows: list[dict[str, Any]]):
+    """Kendall's tau between the variants' mean scores in the two feature networks (None without a second)."""
+    from .metrics.intervals import rank_agreement
+    pairs = [(r["score"].mean, r["second"].mean) for r in rows if r["score"] is not None and r["second"] is not None]
+    if not pairs:
+        return None
+    return rank_agreement([a for a, _ in pairs], [b for _, b in pairs])
+
+
 def results_figure(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Final global Frechet distance per variant (log scale), the centralized reference dashed."""
+    """Each variant's score (median of its last k evaluations; the mean over seeds with its 95 %
+    interval as an error bar), log scale, the reference dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(rows) + 1.5), 3.6), dpi=110)
-    vals = [r["global_fd"] for r in rows]
-    ax.bar(range(len(rows)), vals, color=["0.55" if r["variant"].endswith("centralized") else "tab:blue" for r in rows])
+    vals = [r["score"].mean if r["score"] else float("nan") for r in rows]
+    err = [[v - r["score"].low if r["score"] and r["score"].known else 0 for v, r in zip(vals, rows)],
+           [r["score"].high - v if r["score"] and r["score"].known else 0 for v, r in zip(vals, rows)]]
+    ax.bar(range(len(rows)), vals, yerr=err, capsize=3,
+           color=["0.55" if r["verdict"] == "reference" else "tab:blue" for r in rows])
     ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=35, ha="right", fontsize=8)
     ax.set_yscale("log")
-    ax.set_ylabel(f"final global {rows[0]['metric']}", fontsize=9)
-    ref = next((r["global_fd"] for r in rows if r["variant"] == "centralized"), None)
+    seeds = max(r["seeds"] for r in rows)
+    ax.set_ylabel(f"{rows[0]['metric']}, median of last {rows[0]['last_k']}", fontsize=9)
+    ref = next((v for v, r in zip(vals, rows) if r["variant"] == rows[0]["reference"]), None)
     if ref:
         ax.axhline(ref, ls="--", color="0.4", lw=1)
     ax.grid(alpha=0.3, axis="y")
-    ax.set_title(f"{out.name}: round {rows[0]['round']}", fontsize=9)
-    fig.tight_layout()
-    path = out / "results.png"
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    ax.set_title(f"{out.name}: {seeds} seed{'s' if seeds != 1 else ''}"
+                 + (", mean and 95 % interval" if seeds > 1 else ""), fontsize=9)
+    return _save(fig, out / "results.png")
 
 
 MISSING = "—"  # a number that does not exist (e.g. no centralized reference): never "nan"
@@ -415,23 +638,119 @@ def _num(v: float, digits: int) -> str:
     return MISSING if v != v else f"{v:.{digits}f}"
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows([{k: "" if isinstance(v, float) and v != v else v for k, v in r.items()} for r in rows])  # NaN: empty
-    atomic_write_text(out / "results.csv", buf.getvalue())
-    metric = rows[0]["metric"]
-    lines = [f"| variant | final global {metric} | ratio to centralized | mean client {metric} (own data) | global is "
-             "| wall s | eval s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+def _iv(iv: Any, digits: int = 3) -> str:
+    return MISSING if iv is None else iv.format(digits)
+
+
+def variant_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The sweep's table (header, rows of text): what the terminal, results.md and compare show."""
+    k, metric = rows[0]["last_k"], rows[0]["metric"]
+    against = "held-out images" if rows[0]["real"] == "holdout" else "training images"
+    head = ["variant", "seeds", f"{metric} median of last {k} ({against})", f"final {metric}",
+            "ratio to reference (paired)", "vs reference"]
+    second = rows[0].get("second_metric")
+    if second:
+        head.append(f"{second} median of last {k}")
+    body = []
     for r in rows:
-        lines.append(f"| {r['variant']} | {_num(r['global_fd'], 3)} | {_num(r['ratio_to_centralized'], 2)} | "
-                     f"{_num(r['client_fd_mean'], 3)} | {r['global_is']} | {_num(r.get('wall_s', float('nan')), 0)} | "
-                     f"{_num(r.get('eval_s', float('nan')), 0)} |")
-    lines.append("")
-    if any(r["ratio_to_centralized"] != r["ratio_to_centralized"] for r in rows):
-        lines.append(f"{MISSING}: no `centralized` variant in this sweep, so no ratio to it.")
+        best = " (best)" if r["variant"] == r["best"] else " (tied)" if r["tied_with_best"] else ""
+        line = [r["variant"] + best, str(r["seeds"]), _iv(r["score"]), _iv(r["final"]),
+                "1 (reference)" if r["verdict"] == "reference" else _iv(r["ratio"], 2),
+                r["verdict"] if r["verdict"] == "reference" else f"{r['verdict']} ({r['reference']})"]
+        if second:
+            line.append(_iv(r["second"]))
+        body.append(line)
+    return head, body
+
+
+def table_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """The lines under the table: what the numbers are, the tie with the best, the rank agreement."""
+    seeds, k = max(r["seeds"] for r in rows), rows[0]["last_k"]
+    notes = [f"Each run is scored by the median of its last {k} evaluations of the {rows[0]['global_is']} "
+             f"(extractor {rows[0]['extractor']}; lower is better)"
+             + ("; against each site's held-out images, never trained on." if rows[0]["real"] == "holdout" else
+                "; against the images it trained on (no held-out images in these runs).")]
+    for r in rows:
+        if r["global_is"] != rows[0]["global_is"]:
+            notes.append(f"{r['variant']}: scored as the {r['global_is']} (it has no global model).")
+    if seeds > 1:
+        notes.append(f"Over {seeds} seeds: mean [95 % Student-t interval]. The ratio to the reference pairs the runs "
+                     "seed by seed (geometric mean of the per-seed ratios, interval on the log ratios): "
+                     "`cannot tell` when the interval contains 1.")
+    else:
+        notes.append("One seed: no interval, so no conclusion; run with --seeds 3 or more.")
+    tied = [r["variant"] for r in rows if r["tied_with_best"] and r["variant"] != r["best"]]
+    if rows[0]["best"]:
+        notes.append(f"Lowest mean: {rows[0]['best']}; "
+                     + (f"cannot be told apart from it (paired ratio interval contains 1): {', '.join(tied)}."
+                        if tied else "every other variant is told apart from it."))
+    agree = rank_agreement_of(rows)
+    if agree is not None:
+        cost = sum(r["second_s"] * r["seeds"] for r in rows)
+        notes.append(f"Rank agreement of the two feature networks over the variants (Kendall tau): {agree.format()}; "
+                     f"scoring the last {k} evaluations with {rows[0]['second_metric']} took {cost:.0f} s in all.")
+    return notes
+
+
+def write_tables(rows: list[dict[str, Any]], run_rows: list[dict[str, Any]], out: Path) -> None:
+    """``results.csv`` (one line per run: variant, seed, final value, median of the last k, ...)
+    and ``results.md`` (one line per variant with its intervals, then the runs' cost)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in run_rows for k in r)))
+    w.writeheader()
+    w.writerows([{k: "" if isinstance(v, float) and v != v else v for k, v in r.items()} for r in run_rows])
+    atomic_write_text(out / "results.csv", buf.getvalue())
+    head, body = variant_table(rows)
+    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    lines += ["| " + " | ".join(b) + " |" for b in body]
+    lines += [""] + table_notes(rows)
     rounds = sorted({r["round"] for r in rows})
-    lines.append(f"Each run's last evaluated round ({', '.join(map(str, rounds))}); extractor: {rows[0]['extractor']}.")
+    lines.append(f"Last evaluated round: {', '.join(map(str, rounds))}.")
+    lines += ["", "Cost (mean per run):", "", "| variant | wall s | evaluation s |", "| --- | --- | --- |"]
+    lines += [f"| {r['variant']} | {_num(r['wall_s'], 0)} | {_num(r['eval_s'], 0)} |" for r in rows]
     atomic_write_text(out / "results.md", "\n".join(lines) + "\n")
+
+
+def seed_runs(path: Path) -> list[Path]:
+    """The seeded runs of a sweep variant's folder (``seed-<s>/``), in seed order; [] for a run directory."""
+    runs = [p for p in path.glob("seed-*") if (p / "metrics.jsonl").is_file() and p.name[5:].isdigit()]
+    return sorted(runs, key=lambda p: int(p.name[5:]))
+
+
+def compare_over_seeds(paths: list[Path], out: Path, reference: str | None = None) -> tuple[list[dict[str, Any]], str]:
+    """``fedsynth compare`` of settings run with several seeds: each path is a folder of seeded
+    runs (a sweep variant's ``<variant>/``) or one run directory. Returns the variant rows
+    (:func:`summarise_variants`, the variant named by its folder) and the HTML section (table,
+    notes and the band figure ``out/curves.png``); writes ``out/seeds.md``."""
+    import base64
+    import html
+    names, run_rows, groups = [], [], {}
+    for p in paths:
+        name = p.name
+        if name in names:
+            raise UserError(f"two settings are named {name!r}; compare folders with distinct names")
+        names.append(name)
+        runs = seed_runs(p) or [p]
+        groups[name] = runs
+        for r in runs:
+            seed = int(r.name[5:]) if r.name.startswith("seed-") and r.name[5:].isdigit() else \
+                load_config(str(r / "config.toml")).run.seed
+            last_k = load_config(str(r / "config.toml")).eval.last_k if (r / "config.toml").is_file() else 3
+            run_rows.append({"variant": name, "seed": seed, "run": str(r), **summarise(r, last_k)})
+    if reference is not None and reference not in names:
+        reference = None
+    rows = summarise_variants(run_rows, names, reference)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = band_figure(groups, out)
+    head, body = variant_table(rows)
+    notes = table_notes(rows)
+    atomic_write_text(out / "seeds.md", "\n".join(["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+                                                  + ["| " + " | ".join(b) + " |" for b in body] + [""] + notes) + "\n")
+    esc = html.escape
+    table = "<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>" + "".join(
+        "<tr>" + "".join(f"<td>{esc(c)}</td>" for c in b) + "</tr>" for b in body) + "</table>"
+    img = f'<img alt="curves over seeds" src="data:image/png;base64,{base64.b64encode(fig.read_bytes()).decode()}">' \
+        if fig else ""
+    section = (f"<h2>Over seeds</h2><div class=\"wide\">{table}</div>"
+               + "".join(f"<p class=\"note\">{esc(n)}</p>" for n in notes) + img)
+    return rows, section

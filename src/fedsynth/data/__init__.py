@@ -1,5 +1,6 @@
 """Data: the ImageSet container, sources (phantoms, folders, DICOM, NIfTI, MedMNIST, package
-samples), the studies' preprocessing, and partitioning among clients."""
+samples; volumes: 3-D phantoms, NIfTI, DICOM series), the studies' preprocessing, and
+partitioning among clients."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from .imageset import ImageSet
 from .partition import SCHEMES, partition, summary
 from .phantoms import CLASSES as PHANTOMS
 from .phantoms import make_phantom
+from .phantoms3d import CLASSES3D as PHANTOMS3D
+from .phantoms3d import make_volume_phantom
 from .sources import DataError, load_source
 
 
@@ -17,6 +20,8 @@ def load_dataset(cfg: Config, progress: Callable[[int, int], None] | None = None
     """The whole data set a run's clients share out (research mode, one machine)."""
     from ..registry import SOURCES
     if SOURCES[cfg.data.source].kind == "phantom":
+        if cfg.data.dims == 3:
+            return make_volume_phantom(cfg.data.source, cfg.data.num_images, cfg.data.image_size, cfg.run.seed)
         return make_phantom(cfg.data.source, cfg.data.num_images, cfg.data.image_size, cfg.run.seed)
     return load_source(cfg, progress)
 
@@ -26,5 +31,5 @@ def partition_for(cfg: Config, data: ImageSet) -> list[ImageSet]:
     return partition(data, p.scheme, p.clients, cfg.run.seed, majority=p.majority, alpha=p.alpha, beta=p.beta)
 
 
-__all__ = ["ImageSet", "make_phantom", "PHANTOMS", "partition", "partition_for", "summary",
+__all__ = ["ImageSet", "make_phantom", "PHANTOMS", "make_volume_phantom", "PHANTOMS3D", "partition", "partition_for", "summary",
            "SCHEMES", "load_dataset", "load_source", "DataError"]

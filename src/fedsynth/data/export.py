@@ -1,4 +1,5 @@
-"""Writing data out as image folders: what each hospital node reads (``fedsynth data split``)."""
+"""Writing data out as image folders: what each hospital node reads (``fedsynth data split``);
+volumes as NIfTI files (nibabel) with their voxel spacing."""
 
 from __future__ import annotations
 
@@ -7,15 +8,33 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..config import UserError
 from ..utils import atomic_folder, save_png
 from .imageset import ImageSet
 
 
+def nifti_bytes(volume: np.ndarray, spacing: float = 1.0) -> bytes:
+    """A ``.nii.gz`` file of one volume ``(1, D, H, W)`` or ``(D, H, W)`` in the radiological axes
+    of :mod:`fedsynth.data.phantoms3d`, stored in RAS+ order with isotropic ``spacing`` (mm), so
+    that reading it back (:func:`fedsynth.data.volumes.read_nifti_volume`) gives the same array."""
+    import gzip
+
+    import nibabel as nib
+    vol = np.asarray(volume)
+    vol = vol[0] if vol.ndim == 4 else vol
+    ras = np.ascontiguousarray(vol[::-1, ::-1, ::-1].transpose(2, 1, 0))
+    img = nib.Nifti1Image(ras, np.diag([spacing, spacing, spacing, 1.0]))
+    img.header.set_xyzt_units("mm")
+    return gzip.compress(img.to_bytes(), mtime=0)
+
+
 def write_site_folders(parts: list[ImageSet], class_names: tuple[str, ...], out: str | Path,
                        info: dict[str, Any]) -> None:
-    """``out/client-K/<class>/NNNNNN.png`` for every client, and ``out/partition.json``
-    (``info``); written to a temporary folder and renamed, so never half-written."""
+    """``out/client-K/<class>/NNNNNN.png`` (volumes: ``.nii.gz`` with the data's voxel size) for
+    every client, and ``out/partition.json`` (``info``); written to a temporary folder and renamed,
+    so never half-written."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} exists and is not empty")
@@ -25,7 +44,10 @@ def write_site_folders(parts: list[ImageSet], class_names: tuple[str, ...], out:
             for i, (img, lab) in enumerate(zip(part.images, part.labels)):
                 d = tmp / f"client-{k}" / safe[lab]
                 d.mkdir(parents=True, exist_ok=True)
-                save_png(img, d / f"{i:06d}.png")
+                if img.ndim == 4:  # a volume
+                    (d / f"{i:06d}.nii.gz").write_bytes(nifti_bytes(img, float(part.provenance.get("voxel_mm", 1.0))))
+                else:
+                    save_png(img, d / f"{i:06d}.png")
         (tmp / "partition.json").write_text(json.dumps(info, indent=2) + "\n")
 
 

@@ -12,21 +12,22 @@ import torch
 
 @dataclass
 class ImageSet:
-    """Images as ``uint8`` ``(N, C, H, W)`` with integer labels and where they came from.
+    """Images as ``uint8`` ``(N, C, H, W)`` -- or volumes ``(N, C, D, H, W)`` (``data.dims = 3``) --
+    with integer labels and where they came from.
 
     ``uint8`` keeps thousands of images in little memory; batches are turned into float
     tensors in ``[-1, 1]`` only when a step needs them (:meth:`batch`).
     """
 
-    images: np.ndarray                      # (N, C, H, W) uint8
+    images: np.ndarray                      # (N, C, H, W) or (N, C, D, H, W) uint8
     labels: np.ndarray                      # (N,) int64
     class_names: tuple[str, ...]
     name: str
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise ValueError(f"ImageSet {self.name!r}: images must be uint8 (N, C, H, W), "
+        if self.images.dtype != np.uint8 or self.images.ndim not in (4, 5):
+            raise ValueError(f"ImageSet {self.name!r}: images must be uint8 (N, C, H, W) or (N, C, D, H, W), "
                              f"got {self.images.dtype} {self.images.shape}")
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"ImageSet {self.name!r}: {len(self.labels)} labels for "
@@ -39,6 +40,11 @@ class ImageSet:
     @property
     def channels(self) -> int:
         return self.images.shape[1]
+
+    @property
+    def dims(self) -> int:
+        """2 for images, 3 for volumes."""
+        return self.images.ndim - 2
 
     @property
     def size(self) -> int:
@@ -54,7 +60,7 @@ class ImageSet:
                         name or self.name, dict(self.provenance))
 
     def batch(self, index: np.ndarray | torch.Tensor | slice | None = None) -> torch.Tensor:
-        """Float tensor in ``[-1, 1]``, shape ``(B, C, H, W)``."""
+        """Float tensor in ``[-1, 1]``, shape ``(B, C, H, W)`` (volumes: ``(B, C, D, H, W)``)."""
         x = self.images if index is None else self.images[index]
         return torch.from_numpy(np.ascontiguousarray(x)).float().div_(127.5).sub_(1.0)
 

@@ -42,6 +42,8 @@ class Entry:
     load: Callable[[], list[np.ndarray]]        # one file may hold several images
     unit: bool = False                          # arrays already scaled to [0, 1]
     stamp: str = ""                             # size + mtime, for the cache key
+    ready: bool = False                         # arrays already prepared (volumes: uint8 (1, S, S, S))
+    raw: str = ""                               # the raw size, for the summary (volumes)
 
 
 # ------------------------------------------------------------------ readers
@@ -184,6 +186,8 @@ def list_entries(cfg: Config, skipped: list) -> list[Entry]:
     d = cfg.data
     src = d.source
     root = Path(d.path).expanduser() if d.path else None
+    if d.dims == 3:
+        return volume_entries(cfg, root, skipped)
     if src == "folder":
         pairs = _labelled_files(root, lambda p: p.suffix.lower() in IMAGE_EXT, d.labels_csv, d.skip_bad, skipped)
         return [Entry(str(p), lab, (lambda p=p: [read_image_file(p)]), stamp=_stamp(p)) for p, lab in pairs]
@@ -202,6 +206,44 @@ def list_entries(cfg: Config, skipped: list) -> list[Entry]:
     if src in ("sample-retina", "sample-ihc", "sample-ct"):
         return sample_entries(src, cfg.data.image_size)
     raise UserError(f"config key 'data.source': {src!r} is not a file source")
+
+
+def volume_entries(cfg: Config, root: Path | None, skipped: list) -> list[Entry]:
+    """``data.dims = 3``: one entry per NIfTI file, or per DICOM series (files grouped by
+    ``SeriesInstanceUID``; class: the top-level subfolder when a series sits in
+    ``<class>/<series>/``, else ``all``); each loads as one prepared cube."""
+    from .volumes import dicom_series, prepare_volume, read_dicom_series, read_nifti_volume
+    d, pre, size = cfg.data, cfg.preprocess, cfg.data.image_size
+    if d.source == "nifti":
+        pairs = _labelled_files(root, lambda p: p.name.lower().endswith(NIFTI_EXT), d.labels_csv, d.skip_bad, skipped)
+
+        def load_nifti(p: Path) -> list[np.ndarray]:
+            vol, spacing = read_nifti_volume(p)
+            return [prepare_volume(vol, spacing, pre, size)]
+        return [Entry(str(p), lab, (lambda p=p: load_nifti(p)), stamp=_stamp(p), ready=True) for p, lab in pairs]
+    if d.source != "dicom":
+        raise UserError(f"config key 'data.source': {d.source!r} reads 2-D images; data.dims = 3 takes "
+                        f"nifti, dicom or a 3-D phantom (phantom-ct, phantom-mr)")
+    if root is None or not root.exists():
+        raise DataError(f"data path not found: {root}")
+    files = [root] if root.is_file() else sorted(
+        p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in DICOM_EXT
+        and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if not files:
+        raise DataError(f"no DICOM files in {root}")
+    out = []
+    for uid, group in sorted(dicom_series(files).items(), key=lambda kv: str(kv[1][0])):
+        group = sorted(group)
+        first = group[0]
+        rel = first.relative_to(root).parts if root.is_dir() else ()
+        label = rel[0] if len(rel) >= 3 else "all"
+        name = f"{first.parent} (series {uid[-24:]}, {len(group)} slices)"
+
+        def load_series(group=group) -> list[np.ndarray]:
+            vol, spacing, unit = read_dicom_series(group, d.window)
+            return [prepare_volume(vol, spacing, pre, size, already_unit=unit)]
+        out.append(Entry(name, label, load_series, stamp=";".join(_stamp(p) for p in group), ready=True))
+    return out
 
 
 # ------------------------------------------------------------------ samples shipped by packages
@@ -296,7 +338,8 @@ def _cache_key(cfg: Config, listing: list[str]) -> str:
                          "size": d.image_size, "max": d.max_images, "skip": d.skip_bad,
                          "csv": d.labels_csv, "window": d.window, "slices": d.slice_range,
                          "fg": d.min_foreground, "mm": [d.medmnist_flag, d.medmnist_split, d.medmnist_size],
-                         "seed": cfg.run.seed, "pre": cfg.to_dict()["preprocess"]}, sort_keys=True).encode())
+                         "seed": cfg.run.seed, "pre": cfg.to_dict()["preprocess"],
+                         **({"dims": d.dims} if d.dims != 2 else {})}, sort_keys=True).encode())
     if d.labels_csv and Path(d.labels_csv).is_file():
         h.update(Path(d.labels_csv).read_bytes())
     for line in listing:
@@ -378,6 +421,10 @@ def load_source(cfg: Config, progress: Callable[[int, int], None] | None = None)
                 for a in arrays:
                     shape = "x".join(map(str, a.shape))
                     raw_sizes[shape] = raw_sizes.get(shape, 0) + 1
+                    if e.ready:  # a volume, prepared by its reader
+                        prepared.append(a)
+                        labs.append(index[e.label])
+                        continue
                     if out_ch is None:
                         out_ch, first_file = _decide_channels(cfg, a, e.file), e.file
                     elif cfg.preprocess.channels == "auto" and channels_of(_drop_alpha(a)) != out_ch:

@@ -290,7 +290,9 @@ def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None
     gen = torch_generator(cfg.run.seed, "train", r, c.id)
     if fails(cfg, r, c.id):  # dies halfway through: its work and state changes are lost
         model.train(c.data, max(1, steps // 2), cfg.train.batch_size, gen, on_step=on_step, hooks=hooks)
-        return ClientResult(c.id, None, [{**base, "metric": "dropped", "value": 1}], {**base, "dropped": True})
+        why = "simulated drop-out (faults.dropout-schedule / faults.dropout)"
+        return ClientResult(c.id, None, [{**base, "metric": "dropped", "value": 1, "reason": why}],
+                            {**base, "dropped": True})
     dp = None
     if cfg.privacy.dp_sgd:
         from ..privacy.dp import DPSGD

@@ -39,11 +39,12 @@ from ..updates import State
 from ..utils import numpy_rng, torch_generator
 from .client import (ClientResult, ClientState, SiteWorkspaces, client_round, local_steps, setup_strategy,
                      workload_notes)
-from .evaluation import Evaluator, sites_summary, site_statistics
+from .evaluation import Evaluator, holdout_statistics, sites_summary, site_statistics
 from .server import ServerState, build_server_trainer, server_round
 from .strategies import strategy_from_config
 
 Record = dict[str, Any]
+PLOT_EVERY = 5  # fd.png is redrawn every this many rounds and at the last (a plot costs ~0.5 s of CPU)
 
 
 class StopRun(Exception):
@@ -96,6 +97,7 @@ class MemorySink:
 
     def log_timing(self, records: list[Record]) -> None: ...
     def save_checkpoint(self, round_: int, obj: dict[str, Any], keep: int) -> None: ...
+    def save_best(self, round_: int, obj: dict[str, Any]) -> None: ...
     def save_grid(self, round_: int, images: torch.Tensor, nrow: int) -> None: ...
     def save_image_grid(self, name: str, images: torch.Tensor, nrow: int) -> None: ...
     def plot(self, title: str) -> None: ...
@@ -115,6 +117,14 @@ class RunResult:
 def eval_rounds(rounds: int, every: int) -> set[int]:
     """Round 0 (before training), every ``every`` rounds, and always the last round."""
     out = {0, rounds}
+    if every > 0:
+        out.update(range(every, rounds + 1, every))
+    return out
+
+
+def local_eval_rounds(rounds: int, every: int) -> set[int]:
+    """The rounds whose sites score their own local models: every ``every``-th and the last."""
+    out = {rounds}
     if every > 0:
         out.update(range(every, rounds + 1, every))
     return out
@@ -252,6 +262,8 @@ class Federation:
         if self.server_trainer is not None:
             self.server.own = {k: init[k].clone() for k in self.local_keys}
         self.start_round = 1
+        self.best: dict[str, Any] | None = None  # the best round by the held-out selection score
+        self.notes: list[str] = []  # shown once as the run starts (e.g. held-out evaluation turned off)
         self.sink: Any = MemorySink()
         self.description: tuple[str, dict[str, Any]] | None = None  # (file, contents) describing the clients
         self.data_info: dict[str, Any] = {}
@@ -264,7 +276,7 @@ class Federation:
         return to_device({"format": CHECKPOINT_FORMAT, "round": r, "config": self.cfg.to_dict(),
                           "model": {**self.model.describe(), "class_names": self.class_names},
                           "global": self.server.global_state, "ema": self.server.ema_state,
-                          "strategy": self.strategy.state_dict(), **self.server.training_state(),
+                          "strategy": self.strategy.state_dict(), "best": self.best, **self.server.training_state(),
                           **self.pool.state_dict()}, "cpu")
 
     def restore(self, ck: dict[str, Any]) -> None:
@@ -278,6 +290,7 @@ class Federation:
         self.strategy.load_state_dict(ck.get("strategy", {}))
         self.pool.load_state_dict(ck)
         self.start_round = ck["round"] + 1
+        self.best = ck.get("best")
 
     # ------------------------------------------------------------------ the run
     def run(self, sink: Any = None) -> RunResult:
@@ -289,12 +302,15 @@ class Federation:
         t_start = time.perf_counter()
         rounds = cfg.fed.rounds
         to_eval = eval_rounds(rounds, cfg.eval.every) if ev is not None else set()
+        local_eval = local_eval_rounds(rounds, cfg.eval.local_every)
         title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} client(s)"
         if self.start_round == 1 and ev is not None:  # real images beside the sample grids, once
             real = self.pool.real_grid()
             if real is not None:
                 self.sink.save_image_grid("real", real, nrow=self._grid_nrow())
         if self.start_round == 1:  # before the header: the notes are not a round's
+            for text in self.notes:
+                self.reporter.warning(text)
             for text in workload_notes(cfg, self.strategy, {i: self.pool.num_images(i) for i in self.pool.ids}):
                 self.reporter.warning(text)
         self.reporter.run_start(self.plan(to_eval))
@@ -307,7 +323,7 @@ class Federation:
             t0 = time.perf_counter()
             ids = round_clients(cfg, self.strategy, self.pool.ids, r)
             self.reporter.round_start(r, ids, sum(self.pool.steps(i) for i in ids))
-            results, recs = self.pool.train(r, ids, self.server.global_state, r in to_eval)
+            results, recs = self.pool.train(r, ids, self.server.global_state, r in to_eval and r in local_eval)
             for res in results:
                 recs += res.records
                 if res.update is None:
@@ -355,6 +371,15 @@ class Federation:
                                      and len(self.pool.ids) > 1),
                        eval_rounds=frozenset(to_eval))
 
+    def _select(self, r: int, recs: list[Record]) -> bool:
+        """Whether round ``r`` is the best so far by its held-out *selection* score (the half of
+        the held-out images that is never reported); ties keep the earlier round."""
+        sel = [x["value"] for x in recs if x["metric"] == "selection-score" and x["client"] == "global"]
+        if not sel or not math.isfinite(sel[0]) or (self.best is not None and sel[0] >= self.best["value"]):
+            return False
+        self.best = {"round": r, "value": float(sel[0]), "score": "selection-score"}
+        return True
+
     def _end_round(self, r: int, recs: list[Record], timings: list[Record], server: Record, t0: float,
                    to_eval: set[int], title: str) -> None:
         """Records, sample grid, plot, timings and checkpoint of round ``r``, each written
@@ -370,12 +395,17 @@ class Federation:
                 extremes = self.pool.realism_extremes()
                 if extremes is not None:
                     self.sink.save_image_grid("realism", extremes, nrow=len(extremes) // 2)
-            self.sink.plot(title)
+            if r % PLOT_EVERY == 0 or r == self.cfg.fed.rounds:  # fd.png: redrawn every few rounds, not every one
+                self.sink.plot(title)
             server["eval_s"] = server.get("eval_s", 0.0) + time.perf_counter() - t
         server = {"round": r, "client": "server", **server, "wall_s": time.perf_counter() - t0}
         self.sink.log_timing(timings + [server])
         if r > 0:
-            self.sink.save_checkpoint(r, self.checkpoint(r), self.cfg.run.keep_checkpoints)
+            better = self._select(r, recs)
+            ck = self.checkpoint(r)
+            self.sink.save_checkpoint(r, ck, self.cfg.run.keep_checkpoints)
+            if better:
+                self.sink.save_best(r, ck)
         self.reporter.round_end(r, recs, server)
 
 
@@ -566,7 +596,7 @@ class InProcessClients(ClientPool):
                     used[cid].add(k)
                     return d.batch(np.array([k]))
             first = self.first
-            return torch.full((1, first.channels, first.size, first.size), -1.0)
+            return torch.full((1, *first.images.shape[1:]), -1.0)
 
         if self.fed.server.released is None:  # one block of rows per client's own model
             tiles = [pick([cid], label) for cid in sites for label in labels]
@@ -590,9 +620,11 @@ class InProcessClients(ClientPool):
 
 
 def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporter | None = None,
-                     client_ids: Sequence[str] | None = None) -> Federation:
+                     client_ids: Sequence[str] | None = None,
+                     holdout: dict[str, tuple[ImageSet, ImageSet]] | None = None) -> Federation:
     """A :class:`Federation` of in-process clients: model, evaluator (real statistics computed
-    per client, cached) and strategy as the configuration says."""
+    per client, cached) and strategy as the configuration says. ``holdout``: each site's
+    held-out ``(select, test)`` images by site id (:func:`fedsynth.fed.evaluation.holdout_for`)."""
     if cfg.fed.secure_aggregation:
         raise UserError("config key 'fed.secure-aggregation' = true needs the Flower deployment (fedsynth deploy "
                         "run): in one process the server trains every client itself, so no update is hidden from "
@@ -605,11 +637,18 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
     if cfg.eval.enabled:
         reporter = reporter or Reporter()
         reporter.busy(f"loading the feature network ({cfg.eval.feature_extractor})")
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights).to(model.device)
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights, dims=cfg.data.dims,
+                                    slices=cfg.eval.volume_slices).to(model.device)
         if cfg.train.channels_last:
             extractor = extractor.to(memory_format=torch.channels_last)
         real, counts = pool.statistics(extractor, cfg, pool.num_classes(), reporter)
-        evaluator = Evaluator(cfg.eval, extractor, real, counts, model, cfg.run.seed)
+        held = None
+        if holdout:
+            reporter.busy("held-out statistics")
+            ids = list(client_ids) if client_ids is not None else [str(k) for k in range(len(client_data))]
+            held = {cid: holdout_statistics(train, *holdout[cid], extractor, cfg.eval, cfg.run.seed)
+                    for cid, train in zip(ids, client_data)}
+        evaluator = Evaluator(cfg.eval, extractor, real, counts, model, cfg.run.seed, held)
     return Federation(cfg, model, pool, evaluator, reporter, class_names=first.class_names)
 
 
@@ -617,8 +656,9 @@ class FederatedRun:
     """The in-process engine as one object: ``FederatedRun(cfg, client_data).run(run_dir)``."""
 
     def __init__(self, cfg: Config, client_data: list[ImageSet], reporter: Reporter | None = None,
-                 client_ids: Sequence[str] | None = None):
-        self.fed = build_in_process(cfg, client_data, reporter, client_ids)
+                 client_ids: Sequence[str] | None = None,
+                 holdout: dict[str, tuple[ImageSet, ImageSet]] | None = None):
+        self.fed = build_in_process(cfg, client_data, reporter, client_ids, holdout)
         self.cfg = cfg
 
     @property
@@ -664,7 +704,8 @@ class FederatedRun:
     @property
     def extractor(self):
         return self.fed.evaluator.extractor if self.fed.evaluator else build_extractor(
-            self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights)
+            self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights, dims=self.cfg.data.dims,
+            slices=self.cfg.eval.volume_slices)
 
     @property
     def clients(self) -> dict[str, ClientState]:

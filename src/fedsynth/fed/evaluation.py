@@ -24,6 +24,7 @@ import torch
 from ..config import EvalConfig, UserError
 from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, kernel_inception_distance
+from ..metrics.planes import plane_blocks
 from ..metrics.realism import RealismReference, realism_summary
 from ..metrics.stats import frechet_distance, sqrtm_psd
 from ..updates import State
@@ -63,6 +64,69 @@ def check_enough_images(cfg, parts: list[ImageSet]) -> None:
         raise UserError(msg)
 
 
+
+
+HOLDOUT_MIN = 10  # held-out images a site needs for held-out evaluation (half select the best round, half report)
+HOLDOUT_SPLITS = ("select", "test", "matched")  # matched: training images, as many as the test half
+
+
+def split_holdout(data: ImageSet, share: float, seed: int, site: str) -> tuple[ImageSet, ImageSet, ImageSet]:
+    """``(train, select, test)``: a seeded ``share`` of a site's images kept out of training,
+    halved into the images that select the best round and the images the run reports on. The
+    draw depends only on the run seed, the site and its images, so a node splits exactly as the
+    in-process engine does."""
+    n = len(data)
+    k = int(round(share * n))
+    perm = numpy_rng(seed, "holdout", site).permutation(n)
+    held, train = perm[:k], np.sort(perm[k:])
+    return (data.subset(train, data.name), data.subset(np.sort(held[: k // 2]), f"{data.name}-select"),
+            data.subset(np.sort(held[k // 2:]), f"{data.name}-test"))
+
+
+def holdout_check(share: float, sizes: dict[str, int]) -> str | None:
+    """None when every site can keep ``share`` of its images out of training (at least
+    ``HOLDOUT_MIN``), else the notice that held-out evaluation is off. A share that leaves a site
+    without a training image is an error."""
+    if share <= 0:
+        return None
+    for cid, n in sizes.items():
+        if n - int(round(share * n)) < 1:
+            raise UserError(f"config key 'eval.holdout' = {share} leaves site {cid} ({n} image{'s' if n != 1 else ''}) "
+                            f"without a training image; lower it, or set eval.holdout = 0 to evaluate against the "
+                            f"training images")
+    small = [(cid, n) for cid, n in sizes.items() if int(round(share * n)) < HOLDOUT_MIN]
+    if small:
+        cid, n = small[0]
+        return (f"held-out evaluation off: site {cid} has {n} image{'s' if n != 1 else ''}, so eval.holdout = {share} "
+                f"would keep {int(round(share * n))} out of training (at least {HOLDOUT_MIN} needed); distances are "
+                f"measured against the training images, no best round is selected")
+    return ""
+
+
+def holdout_statistics(train: ImageSet, select: ImageSet, test: ImageSet, extractor: FeatureExtractor,
+                       cfg: EvalConfig, seed: int) -> dict[str, RealStats]:
+    """A site's held-out statistics, computed where its images are: the selection half, the
+    test half, and as many of its training images as the test half (``matched``: the same
+    sample size, so the train-vs-held-out gap is not a sample-size effect)."""
+    return {"select": real_statistics(select, extractor, cfg.max_real, seed),
+            "test": real_statistics(test, extractor, cfg.max_real, seed),
+            "matched": real_statistics(train, extractor, len(test), seed)}
+
+
+def holdout_for(cfg, parts: list[ImageSet]) -> tuple[list[ImageSet], dict[str, tuple[ImageSet, ImageSet]] | None, str]:
+    """The sites' training images, their held-out ``(select, test)`` images by site id (None when
+    held-out evaluation is off) and the notice to show when it was turned off for small sites."""
+    if not cfg.eval.enabled or cfg.eval.holdout <= 0:
+        return parts, None, ""
+    notice = holdout_check(cfg.eval.holdout, {str(k): len(p) for k, p in enumerate(parts)})
+    if notice:
+        return parts, None, notice
+    train, held = [], {}
+    for k, p in enumerate(parts):
+        t, sel, test = split_holdout(p, cfg.eval.holdout, cfg.run.seed, str(k))
+        train.append(t)
+        held[str(k)] = (sel, test)
+    return train, held, ""
 
 
 @dataclass
@@ -124,7 +188,8 @@ class Evaluator:
     """
 
     def __init__(self, cfg: EvalConfig, extractor: FeatureExtractor, real: dict[str, RealStats],
-                 class_counts: dict[str, np.ndarray], model: Any, seed: int):
+                 class_counts: dict[str, np.ndarray], model: Any, seed: int,
+                 holdout: dict[str, dict[str, RealStats]] | None = None):
         self.cfg, self.extractor, self.seed, self.model = cfg, extractor, seed, model
         self._last: tuple[np.ndarray, Any] | None = None  # the last generated features' moments
         self.conditional = model.conditional
@@ -137,6 +202,16 @@ class Evaluator:
             merged = r.stats if merged is None else merged.merge(r.stats)
         kid = [r.kid_features for r in self.real.values()]
         self.union = RealStats(merged, None if any(f is None for f in kid) else np.concatenate(kid))
+        # held-out images: per split ("select", "test", "matched") the exact merge of the sites' moments
+        self.holdout: dict[str, FeatureStats] | None = None
+        if holdout:
+            self.holdout = {}
+            for split in HOLDOUT_SPLITS:
+                m = None
+                for cid in sorted(holdout):
+                    st = holdout[cid][split].stats
+                    m = st if m is None else m.merge(st)
+                self.holdout[split] = m
         # fixed latents: the same noise every round, so curves move only with the model
         self.z_eval = model.latents(cfg.num_samples, torch_generator(seed, "eval-latents"))
         self.z_grid = model.latents(cfg.grid_size, torch_generator(seed, "grid-latents"))
@@ -190,21 +265,26 @@ class Evaluator:
         """Records for the model ``state`` (named ``who``) against client ``against`` (None: union)."""
         return self.score(self.fake_features(state, against), round_, who, against)
 
-    def _moments(self, fake: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Mean, covariance and covariance square root of generated features; one set scored
+    def _moments(self, fake: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
+        """Mean, covariance and covariance square root of generated features, one triple per plane
+        block (:func:`fedsynth.metrics.planes.plane_blocks`; images: one block); one set scored
         against several targets (the union, each site) computes them once."""
         if self._last is not None and self._last[0] is fake:
             return self._last[1]
         st = FeatureStats.of(fake)
-        mu, cov = st.mean, st.cov
-        out = (mu, cov, sqrtm_psd(cov) if np.isfinite(mu).all() and np.isfinite(cov).all() else None)
+        out = []
+        for _, cols in plane_blocks(self.extractor):
+            mu, cov = st.mean[cols], st.cov[cols, cols]
+            out.append((mu, cov, sqrtm_psd(cov) if np.isfinite(mu).all() and np.isfinite(cov).all() else None))
         self._last = (fake, out)
         return out
 
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
-        mu, cov, root = self._moments(fake)
-        fd = frechet_distance(mu, cov, real.stats.mean, real.stats.cov, sqrt_sigma1=root)
+        blocks = plane_blocks(self.extractor)
+        real_mu, real_cov = real.stats.mean, real.stats.cov
+        fds = [frechet_distance(mu, cov, real_mu[cols], real_cov[cols, cols], sqrt_sigma1=root)
+               for (mu, cov, root), (_, cols) in zip(self._moments(fake), blocks)]
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
@@ -212,15 +292,46 @@ class Evaluator:
         if precision != "fp32":  # provenance of a cheaper precision (fp32, the reference, is implied)
             base["precision"] = precision
         base.update(self.model.provenance())  # how the samples were made (diffusion: sampler, steps)
-        recs = [{**base, "metric": self.extractor.metric, "value": fd}]
+        kids = []
         if real.kid_features is not None:
-            kid, kid_std = kernel_inception_distance(
-                real.kid_features, fake, self.cfg.kid_subsets, self.cfg.kid_subset_size,
-                seed=derive_seed(self.seed, "kid", round_, who))
-            recs.append({**base, "metric": self.extractor.kid_metric, "value": kid, "std": kid_std})
+            kids = [kernel_inception_distance(real.kid_features[:, cols], fake[:, cols], self.cfg.kid_subsets,
+                                              self.cfg.kid_subset_size, seed=derive_seed(self.seed, "kid", round_, who))
+                    for _, cols in blocks]
+        recs = []
+        if blocks[0][0] is not None:  # volumes: each plane's distances, then their mean as the headline
+            for k, (plane, _) in enumerate(blocks):
+                recs.append({**base, "plane": plane, "metric": f"{self.extractor.metric}-plane-{plane}", "value": fds[k]})
+                if kids:
+                    recs.append({**base, "plane": plane, "metric": f"{self.extractor.kid_metric}-plane-{plane}",
+                                 "value": kids[k][0], "std": kids[k][1]})
+            base = {**base, "plane": "mean"}
+        recs.append({**base, "metric": self.extractor.metric, "value": float(np.mean(fds))})
+        if kids:
+            recs.append({**base, "metric": self.extractor.kid_metric, "value": float(np.mean([v for v, _ in kids])),
+                         "std": float(np.mean([sd for _, sd in kids]))})
         if who == "global" and against is None:
             recs += self.realism(fake, round_, base)
+            if self.holdout is not None:
+                recs += self.held_out(self._moments(fake), blocks, base)
         return recs
+
+    def held_out(self, moments: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], blocks: list,
+                 base: dict[str, Any]) -> list[dict[str, Any]]:
+        """The released model against the held-out images: the reported distance (test half,
+        ``real = "holdout"``), the score that selects the best round (other half,
+        ``selection-score``, never reported as the model's quality), and the memorisation gap: the
+        test-half distance minus the distance to as many training images."""
+        def distance(st: FeatureStats) -> float:  # the mean over plane blocks (images: one), as the headline
+            return float(np.mean([frechet_distance(mu, cov, st.mean[cols], st.cov[cols, cols], sqrt_sigma1=root)
+                                  for (mu, cov, root), (_, cols) in zip(moments, blocks)]))
+        fd = {split: distance(st) for split, st in self.holdout.items()}
+        n = {split: st.n for split, st in self.holdout.items()}
+        metric = self.extractor.metric
+        return [{**base, "real": "holdout", "num_real": n["test"], "metric": metric, "value": fd["test"]},
+                {**base, "real": "holdout-select", "num_real": n["select"], "metric": "selection-score",
+                 "value": fd["select"], "score": metric},
+                {**base, "real": "holdout", "num_real": n["test"], "metric": "memorisation-gap",
+                 "value": fd["test"] - fd["matched"], "score": metric}]
 
     def realism(self, fake: np.ndarray, round_: int, base: dict[str, Any]) -> list[dict[str, Any]]:
         """Summary records of the per-sample realism score (Kynkaanniemi et al. 2019) of the global

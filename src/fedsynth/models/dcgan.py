@@ -1,5 +1,6 @@
 """DCGAN generator and discriminator (Radford, Metz & Chintala 2016, arXiv:1511.06434),
-with the options that matter for federated GANs.
+with the options that matter for federated GANs; ``dims = 3`` builds the volumetric DCGAN (the
+same layers with 3-D convolutions, as in Wu et al. 2016's 3D-GAN) for ``data.dims = 3``.
 
 One definition covers every power-of-two size from 16 to 256 px: the generator starts from a
 4x4 map and doubles until it reaches ``image_size``; the discriminator mirrors it. At 64 px with
@@ -34,9 +35,20 @@ def _num_ups(image_size: int) -> int:
     return n
 
 
-def _norm(kind: str, ch: int) -> nn.Module:
+# the layer classes of 2-D images and of 3-D volumes (data.dims = 3: the volumetric DCGAN, the
+# same network with 3-D convolutions, 4x4x4 kernels and a 4x4x4 first map)
+_LAYERS = {2: (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d), 3: (nn.Conv3d, nn.ConvTranspose3d, nn.BatchNorm3d)}
+
+
+def _layers(dims: int) -> tuple[type, type, type]:
+    if dims not in _LAYERS:
+        raise ValueError(f"dims must be 2 (images) or 3 (volumes), got {dims}")
+    return _LAYERS[dims]
+
+
+def _norm(kind: str, ch: int, dims: int = 2) -> nn.Module:
     if kind == "batch":
-        return nn.BatchNorm2d(ch)
+        return _layers(dims)[2](ch)
     if kind == "group":
         return nn.GroupNorm(min(32, max(1, ch // 4)), ch)
     if kind == "none":
@@ -70,28 +82,30 @@ class LatentConditioning:
 
 
 class Generator(LatentConditioning, nn.Module):
-    """``z (B, nz)`` [+ labels ``(B,)``] -> image ``(B, nc, S, S)`` in ``[-1, 1]``."""
+    """``z (B, nz)`` [+ labels ``(B,)``] -> image ``(B, nc, S, S)`` in ``[-1, 1]`` (``dims = 3``:
+    volume ``(B, nc, S, S, S)``)."""
 
     def __init__(self, image_size: int = 64, nc: int = 1, nz: int = 100, ngf: int = 64,
-                 norm: str = "batch", num_classes: int = 0, conditional: str = "none"):
+                 norm: str = "batch", num_classes: int = 0, conditional: str = "none", dims: int = 2):
         super().__init__()
-        self.image_size, self.nc = image_size, nc
+        self.image_size, self.nc, self.dims = image_size, nc, dims
+        _, Up, _ = _layers(dims)
         zin = self._conditioning(nz, num_classes, conditional)
         n = _num_ups(image_size)
         ch = ngf * 2 ** (n - 1)
         layers: list[nn.Module] = [
-            nn.ConvTranspose2d(zin, ch, 4, 1, 0, bias=False),     # (B, ch, 4, 4)
-            _norm(norm, ch), nn.ReLU(True),
+            Up(zin, ch, 4, 1, 0, bias=False),                      # (B, ch, 4, 4[, 4])
+            _norm(norm, ch, dims), nn.ReLU(True),
         ]
-        for _ in range(n - 1):                                     # doubles H, W; halves ch
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
-                       _norm(norm, ch // 2), nn.ReLU(True)]
+        for _ in range(n - 1):                                     # doubles each side; halves ch
+            layers += [Up(ch, ch // 2, 4, 2, 1, bias=False),
+                       _norm(norm, ch // 2, dims), nn.ReLU(True)]
             ch //= 2
-        layers += [nn.ConvTranspose2d(ch, nc, 4, 2, 1, bias=False), nn.Tanh()]  # (B, nc, S, S)
+        layers += [Up(ch, nc, 4, 2, 1, bias=False), nn.Tanh()]    # (B, nc, S, S[, S])
         self.net = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        return self.net(self.condition(z, y).view(z.shape[0], -1, 1, 1))
+        return self.net(self.condition(z, y).view(z.shape[0], -1, *(1,) * self.dims))
 
     def folded(self) -> "Generator":
         """A copy for inference with every BatchNorm folded into the transposed convolution
@@ -103,9 +117,9 @@ class Generator(LatentConditioning, nn.Module):
         fused: list[nn.Module] = []
         while i < len(layers):
             conv, bn = layers[i], layers[i + 1] if i + 1 < len(layers) else None
-            if isinstance(conv, nn.ConvTranspose2d) and isinstance(bn, nn.BatchNorm2d):
+            if isinstance(conv, (nn.ConvTranspose2d, nn.ConvTranspose3d)) and isinstance(bn, (nn.BatchNorm2d, nn.BatchNorm3d)):
                 f = fuse_conv_bn_eval(conv, bn, transpose=True)
-                if conv.weight.is_contiguous(memory_format=torch.channels_last):
+                if conv.weight.ndim == 4 and conv.weight.is_contiguous(memory_format=torch.channels_last):
                     f = f.to(memory_format=torch.channels_last)
                 fused.append(f)
                 i += 2
@@ -146,28 +160,30 @@ class ColumnConvTranspose2d(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Image ``(B, nc, S, S)`` [+ labels] -> logit ``(B,)``; with an ACGAN head also class
-    logits ``(B, K)``. No sigmoid: the loss owns it."""
+    """Image ``(B, nc, S, S)`` (``dims = 3``: volume ``(B, nc, S, S, S)``) [+ labels] -> logit
+    ``(B,)``; with an ACGAN head also class logits ``(B, K)``. No sigmoid: the loss owns it."""
 
     def __init__(self, image_size: int = 64, nc: int = 1, ndf: int = 64, norm: str = "batch",
-                 spectral_norm: bool = False, num_classes: int = 0, conditional: str = "none"):
+                 spectral_norm: bool = False, num_classes: int = 0, conditional: str = "none", dims: int = 2):
         super().__init__()
         sn = nn.utils.parametrizations.spectral_norm if spectral_norm else (lambda m: m)
+        Conv = _layers(dims)[0]
+        self.dims = dims
         n = _num_ups(image_size)
         ch = ndf
-        layers: list[nn.Module] = [sn(nn.Conv2d(nc, ch, 4, 2, 1, bias=False)),
+        layers: list[nn.Module] = [sn(Conv(nc, ch, 4, 2, 1, bias=False)),
                                    nn.LeakyReLU(0.2, True)]        # no norm on the input layer
         for _ in range(n - 1):
-            layers += [sn(nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False)),
-                       _norm(norm, ch * 2), nn.LeakyReLU(0.2, True)]
+            layers += [sn(Conv(ch, ch * 2, 4, 2, 1, bias=False)),
+                       _norm(norm, ch * 2, dims), nn.LeakyReLU(0.2, True)]
             ch *= 2
-        self.features = nn.Sequential(*layers)                     # (B, ch, 4, 4)
-        self.head = sn(nn.Conv2d(ch, 1, 4, 1, 0, bias=False))      # (B, 1, 1, 1)
+        self.features = nn.Sequential(*layers)                     # (B, ch, 4, 4[, 4])
+        self.head = sn(Conv(ch, 1, 4, 1, 0, bias=False))           # (B, 1, 1, 1[, 1])
         self.conditional = conditional
         if conditional == "projection":
             self.embed = sn(nn.Embedding(num_classes, ch))
         elif conditional == "acgan":
-            self.aux = nn.Linear(ch * 16, num_classes)
+            self.aux = nn.Linear(ch * 4 ** dims, num_classes)
         elif conditional != "none":
             raise ValueError(f"unknown discriminator conditioning {conditional!r}")
 
@@ -176,7 +192,7 @@ class Discriminator(nn.Module):
         logit = self.head(h).view(-1)
         if self.conditional == "projection":
             # mean pooling keeps the projection term on the scale of the head's logit
-            logit = logit + (self.embed(y) * h.mean(dim=(2, 3))).sum(dim=1)
+            logit = logit + (self.embed(y) * h.flatten(2).mean(dim=2)).sum(dim=1)
         elif self.conditional == "acgan":
             return logit, self.aux(h.flatten(1))
         return logit
@@ -185,10 +201,10 @@ class Discriminator(nn.Module):
 def dcgan_init_(module: nn.Module) -> None:
     """Weights from N(0, 0.02); norm scale from N(1, 0.02), shift 0 (paper, section 4)."""
     for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Conv3d, nn.ConvTranspose3d)):
             w = m.parametrizations.weight.original if hasattr(m, "parametrizations") else m.weight
             nn.init.normal_(w, 0.0, 0.02)
-        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)):
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
         elif isinstance(m, Discriminator) and m.conditional == "projection":

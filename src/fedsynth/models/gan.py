@@ -46,6 +46,7 @@ class ModelSpec:
     d_arch: str = "dcgan"          # "dcgan" | a name in fedsynth.models.backbones.BACKBONES
     d_pretrained: bool = False     # the backbone started from ImageNet weights
     g_dropout: float = 0.25        # upsample-cnn: dropout after each block
+    dims: int = 2                  # 3: the volumetric DCGAN (data.dims = 3), volumes (C, S, S, S)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,11 +78,13 @@ def build_gan(arch: str | ModelSpec, image_size: int = 64, channels: int = 1, nz
     spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch, image_size, channels, nz, ngf, ndf)
     if spec.arch != "dcgan":
         raise ValueError(f"unknown architecture {spec.arch!r}")
+    if spec.dims != 2 and (spec.g_arch != "dcgan" or spec.d_arch != "dcgan"):
+        raise ValueError("volumes (dims = 3) need the DCGAN generator and discriminator")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.g_arch == "dcgan":
             G = Generator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
-                          spec.num_classes, spec.g_conditioning)
+                          spec.num_classes, spec.g_conditioning, dims=spec.dims)
         elif spec.g_arch == "upsample-cnn":
             G = UpsampleGenerator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
                                   spec.num_classes, spec.g_conditioning, spec.g_dropout)
@@ -89,7 +92,7 @@ def build_gan(arch: str | ModelSpec, image_size: int = 64, channels: int = 1, nz
             raise ValueError(f"unknown generator architecture {spec.g_arch!r}")
         if spec.d_arch == "dcgan":
             D = Discriminator(spec.image_size, spec.channels, spec.ndf, spec.d_norm, spec.spectral_norm,
-                              spec.num_classes, spec.d_conditioning)
+                              spec.num_classes, spec.d_conditioning, dims=spec.dims)
         else:
             backbone = build_backbone(spec.d_arch, spec.channels, spec.image_size,
                                       pretrained=spec.d_pretrained and pretrained)
@@ -145,8 +148,9 @@ class GANModel(GenerativeModel):
         self.precision = resolve_precision(t.precision, self.device)
         loss = build_loss(t.loss, t.n_critic, t.gp_lambda, t.diffaugment, t.aux_weight)
         # the networks are built and initialised on the CPU (the same weights on every device), then moved
+        # channels-last is a 4-D (image) layout: volumes keep the default one
         self.trainer = LocalTrainer(build_gan(spec, seed=seed, pretrained=pretrained), loss,
-                                    OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last,
+                                    OptimConfig(t.lr_g, t.lr_d, (t.beta1, t.beta2)), t.channels_last and spec.dims == 2,
                                     device=self.device, precision=self.precision)
         self.gan = self.trainer.gan
         self.num_classes = spec.num_classes
@@ -162,7 +166,7 @@ class GANModel(GenerativeModel):
         m = cfg.model
         spec = ModelSpec(m.arch, image_size, channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm, m.spectral_norm,
                          num_classes, m.conditional, m.d_conditioning, m.g_arch, m.d_arch, m.d_pretrained,
-                         m.g_dropout)
+                         m.g_dropout, dims=cfg.data.dims)
         return cls(spec, seed=derive_seed(cfg.run.seed, "init"), train=cfg.train,
                    device=resolve_device(cfg.run.device))
 

@@ -417,7 +417,7 @@ def _data_differs(runs: Sequence[Run]) -> str:
 
 
 def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str | Path | None = None,
-                  title: str = "", warn: Callable[[str], None] | None = None) -> Path:
+                  title: str = "", seeds_html: str = "", warn: Callable[[str], None] | None = None) -> Path:
     """Write ``out/compare.html`` (and ``compare.csv``, ``figures/*.png``); return the page's path.
 
     Parameters
@@ -429,6 +429,9 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     baseline : path, optional
         The run every ratio divides by; added in front if it is not among ``run_dirs``. Default:
         the first ``centralized`` run, else the first run.
+    seeds_html : str, optional
+        A section shown first: the settings compared over seeds (means, intervals, paired
+        ratios; written by ``fedsynth compare`` for folders of seeded runs).
     warn : callable, optional
         Gets each caveat the page shows above its tables (runs on different data, distances from
         different feature networks, different model families), e.g. to print it too.
@@ -488,6 +491,7 @@ so a ratio below 1 beats the baseline. <span class="note">Drawn per run: the glo
 sites' data); for runs without one (local), the mean of the hospitals' own models on the union; losses and other
 per-client numbers: the mean over clients.</span></p>
 {warn_html}
+{seeds_html}
 <h2>Runs</h2><div class="wide">{_runs_table(runs, base)}</div>
 <h2>Final metrics</h2><p class="note">Each run's last evaluated round (hover a cell for it); under each metric, the
 feature network that measured it; in brackets the ratio to the baseline, missing where the baseline has no

@@ -184,6 +184,8 @@ def _summary(run: Path, cfg: dict[str, Any], part: dict[str, Any], nodes: dict[s
 def _row_name(who: str, real: str) -> tuple[str, str]:
     """(model, scored on) in words, for a record's ``client`` and ``real``."""
     data = "all sites (union)" if real in ("union", "global") else f"client {real}'s data"
+    if real == "holdout":
+        return "global model, held-out images", "each site's held-out images (never trained on)"
     if who == "global":
         return ("global model" if real in ("union", "global") else f"global on client {real}'s data"), data
     if who == "pooled":
@@ -237,7 +239,8 @@ def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str,
 
     def order(key: tuple[str, str]) -> tuple:
         who, real = key
-        return (who != "global", real not in ("union", "global"), who == real, len(who), who, len(real), real)
+        return (who != "global", real not in ("union", "global", "holdout"), real != "holdout", who == real, len(who),
+                who, len(real), real)
 
     head = (f"<tr><th>model</th><th class=opt>scored on</th><th>before training</th><th>round {last}</th>"
             f"<th>change</th>{'<th>÷ global</th>' if base else ''}<th>{esc(kid_metric)} round {last}</th></tr>")
@@ -278,7 +281,12 @@ def _global_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str
             vals = {r["round"]: r["value"] for r in records if r["metric"] == metric + suffix}
             if vals:
                 rows.append((f"{metric}, {label}", "lower is better", vals, digits))
-    for metric, label, how in (("realism-mean", "realism score, mean", "higher is more realistic"),
+    for metric, label, how in (("memorisation-gap", "memorisation gap: held-out minus training distance (as many "
+                                "images each)", "near 0: no sign of copying; clearly above 0: closer to its training "
+                                "images than to unseen ones"),
+                               ("selection-score", "selection score (the other half of the held-out images)",
+                                "lower is better; picks the best round, never reported as the model's quality"),
+                               ("realism-mean", "realism score, mean", "higher is more realistic"),
                                ("realism-median", "realism score, median", "higher is more realistic"),
                                ("realism-inside", "share of samples inside the real manifold (R ≥ 1)", "higher is better")):
         vals = {r["round"]: r["value"] for r in records if r["metric"] == metric and r.get("client") == "global"}
@@ -296,7 +304,22 @@ def _global_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str
             cells = f"<td>{_fmt(v0, digits)}</td><td>{_fmt(v1, digits)}</td>"
         out.append(f"<tr><td>{esc(label)}</td><td class='note opt'>{how}</td>{cells}<td>{_change(v0, v1)}</td></tr>")
     out.append("</table></div>")
+    best = best_round(records)
+    if best is not None:
+        out.append(f"<p class=note><b>Best round: {best}</b>, by the selection score on half of the held-out images "
+                   "(the distances reported against held-out images use the other half). It is kept as "
+                   "<code>checkpoints/best.pt</code> beside the newest rounds, and <code>generate</code>, "
+                   "<code>evaluate</code>, <code>utility</code> and <code>audit</code> use it unless given "
+                   "<code>--round last</code> or a round number.</p>")
     return "".join(out)
+
+
+def best_round(records: list[dict[str, Any]]) -> int | None:
+    """The best round by the held-out selection score (lowest; ties: the earlier), as the run
+    chose it for ``checkpoints/best.pt``; None where the run kept no held-out images."""
+    sel = [(r["value"], r["round"]) for r in records if r["metric"] == "selection-score"
+           and r.get("client") == "global" and r["round"] > 0]
+    return min(sel)[1] if sel else None
 
 
 # ---------------------------------------------------------------------------- curves
@@ -314,6 +337,8 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
     def label_of(name: str) -> str:
         if name == "global":
             return "global model (all sites)"
+        if name == "global on holdout":
+            return "global model (held-out images)"
         if name.startswith("global on "):
             return f"global on client {name[10:]}'s data"
         if name.endswith(" on union"):
@@ -323,10 +348,12 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         return f"client {name}"
 
     def panel(title: str, ylabel: str, series: dict[str, list[tuple[int, float]]], log: bool = False,
-              caption: str = "") -> None:
+              caption: str = "", mark: int | None = None) -> None:
         if not series:
             return
         fig, ax = plt.subplots(figsize=(6.2, 4.4), dpi=100)
+        if mark is not None:
+            ax.axvline(mark, color="tab:green", lw=1.2, ls=":", label=f"best round ({mark})")
         for name in sorted(series, key=lambda s: (s != "global", s)):
             pts = series[name]
             xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -361,13 +388,22 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
 
     if fd_metric:
         fd = fd_series(records, fd_metric)
-        drawn = {k: v for k, v in fd.items() if not k.startswith("global on")}
+        best = best_round(records)
+        drawn = {k: v for k, v in fd.items() if not k.startswith("global on") or k == "global on holdout"}
         dashed = (" (dashed: a client's own model against all sites)" if any(k.endswith(" on union") for k in drawn)
                   else "")
         panel(f"Fréchet distance ({fd_metric}) per model", f"{fd_metric} (log scale, lower is better)", drawn, log=True,
-              caption="Fréchet distance of each model against its data: the global model (black) against all sites, "
-                      f"each client's model against its own data{dashed}.")
-        site = {k: v for k, v in fd.items() if k.startswith("global")}
+              caption="Fréchet distance of each model against its data: the global model (black) against all sites' "
+                      "training images and against their held-out images (when the run kept some), each client's "
+                      f"model against its own data{dashed}."
+                      + (f" Dotted: the best round ({best}), chosen by the held-out selection score." if best else ""),
+              mark=best)
+        gap = fd_series(records, "memorisation-gap")
+        panel("Memorisation signal", "held-out minus training distance", gap,
+              caption="The global model's distance to held-out images minus its distance to as many training "
+                      "images, per round: a gap that grows clearly above 0 means the model is closer to the images "
+                      "it trained on than to unseen ones of the same sites.")
+        site = {k: v for k, v in fd.items() if k.startswith("global") and k != "global on holdout"}
         if len(site) > 1:
             panel("Fairness: the global model on each site's data", f"{fd_metric} (log scale, lower is better)",
                   site, log=True, caption="The released global model scored against each site's own images.")
@@ -693,6 +729,25 @@ dl.metrics dt{font-weight:600;margin-top:.7em}dl.metrics dd{margin:.15em 0 0 1.2
 details summary{cursor:pointer;font-weight:600;margin:.4em 0}"""
 
 
+def _trained_network_note(run: Path, fd_metric: str) -> str:
+    """The command that adds the trained network's score (fd-effnet) of the released model, where
+    the run was scored with another network (:func:`fedsynth.fed.rescore.trained_network_command`)."""
+    if fd_metric == "fd-effnet":
+        return ""
+    from ..config import load_config
+    from ..metrics.features import trained_network_command
+    try:
+        cmd = trained_network_command(load_config(str(run / "config.toml")), run)
+    except Exception:  # a report is written for any run directory, even one whose config no longer loads
+        return ""
+    if not cmd:
+        return ""
+    return (f"<p class=note>{esc(fd_metric)} uses a frozen random network: it ranks a run against itself over rounds, "
+            "not against published numbers. The released model's score in a trained network (fd-effnet, "
+            "EfficientNet-Lite0 ImageNet features; ~30 s of CPU per 1,000 samples, so not part of every run): "
+            f"<code>{esc(cmd)}</code></p>")
+
+
 def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
     """Write ``RUN_DIR/report.html`` and return its path.
 
@@ -721,6 +776,7 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
                     f"<span class=note>{caveat}</span></p>")
         results = ext_html + _few_real(records, fd_metric) + _final_table(records, fd_metric, kid_metric or "",
                                                                          family.maker) + _global_table(records, fd_metric, kid_metric or "")
+        results += _trained_network_note(run, fd_metric)
         glob = _by_round(records, fd_metric).get(("global", "union"), {})
         if glob:
             r1 = max(glob)

@@ -1,4 +1,4 @@
-"""Montages of real images: one row per class, labelled."""
+"""Montages of real images: one row per class, labelled; volumes as three orthogonal mid-slices."""
 
 from __future__ import annotations
 
@@ -11,13 +11,46 @@ from ..data import ImageSet
 from ..utils import atomic_write_bytes
 
 
+def orthogonal_slices(volumes, gap: int = 1):
+    """Volumes ``(B, C, D, H, W)`` -> one picture per volume ``(B, C, S, 3 S + 2 gap)``: its mid
+    axial (``xy``), coronal (``zx``) and sagittal (``yz``) slices side by side, ``gap`` pixels of
+    the background value apart. Works on torch tensors (grids in [-1, 1]) and NumPy arrays
+    (``uint8`` data); images ``(B, C, H, W)`` pass through unchanged."""
+    if volumes.ndim != 5:
+        return volumes
+    d, h, w = volumes.shape[2:]
+    axial = volumes[:, :, d // 2]                    # (B, C, H, W)
+    coronal = volumes[:, :, :, h // 2]               # (B, C, D, W): head at the top
+    sagittal = volumes[:, :, :, :, w // 2]           # (B, C, D, H)
+    side = max(d, h, w)
+    is_torch = not isinstance(volumes, np.ndarray)
+    low = -1.0 if is_torch and volumes.is_floating_point() else 0
+
+    def pad(x):
+        ph, pw = side - x.shape[2], side - x.shape[3]
+        if is_torch:
+            import torch.nn.functional as F
+            return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=low)
+        return np.pad(x, ((0, 0), (0, 0), (ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), constant_values=low)
+
+    parts = [pad(axial), pad(coronal), pad(sagittal)]
+    if is_torch:
+        import torch
+        sep = torch.full((*volumes.shape[:2], side, gap), low, dtype=volumes.dtype, device=volumes.device)
+        return torch.cat([parts[0], sep, parts[1], sep, parts[2]], dim=3)
+    sep = np.full((*volumes.shape[:2], side, gap), low, dtype=volumes.dtype)
+    return np.concatenate([parts[0], sep, parts[1], sep, parts[2]], axis=3)
+
+
 def save_class_montage(data: ImageSet, path: str | Path, per_class: int = 8) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = data.num_classes
-    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.0, rows * 1.08), dpi=100,
+    images = orthogonal_slices(data.images)          # volumes: three mid-slices each
+    wide = images.shape[3] / images.shape[2]
+    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.0 * wide, rows * 1.08), dpi=100,
                              squeeze=False)
     for c in range(rows):
         idx = np.flatnonzero(data.labels == c)[:per_class]
@@ -25,7 +58,7 @@ def save_class_montage(data: ImageSet, path: str | Path, per_class: int = 8) -> 
             ax = axes[c, j]
             ax.set_axis_off()
             if j < len(idx):
-                img = data.images[idx[j]].transpose(1, 2, 0)
+                img = images[idx[j]].transpose(1, 2, 0)
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
             if j == 0:
                 ax.set_title(data.class_names[c], fontsize=8, loc="left")

@@ -223,8 +223,12 @@ class RunDir:
         return self.save_image_grid(f"round-{round_:04d}", images, nrow)
 
     def save_image_grid(self, name: str, images: torch.Tensor, nrow: int) -> Path:
-        """``samples/NAME.png``: images in [-1, 1] as a grid of ``nrow`` per row, 1 px apart."""
+        """``samples/NAME.png``: images in [-1, 1] as a grid of ``nrow`` per row, 1 px apart; volumes
+        as their three orthogonal mid-slices side by side (half as many per row)."""
         from torchvision.utils import save_image
+        if images.ndim == 5:
+            from .montage import orthogonal_slices
+            images, nrow = orthogonal_slices(images), max(1, round(nrow / 2))
         buf = io.BytesIO()
         save_image(images, buf, format="png", nrow=nrow, normalize=True, value_range=(-1, 1), padding=1)
         p = self.path / "samples" / f"{name}.png"
@@ -245,6 +249,13 @@ class RunDir:
         old = sorted(d.glob("round-*.pt"))[:-keep]
         for q in old:
             q.unlink(missing_ok=True)
+        return p
+
+    def save_best(self, round_: int, obj: dict[str, Any]) -> Path:
+        """``checkpoints/best.pt``: the best round by the held-out selection score, kept beside
+        the newest rounds (written atomically; a later better round replaces it)."""
+        p = self.path / "checkpoints" / "best.pt"
+        atomic_torch_save(obj, p)
         return p
 
 

@@ -153,6 +153,8 @@ def describe(x: Record) -> str:
     if who == "server":  # the server's own training (fed.server-data)
         return "the server"
     if who == "global":
+        if real == "holdout":
+            return "global model on held-out images"
         return "global model on all sites" if real in (None, "union", "global") else f"global model on site {real}"
     if real is None:
         return f"site {who}"
@@ -166,7 +168,7 @@ def _site_key(cid: Any) -> tuple:
 
 def _detail_key(x: Record) -> tuple:
     who, real = str(x["client"]), x.get("real")
-    rank = (0 if real in (None, "union", "global") else 1) if who == "global" else (2 if real in (None, who) else 3)
+    rank = (0 if real in (None, "union", "global", "holdout") else 1) if who == "global" else (2 if real in (None, who) else 3)
     return (rank, _site_key(real if who == "global" else who))
 
 
@@ -445,6 +447,8 @@ def _row_name(series: str) -> str:
         return "global, worst site each round"
     if series.startswith("global sites "):
         return f"global, {series.rsplit(' ', 1)[-1]} over sites"
+    if series == "global on holdout":  # the sites' held-out images: never trained on
+        return "global, held-out images"
     if series.startswith("global on "):
         return f"global, site {series[len('global on '):]}"
     if series.endswith(" on union"):

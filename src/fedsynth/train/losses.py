@@ -94,7 +94,7 @@ class WGANGP(GANLoss):
         self.generator: torch.Generator | None = None   # set by the loop: seeds the interpolation
 
     def d_adv(self, lr, lf, D, real, fake, y_real, y_fake):
-        eps = torch.rand(real.shape[0], 1, 1, 1, generator=self.generator).to(real.device)  # drawn on the CPU
+        eps = torch.rand(real.shape[0], *(1,) * (real.ndim - 1), generator=self.generator).to(real.device)  # drawn on the CPU
         mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
         # the penalty differentiates D's gradient: fused attention kernels (timm's ViTs on the
         # CPU) have no second derivative, the math kernel has (same result, slower)

@@ -52,12 +52,13 @@ def _dispatch(kind: str, req: dict[str, Any]) -> dict[str, Any]:
 def _run(kind: str, config: dict[str, Any], arrays: dict[str, np.ndarray] | None,
          strategy: dict[str, np.ndarray] | None, context: Context) -> dict[str, Any]:
     """A plain request -> :func:`_dispatch`; the node's state kept in Flower's context."""
+    kept = context.state["fedsynth"] if "fedsynth" in context.state else None
     req: dict[str, Any] = {"config": config, "node_config": dict(context.node_config), "arrays": arrays,
-                           "strategy": strategy,
-                           "state": bytes(context.state["fedsynth"]["state"]) if "fedsynth" in context.state else None}
+                           "strategy": strategy, "state": bytes(kept["state"]) if kept is not None else None,
+                           "state-round": int(kept["round"]) if kept is not None and "round" in kept else None}
     res = _dispatch(kind, req)
     if res.get("state") is not None:
-        context.state["fedsynth"] = ConfigRecord({"state": res["state"]})
+        context.state["fedsynth"] = ConfigRecord({"state": res["state"], "round": int(config.get("round", 0))})
     return res
 
 
@@ -70,7 +71,7 @@ def _answer(kind: str, msg: Message, context: Context) -> Message:
         return from_record(content[name]) if name in content else None
     res = _run(kind, dict(content["config"]), arrays_of("arrays"), arrays_of("strategy"), context)
     out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
-    for name in ("arrays", "extra", "stats"):
+    for name in ("arrays", "extra", "stats", "holdout-select", "holdout-test", "holdout-matched"):
         if res.get(name) is not None:
             out[name] = to_record(res[name])
     if res.get("metrics") is not None:

@@ -22,6 +22,7 @@ import datetime as dt
 import ipaddress
 import os
 from pathlib import Path
+from typing import Any
 
 from ...config import UserError
 
@@ -272,14 +273,20 @@ class LocalFederation:
     nodes : ``[(data_path, client_id), ...]``, one SuperNode each; a third item, a dict, adds node
         config keys -- a site's own settings, e.g. ``{"model.ndf": 32}`` (docs/heterogeneous.md)
     certs : folder written by :func:`make_certs` (TLS + node authentication), or None: insecure
-    port : the SuperLink's port; SuperNodes use ``port + 100 + k``
+    port : the SuperLink's port; SuperNode ``k`` uses ``node_port + k`` (default ``port + 100 + k``)
     warm : start the SuperNodes as ``fedsynth deploy supernode`` does, with a warm worker each
+
+    Faults, for tests and benchmarks/soak.py: :meth:`restart_node` SIGKILLs one SuperNode (with its
+    worker and ClientApp processes: a crashed or rebooted hospital machine) and starts it again
+    with the same key and data; :meth:`restart_superlink` does the same to the SuperLink (and
+    the ServerApp it runs), keeping its database -- the registered nodes and their ids.
     """
 
     def __init__(self, workdir: str | Path, nodes: list[tuple], certs: str | Path | None = None,
                  port: int = 18000, env: dict[str, str] | None = None, log_dir: str | Path | None = None,
-                 warm: bool = True):
+                 warm: bool = True, node_port: int | None = None):
         self.workdir, self.nodes, self.port, self.warm = Path(workdir), nodes, port, warm
+        self.node_port = port + 100 if node_port is None else node_port
         self.certs = Path(certs) if certs is not None else None
         self.home = self.workdir / "flwr-home"
         self.log_dir = Path(log_dir) if log_dir is not None else None
@@ -288,6 +295,8 @@ class LocalFederation:
         self.env.pop("FEDSYNTH_NODE_WORKER", None)  # each warm SuperNode gets its own
         self.procs: list = []
         self.node_procs: list = []
+        self.by_node: dict[int, Any] = {}  # hospital k -> its SuperNode process
+        self.superlink: Any = None
 
     @property
     def address(self) -> str:
@@ -305,9 +314,10 @@ class LocalFederation:
         self.procs.append(p)
         return p
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, fresh: bool = True) -> None:
+        """Start the SuperLink; ``fresh``: with a new database (no nodes from an earlier federation)."""
         self.home.mkdir(parents=True, exist_ok=True)
-        for old in self.workdir.glob("state.db*"):  # a fresh federation: no nodes from an earlier one
+        for old in self.workdir.glob("state.db*") if fresh else ():
             old.unlink()
         tls = (f'root-certificates = "{self.certs / "ca.crt"}"\n' if self.certs else "insecure = true\n")
         (self.home / "config.toml").write_text(f'[superlink]\ndefault = "local"\n\n[superlink.local]\n'
@@ -319,7 +329,7 @@ class LocalFederation:
                      "--ssl-keyfile", str(self.certs / "server.key"), "--enable-supernode-auth"]
         else:
             args += ["--insecure"]
-        self._popen(args, "superlink")
+        self.superlink = self._popen(args, "superlink")
         wait_port(self.port)
 
     def register(self, k: int) -> None:
@@ -340,7 +350,7 @@ class LocalFederation:
         cmd = ([sys.executable, "-m", "fedsynth.cli", "deploy", "supernode"] if self.warm
                else [flower_bin("flower-supernode")])
         extra = "".join(f" {k}={json.dumps(v)}" for k, v in (settings or {}).items())
-        args = cmd + ["--superlink", self.address, "--port", str(self.port + 100 + k),
+        args = cmd + ["--superlink", self.address, "--port", str(self.node_port + k),
                       "--node-config", f'data-path="{data_path}" client-id="{client_id}"{extra}']
         if self.certs:
             args += ["--root-certificates", str(self.certs / "ca.crt"),
@@ -349,7 +359,46 @@ class LocalFederation:
             args += ["--insecure"]
         p = self._popen(args, f"supernode-{k}")
         self.node_procs.append(p)
+        self.by_node[k] = p
         return p
+
+    def kill(self, proc) -> None:
+        """SIGKILL one process started here, with everything it spawned (:func:`stop_processes`)."""
+        stop_processes([proc])
+        self.procs = [p for p in self.procs if p is not proc]
+        self.node_procs = [p for p in self.node_procs if p is not proc]
+
+    def restart_node(self, k: int, down: float = 0.0):
+        """SIGKILL hospital ``k``'s SuperNode (and its worker and ClientApp processes), wait
+        ``down`` seconds, start it again with the same key, data and node config."""
+        import time
+        self.kill(self.by_node[k])
+        time.sleep(down)
+        path, cid, *settings = self.nodes[k]
+        return self.start_node(k, path, cid, settings=settings[0] if settings else None)
+
+    def revive(self) -> list[int]:
+        """Start again every SuperNode whose process has ended -- as a service manager would
+        (systemd ``Restart=always``, a Kubernetes pod). Flower 1.42 refuses a node whose key is
+        still online (exit 305): a killed SuperNode counts as online until it misses two
+        heartbeats (Flower's interval is 30 s, fixed), so a restart may take a few tries.
+        Returns the hospitals started again."""
+        out = []
+        for k, p in list(self.by_node.items()):
+            if p.poll() is not None:
+                self.kill(p)  # its leftovers (a SuperExec that still retries) go with it
+                path, cid, *settings = self.nodes[k]
+                self.start_node(k, path, cid, settings=settings[0] if settings else None)
+                out.append(k)
+        return out
+
+    def restart_superlink(self, down: float = 0.0) -> None:
+        """SIGKILL the SuperLink (and the ServerApp it runs), then start it again on the same
+        database: the registered keys and node ids stay; the SuperNodes reconnect by themselves."""
+        import time
+        self.kill(self.superlink)
+        time.sleep(down)
+        self.start_superlink(fresh=False)
 
     def start(self) -> "LocalFederation":
         self.start_superlink()

@@ -10,11 +10,14 @@ runs :func:`handle` in its own process or in the node's warm worker
 (:mod:`fedsynth.fed.flower.worker`).
 
 Requests: ``{"config": {...}, "node_config": {...}, "arrays": {name: ndarray} | None,
-"strategy": {name: ndarray} | None, "state": bytes | None}``. The node's state after each round
-it trains is also saved on its own disk (``<cache>/flower-state/<run key>/<client id>/``, the
-newest three rounds), so that a run resumed from the server's checkpoint -- a new Flower run,
-with empty contexts -- continues exactly. Answers: ``{"meta": {...}, "arrays": ..., "extra":
-..., "metrics": ..., "stats": ..., "state": ...}`` (absent = nothing). A bad data folder or bad
+"strategy": {name: ndarray} | None, "state": bytes | None, "state-round": int | None}`` (the
+context's state and the round it is of). The node's state after each round it trains is also
+saved on its own disk (``<cache>/flower-state/<run key>/<client id>/``, the newest three
+rounds), so that a restarted SuperNode, or a run resumed from the server's checkpoint -- a new
+Flower run, with empty contexts -- continues exactly: the server names the round whose state it
+expects (config ``state-round``, the last round whose reply it took). Answers: ``{"meta":
+{...}, "arrays": ..., "extra": ..., "metrics": ..., "stats": ..., "state": ...}`` (absent =
+nothing). A bad data folder or bad
 input gives ``{"meta": {"client-id": ..., "error": "one line"}}``, never a traceback.
 """
 
@@ -58,6 +61,7 @@ class Node:
                                 f"'data-path=\"/data/site\" client-id=\"0\"')")
         self.cid, self.path = str(nc["client-id"]), str(nc["data-path"])
         self.conf = req["config"]
+        self.lost = ""  # why the state the server expects was not found (StateLost), if it was not
         try:
             cfg: Config = build_config(tomllib.loads(str(self.conf["fedsynth-config"])))
         except tomllib.TOMLDecodeError as e:
@@ -85,11 +89,19 @@ class Node:
             self.data = load_dataset(self.cfg)
         except UserError as e:
             raise UserError(f"data-path {self.path}: {e}") from None
+        # this site's held-out images: split here, exactly as in-process; only their statistics leave
+        from ...fed.evaluation import holdout_check, split_holdout
+        self.held = None
+        if self.cfg.eval.enabled and self.cfg.eval.holdout > 0 and \
+                holdout_check(self.cfg.eval.holdout, {self.cid: len(self.data)}) == "":
+            self.data, *held = split_holdout(self.data, self.cfg.eval.holdout, self.cfg.run.seed, self.cid)
+            self.held = tuple(held)
 
     def extractor(self):
         """The feature network the server chose (it sends a concrete kind, never ``auto``)."""
         from ...metrics import build_extractor
-        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights).to(self.device)
+        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights, dims=self.cfg.data.dims,
+                               slices=self.cfg.eval.volume_slices).to(self.device)
 
     def setup(self, req: dict[str, Any], before: int) -> tuple[ClientSetup, ClientState, dict[str, torch.Tensor]]:
         """The model workspace, the strategy with the server's state, and this client as of
@@ -108,7 +120,10 @@ class Node:
             strategy.load_state_dict(unpack(req["strategy"], str(conf["strategy"]), what="the server's 'strategy'"))
         setup = ClientSetup(self.cfg, model, strategy, [k for k in own if k not in travel], travel)
         c = setup.new_client(self.cid, self.data, site_init(own, start))
-        saved = saved_state(self, req, before)
+        try:
+            saved = saved_state(self, req, before)
+        except StateLost as e:
+            saved, self.lost = None, str(e)
         if saved is not None:
             c.restore({"weights": None, **from_bytes(saved, what=f"node state of client {self.cid}")})
         return setup, c, start
@@ -129,16 +144,38 @@ def _state_dir(node: Node):
 
 
 def saved_state(node: Node, req: dict[str, Any], before: int) -> bytes | None:
-    """This node's state between rounds: Flower's context keeps it for the run; a resumed run
-    (a new Flower run, empty contexts) finds it on the node's disk, as of the last round before
-    ``before`` that this node trained (a round the server lost may have been trained already)."""
-    if req.get("state") is not None:
-        return req["state"]
-    if not node.conf.get("run-key"):
+    """This node's state between rounds, as of the last round whose reply the server took
+    (``state-round`` in the request; 0: none yet, a fresh state). Flower's context keeps it while
+    the SuperNode lives; a restarted SuperNode or a resumed run (empty contexts) finds it on the
+    node's disk. A round the server never took -- the node was killed mid-round, or answered after
+    the round timed out -- is not built upon: the in-process engine, and a replay, drop it too.
+    Without ``state-round`` (a server of an earlier version) the newest state before ``before``.
+    Raises :class:`StateLost` if the state the server expects is on neither."""
+    conf = node.conf
+    if "state-round" not in conf:
+        if req.get("state") is not None:
+            return req["state"]
+        if not conf.get("run-key"):
+            return None
+        d = _state_dir(node)
+        rounds = [r for r in sorted(int(p.stem.split("-")[1]) for p in d.glob("round-*.state")) if r < before]
+        return (d / f"round-{rounds[-1]:04d}.state").read_bytes() if rounds else None
+    want = int(conf["state-round"])
+    if want <= 0:
         return None
-    d = _state_dir(node)
-    rounds = [r for r in sorted(int(p.stem.split("-")[1]) for p in d.glob("round-*.state")) if r < before]
-    return (d / f"round-{rounds[-1]:04d}.state").read_bytes() if rounds else None
+    if req.get("state") is not None and req.get("state-round") == want:
+        return req["state"]
+    f = _state_dir(node) / f"round-{want:04d}.state" if conf.get("run-key") else None
+    if f is not None and f.is_file():
+        return f.read_bytes()
+    raise StateLost(f"client {node.cid}: its state after round {want} (optimizer, strategy state, local layers) is "
+                    f"not on this node's disk ({f.parent if f is not None else 'no run key'}); it restarts from a "
+                    f"fresh state")
+
+
+class StateLost(Exception):
+    """The node's state of the round the server expects is gone (its disk was wiped, or the
+    SuperNode runs with another cache folder)."""
 
 
 def save_state(node: Node, round_: int, state: bytes) -> None:
@@ -167,6 +204,11 @@ def _hello(node: Node) -> dict[str, Any]:
         st = real_statistics(d, ex, node.cfg.eval.max_real, node.cfg.run.seed).stats
         meta["extractor"] = ex.name
         out["stats"] = {k: np.asarray(v) for k, v in st.to_npz_dict().items()}
+        if node.held is not None:  # the held-out images' moments (select, test, matched), never the images
+            from ...fed.evaluation import holdout_statistics
+            held = holdout_statistics(d, *node.held, ex, node.cfg.eval, node.cfg.run.seed)
+            for split, rs in held.items():
+                out[f"holdout-{split}"] = {k: np.asarray(v) for k, v in rs.stats.to_npz_dict().items()}
     return out
 
 
@@ -195,7 +237,7 @@ def _train(node: Node, req: dict[str, Any]) -> dict[str, Any]:
     state = to_bytes({k: v for k, v in saved.items() if k != "weights"})
     save_state(node, r, state)
     meta: dict[str, Any] = {"client-id": node.cid, "timing": json.dumps(res.timing), "dropped": res.update is None,
-                            "records": json.dumps(recs)}
+                            "records": json.dumps(recs), **({"state-lost": node.lost} if node.lost else {})}
     if res.update is None:  # the node failed mid-round (simulated drop-out)
         return {"meta": meta, "state": state}
     up = res.update

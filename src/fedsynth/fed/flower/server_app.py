@@ -61,13 +61,17 @@ def _say(text: str) -> None:
     print(f"[fedsynth] {text}", flush=True)
 
 
-def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S
-             ) -> tuple[list[Message], list[int]]:
+def exchange(grid: Grid, messages: list[Message], timeout: float, poll: float = POLL_S,
+             origin: dict[str, int] | None = None) -> tuple[list[Message], list[int]]:
     """Push ``messages`` and poll for their replies every ``poll`` seconds, for at most
-    ``timeout`` seconds. Returns the replies and the destination nodes that did not answer."""
+    ``timeout`` seconds. Returns the replies and the destination nodes that did not answer;
+    ``origin`` (if given) gets each message's destination node by message id: the SuperLink
+    itself answers for a node it counts as offline ("Node Unavailable"), from its own id."""
     dst = [m.metadata.dst_node_id for m in messages]
     ids = list(grid.push_messages(messages))
     waiting = dict(zip(ids, dst))
+    if origin is not None:
+        origin.update(waiting)
     replies: list[Message] = []
     deadline = time.monotonic() + timeout
     while waiting and time.monotonic() < deadline:
@@ -232,11 +236,16 @@ class FlowerClients(ClientPool):
         self.cfg_text = cfg.to_toml()
         self.run_key = uuid.uuid4().hex  # names the nodes' saved state (not a random draw of the study)
         self.pending = -1  # the round whose global model the nodes score on receipt
+        # per client, the last round whose train reply the server took: the node builds on its state
+        # of that round (a round it trained but the server never took -- killed mid-round, too late --
+        # is not built upon), from Flower's context or, after a restart, from its own disk
+        self.trained: dict[str, int] | None = {}  # None: resumed from a checkpoint that did not keep it
         self._greet(n_clients, connect_timeout)
 
     # ---- who is there
     def _greet(self, n_clients: int, connect_timeout: float) -> None:
         from ...metrics import FeatureStats
+        from ..evaluation import HOLDOUT_SPLITS
         grid = self.flower_grid
         _say(f"waiting for {n_clients} SuperNode(s)")
         deadline = time.monotonic() + connect_timeout
@@ -252,6 +261,7 @@ class FlowerClients(ClientPool):
             raise UserError(f"SuperNode(s) {silent} did not answer the greeting within {self.timeout:.0f} s")
         info: dict[str, dict[str, Any]] = {}
         self.stats: dict[str, Any] = {}
+        self.holdout: dict[str, dict[str, Any]] = {}
         for rep in replies:
             nid = rep.metadata.src_node_id
             if rep.has_error():
@@ -266,6 +276,9 @@ class FlowerClients(ClientPool):
             info[cid] = {"node": nid, **meta}
             if "stats" in rep.content:
                 self.stats[cid] = FeatureStats.from_npz_dict(from_record(rep.content["stats"]))
+            if "holdout-test" in rep.content:  # the node's held-out images' moments
+                self.holdout[cid] = {split: FeatureStats.from_npz_dict(from_record(rep.content[f"holdout-{split}"]))
+                                     for split in HOLDOUT_SPLITS}
         self.info = info
         self.ids = sorted(info, key=_natural)
         self.by_node = {info[c]["node"]: c for c in self.ids}
@@ -335,10 +348,14 @@ class FlowerClients(ClientPool):
         out = []
         for kind, cids in (("train", train), ("evaluate", evaluate)):
             for cid in cids:
-                conf = ConfigRecord({**base, "eval-local": eval_local and kind == "train"})
+                conf = ConfigRecord({**base, "eval-local": eval_local and kind == "train", **self._state_round(cid)})
                 out.append(Message(RecordDict({"arrays": weights, "strategy": strategy, "config": conf}),
                                    message_type=kind, dst_node_id=self.info[cid]["node"]))
         return out
+
+    def _state_round(self, cid: str) -> dict[str, int]:
+        """The round whose node state client ``cid`` builds on (none sent: its newest before this round)."""
+        return {"state-round": self.trained.get(cid, 0)} if self.trained is not None else {}
 
     def _site_summary(self, recs: list[dict[str, Any]], r: int) -> list[dict[str, Any]]:
         from ..evaluation import sites_summary
@@ -349,21 +366,27 @@ class FlowerClients(ClientPool):
 
     def train(self, r, ids, start, evaluate):
         idle = [c for c in self.ids if c not in ids] if self.pending >= 0 else []  # every site scores the incoming model
-        replies, silent = exchange(self.flower_grid, self._messages(r, ids, idle, evaluate), self.timeout, self.poll)
-        results, recs = self._collect(r, ids, replies, silent)
+        origin: dict[str, int] = {}
+        replies, silent = exchange(self.flower_grid, self._messages(r, ids, idle, evaluate), self.timeout, self.poll,
+                                   origin)
+        results, recs = self._collect(r, ids, replies, silent, origin)
         recs += self._site_summary(recs + [x for res in results for x in res.records], self.pending)
         self.pending = -1
         return results, recs
 
-    def _collect(self, r: int, ids: list[str], replies: list[Message], silent: list[int]):
-        """Results and records from round ``r``'s replies (``train`` from ``ids``, ``evaluate`` from the others)."""
+    def _collect(self, r: int, ids: list[str], replies: list[Message], silent: list[int],
+                 origin: dict[str, int] | None = None):
+        """Results and records from round ``r``'s replies (``train`` from ``ids``, ``evaluate`` from
+        the others); ``origin``: each message's destination node by id (see :func:`exchange`)."""
         from ..client import ClientResult
         recs: list[dict[str, Any]] = [{"round": r, "client": self.by_node[nid], "metric": "dropped", "value": 1,
                                        "reason": f"no reply within round-timeout = {self.timeout:.0f} s"}
                                       for nid in silent]
         results = []
-        for rep in sorted(replies, key=lambda x: _natural(self.by_node.get(x.metadata.src_node_id, "?"))):
-            cid = self.by_node.get(rep.metadata.src_node_id, f"node-{rep.metadata.src_node_id}")
+        def node(rep: Message) -> int:
+            return (origin or {}).get(rep.metadata.reply_to_message_id, rep.metadata.src_node_id)
+        for rep in sorted(replies, key=lambda x: _natural(self.by_node.get(node(x), "?"))):
+            cid = self.by_node.get(node(rep), f"node-{node(rep)}")
             if rep.has_error():
                 recs.append({"round": r, "client": cid, "metric": "dropped", "value": 1, "reason": _error_line(rep)})
                 continue
@@ -375,6 +398,12 @@ class FlowerClients(ClientPool):
                     recs += parse_records(rep.content, cid)
                     continue
                 node_recs, timing, update = parse_train_reply(rep.content, cid)
+                if self.trained is not None:
+                    self.trained[cid] = r
+                if "state-lost" in meta:
+                    why = str(meta["state-lost"])[:300]
+                    recs.append({"round": r, "client": cid, "metric": "state-lost", "value": 1, "reason": why})
+                    _say(f"round {r}: {why}")
             except (KeyError, TypeError, ValueError) as e:  # a reply that does not parse: this client sits out
                 why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                 recs.append({"round": r, "client": cid, "metric": "rejected", "value": 1,
@@ -412,7 +441,8 @@ class FlowerClients(ClientPool):
     # ---- checkpoints
     def state_dict(self):
         return {"clients": {},  # each node keeps its own state on its own disk (see .node)
-                "flower": {"run-key": self.run_key, "pending-global": self.pending, "clients": list(self.ids)}}
+                "flower": {"run-key": self.run_key, "pending-global": self.pending, "clients": list(self.ids),
+                           **({"trained": dict(self.trained)} if self.trained is not None else {})}}
 
     def load_state_dict(self, ck):
         if "flower" not in ck:
@@ -420,6 +450,8 @@ class FlowerClients(ClientPool):
         if ck["flower"]["clients"] != self.ids:
             raise UserError(f"the checkpoint was written with clients {ck['flower']['clients']}, the nodes now are {self.ids}")
         self.run_key, self.pending = str(ck["flower"]["run-key"]), int(ck["flower"]["pending-global"])
+        kept = ck["flower"].get("trained")
+        self.trained = {str(c): int(r) for c, r in kept.items()} if kept is not None else None
 
     def resumable_records(self, records, ck):
         """The per-site scores of the pending global model belong to the round that was lost:
@@ -464,8 +496,10 @@ class SecureFlowerClients(FlowerClients):
         results: list[Any] = []
         idle = [c for c in self.ids if c not in ids] if self.pending >= 0 else []
         if idle:  # the sites that sit this round out score the incoming global model
-            replies, silent = exchange(self.flower_grid, self._messages(r, [], idle, False), self.timeout, self.poll)
-            results, recs = self._collect(r, [], replies, silent)
+            origin: dict[str, int] = {}
+            replies, silent = exchange(self.flower_grid, self._messages(r, [], idle, False), self.timeout, self.poll,
+                                       origin)
+            results, recs = self._collect(r, [], replies, silent, origin)
         strategy_tensors, base = self._request(r)
         weights = arrays(start)
         strategy = arrays(strategy_tensors)
@@ -474,7 +508,8 @@ class SecureFlowerClients(FlowerClients):
                      "secagg-weighted": bool(self.cfg.fed.weighted), "secagg-max-weight": self.max_weight,
                      "secagg-clipping-range": float(self.cfg.fed.secagg_clipping_range)})
         instructions = {self.info[c]["node"]: secagg.fit_instructions(
-            {**base, "secagg-seed": derive_seed(self.cfg.run.seed, "secagg-rounding", r, c) % 2 ** 32},
+            {**base, "secagg-seed": derive_seed(self.cfg.run.seed, "secagg-rounding", r, c) % 2 ** 32,
+             **self._state_round(c)},
             weights, strategy) for c in ids}
         grid = self.flower_grid
         grid.errors.clear()
@@ -498,6 +533,8 @@ class SecureFlowerClients(FlowerClients):
             recs.append({"round": r, "client": "server", "metric": "secagg-clients", "value": len(relay.results)})
             for proxy, fitres in sorted(relay.results, key=lambda x: _natural(self.by_node[x[0].node_id])):
                 results.append(self._secure_result(r, self.by_node[proxy.node_id], fitres, mean, recs))
+                if self.trained is not None:
+                    self.trained[self.by_node[proxy.node_id]] = r
         recs += self._site_summary(recs + [x for res in results for x in res.records], self.pending)
         self.pending = -1
         return results, recs
@@ -589,7 +626,8 @@ def _serve(grid: Grid, context: Context) -> None:
                         f"use it in-process")
     extractor = None
     if cfg.eval.enabled:  # the nodes must use exactly the server's extractor
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights)
+        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights, dims=cfg.data.dims,
+                                    slices=cfg.eval.volume_slices)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor.kind))
 
     def engine(cfg, reporter) -> Federation:
@@ -598,13 +636,20 @@ def _serve(grid: Grid, context: Context) -> None:
             PollingGrid(grid, poll, str(rc.get("audit-dir", ""))), cfg, int(rc["clients"]),
             float(rc.get("round-timeout", 3600)), float(rc.get("connect-timeout", 300)), poll)
         model = build_model(cfg, pool.size, pool.channels, pool.num_classes)
-        ev = None
+        ev, notes = None, []
         if extractor is not None:
             extractor.to(model.device)  # the server's own run.device
             pool.check_extractor(extractor.name)
+            held = None
+            if pool.holdout and set(pool.holdout) == set(pool.ids):  # every site kept held-out images
+                held = {c: {split: RealStats(st, None) for split, st in pool.holdout[c].items()} for c in pool.ids}
+            elif cfg.eval.holdout > 0:
+                notes.append("held-out evaluation off: not every site has enough images to keep "
+                             f"eval.holdout = {cfg.eval.holdout} of them out of training")
             ev = Evaluator(cfg.eval, extractor, {c: RealStats(pool.stats[c], None) for c in pool.ids}, pool.counts,
-                           model, cfg.run.seed)
+                           model, cfg.run.seed, held)
         fed = Federation(cfg, model, pool, ev, reporter, class_names=pool.class_names)
+        fed.notes += notes
         fed.description = ("nodes.json", pool.describe())
         return fed
 
