@@ -442,13 +442,24 @@ def sweep(
 def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
     """The variants' table over seeds (:func:`fedsynth.sweep.variant_table`) and its notes."""
     from .sweep import table_notes, variant_table
+    from rich.measure import Measurement
     head, body = variant_table(rows)
     t = Table(title=title)
     for i, col in enumerate(head):  # a variant's name is never cut or broken: the numbers' headers wrap instead
-        t.add_column(col, no_wrap=i == 0, justify="left" if i == 0 else "right")
+        t.add_column(col, no_wrap=True, justify="left" if i == 0 else "right")
     for b in body:
         t.add_row(*b)
-    console.print(t)
+    if Measurement.get(console, console.options.update_width(10**4), t).minimum <= console.width:
+        console.print(t)
+    else:  # too wide for this terminal: one small table per variant, nothing cut
+        console.print(title, style="bold", highlight=False, markup=False)
+        for b in body:
+            v = Table(title=b[0], show_header=False, title_justify="left")
+            v.add_column(no_wrap=False)
+            v.add_column(justify="right", no_wrap=False)
+            for col, cell in zip(head[1:], b[1:]):
+                v.add_row(col, cell)
+            console.print(v)
     for line in table_notes(rows):
         console.print(line, highlight=False, markup=False)
 
