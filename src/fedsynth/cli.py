@@ -391,7 +391,7 @@ def sweep(
 
     Examples:
       fedsynth sweep --preset strategies -o runs/sweep-strategies
-      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
+      fedsynth sweep -o ep -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .report.terminal import SweepReporter, seconds
     from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise
