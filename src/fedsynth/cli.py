@@ -507,7 +507,6 @@ def generate(
         from .checkpoint import load_released
         released = load_released(checkpoint, client, round_)
         model, state, names = released
-        console.print(f"model: {released.which}", highlight=False, markup=False)
         if label is not None and not 0 <= label < max(model.num_classes, 1):
             raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
         try:
@@ -516,6 +515,8 @@ def generate(
             raise UserError(f"--label: {e}") from None
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
     volumes = arr.ndim == 5
     if volumes:
@@ -576,12 +577,11 @@ def evaluate(
             raise UserError("give either FAKE (a path) or --checkpoint")
         if out is not None:
             check_output_path(out, "--out", folder=False, example="numbers.json")
-        model = state = None
+        model = state = released = None
         if checkpoint is not None:
             from .checkpoint import load_released
             released = load_released(checkpoint, None, round_)
             model, state, _ = released
-            console.print(f"model: {released.which}", highlight=False, markup=False)
         side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
         if model is not None:
@@ -595,6 +595,8 @@ def evaluate(
         ext = build_extractor(extractor, inception_weights)
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
     if getattr(ext, "notice", ""):  # --extractor auto: say which network it picked, and how to get another
         console.print(ext.notice, style="dim", highlight=False, markup=False)
     res = {"real": real, "fake": fake or str(checkpoint), **compare_images(xr, xf, ext, seed)}
@@ -645,13 +647,14 @@ def audit(
         from .checkpoint import load_released
         released = load_released(checkpoint, None, round_)
         model, state, _ = released
-        console.print(f"model: {released.which}", highlight=False, markup=False)
         side = model.describe()["image_size"]
         tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
         he = _images_of(held, side, 10**9, 0, list(held_set)).batch()
         xf = model.generate(state, n, seed)
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
     res = write_audit(xf, tr, he, out, seed)
     verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
     console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
@@ -765,7 +768,6 @@ def utility(
             raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
         released = load_released(run_dir, client, round_)
         model, state, run_classes = released
-        console.print(f"model: {released.which}", highlight=False, markup=False)
         desc = model.describe()
         size, channels = int(desc["image_size"]), int(desc["channels"])
         train = _real_set("--real-train", real_train, size, channels, train_set)
@@ -786,6 +788,8 @@ def utility(
         build_classifier(classifier, channels, size, train.num_classes, pretrained)  # fails now, not after the data
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
 
     settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
                                seed=seed, device=str(dev), seeds=seeds)
