@@ -307,3 +307,16 @@ def test_resumed_log_keeps_the_lines_before(tmp_path):
     again = RunDir.reopen(rd.path, 0)
     again.log_lines(["second"])
     assert (rd.path / "log.txt").read_text() == "first\nsecond\n"
+
+
+def test_threads_line_says_the_load_when_all_cores_are_asked_for_on_a_busy_machine(monkeypatch):
+    import os
+
+    from fedsynth.report.terminal import threads_line
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 4.0, 3.0))
+    assert threads_line(0, 2) == ("2 threads (all cores); the machine is busy (load 5.0 on 2 cores): "
+                                  "set train.threads to share the cores")
+    assert threads_line(1, 1) == "1 thread"  # a thread count the user chose: no advice
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert threads_line(0, 2) == "2 threads (all cores)"
