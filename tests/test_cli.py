@@ -133,7 +133,7 @@ def test_ctrl_c_writes_the_report_so_far_and_says_how_to_go_on(tiny, tmp_path, m
     monkeypatch.setattr(RichReporter, "round_end", interrupted)
     out = tmp_path / "r"
     res = runner.invoke(app, ["run", *[a for o in tiny for a in ("--set", o)], "--set", "fed.rounds=3",
-                              "--out", str(out)])
+                              "--set", "eval.enabled=false", "--out", str(out)])  # evaluation off: seconds
     assert res.exit_code == 130, res.output
     assert (out / "report.html").is_file() and "Traceback" not in res.output
     text = " ".join(res.output.split())
@@ -144,7 +144,7 @@ def test_resume_before_the_first_checkpoint_says_it_starts_again(tiny, tmp_path)
     out = tmp_path / "r"
     out.mkdir()
     from fedsynth.config import build_config
-    (out / "config.toml").write_text(build_config(overrides=tiny + ["fed.rounds=1"]).to_toml())
+    (out / "config.toml").write_text(build_config(overrides=tiny + ["fed.rounds=1", "eval.enabled=false"]).to_toml())
     res = runner.invoke(app, ["run", "--resume", str(out)])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
@@ -153,7 +153,7 @@ def test_resume_before_the_first_checkpoint_says_it_starts_again(tiny, tmp_path)
 
 def test_a_finished_run_can_be_extended_by_more_rounds(tiny, tmp_path):
     out = tmp_path / "r"
-    base = ["run", *[a for o in tiny for a in ("--set", o)], "--set", "fed.rounds=1", "--set", "eval.every=1"]
+    base = ["run", *[a for o in tiny for a in ("--set", o)], "--set", "fed.rounds=1", "--set", "eval.enabled=false"]
     assert runner.invoke(app, [*base, "--out", str(out)]).exit_code == 0
     done = runner.invoke(app, ["run", "--resume", str(out)])
     assert done.exit_code == 0 and "--set fed.rounds=N" in " ".join(done.output.split())

@@ -134,4 +134,4 @@ def test_few_real_images_are_a_warning_in_the_report(tiny_run):
     """tiny_run scores against 32 real images a site: fewer than the random network's 480 features."""
     text = _text((tiny_run / "report.html").read_text())
     assert "Few real images" in text
-    assert "the distances of client 0's data rest on 32 real images (fewer than the 480 feature dimensions" in text
+    assert "the distances against client 0's data rest on 32 real images (fewer than the 480 feature dimensions" in text

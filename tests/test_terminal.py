@@ -228,7 +228,7 @@ def test_cli_run_with_evaluation_off_says_only_what_is_true(tiny, tmp_path):
     assert "1 round" in res.output and "1 rounds" not in res.output and "2 sites" in res.output
     done = res.output[res.output.index("done in"):].replace("\n", " ")
     assert "metrics.jsonl" in done and "checkpoints/" in done and "log.txt" in done
-    assert "fd.png" not in done and "samples/" not in done
+    assert "fd.png" not in done and "samples/" in done  # evaluation off: the final model's grid all the same
     assert not re.search(r"━ *\d+/\d+", res.output)              # no bar left behind
     assert "(lower is better)" not in res.output                   # no score table without scores
     line = next(x for x in res.output.splitlines() if x.lstrip().startswith("1/1"))
@@ -307,3 +307,16 @@ def test_resumed_log_keeps_the_lines_before(tmp_path):
     again = RunDir.reopen(rd.path, 0)
     again.log_lines(["second"])
     assert (rd.path / "log.txt").read_text() == "first\nsecond\n"
+
+
+def test_threads_line_says_the_load_when_all_cores_are_asked_for_on_a_busy_machine(monkeypatch):
+    import os
+
+    from fedsynth.report.terminal import threads_line
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (5.0, 4.0, 3.0))
+    assert threads_line(0, 2) == ("2 threads (all cores); the machine is busy (load 5.0 on 2 cores): "
+                                  "set train.threads to share the cores")
+    assert threads_line(1, 1) == "1 thread"  # a thread count the user chose: no advice
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert threads_line(0, 2) == "2 threads (all cores)"

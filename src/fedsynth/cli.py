@@ -272,7 +272,7 @@ def run(
                     rows = sizes[cid] * (min(ext.slices or cfg.data.image_size, cfg.data.image_size)
                                          if hasattr(ext, "plane_dims") else 1)
                     note = few_real_note(rows, getattr(ext, "plane_dims", getattr(ext, "dims", None)),
-                                         f"site {cid}" if len(sizes) > 1 else "")
+                                         f"site {cid}'s data" if len(sizes) > 1 else "")
                     if note:
                         reporter.warning(note)
             signal.signal(signal.SIGINT, lambda *_: _stop(fed))
@@ -316,7 +316,8 @@ def run(
     if result.metric and any(r["metric"] == result.metric for r in result.records):
         ev = out_.federation.evaluator.extractor
         console.print(summary_table(result.records, ev.metric, ev.kid_metric))
-    done = f"done in {time.perf_counter() - t0:.0f} s. Results in {run_dir.path}: {', '.join(written(run_dir.path))}"
+    done = (f"done in {time.perf_counter() - t0:.0f} s (the rounds {result.seconds:.0f} s of it: report.html's "
+            f"duration). Results in {run_dir.path}: {', '.join(written(run_dir.path))}")
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
     from .metrics.features import trained_network_command
@@ -393,7 +394,7 @@ def sweep(
 
     Examples:
       fedsynth sweep --preset strategies -o runs/sweep-strategies
-      fedsynth sweep -o runs/epochs -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
+      fedsynth sweep -o ep -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .report.terminal import SweepReporter, seconds
     from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise
@@ -444,13 +445,24 @@ def sweep(
 def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
     """The variants' table over seeds (:func:`fedsynth.sweep.variant_table`) and its notes."""
     from .sweep import table_notes, variant_table
+    from rich.measure import Measurement
     head, body = variant_table(rows)
     t = Table(title=title)
     for i, col in enumerate(head):  # a variant's name is never cut or broken: the numbers' headers wrap instead
-        t.add_column(col, no_wrap=i == 0, justify="left" if i == 0 else "right")
+        t.add_column(col, no_wrap=True, justify="left" if i == 0 else "right")
     for b in body:
         t.add_row(*b)
-    console.print(t)
+    if Measurement.get(console, console.options.update_width(10**4), t).minimum <= console.width:
+        console.print(t)
+    else:  # too wide for this terminal: one small table per variant, nothing cut
+        console.print(title, style="bold", highlight=False, markup=False)
+        for b in body:
+            v = Table(title=b[0], show_header=False, title_justify="left")
+            v.add_column(no_wrap=False)
+            v.add_column(justify="right", no_wrap=False)
+            for col, cell in zip(head[1:], b[1:]):
+                v.add_row(col, cell)
+            console.print(v)
     for line in table_notes(rows):
         console.print(line, highlight=False, markup=False)
 
@@ -498,7 +510,6 @@ def generate(
         from .checkpoint import load_released
         released = load_released(checkpoint, client, round_)
         model, state, names = released
-        console.print(f"model: {released.which}", highlight=False, markup=False)
         if label is not None and not 0 <= label < max(model.num_classes, 1):
             raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
         try:
@@ -507,6 +518,8 @@ def generate(
             raise UserError(f"--label: {e}") from None
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
     arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
     volumes = arr.ndim == 5
     if volumes:
@@ -574,12 +587,11 @@ def evaluate(
             raise UserError("give either FAKE (a path) or --checkpoint")
         if out is not None:
             check_output_path(out, "--out", folder=False, example="numbers.json")
-        model = state = None
+        model = state = released = None
         if checkpoint is not None:
             from .checkpoint import load_released
             released = load_released(checkpoint, None, round_)
             model, state, _ = released
-            console.print(f"model: {released.which}", highlight=False, markup=False)
             _images_only(model, "evaluate")
         side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
@@ -594,6 +606,8 @@ def evaluate(
         ext = build_extractor(extractor, inception_weights)
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
     if getattr(ext, "notice", ""):  # --extractor auto: say which network it picked, and how to get another
         console.print(ext.notice, style="dim", highlight=False, markup=False)
     res = {"real": real, "fake": fake or str(checkpoint), **compare_images(xr, xf, ext, seed)}
@@ -644,7 +658,6 @@ def audit(
         from .checkpoint import load_released
         released = load_released(checkpoint, None, round_)
         model, state, _ = released
-        console.print(f"model: {released.which}", highlight=False, markup=False)
         _images_only(model, "audit")
         side = model.describe()["image_size"]
         tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
@@ -652,6 +665,8 @@ def audit(
         xf = model.generate(state, n, seed)
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
     res = write_audit(xf, tr, he, out, seed)
     verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
     console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
@@ -765,7 +780,6 @@ def utility(
             raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
         released = load_released(run_dir, client, round_)
         model, state, run_classes = released
-        console.print(f"model: {released.which}", highlight=False, markup=False)
         _images_only(model, "utility")
         desc = model.describe()
         size, channels = int(desc["image_size"]), int(desc["channels"])
@@ -787,6 +801,8 @@ def utility(
         build_classifier(classifier, channels, size, train.num_classes, pretrained)  # fails now, not after the data
     except UserError as e:
         _fail(str(e))
+    if released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {released.which}", highlight=False, markup=False)
 
     settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
                                seed=seed, device=str(dev), seeds=seeds)

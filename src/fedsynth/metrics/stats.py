@@ -158,12 +158,12 @@ def few_real_note(num_real: int, dims: int | None, where: str = "") -> str | Non
     """A caveat when a distance rests on few real images (``None`` when it does not): fewer than
     the feature dimension ``dims`` (the real features' covariance is then rank-deficient and the
     Fréchet distance depends mostly on how many images there are) or than
-    :data:`MIN_REAL_IMAGES`. ``where`` names the set, e.g. ``"site 0"``."""
+    :data:`MIN_REAL_IMAGES`. ``where`` names the set, e.g. ``"site 0's data"``."""
     limits = [x for x in (dims, MIN_REAL_IMAGES) if x]
     if not limits or num_real >= max(limits):
         return None
     why = (f"fewer than the {dims} feature dimensions, so the real features' covariance is rank-deficient"
            if dims and num_real < dims else f"fewer than {MIN_REAL_IMAGES}")
-    return (f"{'the distances of ' + where + ' rest' if where else 'the distances rest'} on "
+    return (f"{'the distances against ' + where + ' rest' if where else 'the distances rest'} on "
             f"{num_real} real image{'s' if num_real != 1 else ''} ({why}): they move with the number of images "
             f"as much as with the model; compare them only with scores from the same numbers of images")

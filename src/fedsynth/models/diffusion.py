@@ -159,7 +159,8 @@ class DiffusionModel(GenerativeModel):
         d = cfg.get("diffusion", {})
         steps = f" {d.get('sampling-steps', 10)} steps" if d.get("sampler", "ddim") == "ddim" else ""
         widths = "/".join(str(c) for c in d.get("channels", ())) or "?"
-        return (f"diffusion: UNet ({widths} channels), {d.get('timesteps', 1000)} noise steps, "
+        dims = "3-D " if cfg.get("data", {}).get("dims", 2) == 3 else ""
+        return (f"diffusion: {dims}UNet ({widths} channels), {d.get('timesteps', 1000)} noise steps, "
                 f"{d.get('schedule', 'linear')} schedule, predicts {d.get('prediction', 'v')}; sampled with "
                 f"{d.get('sampler', 'ddim')}{steps}" + (", class-conditional" if d.get("conditional") else ""))
 

@@ -135,7 +135,8 @@ class GANModel(GenerativeModel):
     def config_line(cls, cfg: dict[str, Any]) -> str:
         m, t = cfg.get("model", {}), cfg.get("train", {})
         cond = m.get("conditional", "none")
-        return (f"GAN: {m.get('g-arch', 'dcgan')} generator, {m.get('d-arch', 'dcgan')} discriminator, "
+        dims = "3-D " if cfg.get("data", {}).get("dims", 2) == 3 else ""
+        return (f"{dims}GAN: {m.get('g-arch', 'dcgan')} generator, {m.get('d-arch', 'dcgan')} discriminator, "
                 f"loss {t.get('loss', 'bce')}" + (f", class-conditional ({cond})" if cond not in ("none", None) else ""))
 
     def __init__(self, spec: ModelSpec, seed: int = 0, train: Any = None, device: torch.device | str = "cpu",

@@ -491,7 +491,7 @@ def prdc_note(res: dict[str, Any], k: int = 5) -> str | None:
 
 def partition_table(part: dict[str, Any]) -> Table:
     names = part["class_names"]
-    t = Table(title=f"partition: {part.get('scheme', '')}; images per site and class", title_justify="left")
+    t = Table(title=f"partition: {part.get('scheme', '')}", caption="images per site and class")
     t.add_column("site")
     t.add_column("images", justify="right")
     for c in names:
