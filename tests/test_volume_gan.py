@@ -126,3 +126,6 @@ def test_generate_writes_nifti_with_the_voxel_size_and_preview_shows_slices(tmp_
     assert np.array_equal(read_nifti_volume(tmp_path / "g" / "000001.nii.gz")[0], want)
     res = runner.invoke(app, ["data", "preview", "phantom-mr", "-n", "2", "--size", "16", "-o", str(tmp_path / "p.png")])
     assert res.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000, res.output
+    res = runner.invoke(app, ["evaluate", "phantom-ct", "--checkpoint", str(tmp_path / "run"), "-n", "4",
+                              "--extractor", "random"])
+    assert res.exit_code == 2 and "works on 2-D images" in " ".join(res.output.split())

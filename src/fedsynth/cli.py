@@ -519,6 +519,13 @@ def generate(
     console.print(f"wrote {n} {what} to {out}")
 
 
+def _images_only(model, command: str) -> None:
+    """A one-line refusal where ``fedsynth COMMAND`` has no volume form yet."""
+    if model.describe().get("dims", 2) == 3:
+        raise UserError(f"fedsynth {command} works on 2-D images; this checkpoint makes volumes (data.dims = 3), "
+                        f"which are scored during the run with 2.5-D distances (docs/volumes.md)")
+
+
 def _voxel_mm(checkpoint: Path) -> float:
     """The voxel size (mm) of the data a run's model learnt from, from its ``partition.json``
     (1.0 where the run does not say)."""
@@ -570,6 +577,7 @@ def evaluate(
             released = load_released(checkpoint, None, round_)
             model, state, _ = released
             console.print(f"model: {released.which}", highlight=False, markup=False)
+            _images_only(model, "evaluate")
         side = size or (model.describe()["image_size"] if model is not None else 64)
         r = _images_of(real, side, n, seed, [])
         if model is not None:
@@ -634,6 +642,7 @@ def audit(
         released = load_released(checkpoint, None, round_)
         model, state, _ = released
         console.print(f"model: {released.which}", highlight=False, markup=False)
+        _images_only(model, "audit")
         side = model.describe()["image_size"]
         tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
         he = _images_of(held, side, 10**9, 0, list(held_set)).batch()
@@ -754,6 +763,7 @@ def utility(
         released = load_released(run_dir, client, round_)
         model, state, run_classes = released
         console.print(f"model: {released.which}", highlight=False, markup=False)
+        _images_only(model, "utility")
         desc = model.describe()
         size, channels = int(desc["image_size"]), int(desc["channels"])
         train = _real_set("--real-train", real_train, size, channels, train_set)
