@@ -270,8 +270,8 @@ def test_sweep_tables_say_dash_not_nan_for_missing_ratios(tmp_path):
     rows = summarise_variants(runs, ["fedavg", "fedprox"])
     write_tables(rows, runs, tmp_path)
     md = (tmp_path / "results.md").read_text()
-    assert "| fedavg (best) | 1 | 1.5 (1 seed) | 1.5 (1 seed) | 1 (reference) | reference |" in md
-    assert "| fedprox | 1 | — | — | — | — (fedavg) |" in md and "nan" not in md.lower()
+    assert "| fedavg | 1 | 1.5 (1 seed) | 1.5 (1 seed) | 1 (reference) | reference | best |" in md
+    assert "| fedprox | 1 | — | — | — | — (fedavg) | — |" in md and "nan" not in md.lower()
     assert "nan" not in (tmp_path / "results.csv").read_text().lower()
 
 

@@ -526,9 +526,9 @@ def second_network(choice: str, first: str) -> str:
     from .registry import EXTRACTORS
     if choice in ("", "none"):
         return ""
-    if choice == "auto":
+    if choice == "auto":  # the runs' own "auto" is already a trained network wherever effnet can be built
         from .metrics.features import effnet_unavailable
-        return "" if effnet_unavailable() or first == "effnet-lite0" else "effnet-lite0"
+        return "" if effnet_unavailable() or first in ("effnet-lite0", "auto") else "effnet-lite0"
     if choice not in EXTRACTORS.names() or choice == "auto":
         raise UserError(f"--second-network {choice!r}: choose from auto, none, "
                         + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
@@ -647,16 +647,17 @@ def variant_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     k, metric = rows[0]["last_k"], rows[0]["metric"]
     against = "held-out images" if rows[0]["real"] == "holdout" else "training images"
     head = ["variant", "seeds", f"{metric} median of last {k} ({against})", f"final {metric}",
-            "ratio to reference (paired)", "vs reference"]
+            "ratio to reference (paired)", "vs reference", "vs best"]
     second = rows[0].get("second_metric")
     if second:
         head.append(f"{second} median of last {k}")
     body = []
     for r in rows:
-        best = " (best)" if r["variant"] == r["best"] else " (tied)" if r["tied_with_best"] else ""
-        line = [r["variant"] + best, str(r["seeds"]), _iv(r["score"]), _iv(r["final"]),
+        best = MISSING if r["score"] is None or not r["best"] else "best" if r["variant"] == r["best"] else \
+            "cannot tell" if r["tied_with_best"] else "worse"
+        line = [r["variant"], str(r["seeds"]), _iv(r["score"]), _iv(r["final"]),
                 "1 (reference)" if r["verdict"] == "reference" else _iv(r["ratio"], 2),
-                r["verdict"] if r["verdict"] == "reference" else f"{r['verdict']} ({r['reference']})"]
+                r["verdict"] if r["verdict"] == "reference" else f"{r['verdict']} ({r['reference']})", best]
         if second:
             line.append(_iv(r["second"]))
         body.append(line)
