@@ -34,7 +34,7 @@ def read_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Any:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A checkpoint file, or a run directory's newest readable checkpoint."""
-    return pick_checkpoint(path, "last")[0]
+    return pick_checkpoint(path, "last" if Path(path).expanduser().is_dir() else None)[0]
 
 
 def pick_checkpoint(path: str | Path, which: str | None = None) -> tuple[dict[str, Any], str]:

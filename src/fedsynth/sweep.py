@@ -446,7 +446,7 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
                 try:  # never delete a directory a live run (another sweep) is writing
                     lock_run_dir(d)
                 except RunDirBusy as e:
-                    raise UserError(f"run {rel}: {d} is in use by a live run ({e.holder}); "
+                    raise UserError(f"variant {rel}: {d} is in use by a live run ({e.holder}); "
                                     f"wait for it or use another --out") from None
                 shutil.rmtree(d)
             todo.append((rel, cfg))
