@@ -540,12 +540,24 @@ def threads_line(asked: int, used: int) -> str:
     return text
 
 
+# What precision, recall, density and coverage say (k = 5, as `fedsynth evaluate` computes them), in one
+# place: `fedsynth evaluate`'s table and the run's report both read these.
+PRDC_MEANING = {
+    "precision": "share of generated images inside some real image's 5-NN ball: realism",
+    "recall": "share of real images inside some generated image's 5-NN ball: variety",
+    "density": "real balls a generated image falls in, per 5; above 1: crowded",
+    "coverage": "share of real images with a generated image inside their 5-NN ball",
+}
+# What "0 % inside the real manifold" (realism R >= 1, the test precision uses) means, beside the number.
+ZERO_INSIDE = ("0 % means every generated image differs from all real ones in some detail they share (noise, "
+               "blur, texture): a per-image test of fine detail, which a small Fréchet distance does not rule out")
+
 # `fedsynth evaluate`'s numbers: (label, which way is better, what it says), by JSON key
 _EVALUATED = {
-    "precision": ("precision", "higher", "share of generated images inside some real image's 5-NN ball: realism"),
-    "recall": ("recall", "higher", "share of real images inside some generated image's 5-NN ball: variety"),
-    "density": ("density", "≈ 1", "real balls a generated image falls in, per 5; above 1: crowded"),
-    "coverage": ("coverage", "higher", "share of real images with a generated image inside their 5-NN ball"),
+    "precision": ("precision", "higher", PRDC_MEANING["precision"]),
+    "recall": ("recall", "higher", PRDC_MEANING["recall"]),
+    "density": ("density", "≈ 1", PRDC_MEANING["density"]),
+    "coverage": ("coverage", "higher", PRDC_MEANING["coverage"]),
     "knn-radius-real": ("real 5-NN radius", "", "median distance of a real image to its 5th-nearest real one"),
     "nearest-real-distance": ("nearest real", "", "median distance of a generated image to its nearest real one"),
     "diversity_ratio": ("diversity ratio", "≈ 1", "spread of the generated images ÷ spread of the real ones"),
