@@ -209,7 +209,10 @@ class _Count(MofNCompleteColumn):
 
 
 class _Eta(ProgressColumn):
-    """``eta 0:01:02`` for a bar; nothing for a spinner (no total)."""
+    """``eta 0:01:02`` for a bar, from the mean time per step since the bar started, so it shows
+    after the first round (rich's own estimate needs two updates within 30 s: never, for rounds
+    longer than that); nothing for a spinner (no total). A bar that started part-way (a resumed
+    run) gives its starting count as the ``done0`` field."""
 
     def __init__(self) -> None:
         super().__init__(table_column=Column(no_wrap=True))
@@ -218,7 +221,12 @@ class _Eta(ProgressColumn):
     def render(self, task):
         if task.total is None:
             return Text("")
-        return Text.assemble("eta ", self.remaining.render(task))
+        done = task.completed - task.fields.get("done0", 0)
+        if task.finished or not done or not task.elapsed:
+            return Text.assemble("eta ", self.remaining.render(task))
+        from datetime import timedelta
+        left = task.elapsed / done * max(0.0, task.total - task.completed)
+        return Text.assemble("eta ", Text(str(timedelta(seconds=int(left))), style="progress.remaining"))
 
 
 # a long description is cut short (…) rather than wrapping the bars at 80 columns
@@ -309,7 +317,8 @@ class RichReporter:
         for line in self.layout.legend():
             self.say(line, "dim")
         self.say(self.layout.header(), "bold")
-        self.rounds_task = self.p.add_task(self.prefix + "rounds", total=plan.rounds, completed=plan.first - 1)
+        self.rounds_task = self.p.add_task(self.prefix + "rounds", total=plan.rounds, completed=plan.first - 1,
+                                           done0=plan.first - 1)
         if 0 in plan.eval_rounds and plan.first == 1:
             self.round = 0
             self._waiting("round 0: evaluating the untrained model")
