@@ -946,7 +946,8 @@ def compare(
         _fail(str(e))
     if rows:
         _print_variants(rows, "over seeds")
-    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/"
+    console.print(f"wrote {page} (and {out / 'compare.csv'}" + (f", {out / 'figures'}/" if (out / "figures").is_dir()
+                                                                 else "")
                   + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
 
 
