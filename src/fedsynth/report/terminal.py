@@ -558,8 +558,9 @@ PRDC_MEANING = {
     "coverage": "share of real images with a generated image inside their 5-NN ball",
 }
 # What "0 % inside the real manifold" (realism R >= 1, the test precision uses) means, beside the number.
-ZERO_INSIDE = ("0 % means every generated image differs from all real ones in some detail they share (noise, "
-               "blur, texture): a per-image test of fine detail, which a small Fréchet distance does not rule out")
+ZERO_INSIDE = ("0% means that a difference common to all generated images, such as noise, blur or a texture, "
+               "sets each one apart from every real image: a per-image test of fine detail, which a small "
+               "Fréchet distance does not rule out")
 
 # `fedsynth evaluate`'s numbers: (label, which way is better, what it says), by JSON key
 _EVALUATED = {
