@@ -398,7 +398,7 @@ class SweepReporter:
 
     def rounds(self, name: str, done: int, total: int) -> None:
         if self.tasks.get(name) is None:
-            self.tasks[name] = self.p.add_task(f"{self.label(name)} rounds", total=total)
+            self.tasks[name] = self.p.add_task(f"{self.label(name)} rounds", total=total, done0=done)  # resumed: done
         self.p.update(self.tasks[name], completed=done)
 
     def run_reporter(self, name: str) -> RichReporter:
