@@ -140,7 +140,7 @@ def test_few_real_images_are_a_warning_in_the_report(tiny_run):
 def test_precision_and_realism_are_explained_beside_their_numbers(tmp_path):
     """'0 % inside the real manifold' says what it measures, which way is better and what 0 % means
     in the same sentence and the same table row; the words are `fedsynth evaluate`'s."""
-    from fedsynth.report.terminal import PRDC_MEANING, ZERO_INSIDE
+    from fedsynth.report.meanings import PRDC_MEANING, ZERO_INSIDE
     run = _fake_run(tmp_path, [], ["d-loss", "g-loss"])
     recs = [{"round": r, "client": "global", "real": "union", "metric": m, "value": v}
             for r in (0, 2) for m, v in (("realism-mean", 0.4), ("realism-median", 0.3), ("realism-inside", 0.0))]

@@ -23,9 +23,9 @@ from typing import Any
 
 from ..registry import is_fd_metric, is_kid_metric
 from ..utils import atomic_write_text
+from .meanings import PRDC_MEANING, ZERO_INSIDE
 from .plots import fd_series
 from .rundir import read_metrics
-from .terminal import PRDC_MEANING, ZERO_INSIDE
 
 esc = html.escape
 

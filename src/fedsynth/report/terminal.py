@@ -26,6 +26,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from ..utils import plural
+from .meanings import PRDC_MEANING
 
 
 Record = dict[str, Any]
@@ -548,19 +549,6 @@ def threads_line(asked: int, used: int) -> str:
                  f"set train.threads to share the cores")
     return text
 
-
-# What precision, recall, density and coverage say (k = 5, as `fedsynth evaluate` computes them), in one
-# place: `fedsynth evaluate`'s table and the run's report both read these.
-PRDC_MEANING = {
-    "precision": "share of generated images inside some real image's 5-NN ball: realism",
-    "recall": "share of real images inside some generated image's 5-NN ball: variety",
-    "density": "real balls a generated image falls in, per 5; above 1: crowded",
-    "coverage": "share of real images with a generated image inside their 5-NN ball",
-}
-# What "0 % inside the real manifold" (realism R >= 1, the test precision uses) means, beside the number.
-ZERO_INSIDE = ("0% means that a difference common to all generated images, such as noise, blur or a texture, "
-               "sets each one apart from every real image: a per-image test of fine detail, which a small "
-               "Fréchet distance does not rule out")
 
 # `fedsynth evaluate`'s numbers: (label, which way is better, what it says), by JSON key
 _EVALUATED = {
