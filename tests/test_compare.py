@@ -180,6 +180,20 @@ def test_a_run_given_twice_or_a_foreign_baseline_is_refused(tmp_path):
     assert res.exit_code == 2 and "nope: no such run directory" in res.output
 
 
+def test_one_run_alone_draws_no_baseline_only_panels_and_says_why(tmp_path):
+    a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0])
+    res = runner.invoke(app, ["compare", str(a), "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert f"warning: Only one run (a), so it is its own baseline: no curves are overlaid and no ratios given " \
+           f"(its curves are in {a / 'report.html'})" in text and "figures" not in text
+    assert not (tmp_path / "out" / "figures").exists()
+    page = (tmp_path / "out" / "compare.html").read_text()
+    assert "Only one run (a)" in page and "Not drawn: one run." in page
+    table = page.split("<h2>Final metrics")[1].split("<h2>Curves")[0]
+    assert "20.0" in table and "class=ratio" not in table                     # the value, no ratio beside it
+
+
 def test_compare_names_the_model_family_and_prints_its_warnings(tmp_path):
     a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0])
     b = make_run(tmp_path / "b", "fedavg", [40.0, 10.0])

@@ -103,6 +103,19 @@ def test_auto_without_inception_uses_random_and_says_how_to_get_a_trained_networ
     assert "efficientnet-lite0-57934424.pth" in eff.name and "sha256=579344248a93" in eff.name
 
 
+def test_the_notice_is_advice_shown_once_per_cache(tmp_path, monkeypatch):
+    """`fedsynth run` prints the auto notice only when first_time() says so: once per cache and text."""
+    from fedsynth.utils import first_time
+    monkeypatch.setenv("FEDSYNTH_CACHE", str(tmp_path / "cache"))
+    assert first_time("feature network: random") and not first_time("feature network: random")
+    assert first_time("feature network: inception (FID)")           # another notice: shown too
+    monkeypatch.setenv("FEDSYNTH_CACHE", str(tmp_path / "other"))
+    assert first_time("feature network: random")                    # another cache: shown again
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("FEDSYNTH_CACHE", str(tmp_path / "file"))      # cannot be written: always shown
+    assert first_time("feature network: random") and first_time("feature network: random")
+
+
 def test_auto_falls_back_to_random_when_effnet_cannot_be_built(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(F_, "effnet_unavailable", lambda: "timm is not installed")

@@ -29,6 +29,8 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "broken.png").write_bytes(b"garbage")
     (tmp_path / "x.pt").write_bytes(b"nope")
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "scans" / "a.dcm").write_bytes(b"garbage")  # never read: a folder source looks for images
     (tmp_path / "empty").mkdir()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "something.txt").write_text("x")
@@ -53,6 +55,12 @@ ONE_LINE = [
     ("site override of a shared part", ["run", "--config", "{t}/site.toml", "--dry-run"], ["sites.1.model.ndf"]),
     ("broken image", ["run", "--set", "data.source=folder", "--set", 'data.path="{t}/imgs"',
                       "--set", "run.out-dir={t}/runs"], ["broken.png"]),
+    ("dicom source, PNG folder", ["run", "--set", "data.source=dicom", "--set", 'data.path="{t}/imgs"',
+                                  "--set", "run.out-dir={t}/runs"], ["/imgs: it holds 1 PNG/JPEG/TIFF image;",
+                                                                    "set data.source = folder"]),
+    ("folder source, DICOM folder", ["run", "--set", "data.source=folder", "--set", 'data.path="{t}/scans"',
+                                     "--set", "run.out-dir={t}/runs"], ["/scans: it holds 1 DICOM file;",
+                                                                       "set data.source = dicom"]),
     # resume
     ("resume nothing", ["run", "--resume", "{t}/nowhere"], ["--resume", "nowhere", "does not exist"]),
     ("resume a non-run", ["run", "--resume", "{t}/empty"], ["--resume", "not a run directory"]),

@@ -135,3 +135,21 @@ def test_few_real_images_are_a_warning_in_the_report(tiny_run):
     text = _text((tiny_run / "report.html").read_text())
     assert "Few real images" in text
     assert "the distances against client 0's data rest on 32 real images (fewer than the 480 feature dimensions" in text
+
+
+def test_precision_and_realism_are_explained_beside_their_numbers(tmp_path):
+    """'0 % inside the real manifold' says what it measures, which way is better and what 0 % means
+    in the same sentence and the same table row; the words are `fedsynth evaluate`'s."""
+    from fedsynth.report.meanings import PRDC_MEANING, ZERO_INSIDE
+    run = _fake_run(tmp_path, [], ["d-loss", "g-loss"])
+    recs = [{"round": r, "client": "global", "real": "union", "metric": m, "value": v}
+            for r in (0, 2) for m, v in (("realism-mean", 0.4), ("realism-median", 0.3), ("realism-inside", 0.0))]
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in recs))
+    build_report(run)
+    text = " ".join(_text((run / "report.html").read_text()).split())
+    assert ("0% of the samples lie inside the real manifold (R ≥ 1: in some real image's neighbourhood, as "
+            f"precision counts; higher is better; {ZERO_INSIDE})") in text
+    row = re.search(r"share of samples inside the real manifold \(R ≥ 1\) (.*?) 0% 0% – ", text)
+    assert row and "higher is better" in row.group(1) and ZERO_INSIDE in row.group(1)
+    assert f"Precision: {PRDC_MEANING['precision']}; recall: {PRDC_MEANING['recall']}" in text

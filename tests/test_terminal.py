@@ -10,6 +10,7 @@ import io
 import json
 import random
 import re
+from datetime import timedelta
 
 import numpy as np
 import pytest
@@ -152,6 +153,25 @@ def test_no_bar_is_left_over_and_long_steps_show_a_spinner():
     assert _visible(progress) == []
     out = buf.getvalue()
     assert "round    global  site mean  site worst" in out and "  1/1     30.00" in out
+
+
+@pytest.mark.parametrize("first", [1, 3])
+def test_the_rounds_bar_has_an_eta_after_the_first_round(first):
+    """Defect: the ETA appeared only after 2 rounds (never for rounds over 30 s). A resumed run's
+    estimate counts only the rounds done since it resumed."""
+    from dataclasses import replace
+    clock = [0.0]
+    console = Console(file=io.StringIO(), width=80, force_terminal=False)
+    progress = Progress(*PROGRESS_COLUMNS, console=console, transient=True, auto_refresh=False,
+                        get_time=lambda: clock[0])
+    rep = RichReporter(progress, console)
+    rep.run_start(replace(_plan(2, rounds=10), first=first))
+    eta = PROGRESS_COLUMNS[-1]
+    task = next(t for t in progress.tasks if t.description == "rounds")
+    assert "-:--:--" in eta.render(task).plain   # nothing measured yet
+    clock[0] = 40.0                                              # the first round took 40 s
+    rep.round_end(first, _records(first, 2), TIMING)
+    assert eta.render(task).plain == f"eta {timedelta(seconds=40 * (10 - first))}"
 
 
 def test_lines_said_before_the_log_is_attached_reach_it():

@@ -231,7 +231,7 @@ def run(
 
     from .fed.engine import StopRun
     from .fed.run import in_process, run_experiment
-    from .utils import set_torch_threads
+    from .utils import first_time, set_torch_threads
 
     threads = set_torch_threads(cfg.train.threads)
     t0 = time.perf_counter()
@@ -259,8 +259,8 @@ def run(
             reporter.say(f"  model: {model_line(cfg)}")
             reporter.say(f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
                          f"{threads_line(cfg.train.threads, threads)}; ready in {time.perf_counter() - t0:.1f} s")
-            if ev is not None and getattr(ev.extractor, "notice", ""):
-                reporter.say(ev.extractor.notice, "dim")
+            if ev is not None and getattr(ev.extractor, "notice", "") and first_time(ev.extractor.notice):
+                reporter.say(ev.extractor.notice + " (shown once)", "dim")  # the features line names it every run
             if first == 1 and fed.description is not None:
                 console.print(partition_table(fed.description[1]))
             if ev is not None and fed.description is not None:
@@ -946,7 +946,8 @@ def compare(
         _fail(str(e))
     if rows:
         _print_variants(rows, "over seeds")
-    console.print(f"wrote {page} (and {out / 'compare.csv'}, {out / 'figures'}/"
+    console.print(f"wrote {page} (and {out / 'compare.csv'}" + (f", {out / 'figures'}/" if (out / "figures").is_dir()
+                                                                 else "")
                   + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
 
 

@@ -88,6 +88,21 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FEDSYNTH_CACHE", Path.home() / ".cache" / "fedsynth"))
 
 
+def first_time(text: str) -> bool:
+    """True the first time ``text`` is asked about with this cache (:func:`cache_dir`), False after:
+    advice worth reading once, not on every run. True too where the cache cannot be written."""
+    import hashlib
+    mark = cache_dir() / "shown" / hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    if mark.is_file():
+        return False
+    try:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+    except OSError:
+        pass
+    return True
+
+
 def set_torch_threads(threads: int) -> int:
     """Set intra-op threads (0: all cores); returns the number in use."""
     import torch

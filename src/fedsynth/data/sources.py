@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import Config, UserError
-from ..utils import atomic_write_bytes, cache_dir, numpy_rng
+from ..utils import atomic_write_bytes, cache_dir, numpy_rng, plural
 from .imageset import ImageSet
 from .preprocess import BadImage, channels_of, prepare
 
@@ -130,6 +130,28 @@ def _stamp(p: Path) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}"
 
 
+# what each file source reads, to name the right data.source for a folder the configured one finds empty
+_SOURCE_FILES = (("folder", "PNG/JPEG/TIFF image", lambda p: p.suffix.lower() in IMAGE_EXT),
+                 ("dicom", "DICOM file", lambda p: p.suffix.lower() in (".dcm", ".dicom")),
+                 ("nifti", "NIfTI file", lambda p: p.name.lower().endswith(NIFTI_EXT)))
+
+
+def _source_hint(root: Path) -> str:
+    """``": it holds 12 DICOM files; set data.source = dicom"`` for a folder that holds another
+    source's files (the most common kind); empty where it holds none."""
+    found: dict[str, tuple[str, int]] = {}
+    for p in root.rglob("*"):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+            for src, what, reads in _SOURCE_FILES:
+                if reads(p):
+                    found[src] = (what, found.get(src, (what, 0))[1] + 1)
+                    break
+    if not found:
+        return ""
+    src, (what, n) = max(found.items(), key=lambda kv: kv[1][1])
+    return f": it holds {plural(n, what)}; set data.source = {src}"
+
+
 def _labelled_files(root: Path, accept: Callable[[Path], bool], labels_csv: str, skip_bad: bool,
                     skipped: list) -> list[tuple[Path, str]]:
     """Files under ``root`` with labels from a CSV, from class subfolders, or one class."""
@@ -140,7 +162,7 @@ def _labelled_files(root: Path, accept: Callable[[Path], bool], labels_csv: str,
     files = sorted(p for p in root.rglob("*") if p.is_file() and accept(p)
                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
     if not files:
-        raise DataError(f"no usable files in {root}")
+        raise DataError(f"no usable files in {root}{_source_hint(root)}")
     if labels_csv:
         csv_path = Path(labels_csv)
         if not csv_path.is_file():

@@ -453,7 +453,8 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     ps = panels(runs)
     taken: set[str] = set()
     figs = []
-    for p in ps:
+    alone = len(runs) == 1  # the baseline alone: nothing to overlay or divide by
+    for p in ps if not alone else ():
         png = plot_panel(p, runs, base)
         name = _figure_name(p, taken)
         atomic_write_bytes(out / "figures" / name, png)
@@ -462,6 +463,9 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     _write_csv(runs, ps, base, out / "compare.csv")
 
     warnings = extractor_conflicts(ps, runs)
+    if alone:
+        warnings.append(f"Only one run ({runs[0].label}), so it is its own baseline: no curves are overlaid and no "
+                        f"ratios given (its curves are in {runs[0].path / 'report.html'}); give two or more runs.")
     if (d := _data_differs(runs)):
         warnings.append(d)
     families = sorted({str(r.setting("model", "family")) for r in runs})
@@ -497,7 +501,7 @@ per-client numbers: the mean over clients.</span></p>
 feature network that measured it; in brackets the ratio to the baseline, missing where the baseline has no
 value of that metric (a centralized run has no per-site scores) or measured it with another network. Also in
 <code>compare.csv</code>.</p><div class="wide">{_table_html(runs, ps, rows, base)}</div>
-<h2>Curves</h2><div class="figs">{figs_html or "<p>No metric curves.</p>"}</div>
+<h2>Curves</h2><div class="figs">{figs_html or ("<p>Not drawn: one run.</p>" if alone else "<p>No metric curves.</p>")}</div>
 <h2>Samples (each run's last grid, fixed latents)</h2><div class="grids">{grids_html}</div>
 </body></html>"""
     page = out / "compare.html"

@@ -23,6 +23,7 @@ from typing import Any
 
 from ..registry import is_fd_metric, is_kid_metric
 from ..utils import atomic_write_text
+from .meanings import PRDC_MEANING, ZERO_INSIDE
 from .plots import fd_series
 from .rundir import read_metrics
 
@@ -288,7 +289,9 @@ def _global_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str
                                 "lower is better; picks the best round, never reported as the model's quality"),
                                ("realism-mean", "realism score, mean", "higher is more realistic"),
                                ("realism-median", "realism score, median", "higher is more realistic"),
-                               ("realism-inside", "share of samples inside the real manifold (R ≥ 1)", "higher is better")):
+                               ("realism-inside", "share of samples inside the real manifold (R ≥ 1)",
+                                f"higher is better; inside: in some real image's neighbourhood, as precision counts; "
+                                f"{ZERO_INSIDE}")):
         vals = {r["round"]: r["value"] for r in records if r["metric"] == metric and r.get("client") == "global"}
         if vals:
             rows.append((label, how, vals, 3))
@@ -526,9 +529,6 @@ def _samples(run: Path, records: list[dict[str, Any]], evaluated: bool, flower: 
     return "".join(parts)
 
 
-WHY_ZERO = 'for why this can be near 0 beside a small distance, see <a href="#metrics">precision</a> below'
-
-
 def _realism_section(run: Path, records: list[dict[str, Any]], evaluated: bool, flower: bool) -> str:
     recs = [r for r in records if r["metric"] == "realism-mean" and r.get("client") == "global"]
     path = run / "samples" / "realism.png"
@@ -550,8 +550,9 @@ def _realism_section(run: Path, records: list[dict[str, Any]], evaluated: bool, 
                 f"realistic (worst last).</figcaption></figure>")
     return (f"<h2 id=realism>Most and least realistic samples</h2>{body}<p>At round {last} the mean realism "
             f"score is {at.get('realism-mean', float('nan')):.3f} (median {at.get('realism-median', float('nan')):.3f}); "
-            f"{at.get('realism-inside', 0):.0%} of the samples lie inside the real manifold (R ≥ 1)"
-            f"{' (' + WHY_ZERO + ')' if at.get('realism-inside', 0) < 0.05 else ''}.</p>")
+            f"{at.get('realism-inside', 0):.0%} of the samples lie inside the real manifold (R ≥ 1: in some real "
+            f"image's neighbourhood, as precision counts; higher is better"
+            f"{'; ' + ZERO_INSIDE if at.get('realism-inside', 0) < 0.05 else ''}).</p>")
 
 
 # ---------------------------------------------------------------------------- downstream utility
@@ -643,9 +644,10 @@ def _explanations(fd_metric: str | None, kid_metric: str | None, has_realism: bo
                       "dropping the real images with the widest neighbourhoods (the half most likely to be outliers). "
                       "R ≥ 1 means the sample lies in some real image's neighbourhood; higher is more typical."))
     items.append(("Precision, recall, density, coverage", "<code>fedsynth evaluate</code>",
-                  "Precision: the share of generated images inside some real image's k-nearest-neighbour ball "
-                  "(radius: its distance to its 5th-nearest real neighbour); recall: the share of real images "
-                  "inside a generated image's ball; density and coverage count the same balls (Naeem et al. 2020). "
+                  f"Precision: {PRDC_MEANING['precision']}; recall: {PRDC_MEANING['recall']}; density: "
+                  f"{PRDC_MEANING['density']}; coverage: {PRDC_MEANING['coverage']} (Naeem et al. 2020; a ball's "
+                  "radius is its real image's distance to its 5th-nearest real neighbour). Higher is better; "
+                  "density is best near 1. "
                   "They can be 0 beside a small Fréchet distance: on homogeneous images the balls are small "
                   "next to the distance between two typical images, so a small artefact on every generated image "
                   "(noise, a texture, a shifted intensity) puts each one just outside all of them, while the "

@@ -26,6 +26,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from ..utils import plural
+from .meanings import PRDC_MEANING
 
 
 Record = dict[str, Any]
@@ -209,7 +210,10 @@ class _Count(MofNCompleteColumn):
 
 
 class _Eta(ProgressColumn):
-    """``eta 0:01:02`` for a bar; nothing for a spinner (no total)."""
+    """``eta 0:01:02`` for a bar, from the mean time per step since the bar started, so it shows
+    after the first round (rich's own estimate needs two updates within 30 s: never, for rounds
+    longer than that); nothing for a spinner (no total). A bar that started part-way (a resumed
+    run) gives its starting count as the ``done0`` field."""
 
     def __init__(self) -> None:
         super().__init__(table_column=Column(no_wrap=True))
@@ -218,7 +222,12 @@ class _Eta(ProgressColumn):
     def render(self, task):
         if task.total is None:
             return Text("")
-        return Text.assemble("eta ", self.remaining.render(task))
+        done = task.completed - task.fields.get("done0", 0)
+        if task.finished or not done or not task.elapsed:
+            return Text.assemble("eta ", self.remaining.render(task))
+        from datetime import timedelta
+        left = task.elapsed / done * max(0.0, task.total - task.completed)
+        return Text.assemble("eta ", Text(str(timedelta(seconds=int(left))), style="progress.remaining"))
 
 
 # a long description is cut short (…) rather than wrapping the bars at 80 columns
@@ -309,7 +318,8 @@ class RichReporter:
         for line in self.layout.legend():
             self.say(line, "dim")
         self.say(self.layout.header(), "bold")
-        self.rounds_task = self.p.add_task(self.prefix + "rounds", total=plan.rounds, completed=plan.first - 1)
+        self.rounds_task = self.p.add_task(self.prefix + "rounds", total=plan.rounds, completed=plan.first - 1,
+                                           done0=plan.first - 1)
         if 0 in plan.eval_rounds and plan.first == 1:
             self.round = 0
             self._waiting("round 0: evaluating the untrained model")
@@ -389,7 +399,7 @@ class SweepReporter:
 
     def rounds(self, name: str, done: int, total: int) -> None:
         if self.tasks.get(name) is None:
-            self.tasks[name] = self.p.add_task(f"{self.label(name)} rounds", total=total)
+            self.tasks[name] = self.p.add_task(f"{self.label(name)} rounds", total=total, done0=done)  # resumed: done
         self.p.update(self.tasks[name], completed=done)
 
     def run_reporter(self, name: str) -> RichReporter:
@@ -542,10 +552,10 @@ def threads_line(asked: int, used: int) -> str:
 
 # `fedsynth evaluate`'s numbers: (label, which way is better, what it says), by JSON key
 _EVALUATED = {
-    "precision": ("precision", "higher", "share of generated images inside some real image's 5-NN ball: realism"),
-    "recall": ("recall", "higher", "share of real images inside some generated image's 5-NN ball: variety"),
-    "density": ("density", "≈ 1", "real balls a generated image falls in, per 5; above 1: crowded"),
-    "coverage": ("coverage", "higher", "share of real images with a generated image inside their 5-NN ball"),
+    "precision": ("precision", "higher", PRDC_MEANING["precision"]),
+    "recall": ("recall", "higher", PRDC_MEANING["recall"]),
+    "density": ("density", "≈ 1", PRDC_MEANING["density"]),
+    "coverage": ("coverage", "higher", PRDC_MEANING["coverage"]),
     "knn-radius-real": ("real 5-NN radius", "", "median distance of a real image to its 5th-nearest real one"),
     "nearest-real-distance": ("nearest real", "", "median distance of a generated image to its nearest real one"),
     "diversity_ratio": ("diversity ratio", "≈ 1", "spread of the generated images ÷ spread of the real ones"),
