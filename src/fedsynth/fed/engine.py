@@ -303,7 +303,7 @@ class Federation:
         rounds = cfg.fed.rounds
         to_eval = eval_rounds(rounds, cfg.eval.every) if ev is not None else set()
         local_eval = local_eval_rounds(rounds, cfg.eval.local_every)
-        title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} client(s)"
+        title = f"{cfg.data.source} · {cfg.fed.strategy} · {len(self.pool.ids)} site{'s' if len(self.pool.ids) != 1 else ''}"
         if self.start_round == 1 and ev is not None:  # real images beside the sample grids, once
             real = self.pool.real_grid()
             if real is not None:
