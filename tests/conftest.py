@@ -99,3 +99,13 @@ def need_chromium() -> str:
 def chromium_bin() -> str:
     """:func:`need_chromium` as a fixture: list it first, so that a skip comes before the others are built."""
     return need_chromium()
+
+
+@pytest.fixture
+def wide_cli(monkeypatch):
+    """The CLI's consoles 1,000 columns wide, whatever width an earlier test left them: printed
+    lines (long temporary paths included) are never wrapped or folded."""
+    from fedsynth import cli
+    for c in (cli.console, cli.err_console):
+        monkeypatch.setattr(c, "_width", 1000)
+        monkeypatch.setattr(c, "_height", 25)

@@ -180,11 +180,7 @@ def test_a_run_given_twice_or_a_foreign_baseline_is_refused(tmp_path):
     assert res.exit_code == 2 and "nope: no such run directory" in res.output
 
 
-def test_one_run_alone_draws_no_baseline_only_panels_and_says_why(tmp_path, monkeypatch):
-    from fedsynth import cli
-    for c in (cli.console, cli.err_console):  # wide: a long temporary path is never folded mid-word
-        monkeypatch.setattr(c, "_width", 1000)
-        monkeypatch.setattr(c, "_height", 25)
+def test_one_run_alone_draws_no_baseline_only_panels_and_says_why(tmp_path, wide_cli):
     a = make_run(tmp_path / "a", "fedavg", [40.0, 20.0])
     res = runner.invoke(app, ["compare", str(a), "-o", str(tmp_path / "out")])
     assert res.exit_code == 0, res.output

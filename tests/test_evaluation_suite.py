@@ -100,13 +100,9 @@ def test_bad_checkpoint_is_a_clear_error(tmp_path):
     assert res.exit_code == 2 and "x.pt" in res.output
 
 
-def test_evaluate_names_its_numbers_and_warns_on_few_images(monkeypatch):
+def test_evaluate_names_its_numbers_and_warns_on_few_images(wide_cli):
     """Each number in words with the way it is better; few real images and a cut --images are
     said, as is what could not be computed."""
-    from fedsynth import cli
-    for c in (cli.console, cli.err_console):  # 200 columns, whatever width an earlier test left them
-        monkeypatch.setattr(c, "_width", 200)
-        monkeypatch.setattr(c, "_height", 25)
     res = runner.invoke(app, ["evaluate", "phantom-ct", "phantom-ct", "-n", "4", "--size", "16", "--extractor",
                               "random"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output

@@ -269,8 +269,11 @@ def run(
                 if sizes:
                     cid = min(sizes, key=lambda k: sizes[k])
                     ext = ev.extractor  # volumes: each plane's block of features, one row per slice
-                    rows = sizes[cid] * (min(ext.slices or cfg.data.image_size, cfg.data.image_size)
-                                         if hasattr(ext, "plane_dims") else 1)
+                    if hasattr(ext, "plane_dims"):
+                        from .metrics.planes import slice_indices
+                        rows = sizes[cid] * len(slice_indices(cfg.data.image_size, ext.slices))
+                    else:
+                        rows = sizes[cid]
                     note = few_real_note(rows, getattr(ext, "plane_dims", getattr(ext, "dims", None)),
                                          f"site {cid}'s data" if len(sizes) > 1 else "")
                     if note:

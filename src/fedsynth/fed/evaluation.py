@@ -129,6 +129,14 @@ def holdout_for(cfg, parts: list[ImageSet]) -> tuple[list[ImageSet], dict[str, t
     return train, held, ""
 
 
+def _block_distances(moments: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], blocks: list,
+                     real: FeatureStats) -> list[float]:
+    """The Fréchet distance of each feature block (a volume's planes; images: one block) between
+    generated moments ``(mean, cov, sqrt cov)`` and the real statistics ``real``."""
+    return [frechet_distance(mu, cov, real.mean[cols], real.cov[cols, cols], sqrt_sigma1=root)
+            for (mu, cov, root), (_, cols) in zip(moments, blocks)]
+
+
 @dataclass
 class RealStats:
     stats: FeatureStats
@@ -282,9 +290,7 @@ class Evaluator:
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
         blocks = plane_blocks(self.extractor)
-        real_mu, real_cov = real.stats.mean, real.stats.cov
-        fds = [frechet_distance(mu, cov, real_mu[cols], real_cov[cols, cols], sqrt_sigma1=root)
-               for (mu, cov, root), (_, cols) in zip(self._moments(fake), blocks)]
+        fds = _block_distances(self._moments(fake), blocks, real.stats)
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
@@ -321,10 +327,7 @@ class Evaluator:
         ``real = "holdout"``), the score that selects the best round (other half,
         ``selection-score``, never reported as the model's quality), and the memorisation gap: the
         test-half distance minus the distance to as many training images."""
-        def distance(st: FeatureStats) -> float:  # the mean over plane blocks (images: one), as the headline
-            return float(np.mean([frechet_distance(mu, cov, st.mean[cols], st.cov[cols, cols], sqrt_sigma1=root)
-                                  for (mu, cov, root), (_, cols) in zip(moments, blocks)]))
-        fd = {split: distance(st) for split, st in self.holdout.items()}
+        fd = {split: float(np.mean(_block_distances(moments, blocks, st))) for split, st in self.holdout.items()}
         n = {split: st.n for split, st in self.holdout.items()}
         metric = self.extractor.metric
         return [{**base, "real": "holdout", "num_real": n["test"], "metric": metric, "value": fd["test"]},
