@@ -92,9 +92,9 @@ def this_machine() -> str:
 
 
 def headline(run: Path) -> dict:
-    """The numbers of the table, read from ``metrics.jsonl``: per series (``client k`` = that
-    client's model on its own data, ``global`` = global model on the union, ``global on k`` =
-    global model on client k's data) the value at round 0 and at the last evaluated round."""
+    """The numbers of the table, read from ``metrics.jsonl``: per series (``site k`` = that
+    site's model on its own data, ``global`` = global model on the union, ``global on k`` =
+    global model on site k's data) the value at round 0 and at the last evaluated round."""
     _, registry = _fedsynth()
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     fd = [r for r in records if registry.is_fd_metric(r["metric"])]
@@ -109,12 +109,12 @@ def headline(run: Path) -> dict:
         if who == "global":
             name = "global" if real in ("union", "global") else "held-out" if real == "holdout" else f"global on {real}"
         elif real == who:
-            name = f"client {who}"
+            name = f"site {who}"
         else:
-            continue  # a client's own model on the union (the local baseline)
+            continue  # a site's own model on the union (the local baseline)
         series.setdefault(name, {})[r["round"]] = r["value"]
     last = max(r for s in series.values() for r in s)
-    clients = sorted((n for n in series if n.startswith("client ")), key=lambda n: (len(n), n))
+    clients = sorted((n for n in series if n.startswith("site ")), key=lambda n: (len(n), n))
     return {"metric": metric, "extractor": fd[0].get("extractor", ""), "last": last,
             "series": series, "clients": clients}
 
@@ -136,7 +136,7 @@ def render(run: Path, prefix: str, machine: str) -> str:
             rows.append(f"| {label} | {s[n][0]:.3f} | {s[n][last]:.3f} | {_change(s[n][0], s[n][last])} |")
     if "global" in s and 0 in s["global"] and last in s["global"]:
         g = s["global"]
-        rows.append(f"| **global model, on the union of all clients' data** | **{g[0]:.3f}** | "
+        rows.append(f"| **global model, on the union of all sites' data** | **{g[0]:.3f}** | "
                     f"**{g[last]:.3f}** | **{_change(g[0], g[last])}** |")
     if "held-out" in s and 0 in s["held-out"] and last in s["held-out"]:
         g = s["held-out"]
@@ -144,7 +144,7 @@ def render(run: Path, prefix: str, machine: str) -> str:
                     f"**{g[last]:.3f}** | **{_change(g[0], g[last])}** |")
     fair = [n for n in sorted(s) if n.startswith("global on ") and 0 in s[n] and last in s[n]]
     if fair:
-        ids = " / ".join(f"client {n[len('global on '):]}'s" for n in fair)
+        ids = " / ".join(f"site {n[len('global on '):]}'s" for n in fair)
         rows.append(f"| global model on {ids} data (fairness) | "
                     + " / ".join(f"{s[n][0]:.3f}" for n in fair) + " | "
                     + " / ".join(f"{s[n][last]:.3f}" for n in fair) + " | "

@@ -73,7 +73,7 @@ def test_page_table_ratios_figures_and_last_grids(tmp_path):
     assert rows[("local", "fd-random")]["series"] == "mean of local models on the union"
     assert float(rows[("local", "fd-random")]["value"]) == pytest.approx(16.0)
     assert float(rows[("local", "fd-random")]["ratio_to_baseline"]) == pytest.approx(16.0 / 5.0)
-    assert rows[("fedavg", "d-loss")]["series"] == "mean over clients"
+    assert rows[("fedavg", "d-loss")]["series"] == "mean over sites"
     assert float(rows[("fedavg", "d-loss")]["value"]) == pytest.approx(0.75)
     assert rows[("fedavg", "fd-random")]["extractor"] == RANDOM and rows[("fedavg", "fd-random")]["round"] == "2"
     assert "2.000×" in text and "3.200×" in text

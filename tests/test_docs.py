@@ -133,9 +133,9 @@ def test_refresh_headline_rewrites_only_the_marked_block(tmp_path):
         old = before[page]
         assert text[:a] == old[:old.index(mod.START)] and text[b:] == old[old.index(mod.END):]
         block = text[a:b]
-        assert "| client 0 (its local model, on its own data) | 30.000 | 3.000 | −90.0 % |" in block
-        assert "| client 1 | 32.000 | 8.000 | −75.0 % |" in block
-        assert "| **global model, on the union of all clients' data** | **31.000** | **6.200** | **−80.0 %** |" in block
+        assert "| site 0 (its local model, on its own data) | 30.000 | 3.000 | −90.0 % |" in block
+        assert "| site 1 | 32.000 | 8.000 | −75.0 % |" in block
+        assert "| **global model, on the union of all sites' data** | **31.000** | **6.200** | **−80.0 %** |" in block
         assert "| 30.500 / 31.500 | 6.000 / 6.400 |" in block
         assert "after round 3" in block
         assert "`fedsynth run --set data.source=phantom-ct --set fed.rounds=3` on test machine" in " ".join(

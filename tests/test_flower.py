@@ -181,7 +181,7 @@ def test_a_node_with_a_missing_data_folder_stops_the_run_naming_the_client(tmp_p
         fed.stop()
     text = run.stdout + run.stderr
     print("flwr run exit code", run.returncode)
-    assert "error: client 1" in text and "nowhere" in text, text[-3000:]
+    assert "error: site 1" in text and "nowhere" in text, text[-3000:]
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -474,7 +474,7 @@ def test_replay_of_a_run_with_a_drop_out_gives_the_recorded_weights(restarted_ru
     res = CliRunner().invoke(app, ["run", "--replay", str(out), "--sites", str(sites), "-o", str(tmp_path / "replay")])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # the terminal width wraps long paths
-    assert f"{len(dropped)} missed client round" in text
+    assert f"{len(dropped)} missed site round" in text
     assert "round 8: global weights bit-identical" in text and "round 7: global weights bit-identical" in text
     tampered = tmp_path / "tampered"
     shutil.copytree(out, tampered)

@@ -92,7 +92,7 @@ def test_a_node_builds_on_the_state_of_the_round_the_server_took():
     node.conf["state-round"] = 0
     assert saved_state(node, {"state": b"x", "state-round": 3}, before=4) is None  # never trained: a fresh state
     node.conf["state-round"] = 7
-    with pytest.raises(StateLost, match="client 1: its state after round 7"):
+    with pytest.raises(StateLost, match="site 1: its state after round 7"):
         saved_state(node, {"state": None}, before=8)
     del node.conf["state-round"]  # a server without state-round: the newest state before the round
     assert saved_state(node, {"state": None}, before=3) == b"state after round 2"

@@ -48,7 +48,7 @@ def test_replay_errors_are_one_line_and_exit_2(tmp_path, sites):
     _fails(["--replay", str(run), "--sites", str(sites), "-s", "fed.rounds=9"], "--replay takes no")
     part = tmp_path / "part"
     shutil.copytree(sites / "client-0", part / "client-0")
-    _fails(["--replay", str(run), "--sites", str(part), "-o", str(tmp_path / "out")], "no folder client-1 for client 1")
+    _fails(["--replay", str(run), "--sites", str(part), "-o", str(tmp_path / "out")], "no folder client-1 for site 1")
     assert not (tmp_path / "out").exists()  # checked before anything is written
     (run / "config.toml").write_text((run / "config.toml").read_text().replace("rounds = 3", "rounds = 3\n"
                                                                                 "secure-aggregation = true"))

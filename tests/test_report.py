@@ -41,13 +41,13 @@ def _text(page: str) -> str:
 def test_report_summary_rows_samples_and_realism(tiny_run):
     page = (tiny_run / "report.html").read_text()
     text = _text(page)
-    for word in ("fedavg", "client 0 (32)", "16 px", "3; 1 local epoch", "duration",
+    for word in ("fedavg", "site 0 (32)", "16 px", "3; 1 local epoch", "duration",
                  "started", "0.1.0"):
         assert word in text, word
     run = json.loads((tiny_run / "run.json").read_text())
     assert run["sessions"][0]["last_round"] == 3 and run["sessions"][0]["seconds"] > 0
     # named rows, the extractor named once, change and ratio columns; no raw keys
-    for row in ("global model", "global on client 0's data", "client 1", "change", "÷ global"):
+    for row in ("global model", "global on site 0's data", "site 1", "change", "÷ global"):
         assert row in text, row
     assert text.count("random-conv-v1(") == 1 and "sites-best" not in text and "Inception" not in text
     # real images beside the samples, the last round always, the realism extremes
@@ -120,7 +120,7 @@ def test_a_diffusion_report_speaks_of_diffusion(tmp_path):
     for word in ("GAN", "generator", "discriminator", "d-loss", "bce"):
         assert word not in text, word
     caps = [c for c, _ in _curves(read_metrics(run), "fd-random", None, {"loss": "denoising loss"})]
-    assert any(c.startswith("Denoising loss of each client's local training") for c in caps), caps
+    assert any(c.startswith("Denoising loss of each site's local training") for c in caps), caps
 
 
 def test_a_gan_report_speaks_of_the_gan(tmp_path):
@@ -134,7 +134,7 @@ def test_few_real_images_are_a_warning_in_the_report(tiny_run):
     """tiny_run scores against 32 real images a site: fewer than the random network's 480 features."""
     text = _text((tiny_run / "report.html").read_text())
     assert "Few real images" in text
-    assert "the distances against client 0's data rest on 32 real images (fewer than the 480 feature dimensions" in text
+    assert "the distances against site 0's data rest on 32 real images (fewer than the 480 feature dimensions" in text
 
 
 def test_precision_and_realism_are_explained_beside_their_numbers(tmp_path):

@@ -349,7 +349,7 @@ def test_a_node_that_requires_secure_aggregation_refuses_a_plain_round(sites, tm
     aggregation stops with an error naming the client before any update leaves."""
     cfg_path = tmp_path / "fedsynth.toml"
     cfg_path.write_text(CONFIG.replace("rounds = 2", "rounds = 1"))
-    with pytest.raises(UserError, match="client 0: this node sends its update only through secure aggregation"):
+    with pytest.raises(UserError, match="site 0: this node sends its update only through secure aggregation"):
         _serve(cfg_path, sites, tmp_path / "run", tmp_path / "audit", **{"secure-aggregation": True})
     replies = _audited(tmp_path / "audit")
     assert len(replies) == 2 and not any(arrays for arrays, _ in replies)  # two refusals, no tensor

@@ -68,6 +68,16 @@ def test_two_images_on_one_site_are_enough_to_evaluate(tiny, tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     fd = [r for r in recs if r["metric"] == "fd-random" and r["client"] == "global"]
     assert [r["round"] for r in fd] == [0, 1] and all(r["num_real"] == 2 for r in fd)
+    assert all(r["few_real"] is True for r in fd)  # the caveat travels with the number in the records
+
+
+def test_enough_real_images_carry_no_few_real_flag(tiny, tmp_path):
+    res = _run(tiny, _folder(tmp_path, 600), 1, "fed.rounds=1", "eval.per-site=false", "eval.holdout=0",
+               "eval.num-samples=16")
+    assert res.exit_code == 0, res.output
+    recs = [json.loads(x) for x in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    fd = [r for r in recs if r["metric"] == "fd-random" and r["client"] == "global"]
+    assert fd and all(r["num_real"] == 600 and "few_real" not in r for r in fd)
 
 
 def _parts(*sizes):

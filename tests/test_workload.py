@@ -22,14 +22,14 @@ def test_the_default_run_is_not_floored():
 def test_a_small_site_repeats_its_data_and_is_told():
     steps, notes = _steps(n=84)
     assert steps == MIN_LOCAL_STEPS == 30
-    assert len(notes) == 1 and "client 0: 84 images at batch 32 is 2 steps per epoch" in notes[0]
+    assert len(notes) == 1 and "site 0: 84 images at batch 32 is 2 steps per epoch" in notes[0]
     assert "30 local steps (≈15 epochs, fed.min-local-steps)" in notes[0]
 
 
 def test_old_behaviour_and_explicit_steps_warn_when_too_few():
     steps, notes = _steps("fed.min-local-steps=0", n=84)
     assert steps == 2
-    assert notes == ["client 0 trains only 2 local steps per round (84 images, batch 32): a GAN learns "
+    assert notes == ["site 0 trains only 2 local steps per round (84 images, batch 32): a GAN learns "
                      "little from so few; set fed.min-local-steps to 30 or more"]
     steps, notes = _steps("fed.local-steps=1", n=84)  # explicit steps win over the floor
     assert steps == 1 and "1 local step per round" in notes[0] and "fed.local-steps" in notes[0]
@@ -63,6 +63,6 @@ def test_the_notice_reaches_the_reporter_before_round_one(tiny):
     rep = Capture()
     FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)), rep).run()
     # before the run's header (run_start) and round 1
-    assert "2 clients (e.g. client 0): 32 images at batch 16" in rep.seen[0]
-    assert rep.seen[1].startswith("2 clients (e.g. client 0) train only 4 local steps per round")
+    assert "2 sites (e.g. site 0): 32 images at batch 16" in rep.seen[0]
+    assert rep.seen[1].startswith("2 sites (e.g. site 0) train only 4 local steps per round")
     assert rep.seen[2] == "start" and rep.seen[3] == ("round", 1, 8)  # 4 steps each, not one epoch's 2

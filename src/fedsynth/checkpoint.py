@@ -123,7 +123,7 @@ def load_released(path: str | Path, client: str | None = None, which: str | None
     if client is not None:
         c = ck.get("clients", {}).get(client)
         if c is None:
-            raise UserError(f"client {client!r} not in checkpoint (has {', '.join(ck.get('clients', {}))})")
+            raise UserError(f"site {client!r} not in checkpoint (has {', '.join(ck.get('clients', {}))})")
         state = c["weights"] or {**ck["global"], **c.get("local", {})}
     else:
         state = ck.get("ema") or ck.get("global")

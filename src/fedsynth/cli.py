@@ -205,8 +205,8 @@ def run(
                                 f"{', '.join(HARDWARE_KEYS)}: the recorded run's own config.toml is used")
             cfg, ids, missed = replay_config(replay, set_)
             engine = replay_engine(ids, sites)
-            console.print(f"replaying {replay}: {plural(len(ids), 'client')}, {plural(cfg.fed.rounds, 'round')}, "
-                          f"{plural(len(missed), 'missed client round')} forced", highlight=False)
+            console.print(f"replaying {replay}: {plural(len(ids), 'site')}, {plural(cfg.fed.rounds, 'round')}, "
+                          f"{plural(len(missed), 'missed site round')} forced", highlight=False)
         elif resume is not None:
             from .config import EXTEND_KEYS, HARDWARE_KEYS, parse_override
             allowed = HARDWARE_KEYS + EXTEND_KEYS
@@ -490,7 +490,7 @@ def generate(
     images: int = typer.Option(64, "--images", "-n", help="Number of images to generate."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the PNG files (created)."),
     label: Optional[int] = typer.Option(None, "--label", help="Class to generate (conditional models)."),
-    client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (local runs)."),
+    client: Optional[str] = typer.Option(None, "--client", help="Use this site's own model (local runs)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
     spacing: float = typer.Option(0.0, "--spacing", help="Volumes: voxel size in mm written to the NIfTI files "
                                   "(0: the voxel size of the run's data where known, else 1 mm)."),
@@ -725,7 +725,7 @@ def utility(
     tsne_points: int = typer.Option(300, "--tsne-points", help="Real and synthetic images (each) in the t-SNE "
                                     "figure; 0: no figure."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if available), cpu, cuda or cuda:N."),
-    client: Optional[str] = typer.Option(None, "--client", help="Use this client's own model (runs without a "
+    client: Optional[str] = typer.Option(None, "--client", help="Use this site's own model (runs without a "
                                          "global one: local, ensemble)."),
     round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
                                          "the best round by the held-out selection score), last, or a kept round "
@@ -839,7 +839,7 @@ def utility(
              "real_test": {"source": real_test, "set": list(test_set), "images": len(test),
                            "class_counts": test.class_counts()},
              "class_names": list(train.class_names), "conditional": bool(model.conditional),
-             "model": "global" if client is None else f"client {client}",
+             "model": "global" if client is None else f"site {client}",
              "seconds": round(time.perf_counter() - t0, 1)}
     key = classifier + ("-pretrained" if pretrained else "") + (f"-client-{client}" if client is not None else "")
     out = run_dir / "utility"
@@ -1051,9 +1051,9 @@ def data_inspect(
 @data_app.command("split")
 def data_split(
     source: str = typer.Argument(..., help="A phantom or sample name, or a folder/file path."),
-    clients: int = typer.Option(..., "--clients", "-k", help="Number of clients."),
+    clients: int = typer.Option(..., "--clients", "-k", help="Number of sites."),
     scheme: str = typer.Option("iid", "--scheme", help="iid | label-skew | by-label | dirichlet | quantity-skew"),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to create: one sub-folder per client."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to create: one sub-folder per site (client-<id>/)."),
     set_: List[str] = typer.Option([], "--set", "-s", help="Other overrides, e.g. partition.majority=0.9."),
 ) -> None:
     """Write one folder per client (client-K/<class>/NNNNNN.png): what each hospital node reads.
@@ -1077,7 +1077,7 @@ def data_split(
     except UserError as e:
         _fail(str(e))
     console.print(partition_table(info))
-    console.print(f"wrote {len(parts)} client folders to {out}")
+    console.print(f"wrote {len(parts)} site folders to {out}")
 
 
 # --- fedsynth weights: feature-network weights in the folders their libraries read -------------

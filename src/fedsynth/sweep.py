@@ -179,7 +179,7 @@ def study_figure(out: Path) -> Path | None:
                 xs = [r * period for r, _ in pts]  # x axis in local epochs
                 ax.plot(xs, [v for _, v in pts], "-o" if name == "global" else "-", ms=2,
                         color="black" if name == "global" else None, lw=2 if name == "global" else 1,
-                        label="global" if name == "global" else f"client {name}")
+                        label="global" if name == "global" else f"site {name}")
             for base, style in (("local", "--"), ("centralized", ":")):
                 if refs.get(base):
                     ax.plot([r for r, _ in refs[base]], [v for _, v in refs[base]], style, color="gray", lw=1, label=base)

@@ -30,7 +30,7 @@ def _parts(data: ImageSet, index_lists: list[np.ndarray]) -> list[ImageSet]:
     out = []
     for k, idx in enumerate(index_lists):
         if len(idx) == 0:
-            raise UserError(f"partition left client {k} with no images; use fewer clients or another scheme")
+            raise UserError(f"partition left site {k} with no images; use fewer sites (partition.clients) or another scheme")
         out.append(data.subset(np.sort(np.asarray(idx, np.int64)), name=f"client-{k}"))
     return out
 

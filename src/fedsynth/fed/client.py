@@ -214,7 +214,7 @@ def workload_notes(cfg: Any, strategy: Any, sizes: dict[str, int]) -> list[str]:
     per_epoch = {cid: steps_per_epoch(n, bss[cid]) for cid, n in sizes.items()}
     steps = {cid: local_steps(site[cid], strategy, n) for cid, n in sizes.items()}
     def who(cids: list[str]) -> str:
-        return f"client {cids[0]}" if len(cids) == 1 else f"{len(cids)} clients (e.g. client {cids[0]})"
+        return f"site {cids[0]}" if len(cids) == 1 else f"{len(cids)} sites (e.g. site {cids[0]})"
 
     if cfg.fed.local_steps == 0:
         floored = sorted((cid for cid in sizes if steps[cid] > site[cid].fed.local_epochs * per_epoch[cid]), key=str)

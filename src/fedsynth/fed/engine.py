@@ -327,7 +327,7 @@ class Federation:
             for res in results:
                 recs += res.records
                 if res.update is None:
-                    self.reporter.warning(f"round {r}: client {res.client_id} dropped out")
+                    self.reporter.warning(f"round {r}: site {res.client_id} dropped out")
             updates = [res.update for res in results if res.update is not None]
             out = server_round(cfg, self.strategy, self.server, r, updates, self.travel,
                                len(ids) / len(self.pool.ids), self.pool.kept_local(updates), self.server_trainer)

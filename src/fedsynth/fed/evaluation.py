@@ -26,7 +26,7 @@ from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, kernel_inception_distance
 from ..metrics.planes import plane_blocks
 from ..metrics.realism import RealismReference, realism_summary
-from ..metrics.stats import frechet_distance, sqrtm_psd
+from ..metrics.stats import few_real_note, frechet_distance, sqrtm_psd
 from ..updates import State
 from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
@@ -293,7 +293,7 @@ class Evaluator:
         fds = _block_distances(self._moments(fake), blocks, real.stats)
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
-                "num_real": real.stats.n}
+                "num_real": real.stats.n, **self._few_real(real.stats.n)}
         precision = "bf16" if self.cfg.bf16 else self.model.precision
         if precision != "fp32":  # provenance of a cheaper precision (fp32, the reference, is implied)
             base["precision"] = precision
@@ -330,11 +330,20 @@ class Evaluator:
         fd = {split: float(np.mean(_block_distances(moments, blocks, st))) for split, st in self.holdout.items()}
         n = {split: st.n for split, st in self.holdout.items()}
         metric = self.extractor.metric
-        return [{**base, "real": "holdout", "num_real": n["test"], "metric": metric, "value": fd["test"]},
-                {**base, "real": "holdout-select", "num_real": n["select"], "metric": "selection-score",
-                 "value": fd["select"], "score": metric},
-                {**base, "real": "holdout", "num_real": n["test"], "metric": "memorisation-gap",
-                 "value": fd["test"] - fd["matched"], "score": metric}]
+        base = {k: v for k, v in base.items() if k != "few_real"}
+        test, select = {**base, "num_real": n["test"], **self._few_real(n["test"])}, \
+            {**base, "num_real": n["select"], **self._few_real(n["select"])}
+        return [{**test, "real": "holdout", "metric": metric, "value": fd["test"]},
+                {**select, "real": "holdout-select", "metric": "selection-score", "value": fd["select"], "score": metric},
+                {**test, "real": "holdout", "metric": "memorisation-gap", "value": fd["test"] - fd["matched"],
+                 "score": metric}]
+
+    def _few_real(self, num_real: int) -> dict[str, bool]:
+        """``{"few_real": True}`` for a record whose distance rests on too few real feature rows
+        (:func:`fedsynth.metrics.stats.few_real_note`: fewer than the feature dimension of one
+        plane, or than its stated minimum), else nothing: the caveat travels with the number."""
+        dims = getattr(self.extractor, "plane_dims", getattr(self.extractor, "dims", None))
+        return {"few_real": True} if few_real_note(num_real, dims) else {}
 
     def realism(self, fake: np.ndarray, round_: int, base: dict[str, Any]) -> list[dict[str, Any]]:
         """Summary records of the per-sample realism score (Kynkaanniemi et al. 2019) of the global
@@ -348,7 +357,8 @@ class Evaluator:
             self._realism_ref = RealismReference(real, k=REALISM_K)
         scores = self._realism_ref.scores(fake)
         self.realism_last = (round_, scores)
-        base = {**base, "num_real": len(real), "k": REALISM_K}
+        base = {**{k: v for k, v in base.items() if k != "few_real"}, "num_real": len(real), "k": REALISM_K,
+                **self._few_real(len(real))}
         return [{**base, "metric": name, "value": v} for name, v in realism_summary(scores).items()]
 
     def realism_extremes(self, state: State | None, n: int = 8) -> torch.Tensor | None:

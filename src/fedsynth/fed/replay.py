@@ -95,13 +95,13 @@ def replay_engine(ids: list[str], sites: str | Path) -> Callable[[Config, Report
         for cid in ids:
             path = Path(sites) / f"client-{cid}"
             if not path.is_dir():
-                raise UserError(f"--sites {sites}: no folder client-{cid} for client {cid} (the run's clients are "
+                raise UserError(f"--sites {sites}: no folder client-{cid} for site {cid} (the run's sites are "
                                 f"{', '.join(ids)})")
             try:
                 parts.append(load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
                     cfg.data, source="folder", path=str(path)))))
             except UserError as e:
-                raise UserError(f"client {cid} ({path}): {e}") from None
+                raise UserError(f"site {cid} ({path}): {e}") from None
         from ..data import summary
         from .evaluation import holdout_for
         parts, held, notice = holdout_for(cfg, parts)  # each site's held-out images, split as its node split them

@@ -77,7 +77,7 @@ def server_round(cfg: Any, strategy: Any, state: ServerState, r: int, updates: S
         ups, rejected = validate_updates(ups, state.global_state, travel, cfg.privacy.outlier_factor)
         for cid, reason in rejected:
             recs.append({"round": r, "client": cid, "metric": "rejected", "value": 1, "reason": reason})
-            warnings.append(f"round {r}: update of client {cid} rejected: {reason}")
+            warnings.append(f"round {r}: update of site {cid} rejected: {reason}")
     aggregate = strategy.aggregates
     if aggregate and len(ups) < cfg.fed.min_clients:
         aggregate = False

@@ -143,7 +143,7 @@ def headline(records: list[Record], metric: str) -> tuple[Series, str]:
     if glob:
         return sorted((int(r["round"]), float(r["value"])) for r in glob), "global model"
     union = [r for r in recs if str(r.get("real", "")) == "union"]
-    pick, what = (union, "mean of local models on the union") if union else (recs, "mean over clients")
+    pick, what = (union, "mean of local models on the union") if union else (recs, "mean over sites")
     by_round: dict[int, list[float]] = {}
     for r in pick:
         by_round.setdefault(int(r["round"]), []).append(float(r["value"]))

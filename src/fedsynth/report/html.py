@@ -153,7 +153,7 @@ def _summary(run: Path, cfg: dict[str, Any], part: dict[str, Any], nodes: dict[s
     source = g("data", "source")
     images = part.get("data", {}).get("count") or sum(sites.values())
     data = f"{esc(str(source))}, {_plural(int(images), 'image')}" if images else esc(str(source))
-    site_list = ", ".join(f"client {esc(k)} ({v:,})" for k, v in sites.items()) if sites else "–"
+    site_list = ", ".join(f"site {esc(k)} ({v:,})" for k, v in sites.items()) if sites else "–"
     if strategy == "centralized":
         site_text = f"1 (pooled: {site_list})"
     else:
@@ -184,16 +184,16 @@ def _summary(run: Path, cfg: dict[str, Any], part: dict[str, Any], nodes: dict[s
 # ---------------------------------------------------------------------------- tables
 def _row_name(who: str, real: str) -> tuple[str, str]:
     """(model, scored on) in words, for a record's ``client`` and ``real``."""
-    data = "all sites (union)" if real in ("union", "global") else f"client {real}'s data"
+    data = "all sites (union)" if real in ("union", "global") else f"site {real}'s data"
     if real == "holdout":
         return "global model, held-out images", "each site's held-out images (never trained on)"
     if who == "global":
-        return ("global model" if real in ("union", "global") else f"global on client {real}'s data"), data
+        return ("global model" if real in ("union", "global") else f"global on site {real}'s data"), data
     if who == "pooled":
         return "centralized model (pooled data)", ("all data" if real in ("pooled", "union") else data)
     if real == who:
-        return f"client {who}", data
-    return f"client {who} on all sites", data
+        return f"site {who}", data
+    return f"site {who} on all sites", data
 
 
 def _by_round(records: list[dict[str, Any]], metric: str) -> dict[tuple[str, str], dict[int, float]]:
@@ -228,7 +228,7 @@ def _few_real(records: list[dict[str, Any]], fd_metric: str) -> str:
     m = re.search(r"dims=(\d+)", str(low.get("extractor", "")))
     dims = int(m.group(1)) if m else FEATURE_DIMS.get(fd_metric)
     who = low.get("real", "")
-    where = "" if who in ("union", "global") or len({r.get("real") for r in scored}) == 1 else f"client {who}'s data"
+    where = "" if who in ("union", "global") or len({r.get("real") for r in scored}) == 1 else f"site {who}'s data"
     note = few_real_note(low["num_real"], dims, where)
     return f"<p class=warn><b>Few real images</b>: {esc(note)}.</p>" if note else ""
 
@@ -265,8 +265,8 @@ def _final_table(records: list[dict[str, Any]], fd_metric: str, kid_metric: str,
     if base:
         note += ("<b>÷ global</b>: the final score divided by the global model's final score on all sites "
                  f"({_fmt(base)}), the run's headline number: above 1 means that model, or that site, fares worse. ")
-    note += ("Rows <i>client k</i> are client k's model right after its local training, scored on its own data; "
-             "<i>global on client k's data</i> is the released model scored on one site (fairness). "
+    note += ("Rows <i>site k</i> are site k's own model right after its local training, scored on its own data; "
+             "<i>global on site k's data</i> is the released model scored on one site (fairness). "
              "Scores of different rows use different numbers of real images, which biases a Fréchet distance: "
              "compare a row with itself over rounds first.</p>")
     return f"<div class=scroll><table>{head}{''.join(rows)}</table></div>{note}"
@@ -343,12 +343,12 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         if name == "global on holdout":
             return "global model (held-out images)"
         if name.startswith("global on "):
-            return f"global on client {name[10:]}'s data"
+            return f"global on site {name[10:]}'s data"
         if name.endswith(" on union"):
-            return f"client {name[:-9]} on all sites"
+            return f"site {name[:-9]} on all sites"
         if name == "pooled":
             return "centralized (pooled)"
-        return f"client {name}"
+        return f"site {name}"
 
     def panel(title: str, ylabel: str, series: dict[str, list[tuple[int, float]]], log: bool = False,
               caption: str = "", mark: int | None = None) -> None:
@@ -393,11 +393,11 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
         fd = fd_series(records, fd_metric)
         best = best_round(records)
         drawn = {k: v for k, v in fd.items() if not k.startswith("global on") or k == "global on holdout"}
-        dashed = (" (dashed: a client's own model against all sites)" if any(k.endswith(" on union") for k in drawn)
+        dashed = (" (dashed: a site's own model against all sites)" if any(k.endswith(" on union") for k in drawn)
                   else "")
         panel(f"Fréchet distance ({fd_metric}) per model", f"{fd_metric} (log scale, lower is better)", drawn, log=True,
               caption="Fréchet distance of each model against its data: the global model (black) against all sites' "
-                      "training images and against their held-out images (when the run kept some), each client's "
+                      "training images and against their held-out images (when the run kept some), each site's "
                       f"model against its own data{dashed}."
                       + (f" Dotted: the best round ({best}), chosen by the held-out selection score." if best else ""),
               mark=best)
@@ -460,7 +460,7 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
                  else labels[m] for j, m in enumerate(losses)]
         _finish(ax, "Local training " + ("losses" if len(losses) > 1 else labels[next(iter(losses))]),
                 "loss (mean over a round's steps)", False)
-        out.append((f"{', '.join(kinds).capitalize()}{' losses' if len(losses) > 1 else ''} of each client's local "
+        out.append((f"{', '.join(kinds).capitalize()}{' losses' if len(losses) > 1 else ''} of each site's local "
                     "training, the mean over each round's steps.", _fig_png(fig)))
         plt.close(fig)
     return out
@@ -672,12 +672,12 @@ def _partition(part: dict[str, Any], nodes: dict[str, Any]) -> str:
         clients = part.get("clients", {})
         own = any(isinstance(v, dict) and v.get("settings") for v in clients.values())
         server = part.get("server")
-        rows = [(f"client {esc(k)}", v["images"], v["class_counts"], _settings(v)) for k, v in clients.items()]
+        rows = [(f"site {esc(k)}", v["images"], v["class_counts"], _settings(v)) for k, v in clients.items()]
         if server:  # fed.server-data
             same = server.get("class_names", names) == names  # else its counts are not the sites' classes
             rows.append((f"server ({esc(str(server.get('source', '')))}, {server.get('steps', 0)} steps a round)",
                          server["images"], server.get("class_counts", []) if same else ["–"] * len(names), "-"))
-        out = ("<div class=scroll><table><tr><th>client</th><th>images</th>"
+        out = ("<div class=scroll><table><tr><th>site</th><th>images</th>"
                + "".join(f"<th>{esc(str(c))}</th>" for c in names) + ("<th>own settings</th>" if own else "") + "</tr>"
                + "".join(f"<tr><td>{who}</td><td>{n:,}</td>" + "".join(f"<td>{c:,}</td>" if isinstance(c, int) else
                                                                         f"<td>{c}</td>" for c in counts)
@@ -688,9 +688,9 @@ def _partition(part: dict[str, Any], nodes: dict[str, Any]) -> str:
             out += f"<p>{_plural(len(skipped), 'bad file')} skipped.</p>"
         return out
     if nodes:
-        return ("<div class=scroll><table><tr><th>client</th><th>SuperNode</th><th>images</th><th>classes</th>"
+        return ("<div class=scroll><table><tr><th>site</th><th>SuperNode</th><th>images</th><th>classes</th>"
                 "<th>own settings</th></tr>"
-                + "".join(f"<tr><td>client {esc(k)}</td><td>{esc(str(v.get('node-id', '')))}</td><td>{v.get('images', 0):,}</td>"
+                + "".join(f"<tr><td>site {esc(k)}</td><td>{esc(str(v.get('node-id', '')))}</td><td>{v.get('images', 0):,}</td>"
                           f"<td>{esc(', '.join(f'{c}: {n}' for c, n in zip(v.get('classes', []), v.get('class-counts', []))))}</td>"
                           f"<td>{_settings(v)}</td></tr>"
                           for k, v in nodes.items() if isinstance(v, dict)) + "</table></div>")
@@ -785,7 +785,7 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
             headline = (f"Global model: {esc(fd_metric)} {_fmt(glob.get(0))} before training → <b>{_fmt(glob[r1])}</b> "
                         f"at round {r1} ({_change(glob.get(0), glob[r1])}).")
         else:
-            headline = f"Scored with {esc(fd_metric)} (no global model: every client keeps its own)."
+            headline = f"Scored with {esc(fd_metric)} (no global model: every site keeps its own)."
     elif not evaluated:
         results = ("<p>Evaluation was off (<code>eval.enabled = false</code>): no feature network ran, so there are "
                    "no distances and no realism scores; only the training losses and the final model's samples "

@@ -1,4 +1,4 @@
-"""Figures of a run: Fréchet distance per client and for the global model."""
+"""Figures of a run: Fréchet distance per site and for the global model."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def fd_series(records: list[dict[str, Any]], metric: str | None = None) -> dict[
 
 
 def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
-    """One curve per client plus the global model (thick, black), like the study's figures."""
+    """One curve per site plus the global model (thick, black), like the study's figures."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -50,9 +50,9 @@ def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") ->
         if name == "global":
             ax.plot(xs, ys, "-o", color="black", lw=2.2, ms=3.5, label="global model", zorder=5)
         elif name.endswith("on union"):
-            ax.plot(xs, ys, "--", lw=1.0, alpha=0.8, label=f"client {name}")
+            ax.plot(xs, ys, "--", lw=1.0, alpha=0.8, label=f"site {name.removesuffix(' on union')} on all sites")
         else:
-            ax.plot(xs, ys, "-", lw=1.2, marker=".", alpha=0.85, label=f"client {name}")
+            ax.plot(xs, ys, "-", lw=1.2, marker=".", alpha=0.85, label=f"site {name}")
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     label = "FID" if metric == "fid" else "Fréchet distance (random features)"

@@ -125,7 +125,7 @@ class Node:
         except StateLost as e:
             saved, self.lost = None, str(e)
         if saved is not None:
-            c.restore({"weights": None, **from_bytes(saved, what=f"node state of client {self.cid}")})
+            c.restore({"weights": None, **from_bytes(saved, what=f"node state of site {self.cid}")})
         return setup, c, start
 
     def evaluator(self, model):
@@ -168,7 +168,7 @@ def saved_state(node: Node, req: dict[str, Any], before: int) -> bytes | None:
     f = _state_dir(node) / f"round-{want:04d}.state" if conf.get("run-key") else None
     if f is not None and f.is_file():
         return f.read_bytes()
-    raise StateLost(f"client {node.cid}: its state after round {want} (optimizer, strategy state, local layers) is "
+    raise StateLost(f"site {node.cid}: its state after round {want} (optimizer, strategy state, local layers) is "
                     f"not on this node's disk ({f.parent if f is not None else 'no run key'}); it restarts from a "
                     f"fresh state")
 

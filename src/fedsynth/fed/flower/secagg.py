@@ -168,9 +168,9 @@ def fit_reply(msg: Message, conf: dict[str, Any], start: dict[str, np.ndarray], 
     the node's records, timing and losses ride along as scalar metrics."""
     meta = res["meta"]
     if "error" in meta:
-        raise RuntimeError(f"client {meta.get('client-id', '?')}: {meta['error']}")
+        raise RuntimeError(f"site {meta.get('client-id', '?')}: {meta['error']}")
     if meta.get("dropped") or res.get("arrays") is None:
-        raise RuntimeError(f"client {meta.get('client-id', '?')} dropped out mid-round")
+        raise RuntimeError(f"site {meta.get('client-id', '?')} dropped out mid-round")
     if res.get("extra"):
         raise RuntimeError("this strategy sends tensors besides the weights; secure aggregation cannot carry them")
     keys = json.loads(str(conf["secagg-keys"]))

@@ -269,7 +269,7 @@ class FlowerClients(ClientPool):
             meta = dict(rep.content["meta"])
             cid = str(meta["client-id"])
             if "error" in meta:
-                raise UserError(f"client {cid} (SuperNode {nid}): {meta['error']}")
+                raise UserError(f"site {cid} (SuperNode {nid}): {meta['error']}")
             if cid in info:
                 raise UserError(f"client id '{cid}' is used by SuperNodes {info[cid]['node']} and {nid}; give each "
                                 f"node its own --node-config client-id")
@@ -296,14 +296,14 @@ class FlowerClients(ClientPool):
         missing = [cid for cid, _ in self.cfg.sites if cid not in info]
         if missing:
             raise UserError(f"config key 'sites.{missing[0]}': no SuperNode has client-id \"{missing[0]}\" "
-                            f"(the nodes are clients {', '.join(self.ids)})")
+                            f"(the nodes are sites {', '.join(self.ids)})")
         listing = ", ".join(f"{c} ({info[c]['num-examples']} images)" for c in self.ids)
-        _say(f"clients {listing}; {self.channels} channel(s), {self.size} px, {self.num_classes} class(es)")
+        _say(f"sites {listing}; {self.channels} channel(s), {self.size} px, {self.num_classes} class(es)")
 
     def check_extractor(self, name: str) -> None:
         for cid in self.ids:
             if cid in self.stats and self.info[cid]["extractor"] != name:
-                raise UserError(f"client {cid} extracts features with {self.info[cid]['extractor']}, the server "
+                raise UserError(f"site {cid} extracts features with {self.info[cid]['extractor']}, the server "
                                 f"with {name}: install the same Inception weights everywhere (eval.inception-weights)")
 
     def describe(self) -> dict[str, Any]:
@@ -392,7 +392,7 @@ class FlowerClients(ClientPool):
                 continue
             meta = rep.content["meta"]
             if "error" in meta:
-                raise UserError(f"client {cid}: {meta['error']}")
+                raise UserError(f"site {cid}: {meta['error']}")
             try:
                 if rep.metadata.message_type != "train" or cid not in ids:
                     recs += parse_records(rep.content, cid)
@@ -408,7 +408,7 @@ class FlowerClients(ClientPool):
                 why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
                 recs.append({"round": r, "client": cid, "metric": "rejected", "value": 1,
                              "reason": f"malformed reply from SuperNode {rep.metadata.src_node_id}: {why}"})
-                _say(f"round {r}: reply of client {cid} rejected: {why}")
+                _say(f"round {r}: reply of site {cid} rejected: {why}")
                 continue
             results.append(ClientResult(cid, update, node_recs, timing))
         return results, recs
