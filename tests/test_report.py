@@ -55,6 +55,10 @@ def test_report_summary_rows_samples_and_realism(tiny_run):
     assert "Real images" in text and "Generated, round 3" in text and "least realistic" in text
     assert 'image-rendering:pixelated' not in re.sub(r"img\.px\{[^}]*\}|\.zoom input:checked\+img\{[^}]*\}", "",
                                                       page.split("</style>")[0])  # never on a downscaled image
+    # enlarged, a small grid is again a whole multiple of its own width: every cell the same size
+    assert re.search(r'class="px" src="data:image/png;base64,[^"]+" alt="real images" width="(\d+)" height="\d+" '
+                     r'style="aspect-ratio:\d+/\d+;--w:\d+px;--r:[0-9.]+"', page)
+    assert "round(down,min(96vw,calc(96vh*var(--r))),var(--w))" in page.split("</style>")[0]
     assert "<details><summary>config.toml" in page and "<script" not in page and "http" not in page.split("<details>")[0]
 
 

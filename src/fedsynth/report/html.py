@@ -469,13 +469,15 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
 # ---------------------------------------------------------------------------- images
 def _zoomable(data: bytes, alt: str, target: int = 540) -> str:
     """An image at its own resolution (small grids shown at an integer multiple, crisp); a click
-    toggles a full-window view (a hidden checkbox and CSS: no script)."""
+    toggles a full-window view (a hidden checkbox and CSS: no script). Enlarged, a small grid is
+    again an integer multiple of its width (CSS ``round()``, where the browser has it), so every
+    cell of a 32 px grid gets the same number of screen pixels."""
     w, h = _png_size(data)
     scale = max(1, target // w)
     cls = ' class="px"' if scale > 1 else ""
     return (f'<label class="zoom" title="click to enlarge"><input type="checkbox">'
             f'<img{cls} src="{_data_uri(data)}" alt="{esc(alt)}" width="{w * scale}" height="{h * scale}" '
-            f'style="aspect-ratio:{w}/{h}"></label>')
+            f'style="aspect-ratio:{w}/{h};--w:{w}px;--r:{w / h:.6f}"></label>')
 
 
 def _pick_rounds(rounds: list[int], k: int) -> list[int]:
@@ -726,7 +728,10 @@ img.px{image-rendering:pixelated}
 .zoom{cursor:zoom-in;display:block}.zoom input{position:absolute;opacity:0;width:0;height:0;pointer-events:none}
 .zoom input:checked+img{position:fixed;inset:0;width:100vw!important;height:100vh!important;max-width:none;object-fit:contain;
  background:rgba(15,15,15,.94);padding:2vmin;z-index:10;cursor:zoom-out}
-@media (min-width:700px) and (min-height:600px){.zoom input:checked+img{image-rendering:pixelated}}
+@media (min-width:700px) and (min-height:600px){.zoom input:checked+img.px{image-rendering:pixelated}
+@supports (width:round(down,9px,2px)){.zoom input:checked+img.px{height:auto!important;margin:auto;padding:0;
+ box-shadow:0 0 0 100vmax rgba(15,15,15,.97);width:max(round(down,min(96vw,calc(96vh*var(--r))),var(--w)),
+ min(var(--w),96vw,calc(96vh*var(--r))))!important}}}
 dl.metrics dt{font-weight:600;margin-top:.7em}dl.metrics dd{margin:.15em 0 0 1.2em}
 details summary{cursor:pointer;font-weight:600;margin:.4em 0}"""
 
