@@ -50,8 +50,14 @@ def save_class_montage(data: ImageSet, path: str | Path, per_class: int = 8) -> 
     rows = data.num_classes
     images = orthogonal_slices(data.images)          # volumes: three mid-slices each
     wide = images.shape[3] / images.shape[2]
-    fig, axes = plt.subplots(rows, per_class, figsize=(per_class * 1.0 * wide, rows * 1.08), dpi=100,
-                             squeeze=False)
+    # class names in a column of their own, left of their row, so no name runs over an image
+    label_in = 0.15 + 0.065 * max((len(n) for n in data.class_names), default=0)
+    cell_w, cell_h, gap, top = 1.0 * wide, 1.0, 0.06, 0.3
+    width = label_in + per_class * cell_w + (per_class - 1) * gap + 0.05
+    height = top + rows * cell_h + (rows - 1) * gap + 0.05
+    fig, axes = plt.subplots(rows, per_class, figsize=(width, height), dpi=100, squeeze=False)
+    fig.subplots_adjust(left=label_in / width, right=1 - 0.05 / width, top=1 - top / height, bottom=0.05 / height,
+                        wspace=gap / cell_w, hspace=gap / cell_h)
     for c in range(rows):
         idx = np.flatnonzero(data.labels == c)[:per_class]
         for j in range(per_class):
@@ -60,10 +66,9 @@ def save_class_montage(data: ImageSet, path: str | Path, per_class: int = 8) -> 
             if j < len(idx):
                 img = images[idx[j]].transpose(1, 2, 0)
                 ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
-            if j == 0:
-                ax.set_title(data.class_names[c], fontsize=8, loc="left")
-    fig.suptitle(data.name, fontsize=9)
-    fig.tight_layout(pad=0.2)
+        axes[c, 0].text(-0.1 / cell_w, 0.5, data.class_names[c], transform=axes[c, 0].transAxes, ha="right",
+                        va="center", fontsize=8)
+    fig.suptitle(data.name, fontsize=9, y=1 - 0.05 / height, va="top")
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
