@@ -68,7 +68,7 @@ def test_a_preset_runs_through_the_cli_with_user_overrides(tmp_path):
     small = ["data.image-size=16", "data.num-images=96", "model.nz=16", "model.ngf=8", "model.ndf=8",
              "fed.rounds=1", "fed.local-epochs=1", "eval.num-samples=32", "eval.kid-subset-size=16",
              "eval.kid-subsets=2", "eval.grid-size=4", "fed.min-local-steps=0"]
-    res = runner.invoke(app, ["sweep", "--preset", "noniid", "--out", str(tmp_path / "sw"),
+    res = runner.invoke(app, ["sweep", "--preset", "noniid", "--out", str(tmp_path / "sw"), "--second-network", "none",
                               *[a for o in small for a in ("--set", o)]])
     assert res.exit_code == 0, res.output
     md = (tmp_path / "sw" / "results.md").read_text()

@@ -19,7 +19,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
-                              prdc_note, summary_table, threads_line, value, written)
+                              prdc_note, rescore_table, summary_table, threads_line, value, written)
 
 from .config import Config, UserError, check_output_path, load_config
 from .registry import EXTRACTORS
@@ -912,6 +912,43 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
     except UserError as e:
         _fail(str(e))
     console.print(f"wrote {build_report(run_dir)}")
+
+
+@app.command()
+def rescore(
+    run_dir: Path = typer.Argument(..., help="A finished run directory."),
+    extractor: str = typer.Option("effnet-lite0", "--extractor", help="The feature network to score with: "
+                                  + " | ".join(n for n in EXTRACTORS.names() if n != "auto") + "."),
+    last_k: Optional[int] = typer.Option(None, "--last-k", help="Score the kept checkpoints among this many last "
+                                         "evaluated rounds (default: the run's eval.last-k)."),
+) -> None:
+    """Score a finished run again with another feature network (default: the trained offline
+    EfficientNet-Lite0, fd-effnet), exactly as the run scored itself: the same real and held-out
+    images and the same fixed latents, for each kept checkpoint among its last evaluated rounds.
+
+    Writes RUN_DIR/rescore.jsonl (the run's own files stay as they were) and adds the scores to
+    its report.html.
+
+    Examples:
+      fedsynth rescore runs/quick"""
+    from .fed.rescore import rescore_run
+    from .report.html import build_report
+    try:
+        if not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "config.toml").is_file():
+            raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl and config.toml)")
+        if extractor not in EXTRACTORS.names() or extractor == "auto":
+            raise UserError(f"--extractor {extractor!r}: choose from "
+                            + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
+        if last_k is not None and last_k < 1:
+            raise UserError(f"--last-k must be at least 1, got {last_k}")
+        check_output_path(run_dir / "rescore.jsonl", "RUN_DIR", folder=False)
+        k = last_k or load_config(str(run_dir / "config.toml")).eval.last_k
+        with console.status(f"scoring {run_dir} with {extractor}…"):
+            records = rescore_run(run_dir, extractor, k)
+    except UserError as e:
+        _fail(str(e))
+    console.print(rescore_table(records))
+    console.print(f"wrote {run_dir / 'rescore.jsonl'} and {build_report(run_dir)}", highlight=False, markup=False)
 
 
 @app.command()

@@ -434,8 +434,9 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
     cfgs = [(n, load_config(base_config, list(base_sets) + o), o) for n, o in variants]  # validate all first
     if rescore:
         import dataclasses
+        # the checkpoints of the last k evaluated rounds stay on disk (evaluated every eval.every rounds)
         cfgs = [(n, dataclasses.replace(c, run=dataclasses.replace(c.run, keep_checkpoints=max(
-            c.run.keep_checkpoints, c.eval.last_k))), o) for n, c, o in cfgs]  # the last k rounds stay on disk
+            c.run.keep_checkpoints, (c.eval.last_k - 1) * c.eval.every + 1))), o) for n, c, o in cfgs]
     runs = sweep_runs(cfgs, seeds)
     todo = []
     for _, _, rel, cfg in runs:
@@ -526,9 +527,9 @@ def second_network(choice: str, first: str) -> str:
     from .registry import EXTRACTORS
     if choice in ("", "none"):
         return ""
-    if choice == "auto":  # the runs' own "auto" is already a trained network wherever effnet can be built
+    if choice == "auto":  # the runs' own "auto" is Inception or the random network, never effnet-lite0
         from .metrics.features import effnet_unavailable
-        return "" if effnet_unavailable() or first in ("effnet-lite0", "auto") else "effnet-lite0"
+        return "" if effnet_unavailable() or first == "effnet-lite0" else "effnet-lite0"
     if choice not in EXTRACTORS.names() or choice == "auto":
         raise UserError(f"--second-network {choice!r}: choose from auto, none, "
                         + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))

@@ -32,7 +32,8 @@ def rescore_run(run: str | Path, extractor: str, last_k: int) -> list[dict[str, 
     run = Path(run)
     t0 = time.perf_counter()
     cfg = load_config(str(run / "config.toml"))
-    evaluated = sorted({r["round"] for r in read_metrics(run) if r["round"] > 0})
+    from ..registry import is_fd_metric
+    evaluated = sorted({r["round"] for r in read_metrics(run) if r["round"] > 0 and is_fd_metric(r["metric"])})
     rounds = [r for r in evaluated[-last_k:] if (run / "checkpoints" / f"round-{r:04d}.pt").is_file()]
     if not rounds:
         raise UserError(f"{run}: none of the last {last_k} evaluated rounds has a checkpoint to score")

@@ -191,16 +191,15 @@ def effnet_unavailable() -> str:
 
 
 def trained_network_command(cfg: Any, run_dir: str | Path) -> str | None:
-    """The one command that scores a finished run's released model (its best round) with the
-    trained offline network, ``fd-effnet``, where the run itself used another network and
-    effnet-lite0 can be built here; None otherwise. A run does not score it itself: the trained
-    network costs ~30 s of CPU per 1,000 samples plus its real-image statistics, more than the
-    default run's evaluation budget (non-training time at most 35 % of training time)."""
+    """The one command that scores a finished run with the trained offline network,
+    ``fd-effnet`` (``fedsynth rescore``: the run's own real and held-out images and latents, its
+    last evaluated rounds), where the run itself used another network and effnet-lite0 can be
+    built here; None otherwise. A run does not score it itself: the trained network costs ~30 s
+    of CPU per 1,000 samples plus its real-image statistics, more than the default run's
+    evaluation budget (non-training time at most 35 % of training time)."""
     if not cfg.eval.enabled or cfg.eval.feature_extractor == "effnet-lite0" or effnet_unavailable():
         return None
-    real = cfg.data.path if cfg.data.path else cfg.data.source
-    return (f"fedsynth evaluate {real} --checkpoint {run_dir} --extractor effnet-lite0 "
-            f"--size {cfg.data.image_size} -n {cfg.eval.num_samples}")
+    return f"fedsynth rescore {run_dir}"
 
 
 # EfficientNet-PyTorch names (flat _blocks.N) -> timm names (blocks.stage.index). The first block

@@ -94,6 +94,16 @@ def _read_json(p: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
+def _read_jsonl(p: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file; none if it is missing or unreadable (a report is written
+    for any run directory)."""
+    try:
+        recs = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+    return [r for r in recs if isinstance(r, dict) and "metric" in r and "round" in r]
+
+
 def family_of(cfg: dict[str, Any]) -> Any:
     """The model family class of a run's parsed config (its words for pages and headers); the
     base class, with neutral words, for a family this installation does not know."""
@@ -737,8 +747,32 @@ details summary{cursor:pointer;font-weight:600;margin:.4em 0}"""
 
 
 def _trained_network_note(run: Path, fd_metric: str) -> str:
-    """The command that adds the trained network's score (fd-effnet) of the released model, where
-    the run was scored with another network (:func:`fedsynth.fed.rescore.trained_network_command`)."""
+    """The run scored again with a second feature network (``rescore.jsonl``, written by
+    ``fedsynth rescore``): the global model's scores per rescored round. Where there is none and
+    the run used another network than the trained one, the one command that adds it
+    (:func:`fedsynth.metrics.features.trained_network_command`)."""
+    again = _read_jsonl(run / "rescore.jsonl")
+    metric = next((r["metric"] for r in again if is_fd_metric(r["metric"]) and r.get("client") == "global"), None)
+    if metric:
+        kid_metric = next((r["metric"] for r in again if is_kid_metric(r["metric"])), "")
+        by = {(r["round"], r.get("real"), r["metric"]): r["value"] for r in again if r.get("client") == "global"}
+        rounds = sorted({r["round"] for r in again if r["metric"] == metric})
+        held = any(r.get("real") == "holdout" for r in again if r["metric"] == metric)
+        ext = next((r.get("extractor", "") for r in again if r["metric"] == metric), "")
+        what = NETWORKS.get(metric, (f"<code>{esc(metric)}</code>", ""))[0]
+        head = (f"<tr><th>global model</th><th>{esc(metric)}, all sites</th>"
+                + (f"<th>{esc(metric)}, held-out images</th>" if held else "")
+                + (f"<th>{esc(kid_metric)}</th>" if kid_metric else "") + "</tr>")
+        rows = "".join(
+            f"<tr><td>round {r}</td><td>{_fmt(by.get((r, 'union', metric)))}</td>"
+            + (f"<td>{_fmt(by.get((r, 'holdout', metric)))}</td>" if held else "")
+            + (f"<td>{_fmt(by.get((r, 'union', kid_metric)), 4)}</td>" if kid_metric else "") + "</tr>"
+            for r in rounds)
+        return (f"<h3>Scored again with {what}</h3><p class=note>By <code>fedsynth rescore</code>: the same real "
+                f"and held-out images and the same fixed latents as above, only the feature network changed "
+                f"(<code>{esc(ext)}</code>); lower is better. Its numbers compare with other fedsynth runs scored "
+                f"by the same network, not with the random network's above.</p>"
+                f"<div class=scroll><table>{head}{rows}</table></div>")
     if fd_metric == "fd-effnet":
         return ""
     from ..config import load_config
@@ -751,8 +785,8 @@ def _trained_network_note(run: Path, fd_metric: str) -> str:
         return ""
     return (f"<p class=note>{esc(fd_metric)} uses a frozen random network: it ranks a run against itself over rounds, "
             "not against published numbers. The released model's score in a trained network (fd-effnet, "
-            "EfficientNet-Lite0 ImageNet features; ~30 s of CPU per 1,000 samples, so not part of every run): "
-            f"<code>{esc(cmd)}</code></p>")
+            "EfficientNet-Lite0 ImageNet features; ~30 s of CPU per 1,000 samples, so not part of every run), "
+            f"added to this page: <code>{esc(cmd)}</code></p>")
 
 
 def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
