@@ -170,3 +170,17 @@ def test_second_network_rescores_the_last_k_evaluations_and_ranks_agree(tiny, tm
     md = (tmp_path / "sw" / "results.md").read_text()
     assert md.count("fd-random median of last 3") == 2
     assert "Rank agreement of the two feature networks over the variants (Kendall tau): +1.00" in md
+
+
+def test_a_resumed_parallel_sweep_rescores_its_finished_runs_in_parallel(tiny, tmp_path):
+    """Runs finished without a second network are rescored by `fedsynth rescore` processes when the
+    sweep is run again with one and --jobs 2; the table then carries the second network's column."""
+    base = [a for o in tiny + ["fed.rounds=2", "eval.per-site=false"] for a in ("--set", o)]
+    args = ["sweep", "--out", str(tmp_path / "sw"), *base, "--grid"]
+    assert runner.invoke(app, [*args, "fed.local-epochs=1,2", "--second-network", "none"]).exit_code == 0
+    assert not list((tmp_path / "sw").glob("*/rescore.jsonl"))
+    # a third variant is new: its own job runs it and then rescores it
+    res = runner.invoke(app, [*args, "fed.local-epochs=1,2,3", "--second-network", "random", "--jobs", "2"])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "sw").glob("*/rescore.jsonl"))) == 3
+    assert "fd-random median of last 3" in (tmp_path / "sw" / "results.md").read_text()

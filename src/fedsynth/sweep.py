@@ -359,9 +359,12 @@ def rounds_done(run: Path) -> int:
     return max(rounds, default=0)
 
 
-def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: SweepProgress) -> None:
+def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: SweepProgress,
+                  rescore: str = "") -> None:
     """Each variant in its own ``fedsynth run`` process, at most ``jobs`` at a time, with the
-    cores shared out (train.threads) so they do not oversubscribe."""
+    cores shared out (train.threads) so they do not oversubscribe; with ``rescore``, the same
+    process then scores it with the second feature network (``fedsynth rescore``), so the
+    rescoring is spread over the jobs too."""
     import dataclasses
     import os
     import subprocess
@@ -380,9 +383,15 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: S
             atomic_write_text(toml, cfg.to_toml())
             progress.started(name)
             log = open(out / f".{name.replace('/', '-')}.log", "w")
-            running.append((name, subprocess.Popen([sys.executable, "-m", "fedsynth", "run", "--config", str(toml),
-                                                    "--out", str(out / name)], stdout=log, stderr=subprocess.STDOUT),
-                            cfg, time.perf_counter()))
+            run = [sys.executable, "-m", "fedsynth", "run", "--config", str(toml), "--out", str(out / name)]
+            if rescore:  # one shell line, no user text in it: every part is quoted
+                import shlex
+                again = [sys.executable, "-m", "fedsynth", "rescore", str(out / name), "--extractor", rescore,
+                         "--last-k", str(cfg.eval.last_k)]
+                cmd = ["sh", "-c", f"{shlex.join(run)} && {shlex.join(again)}"]
+            else:
+                cmd = run
+            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), cfg, time.perf_counter()))
         time.sleep(0.2)
         for item in list(running):
             name, proc, cfg, t0 = item
@@ -394,6 +403,30 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: S
                     failed.append(name)
     if failed:
         raise UserError(f"variant(s) failed: {', '.join(failed)} (see {out}/.<name>.log)")
+
+
+def _rescore_parallel(runs: list[tuple[str, Any]], out: Path, jobs: int, extractor: str) -> None:
+    """``fedsynth rescore`` of each finished run, at most ``jobs`` processes at a time (each uses
+    its run's own train.threads, which a parallel sweep shared out)."""
+    import subprocess
+    import sys
+    import time
+    queue, running, failed = list(runs), [], []
+    while queue or running:
+        while queue and len(running) < jobs:
+            rel, cfg = queue.pop(0)
+            log = open(out / f".{rel.replace('/', '-')}.rescore.log", "w")
+            running.append((rel, subprocess.Popen([sys.executable, "-m", "fedsynth", "rescore", str(out / rel),
+                                                   "--extractor", extractor, "--last-k", str(cfg.eval.last_k)],
+                                                  stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(0.2)
+        for item in list(running):
+            if item[1].poll() is not None:
+                running.remove(item)
+                if item[1].returncode != 0:
+                    failed.append(item[0])
+    if failed:
+        raise UserError(f"rescoring failed: {', '.join(failed)} (see {out}/.<name>.rescore.log)")
 
 
 def sweep_runs(cfgs: list[tuple[str, Any, list[str]]], seeds: int) -> list[tuple[str, int, str, Any]]:
@@ -453,7 +486,7 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
             todo.append((rel, cfg))
     progress.planned([(n, c.fed.rounds) for n, c in todo], [rel for _, _, rel, _ in runs if rel not in dict(todo)])
     if jobs > 1:
-        _run_parallel(todo, out, jobs, progress)
+        _run_parallel(todo, out, jobs, progress, rescore)
     else:
         for name, cfg in todo:
             (out / name).parent.mkdir(parents=True, exist_ok=True)
@@ -465,11 +498,13 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
                 progress.finished(name, False, time.perf_counter() - t0)
                 raise
             progress.finished(name, True, time.perf_counter() - t0)
-    if rescore:
+    missing = [(rel, cfg) for _, _, rel, cfg in runs if rescore and not rescored(out / rel)]
+    if missing and jobs > 1:  # runs finished before (a resumed sweep): rescored ``jobs`` at a time
+        _rescore_parallel(missing, out, jobs, rescore)
+    elif missing:
         from .fed.rescore import rescore_run
-        for _, _, rel, cfg in runs:
-            if not rescored(out / rel):
-                rescore_run(out / rel, rescore, cfg.eval.last_k)
+        for rel, cfg in missing:
+            rescore_run(out / rel, rescore, cfg.eval.last_k)
     run_rows = []
     for name, seed, rel, cfg in runs:
         overrides = next(o for n, _, o in cfgs if n == name)

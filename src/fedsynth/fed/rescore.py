@@ -37,6 +37,8 @@ def rescore_run(run: str | Path, extractor: str, last_k: int) -> list[dict[str, 
     rounds = [r for r in evaluated[-last_k:] if (run / "checkpoints" / f"round-{r:04d}.pt").is_file()]
     if not rounds:
         raise UserError(f"{run}: none of the last {last_k} evaluated rounds has a checkpoint to score")
+    from ..utils import set_torch_threads
+    set_torch_threads(cfg.train.threads)  # as the run itself (a sweep's parallel jobs share the cores out)
     cfg2 = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor))
     fed = in_process()(cfg2, Reporter())
     records: list[dict[str, Any]] = []
