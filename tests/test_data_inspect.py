@@ -46,3 +46,11 @@ def test_inspect_refuses_a_folder_as_montage_file(tmp_path):
     res = runner.invoke(app, ["data", "inspect", str(src), "--montage", str(tmp_path)])
     assert res.exit_code == 2
     assert res.output.strip() == f"error: --montage {tmp_path}: it is a folder; give a file name such as {tmp_path / 'montage.png'}"
+
+
+def test_inspect_says_what_a_phantoms_classes_are(wide_cli):
+    res = runner.invoke(app, ["data", "inspect", "phantom-xray", "-s", "data.num-images=16", "-s", "data.image-size=16"])
+    assert res.exit_code == 0, res.output
+    assert "classes: body habitus: a slimmer or a broader chest outline" in res.output
+    own = runner.invoke(app, ["data", "inspect", "phantom-histo", "-s", "data.num-images=16", "-s", "data.image-size=16"])
+    assert "classes: the tissue: normal, or tumour" in own.output

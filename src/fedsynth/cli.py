@@ -1062,6 +1062,11 @@ def data_inspect(
     for name, n in zip(data.class_names, data.class_counts()):
         t.add_row(str(name), str(n))
     console.print(t)
+    from .data.phantoms import CLASS_MEANING
+    from .data.phantoms3d import CLASS_MEANING3D
+    meaning = (CLASS_MEANING3D if cfg.data.dims == 3 else CLASS_MEANING).get(cfg.data.source)
+    if meaning:
+        console.print(f"classes: {meaning}", highlight=False)
     x = data.images.astype(np.float32)
     per_ch = ", ".join(f"ch{c}: mean {x[:, c].mean():.1f} std {x[:, c].std():.1f} "
                        f"min {x[:, c].min():.0f} max {x[:, c].max():.0f}" for c in range(data.channels))

@@ -33,6 +33,12 @@ CLASSES = {
     "phantom-ct": ("upper-liver", "heart", "shoulders"),
     "phantom-histo": ("normal", "tumour"),
 }
+#: what a phantom's classes are, in words (``fedsynth data inspect`` prints it beside the counts)
+CLASS_MEANING = {
+    "phantom-xray": "body habitus: a slimmer or a broader chest outline",
+    "phantom-ct": "the slice's level: upper liver, heart or shoulders",
+    "phantom-histo": "the tissue: normal, or tumour (denser, larger, irregular nuclei)",
+}
 
 
 def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:

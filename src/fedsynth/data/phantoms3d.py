@@ -28,6 +28,11 @@ CLASSES3D = {
     "phantom-ct": ("slim", "broad"),
     "phantom-mr": ("t1", "t2"),
 }
+#: what a 3-D phantom's classes are, in words (``fedsynth data inspect`` prints it)
+CLASS_MEANING3D = {
+    "phantom-ct": "body habitus: a slimmer or a broader body outline",
+    "phantom-mr": "the MR sequence: T1- or T2-weighted contrast",
+}
 FIELD_OF_VIEW_MM = {"phantom-ct": 400.0, "phantom-mr": 240.0}  # the cube's side: voxel size = this / size
 
 
