@@ -327,7 +327,7 @@ def run(
     cmd = trained_network_command(cfg, run_dir.path)
     if cmd and out_.federation is not None and out_.federation.evaluator is not None \
             and out_.federation.evaluator.extractor.kind != "effnet-lite0":
-        console.print(f"a trained feature network's score (fd-effnet) of the released model: {cmd}",
+        console.print(f"to score the last rounds with a trained feature network (fd-effnet) too: {cmd}",
                       highlight=False, markup=False)
     if replay is not None:
         _check_replay(replay, run_dir.path)
