@@ -129,3 +129,15 @@ def test_generate_writes_nifti_with_the_voxel_size_and_preview_shows_slices(tmp_
     res = runner.invoke(app, ["evaluate", "phantom-ct", "--checkpoint", str(tmp_path / "run"), "-n", "4",
                               "--extractor", "random"])
     assert res.exit_code == 2 and "works on 2-D images" in " ".join(res.output.split())
+
+
+def test_a_volume_run_scores_64_volumes_unless_told_otherwise(tmp_path):
+    """1,000 volumes (the images' default) would take minutes per evaluation; what a user sets stays."""
+    from fedsynth.config import load_config
+    vol = ["data.dims=3", "data.source=phantom-ct"]
+    assert load_config(None, vol).eval.num_samples == 64
+    assert load_config(None, vol + ["eval.num-samples=500"]).eval.num_samples == 500
+    toml = tmp_path / "c.toml"
+    toml.write_text("[data]\ndims = 3\nsource = \"phantom-mr\"\n[eval]\nnum-samples = 12\n")
+    assert load_config(toml).eval.num_samples == 12
+    assert load_config(None, ["data.dims=2"]).eval.num_samples == 1000

@@ -310,7 +310,8 @@ class EvalConfig:
 
     enabled: bool = _f(True, "evaluate at all (false: no metrics but losses, no sample grids)")
     every: int = _f(1, "evaluate every N rounds (0: only before training and at the end)", min=0)
-    num_samples: int = _f(1000, "generated images per Fréchet distance", min=2)
+    num_samples: int = _f(1000, "generated images per Fréchet distance (volumes, data.dims = 3: 64 unless set, "
+                                "each scored as slices along three axes)", min=2)
     max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
     feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a frozen random "
                                 "network), inception (FID), effnet-lite0 (fd-effnet), dinov2 (fd-dinov2), xrv "
@@ -609,6 +610,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
+#: eval.num-samples of a volume run (data.dims = 3) that does not set it: each volume gives
+#: 3 x eval.volume-slices slices to score, so 64 volumes at 32^3 are 6,144 slices per evaluation
+VOLUME_NUM_SAMPLES = 64
+
+
 def build_config(tree: Mapping[str, Any] | None = None,
                  overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Build a validated :class:`Config` from a nested (kebab-case) mapping plus overrides."""
@@ -647,6 +653,9 @@ def build_config(tree: Mapping[str, Any] | None = None,
             value = text.split("=", 1)[1].strip()  # a string key: `nan`, `inf`, `1e3` stay text
         merged.setdefault(section, {})[name] = value
 
+    if merged.get("data", {}).get("dims") == 3 and not any(_snake(k) == "num_samples" for k in merged.get("eval", {})):
+        # a volume is scored as 3 x S slices: 1,000 of them would take minutes per evaluation
+        merged.setdefault("eval", {})["num-samples"] = VOLUME_NUM_SAMPLES
     built = {}
     for section, cls in SECTIONS.items():
         fields = {f.name: f for f in dataclasses.fields(cls)}
