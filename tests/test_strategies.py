@@ -169,7 +169,9 @@ def test_shared_keys_patterns():
     assert shared_keys(keys, ["G", "D.head.*"]) == {"G.net.0.weight", "G.net.1.running_mean", "D.head.weight"}
 
 
-def test_every_strategy_name_builds():
-    from fedsynth.fed.strategies import STRATEGIES
+def test_every_strategy_name_builds_the_strategy_of_that_name():
+    from fedsynth.fed.strategies import STRATEGIES, Strategy
+    assert len(STRATEGIES) == 15
     for name in STRATEGIES:
-        assert build_strategy(name) is not None
+        s = build_strategy(name)
+        assert isinstance(s, Strategy) and s.name == name, (name, s)
