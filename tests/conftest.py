@@ -1,4 +1,5 @@
 import contextlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,25 @@ TINY = [
     "eval.feature-extractor=random",  # auto would pick the trained EfficientNet: seconds per evaluation
     "fed.min-local-steps=0",  # one epoch (2 steps) per round: tests check mechanics, not learning
 ]
+
+
+SLOW_LIST = Path(__file__).with_name("slow_tests.txt")
+
+
+def slow_tests() -> set[str]:
+    """Test ids (``tests/test_x.py::test_y``, parameters left out) that ``tests/slow_tests.txt``
+    lists: measured slower than the fast subset allows (``tests/find_slow.py`` writes the file)."""
+    if not SLOW_LIST.is_file():
+        return set()
+    return {line.split("#")[0].strip() for line in SLOW_LIST.read_text().splitlines()} - {""}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the listed tests ``slow``: ``pytest -m "not slow"`` is the fast subset."""
+    slow = slow_tests()
+    for item in items:
+        if item.nodeid.split("[")[0] in slow:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
