@@ -724,6 +724,7 @@ nav{font-size:.9em;margin:.4em 0 1em}nav a{margin-right:.9em;color:#0b5cad;text-
 table{border-collapse:collapse;font-size:.88em;margin:.3em 0}td,th{border:1px solid #d5d5d5;padding:4px 9px;text-align:right;white-space:nowrap}
 td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}th{background:#f1f2f4}
 tr.main td{font-weight:600;background:#fbfbe8}td:first-child{white-space:normal;min-width:9em}
+td.note{white-space:normal;text-align:left;min-width:12em;max-width:30em}table.num td:nth-child(2){text-align:right}
 @media (max-width:640px){.opt{display:none}table{font-size:.8em}td,th{padding:3px 4px}th{white-space:normal}td:first-child{min-width:7em}
  body{padding:.8em .7em 2em}}
 code{font-size:.9em;overflow-wrap:anywhere}pre{background:#f6f6f6;padding:.8em;font-size:.8em;overflow:auto;max-height:30em}
@@ -772,7 +773,7 @@ def _trained_network_note(run: Path, fd_metric: str) -> str:
                 f"and held-out images and the same fixed latents as above, only the feature network changed "
                 f"(<code>{esc(ext)}</code>); lower is better. Its numbers compare with other fedsynth runs scored "
                 f"by the same network, not with the random network's above.</p>"
-                f"<div class=scroll><table>{head}{rows}</table></div>")
+                f"<div class=scroll><table class=num>{head}{rows}</table></div>")
     if fd_metric == "fd-effnet":
         return ""
     from ..config import load_config
