@@ -785,9 +785,9 @@ def _trained_network_note(run: Path, fd_metric: str) -> str:
     if not cmd:
         return ""
     return (f"<p class=note>{esc(fd_metric)} uses a frozen random network: it ranks a run against itself over rounds, "
-            "not against published numbers. The released model's score in a trained network (fd-effnet, "
-            "EfficientNet-Lite0 ImageNet features; ~30 s of CPU per 1,000 samples, so not part of every run), "
-            f"added to this page: <code>{esc(cmd)}</code></p>")
+            "not against published numbers. To add the last rounds' scores in a trained network to this page "
+            "(fd-effnet, EfficientNet-Lite0 ImageNet features; ~30 s of CPU per 1,000 samples, so not part of "
+            f"every run): <code>{esc(cmd)}</code></p>")
 
 
 def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
