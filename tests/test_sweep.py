@@ -184,3 +184,15 @@ def test_a_resumed_parallel_sweep_rescores_its_finished_runs_in_parallel(tiny, t
     assert res.exit_code == 0, res.output
     assert len(list((tmp_path / "sw").glob("*/rescore.jsonl"))) == 3
     assert "fd-random median of last 3" in (tmp_path / "sw" / "results.md").read_text()
+
+
+def test_variants_that_trained_the_same_model_are_named():
+    from fedsynth.metrics.intervals import mean_interval
+    from fedsynth.sweep import identical_variants
+
+    def row(name, scores, finals):
+        return {"variant": name, "seeds": len(scores), "score": mean_interval(scores), "final": mean_interval(finals)}
+    rows = [row("epochs-1", [3.1, 2.7, 4.0], [3.0, 2.5, 4.4]), row("epochs-2", [3.1, 2.7, 4.0], [3.0, 2.5, 4.4]),
+            row("epochs-3", [3.1, 2.7, 4.0000001], [3.0, 2.5, 4.4])]
+    assert identical_variants(rows) == [("epochs-1", "epochs-2")]
+    assert identical_variants([row("a", [1.0], [1.0]), row("b", [1.0], [1.0])]) == [("a", "b")]  # one seed: NaN interval

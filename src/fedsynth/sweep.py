@@ -703,6 +703,18 @@ def variant_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
     return head, body
 
 
+def identical_variants(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Pairs of variants whose scores are equal to the last bit (summary over the same seeds): two
+    settings that trained the same model, which a sweep should say rather than rank."""
+    def key(r: dict[str, Any]) -> tuple | None:
+        if r["score"] is None or r["final"] is None:
+            return None
+        return (r["seeds"], *(repr(float(getattr(r[k], f))) for k in ("score", "final") for f in ("mean", "low", "high")))
+    keys = [key(r) for r in rows]
+    return [(rows[i]["variant"], rows[j]["variant"]) for i in range(len(rows)) for j in range(i + 1, len(rows))
+            if keys[i] is not None and keys[i] == keys[j]]
+
+
 def table_notes(rows: list[dict[str, Any]]) -> list[str]:
     """The lines under the table: what the numbers are, the tie with the best, the rank agreement."""
     seeds, k = max(r["seeds"] for r in rows), rows[0]["last_k"]
@@ -724,6 +736,9 @@ def table_notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append(f"Lowest mean: {rows[0]['best']}; "
                      + (f"cannot be told apart from it (paired ratio interval contains 1): {', '.join(tied)}."
                         if tied else "every other variant is told apart from it."))
+    for a, b in identical_variants(rows):
+        notes.append(f"{a} and {b} scored exactly the same, seed by seed: what separates them changed nothing in "
+                     f"training (for example fed.min-local-steps raising both to the same local steps a round).")
     agree = rank_agreement_of(rows)
     if agree is not None:
         cost = sum(r["second_s"] * r["seeds"] for r in rows)
