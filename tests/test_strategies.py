@@ -175,3 +175,37 @@ def test_every_strategy_name_builds_the_strategy_of_that_name():
     for name in STRATEGIES:
         s = build_strategy(name)
         assert isinstance(s, Strategy) and s.name == name, (name, s)
+
+
+def test_server_lr_schedules_by_hand():
+    import math
+    from fedsynth.fed.strategies import ServerOpt
+    cos, lin, none = (ServerOpt(lr=1.0, decay=d, floor=0.1, rounds=5) for d in ("cosine", "linear", "none"))
+    assert [round(lin.schedule(t), 10) for t in range(1, 7)] == [1.0, 0.775, 0.55, 0.325, 0.1, 0.1]  # then stays
+    assert [cos.schedule(t) for t in (1, 3, 5, 9)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+    assert cos.schedule(2) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
+    assert {none.schedule(t) for t in range(1, 7)} == {1.0}
+
+
+def test_a_decaying_server_lr_scales_each_step_and_is_recorded():
+    """FedAvgM's step is lr x schedule x momentum buffer; FedAdam's lr_t carries the same factor."""
+    g = {"p": torch.tensor([0.0]), "bn.running_mean": torch.tensor([0.0])}
+    m = _setup(FedAvgM(lr=1.0, momentum=0.0, decay="linear", floor=0.5, rounds=3), g)
+    w1 = m.aggregate(g, _ups([1.0, 1.0]))                  # step 1: factor 1 -> 1
+    w2 = m.aggregate(w1, _ups([2.0, 2.0]))                 # step 2: factor 0.75, delta 1 -> 1.75
+    assert (w1["p"].item(), w2["p"].item()) == pytest.approx((1.0, 1.75))
+    assert m.round_records(2, 1.0) == [{"round": 2, "client": "server", "metric": "server-lr", "value": 0.75}]
+    a = _setup(FedAdam(lr=0.1, decay="cosine", floor=0.0, rounds=3), g)
+    a.aggregate(g, _ups([2.0, 2.0]))
+    a.aggregate(g, _ups([2.0, 2.0]))                        # step 2 of 3: cosine factor 0.5
+    assert a.lr_t() == pytest.approx(0.1 * 0.5 * (1 - 0.99 ** 2) ** 0.5 / (1 - 0.9 ** 2))
+    assert _setup(FedAdam(lr=0.1), g).round_records(1, 1.0) == []  # constant: nothing to record
+
+
+def test_server_lr_decay_comes_from_the_config():
+    from fedsynth.config import load_config
+    from fedsynth.fed.strategies import strategy_from_config
+    cfg = load_config(None, ["fed.strategy=fedadam", "fed.server-lr-decay=cosine", "fed.server-lr-floor=0.2",
+                             "fed.rounds=12"])
+    s = strategy_from_config(cfg.fed)
+    assert (s.decay, s.floor, s.rounds) == ("cosine", 0.2, 12)

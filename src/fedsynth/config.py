@@ -267,6 +267,11 @@ class FedConfig:
     server_tau: float = _f(1e-3, "fedadam/fedyogi: adaptivity tau", min=0.0, exclusive_min=True)
     server_bias_correction: bool = _f(True, "fedadam/fedyogi: Adam's bias correction of the server "
                                       "step, lr sqrt(1-beta2^t)/(1-beta1^t) at server step t")
+    server_lr_decay: str = _f("none", "fedavgm/fedadam/fedyogi: the server learning rate's schedule over "
+                              "fed.rounds: none (constant), cosine or linear, from server-lr at the first round "
+                              "to server-lr x server-lr-floor at the last", choices=("none", "cosine", "linear"))
+    server_lr_floor: float = _f(0.1, "fedavgm/fedadam/fedyogi with server-lr-decay: the last round's share of "
+                                "server-lr", min=0.0, max=1.0)
     init_from: str = _f("", "start from this checkpoint's global weights (pretrain, then fine-tune)")
     # -- issue 14: a server that holds data of its own (docs/heterogeneous.md)
     server_data: str = _f("", "data the server owns and trains the global model on after each aggregation: "

@@ -18,6 +18,7 @@ arXiv:2102.07623), cyclic/single weight transfer (Chang et al. 2018).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import torch
@@ -313,16 +314,27 @@ class ServerOpt(FedAvg):
         at the t-th server step (Kingma & Ba 2015, arXiv:1412.6980), so that each weight moves
         by about ``lr`` from the first round on. The paper's Algorithm 2 has none; Flower's
         FedAdam has it (with ``t`` one ahead), its FedYogi not. Ignored by FedAvgM.
+    decay, floor, rounds : str, float, int
+        The learning rate's schedule over ``rounds`` server steps (``fed.server-lr-decay``):
+        ``"none"`` keeps ``lr``; ``"cosine"`` (Loshchilov & Hutter 2017, arXiv:1608.03983, one
+        cycle without restarts) and ``"linear"`` go from ``lr`` at the first step to
+        ``lr * floor`` at step ``rounds``, and stay there. A constant Adam-type server step moves
+        every weight by about ``lr`` each round however small and contradictory the sites'
+        updates have become; decaying it lets late rounds settle.
     """
 
     default_lr = 1.0
 
     def __init__(self, lr: float = 0.0, momentum: float = 0.9, beta1: float = 0.9, beta2: float = 0.99,
-                 tau: float = 1e-3, bias_correction: bool = True, **kw):
+                 tau: float = 1e-3, bias_correction: bool = True, decay: str = "none", floor: float = 0.1,
+                 rounds: int = 1, **kw):
         super().__init__(**kw)
         self.lr = lr or self.default_lr
         self.momentum, self.beta1, self.beta2, self.tau = momentum, beta1, beta2, tau
         self.bias_correction = bias_correction
+        if decay not in ("none", "cosine", "linear"):
+            raise ValueError(f"server learning-rate decay must be none, cosine or linear, not {decay!r}")
+        self.decay, self.floor, self.rounds = decay, floor, max(1, rounds)
         self.m: State = {}
         self.v: State = {}
         self.t = 0   # server steps taken (rounds that aggregated something)
@@ -330,7 +342,25 @@ class ServerOpt(FedAvg):
     @classmethod
     def from_config(cls, fed):
         return cls(fed.server_lr, fed.server_momentum, fed.server_beta1, fed.server_beta2, fed.server_tau,
-                   bias_correction=fed.server_bias_correction, weighted=fed.weighted)
+                   bias_correction=fed.server_bias_correction, decay=fed.server_lr_decay,
+                   floor=fed.server_lr_floor, rounds=fed.rounds, weighted=fed.weighted)
+
+    def schedule(self, t: int | None = None) -> float:
+        """The learning rate's factor at server step ``t`` (1-based; default: the current step)."""
+        t = self.t if t is None else t
+        if self.decay == "none" or self.rounds == 1:
+            return 1.0
+        p = min(1.0, max(0.0, (t - 1) / (self.rounds - 1)))
+        if self.decay == "linear":
+            return 1.0 - (1.0 - self.floor) * p
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+    def round_records(self, round_, sample_rate):
+        """The server learning rate this round's step used (a decaying schedule only)."""
+        if self.decay == "none" or self.t == 0:
+            return super().round_records(round_, sample_rate)
+        return [*super().round_records(round_, sample_rate),
+                {"round": round_, "client": "server", "metric": "server-lr", "value": self.lr * self.schedule()}]
 
     def step(self, k: str, delta: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -364,7 +394,7 @@ class FedAvgM(ServerOpt):
 
     def step(self, k, delta):
         self.m[k] = self.momentum * self.m.get(k, torch.zeros_like(delta)) + delta
-        return self.lr * self.m[k]
+        return self.lr * self.schedule() * self.m[k]
 
 
 class FedAdam(ServerOpt):
@@ -382,9 +412,10 @@ class FedAdam(ServerOpt):
 
     def lr_t(self) -> float:
         """The step size of server step ``self.t`` (1-based)."""
+        lr = self.lr * self.schedule()
         if not self.bias_correction:
-            return self.lr
-        return self.lr * (1 - self.beta2 ** self.t) ** 0.5 / (1 - self.beta1 ** self.t)
+            return lr
+        return lr * (1 - self.beta2 ** self.t) ** 0.5 / (1 - self.beta1 ** self.t)
 
     def step(self, k, delta):
         z = torch.zeros_like(delta)
