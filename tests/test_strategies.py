@@ -171,7 +171,7 @@ def test_shared_keys_patterns():
 
 def test_every_strategy_name_builds_the_strategy_of_that_name():
     from fedsynth.fed.strategies import STRATEGIES, Strategy
-    assert len(STRATEGIES) == 15
+    assert len(STRATEGIES) == 16
     for name in STRATEGIES:
         s = build_strategy(name)
         assert isinstance(s, Strategy) and s.name == name, (name, s)
@@ -209,3 +209,40 @@ def test_server_lr_decay_comes_from_the_config():
                              "fed.rounds=12"])
     s = strategy_from_config(cfg.fed)
     assert (s.decay, s.floor, s.rounds) == ("cosine", 0.2, 12)
+
+
+def test_fixbn_freezes_batchnorm_statistics_exactly_after_its_round():
+    """Rounds 1..fix_round train BatchNorm as usual; from fix_round + 1 every BatchNorm layer is in
+    evaluation mode during local training: its running statistics stay the aggregated ones."""
+    from fedsynth.fed.strategies import FixBN, FreezeNormStats
+    s = FixBN(fix_round=3)
+    assert [bool(s.client_hooks({}, {}, r)) for r in range(1, 6)] == [False, False, False, True, True]
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2), torch.nn.ReLU(), torch.nn.Conv2d(2, 1, 3))
+    net.train()
+    FreezeNormStats().before_training("D", net)
+    assert not net[1].training and net[0].training and net[3].training  # only BatchNorm layers
+    before = net[1].running_mean.clone()
+    net(torch.randn(4, 1, 8, 8)).sum().backward()
+    assert torch.equal(net[1].running_mean, before) and net[1].weight.grad is not None  # frozen stats, scale trains
+
+
+def test_fixbn_run_keeps_the_generators_statistics_from_its_round_on(tiny, tmp_path):
+    """A whole tiny run: after fed.fixbn-round the global BatchNorm statistics no longer change."""
+    from typer.testing import CliRunner
+
+    from fedsynth.checkpoint import read_checkpoint_file
+    from fedsynth.cli import app
+    sets = [a for o in tiny + ["fed.strategy=fixbn", "fed.fixbn-round=1", "fed.rounds=3", "eval.enabled=false",
+                               "run.keep-checkpoints=3"] for a in ("--set", o)]
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "r"), *sets])
+    assert res.exit_code == 0, res.output
+    ck = {r: read_checkpoint_file(tmp_path / "r" / "checkpoints" / f"round-{r:04d}.pt")["global"] for r in (1, 2, 3)}
+    stats = [k for k in ck[1] if k.endswith("running_mean") or k.endswith("running_var")]
+    assert stats and all(torch.equal(ck[1][k], ck[3][k]) for k in stats)
+    assert any(not torch.equal(ck[1][k], ck[3][k]) for k in ck[1] if k.endswith(".weight"))  # the rest still trains
+
+
+def test_fixbn_is_refused_for_the_diffusion_family():
+    from fedsynth.config import UserError, load_config
+    with pytest.raises(UserError, match="diffusion UNet normalises with GroupNorm"):
+        load_config(None, ["model.family=diffusion", "fed.strategy=fixbn"])

@@ -258,6 +258,8 @@ class FedConfig:
                       "UNet, G.unet, and its EMA, G.ema)",
                       length=0, item=str)
     mu: float = _f(0.01, "fedprox: proximal weight", min=0.0)
+    fixbn_round: int = _f(5, "fixbn: rounds of ordinary BatchNorm training; from the next round on every "
+                          "BatchNorm layer normalises with its aggregated running statistics, frozen", min=1)
     dyn_alpha: float = _f(0.01, "feddyn: regularisation weight", min=0.0, exclusive_min=True)
     server_lr: float = _f(0.0, "fedavgm/fedadam/fedyogi server learning rate (0: 0.3 for "
                           "fedavgm, 1e-2 for fedadam/fedyogi; see docs/results.md)", min=0.0)
@@ -815,6 +817,9 @@ def _check_volumes(cfg: Config) -> None:
 def _check_diffusion(cfg: Config) -> None:
     """The ``[diffusion]`` keys that constrain each other (the UNet's shape, the schedule)."""
     d = cfg.diffusion
+    if cfg.fed.strategy == "fixbn":
+        raise UserError("config key 'fed.strategy' = 'fixbn' freezes BatchNorm statistics; the diffusion UNet "
+                        "normalises with GroupNorm (no running statistics): use fedavg or fedbn")
     if len(d.attention) != len(d.channels):
         raise UserError(f"config key 'diffusion.attention' needs one true/false per level of 'diffusion.channels' "
                         f"({len(d.channels)} levels), got {len(d.attention)}")

@@ -110,6 +110,8 @@ STRATEGIES = Registry("fed.strategy", [
     Entry("fedadam", "fed.strategies:FedAdam", "server Adam (Reddi et al. 2021)"),
     Entry("fedyogi", "fed.strategies:FedYogi", "server Yogi (Reddi et al. 2021)"),
     Entry("fedbn", "fed.strategies:FedBN", "FedAvg with normalisation layers kept local (Li et al. 2021)"),
+    Entry("fixbn", "fed.strategies:FixBN", "FedAvg whose BatchNorm statistics are frozen after fed.fixbn-round "
+          "(Zhong et al. 2024)"),
     Entry("swt", "fed.strategies:SingleWeightTransfer", "single weight transfer: one block of rounds per client",
           flower="it passes one model from site to site", secagg=_NO_MEAN),
     Entry("cwt", "fed.strategies:CyclicWeightTransfer", "cyclic weight transfer: every client in turn each round",

@@ -284,7 +284,7 @@ def client_round(setup: ClientSetup, c: ClientState, r: int, start: State | None
     elif setup.local_keys:
         start = {**(start if setup.travel is None else {k: start[k] for k in setup.travel}), **c.local}
     model.load(start, None if cfg.train.reset_optimizer else c.opt_state)
-    hooks = strategy.client_hooks(c.strategy, start) if c.weights is None else []
+    hooks = strategy.client_hooks(c.strategy, start, r) if c.weights is None else []
     steps = local_steps(cfg, strategy, c.n)
     base = {"round": r, "client": c.id}
     gen = torch_generator(cfg.run.seed, "train", r, c.id)

@@ -99,7 +99,8 @@ class Strategy:
         self.num_clients = num_clients
 
     # ---- client side
-    def client_hooks(self, client_state: dict[str, Any], global_state: State) -> list:
+    def client_hooks(self, client_state: dict[str, Any], global_state: State, round_: int = 0) -> list:
+        """Hooks for client training in round ``round_`` (:class:`fedsynth.train.TrainHook`)."""
         return []
 
     def after_local(self, client_state: dict[str, Any], global_state: State, new_state: State,
@@ -172,7 +173,7 @@ class FedProx(FedAvg):
     def from_config(cls, fed):
         return cls(fed.mu, weighted=fed.weighted)
 
-    def client_hooks(self, client_state, global_state):
+    def client_hooks(self, client_state, global_state, round_=0):
         mu, g = self.mu, Near(global_state)
         return [GradHook(lambda k, p: mu * (p - g(k, p)), self.param_keys)]
 
@@ -217,7 +218,7 @@ class Scaffold(FedAvg):
     def _ci(self, client_state):
         return client_state.setdefault("scaffold_c", {k: torch.zeros_like(v) for k, v in self.c.items()})
 
-    def client_hooks(self, client_state, global_state):
+    def client_hooks(self, client_state, global_state, round_=0):
         c, ci = Near(self.c), Near(self._ci(client_state))
         return [GradHook(lambda k, p: c(k, p) - ci(k, p), self.param_keys)]
 
@@ -268,7 +269,7 @@ class FedDyn(FedAvg):
     def _gi(self, client_state):
         return client_state.setdefault("feddyn_g", {k: torch.zeros_like(v) for k, v in self.h.items()})
 
-    def client_hooks(self, client_state, global_state):
+    def client_hooks(self, client_state, global_state, round_=0):
         a, gi, g = self.alpha, Near(self._gi(client_state)), Near(global_state)
         return [GradHook(lambda k, p: -gi(k, p) + a * (p - g(k, p)), self.param_keys)]
 
@@ -439,6 +440,42 @@ class FedBN(FedAvg):
 
     name = "fedbn"
     keeps_norm_local = True
+
+
+class FreezeNormStats:
+    """A training hook that puts every BatchNorm layer of the network in evaluation mode: it
+    normalises with its running statistics, which no longer change; its scale and shift train."""
+
+    def after_backward(self, net: str, module: torch.nn.Module) -> None:
+        pass
+
+    def before_training(self, net: str, module: torch.nn.Module) -> None:
+        for m in module.modules():
+            if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d, torch.nn.SyncBatchNorm)):
+                m.eval()
+
+
+class FixBN(FedAvg):
+    """FixBN (Zhong et al. 2024, "Making Batch Normalization Great in Federated Deep Learning",
+    arXiv:2303.06530): FedAvg with ordinary BatchNorm for the first ``fix_round`` rounds, whose
+    running statistics are aggregated like any buffer; from round ``fix_round + 1`` on every
+    BatchNorm layer normalises with those aggregated statistics, frozen, in training as in
+    evaluation. Under label skew each site's batch statistics describe its own class mix, so a
+    model trained on them and evaluated with the averaged running statistics sees two different
+    normalisations; frozen global statistics remove that mismatch once they have settled."""
+
+    name = "fixbn"
+
+    def __init__(self, fix_round: int = 5, **kw):
+        super().__init__(**kw)
+        self.fix_round = fix_round
+
+    @classmethod
+    def from_config(cls, fed):
+        return cls(fix_round=fed.fixbn_round, weighted=fed.weighted)
+
+    def client_hooks(self, client_state, global_state, round_=0):
+        return [FreezeNormStats()] if round_ > self.fix_round else []
 
 
 class SequentialTransfer(FedAvg):

@@ -266,6 +266,8 @@ class DiffusionModel(GenerativeModel):
         if ema is not None:
             live, avg = list(unet.parameters()), list(ema.parameters())
         unet.train()
+        from ..train.local import before_training
+        before_training(hooks, "G", unet)
         t0 = time.perf_counter()
         for step in range(steps):
             if len(order) < bs:  # epoch boundary: a fresh permutation

@@ -44,6 +44,17 @@ class TrainHook(Protocol):
 
     def after_backward(self, net: str, module: torch.nn.Module) -> None: ...
 
+    # optional: ``before_training(net, module)``, called once after the network is put in training
+    # mode (FixBN freezes its BatchNorm statistics there); see :func:`before_training`
+
+
+def before_training(hooks: Sequence[TrainHook], net: str, module: torch.nn.Module) -> None:
+    """Each hook's optional ``before_training`` on a network just put in training mode."""
+    for h in hooks:
+        f = getattr(h, "before_training", None)
+        if f is not None:
+            f(net, module)
+
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Full batches per epoch (the last partial batch is dropped; at least one step)."""
@@ -163,6 +174,8 @@ class LocalTrainer:
         k = max(data.num_classes, 1)
         G.train()
         D.train()
+        before_training(hooks, "G", G)
+        before_training(hooks, "D", D)
         n = len(data)
         bs = min(batch_size, n)
         per_epoch = steps_per_epoch(n, bs)
