@@ -22,6 +22,7 @@ from pathlib import Path
 from fedsynth.metrics.intervals import paired_ratio_interval
 
 COLUMNS = (("last_k_median", "metric"), ("second_last_k_median", "second_metric"))
+FINAL = (("global_fd", "metric"), ("second_final", "second_metric"))  # the last evaluation only
 
 
 def per_seed(rows: list[dict[str, str]], variant: str, column: str) -> dict[int, float]:
@@ -42,10 +43,11 @@ def verdict(low: float, high: float, a: str, b: str) -> str:
     return "cannot tell"
 
 
-def compare(rows: list[dict[str, str]], a: str, b: str) -> list[tuple[str, str, str]]:
-    """``(network, ratio [interval], verdict)`` per feature network the sweep scored with."""
+def compare(rows: list[dict[str, str]], a: str, b: str, columns=COLUMNS) -> list[tuple[str, str, str]]:
+    """``(network, ratio [interval], verdict)`` per feature network the sweep scored with
+    (``columns``: the medians of the last k evaluations, or :data:`FINAL`, the last ones)."""
     out = []
-    for column, name_col in COLUMNS:
+    for column, name_col in columns:
         va, vb = per_seed(rows, a, column), per_seed(rows, b, column)
         seeds = sorted(set(va) & set(vb))
         if len(seeds) < 2:
@@ -62,6 +64,8 @@ def main() -> None:
     ap.add_argument("sweep", type=Path)
     ap.add_argument("pairs", nargs="+", help="A/B: variant A against variant B")
     ap.add_argument("--markdown", action="store_true", help="a Markdown table")
+    ap.add_argument("--final", action="store_true", help="compare the last evaluations, not the medians of "
+                    "the last k (variants whose last k evaluations span different stages of training)")
     args = ap.parse_args()
     with open(args.sweep / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -69,7 +73,7 @@ def main() -> None:
         print("| A / B | network | ratio A/B [95 % interval] | verdict |\n| --- | --- | --- | --- |")
     for pair in args.pairs:
         a, b = pair.split("/")
-        for net, ratio, say in compare(rows, a, b):
+        for net, ratio, say in compare(rows, a, b, FINAL if args.final else COLUMNS):
             print(f"| {a} / {b} | {net} | {ratio} | {say} |" if args.markdown else f"{a}/{b}  {net}: {ratio}  {say}")
 
 

@@ -77,3 +77,18 @@ def test_rank_agreement_is_scipy_kendall_tau():
     assert ra.tau == pytest.approx(0.8) and ra.n == 5   # by hand: 9 concordant, 1 discordant pair of 10
     assert rank_agreement([1, 2, float("nan"), 3], [3, 2, 1, 1]).n == 3
     assert math.isnan(rank_agreement([1, 2], [1, 2]).tau)
+
+
+def test_geometric_interval_is_scipys_t_interval_of_the_logs_exponentiated():
+    import math
+
+    from scipy import stats
+
+    from fedsynth.metrics.intervals import geometric_interval
+    x = [4.8, 19.0, 7.6]
+    logs = [math.log(v) for v in x]
+    lo, hi = stats.t.interval(0.95, 2, loc=sum(logs) / 3, scale=stats.sem(logs))
+    iv = geometric_interval(x)
+    assert iv.mean == pytest.approx(math.exp(sum(logs) / 3)) and iv.n == 3
+    assert (iv.low, iv.high) == pytest.approx((math.exp(lo), math.exp(hi)))
+    assert iv.low > 0  # a plain t-interval of these three values reaches below zero

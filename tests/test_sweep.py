@@ -196,3 +196,13 @@ def test_variants_that_trained_the_same_model_are_named():
             row("epochs-3", [3.1, 2.7, 4.0000001], [3.0, 2.5, 4.4])]
     assert identical_variants(rows) == [("epochs-1", "epochs-2")]
     assert identical_variants([row("a", [1.0], [1.0]), row("b", [1.0], [1.0])]) == [("a", "b")]  # one seed: NaN interval
+
+
+def test_variants_ending_at_different_rounds_are_warned_about_their_last_k():
+    from fedsynth.metrics.intervals import mean_interval
+    from fedsynth.sweep import table_notes
+    rows = [{"variant": v, "seeds": 2, "score": mean_interval([1.0, 2.0]), "final": mean_interval([1.0, 2.0]),
+             "round": r, "last_k": 3, "global_is": "global model", "extractor": "x", "real": "holdout",
+             "best": "p1", "tied_with_best": True, "second": None} for v, r in (("p1", 15), ("p5", 3))]
+    notes = " ".join(table_notes(rows))
+    assert "The variants end at different rounds (3, 15)" in notes and "compare their final values" in notes

@@ -527,12 +527,13 @@ def run_sweep(base_config: str | None, base_sets: list[str], variants: list[tupl
 
 
 def band_figure(groups: dict[str, list[Path]], out: Path) -> Path | None:
-    """``curves.png``: per variant, the mean over seeds of the curve it is scored by, with the
-    95 % t-interval per round as a band (not one line per seed)."""
+    """``curves.png``: per variant, the geometric mean over seeds of the curve it is scored by,
+    with the 95 % t-interval of the mean log per round as a band (not one line per seed): on the
+    log axis a plain t-interval of three distances often reaches below zero."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .metrics.intervals import mean_interval
+    from .metrics.intervals import geometric_interval
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
     metric = real = ""
     for i, (name, dirs) in enumerate(groups.items()):
@@ -545,15 +546,17 @@ def band_figure(groups: dict[str, list[Path]], out: Path) -> Path | None:
         rounds = sorted(k for k, v in per_round.items() if len(v) == len(dirs))
         if not rounds:
             continue
-        ivs = [mean_interval(per_round[r]) for r in rounds]
+        ivs = [geometric_interval(per_round[r]) if min(per_round[r]) > 0 else None for r in rounds]
+        if any(iv is None for iv in ivs):
+            continue
         color = plt.cm.tab10(i % 10)
         ax.plot(rounds, [iv.mean for iv in ivs], "-", color=color, lw=1.6, label=f"{name} ({len(dirs)} seeds)")
         if all(iv.known for iv in ivs):
-            ax.fill_between(rounds, [max(iv.low, 1e-9) for iv in ivs], [iv.high for iv in ivs], color=color, alpha=0.18)
+            ax.fill_between(rounds, [iv.low for iv in ivs], [iv.high for iv in ivs], color=color, alpha=0.18)
     ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_ylabel(f"{metric} ({'held-out' if real == 'holdout' else 'training'} images)", fontsize=9)
-    ax.set_title(f"{out.name}: mean over seeds, band: 95 % interval per round", fontsize=9)
+    ax.set_title(f"{out.name}: geometric mean over seeds, band: 95 % interval per round (log scale)", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(fig, out / "curves.png")
@@ -587,7 +590,7 @@ def summarise_variants(run_rows: list[dict[str, Any]], names: list[str], referen
     and the verdict: ``better`` / ``worse`` when the interval excludes 1, else ``cannot tell``;
     ``tied_with_best``: the interval of the paired ratio to the best variant contains 1. With a
     second feature network, the same score in it (``second``)."""
-    from .metrics.intervals import mean_interval, paired_ratio_interval
+    from .metrics.intervals import geometric_interval, mean_interval, paired_ratio_interval
     by: dict[str, list[dict[str, Any]]] = {n: [r for r in run_rows if r["variant"] == n] for n in names}
 
     def per_seed(name: str, key: str) -> dict[int, float]:
@@ -610,6 +613,9 @@ def summarise_variants(run_rows: list[dict[str, Any]], names: list[str], referen
         row = {"variant": name, "seeds": len(rs), "metric": first["metric"], "extractor": first["extractor"],
                "real": first["real"], "global_is": first["global_is"], "round": first["round"], "last_k": first["last_k"],
                "score": interval(list(per_seed(name, "last_k_median").values())),
+               "score_geo": (geometric_interval(list(per_seed(name, "last_k_median").values()))
+                             if per_seed(name, "last_k_median") and min(per_seed(name, "last_k_median").values()) > 0
+                             else None),
                "final": interval(list(per_seed(name, "global_fd").values())),
                "client_fd_mean": interval(list(per_seed(name, "client_fd_mean").values())),
                "wall_s": sum(r["wall_s"] for r in rs) / len(rs), "eval_s": sum(r["eval_s"] for r in rs) / len(rs),
@@ -646,15 +652,16 @@ def rank_agreement_of(rows: list[dict[str, Any]]):
 
 
 def results_figure(rows: list[dict[str, Any]], out: Path) -> Path:
-    """Each variant's score (median of its last k evaluations; the mean over seeds with its 95 %
-    interval as an error bar), log scale, the reference dashed."""
+    """Each variant's score (median of its last k evaluations; the geometric mean over seeds with
+    the 95 % interval of the mean log as an error bar), log scale, the reference dashed."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(rows) + 1.5), 3.6), dpi=110)
-    vals = [r["score"].mean if r["score"] else float("nan") for r in rows]
-    err = [[v - r["score"].low if r["score"] and r["score"].known else 0 for v, r in zip(vals, rows)],
-           [r["score"].high - v if r["score"] and r["score"].known else 0 for v, r in zip(vals, rows)]]
+    geo = [r.get("score_geo") for r in rows]
+    vals = [g.mean if g else float("nan") for g in geo]
+    err = [[v - g.low if g and g.known else 0 for v, g in zip(vals, geo)],
+           [g.high - v if g and g.known else 0 for v, g in zip(vals, geo)]]
     ax.bar(range(len(rows)), vals, yerr=err, capsize=3,
            color=["0.55" if r["verdict"] == "reference" else "tab:blue" for r in rows])
     ax.set_xticks(range(len(rows)), [r["variant"] for r in rows], rotation=35, ha="right", fontsize=8)
@@ -666,7 +673,7 @@ def results_figure(rows: list[dict[str, Any]], out: Path) -> Path:
         ax.axhline(ref, ls="--", color="0.4", lw=1)
     ax.grid(alpha=0.3, axis="y")
     ax.set_title(f"{out.name}: {seeds} seed{'s' if seeds != 1 else ''}"
-                 + (", mean and 95 % interval" if seeds > 1 else ""), fontsize=9)
+                 + (", geometric mean and 95 % interval" if seeds > 1 else ""), fontsize=9)
     return _save(fig, out / "results.png")
 
 
@@ -736,6 +743,11 @@ def table_notes(rows: list[dict[str, Any]]) -> list[str]:
         notes.append(f"Lowest mean: {rows[0]['best']}; "
                      + (f"cannot be told apart from it (paired ratio interval contains 1): {', '.join(tied)}."
                         if tied else "every other variant is told apart from it."))
+    if len({r["round"] for r in rows}) > 1:
+        notes.append(f"The variants end at different rounds ({', '.join(sorted({str(r['round']) for r in rows}, key=int))}): "
+                     f"where their rounds differ in length (local epochs), their last {k} evaluations cover different "
+                     f"stages of training, so compare their final values (results.csv: global_fd), or evaluate them "
+                     f"at the same epochs.")
     for a, b in identical_variants(rows):
         notes.append(f"{a} and {b} scored exactly the same, seed by seed: what separates them changed nothing in "
                      f"training (for example fed.min-local-steps raising both to the same local steps a round).")

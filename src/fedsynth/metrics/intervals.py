@@ -91,6 +91,14 @@ def paired_ratio_interval(values: Iterable[float], reference: Iterable[float], l
                     math.exp(logs.high) if logs.known else float("nan"), logs.n, level)
 
 
+def geometric_interval(values: Iterable[float], level: float = 0.95) -> Interval:
+    """The geometric mean of positive ``values`` with the ``level`` t-interval of their mean log,
+    exponentiated: never below 0, and symmetric on a log axis, where the figures of distances
+    over seeds draw it (:func:`paired_ratio_interval` against 1)."""
+    x = list(values)
+    return paired_ratio_interval(x, [1.0] * len(x), level)
+
+
 def median_last(values: Sequence[float], k: int) -> float:
     """The median of the last ``k`` values of a curve (all of them if it has fewer): one
     evaluation of a GAN swings 2-5x, the median of its last few does not follow one swing."""
