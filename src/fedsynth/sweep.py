@@ -25,9 +25,10 @@ from .report import read_metrics
 from .utils import atomic_write_text
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # strategies on phantom-histo with a label-skew split over 4 clients, 3 seeds. Scaled to ~2 h on a
-    # quiet 2-core machine at --jobs 2 (21 runs): 1,200 tiles and 10 rounds of 2 local epochs; the
-    # global model scored every 2nd round so the median of the last 3 evaluations covers rounds 6-10
+    # strategies on phantom-histo with a label-skew split over 4 clients, 3 seeds (21 runs): 1,200 tiles
+    # and 10 rounds of 2 local epochs; 53 min at --jobs 2 on the 2-core machine with the test suite
+    # sharing it, half of it the fd-effnet rescoring; the global model scored every 2nd round so the
+    # median of the last 3 evaluations covers rounds 6-10
     "strategies": {
         "base": ["data.source=phantom-histo", "data.image-size=32", "data.num-images=1200",
                  "partition.clients=4", "partition.scheme=label-skew", "partition.majority=0.9",
@@ -61,8 +62,9 @@ def _study_variants() -> list[tuple[str, list[str]]]:
 
 
 # The FedAvg-DCGAN study's grid (its seed 000), scaled to this 2-core machine: 32 px, 2 clients, 15 local
-# epochs in total, 3 seeds (45 runs: 1,200 images, 540 a site after the held-out share, 17 local steps an
-# epoch, 255 over the 15 epochs). fed.min-local-steps = 0: its floor of 30 steps a round would give period 1
+# epochs in total, 3 seeds (45 runs, 67 min at --jobs 2 beside another sweep: 1,200 images, 540 a site
+# after the held-out share, 17 local steps an epoch, 255 over the 15 epochs). fed.min-local-steps = 0:
+# its floor of 30 steps a round would give period 1
 # 450 steps and periods 3 and 5 255, and the study compares periods at the same number of epochs. Every
 # round is scored, the global model and each site's own model (eval.local-every = 1: the study's protocol).
 PRESETS["study"] = {
