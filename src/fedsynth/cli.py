@@ -942,9 +942,8 @@ def rescore(
         if last_k is not None and last_k < 1:
             raise UserError(f"--last-k must be at least 1, got {last_k}")
         check_output_path(run_dir / "rescore.jsonl", "RUN_DIR", folder=False)
-        k = last_k or load_config(str(run_dir / "config.toml")).eval.last_k
         with console.status(f"scoring {run_dir} with {extractor}…"):
-            records = rescore_run(run_dir, extractor, k)
+            records = rescore_run(run_dir, extractor, last_k)
     except UserError as e:
         _fail(str(e))
     console.print(rescore_table(records))

@@ -364,6 +364,39 @@ def rounds_done(run: Path) -> int:
     return max(rounds, default=0)
 
 
+def _processes(items: list[tuple[str, list[str], Path]], jobs: int, started: Callable[[str], None] = lambda n: None,
+               poll: Callable[[str], None] = lambda n: None,
+               finished: Callable[[str, bool, float], None] = lambda n, ok, s: None) -> list[str]:
+    """Run each ``(name, argv, log file)`` as its own process, at most ``jobs`` at a time, calling
+    ``started``, ``poll`` (about five times a second while it runs) and ``finished``; return the
+    names of those that failed."""
+    import subprocess
+    import time
+    queue, running, failed = list(items), [], []
+    while queue or running:
+        while queue and len(running) < jobs:
+            name, argv, log = queue.pop(0)
+            started(name)
+            with open(log, "w") as f:  # the child keeps its own handle
+                running.append((name, subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT), time.perf_counter()))
+        time.sleep(0.2)
+        for item in list(running):
+            name, proc, t0 = item
+            poll(name)
+            if proc.poll() is not None:
+                running.remove(item)
+                finished(name, proc.returncode == 0, time.perf_counter() - t0)
+                if proc.returncode != 0:
+                    failed.append(name)
+    return failed
+
+
+def _rescore_argv(run: Path, extractor: str, last_k: int) -> list[str]:
+    """``fedsynth rescore`` of one run, as a child process's command line."""
+    import sys
+    return [sys.executable, "-m", "fedsynth", "rescore", str(run), "--extractor", extractor, "--last-k", str(last_k)]
+
+
 def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: SweepProgress,
                   rescore: str = "") -> None:
     """Each variant in its own ``fedsynth run`` process, at most ``jobs`` at a time, with the
@@ -372,40 +405,22 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: S
     rescoring is spread over the jobs too."""
     import dataclasses
     import os
-    import subprocess
+    import shlex
     import sys
-    import time
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    running: list[tuple[str, subprocess.Popen, Any, float]] = []
-    queue = list(todo)
-    failed = []
-    while queue or running:
-        while queue and len(running) < jobs:
-            name, cfg = queue.pop(0)
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
-            (out / name).parent.mkdir(parents=True, exist_ok=True)
-            toml = out / f".{name.replace('/', '-')}.toml"
-            atomic_write_text(toml, cfg.to_toml())
-            progress.started(name)
-            log = open(out / f".{name.replace('/', '-')}.log", "w")
-            run = [sys.executable, "-m", "fedsynth", "run", "--config", str(toml), "--out", str(out / name)]
-            if rescore:  # one shell line, no user text in it: every part is quoted
-                import shlex
-                again = [sys.executable, "-m", "fedsynth", "rescore", str(out / name), "--extractor", rescore,
-                         "--last-k", str(cfg.eval.last_k)]
-                cmd = ["sh", "-c", f"{shlex.join(run)} && {shlex.join(again)}"]
-            else:
-                cmd = run
-            running.append((name, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), cfg, time.perf_counter()))
-        time.sleep(0.2)
-        for item in list(running):
-            name, proc, cfg, t0 = item
-            progress.rounds(name, rounds_done(out / name), cfg.fed.rounds)
-            if proc.poll() is not None:
-                running.remove(item)
-                progress.finished(name, proc.returncode == 0, time.perf_counter() - t0)
-                if proc.returncode != 0:
-                    failed.append(name)
+    items, rounds = [], {}
+    for name, cfg in todo:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        toml = out / f".{name.replace('/', '-')}.toml"
+        atomic_write_text(toml, cfg.to_toml())
+        argv = [sys.executable, "-m", "fedsynth", "run", "--config", str(toml), "--out", str(out / name)]
+        if rescore:  # one shell line, no user text in it: every part is quoted
+            argv = ["sh", "-c", f"{shlex.join(argv)} && {shlex.join(_rescore_argv(out / name, rescore, cfg.eval.last_k))}"]
+        items.append((name, argv, out / f".{name.replace('/', '-')}.log"))
+        rounds[name] = cfg.fed.rounds
+    failed = _processes(items, jobs, progress.started,
+                        lambda name: progress.rounds(name, rounds_done(out / name), rounds[name]), progress.finished)
     if failed:
         raise UserError(f"variant(s) failed: {', '.join(failed)} (see {out}/.<name>.log)")
 
@@ -413,23 +428,8 @@ def _run_parallel(todo: list[tuple[str, Any]], out: Path, jobs: int, progress: S
 def _rescore_parallel(runs: list[tuple[str, Any]], out: Path, jobs: int, extractor: str) -> None:
     """``fedsynth rescore`` of each finished run, at most ``jobs`` processes at a time (each uses
     its run's own train.threads, which a parallel sweep shared out)."""
-    import subprocess
-    import sys
-    import time
-    queue, running, failed = list(runs), [], []
-    while queue or running:
-        while queue and len(running) < jobs:
-            rel, cfg = queue.pop(0)
-            log = open(out / f".{rel.replace('/', '-')}.rescore.log", "w")
-            running.append((rel, subprocess.Popen([sys.executable, "-m", "fedsynth", "rescore", str(out / rel),
-                                                   "--extractor", extractor, "--last-k", str(cfg.eval.last_k)],
-                                                  stdout=log, stderr=subprocess.STDOUT)))
-        time.sleep(0.2)
-        for item in list(running):
-            if item[1].poll() is not None:
-                running.remove(item)
-                if item[1].returncode != 0:
-                    failed.append(item[0])
+    failed = _processes([(rel, _rescore_argv(out / rel, extractor, cfg.eval.last_k),
+                          out / f".{rel.replace('/', '-')}.rescore.log") for rel, cfg in runs], jobs)
     if failed:
         raise UserError(f"rescoring failed: {', '.join(failed)} (see {out}/.<name>.rescore.log)")
 
@@ -612,12 +612,11 @@ def summarise_variants(run_rows: list[dict[str, Any]], names: list[str], referen
     for name in names:
         rs = by[name]
         first = rs[0]
+        scores = list(per_seed(name, "last_k_median").values())
         row = {"variant": name, "seeds": len(rs), "metric": first["metric"], "extractor": first["extractor"],
                "real": first["real"], "global_is": first["global_is"], "round": first["round"], "last_k": first["last_k"],
-               "score": interval(list(per_seed(name, "last_k_median").values())),
-               "score_geo": (geometric_interval(list(per_seed(name, "last_k_median").values()))
-                             if per_seed(name, "last_k_median") and min(per_seed(name, "last_k_median").values()) > 0
-                             else None),
+               "score": interval(scores),
+               "score_geo": geometric_interval(scores) if scores and min(scores) > 0 else None,
                "final": interval(list(per_seed(name, "global_fd").values())),
                "client_fd_mean": interval(list(per_seed(name, "client_fd_mean").values())),
                "wall_s": sum(r["wall_s"] for r in rs) / len(rs), "eval_s": sum(r["eval_s"] for r in rs) / len(rs),

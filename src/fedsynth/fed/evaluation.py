@@ -293,7 +293,7 @@ class Evaluator:
         fds = _block_distances(self._moments(fake), blocks, real.stats)
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
-                "num_real": real.stats.n, **self._few_real(real.stats.n)}
+                "num_real": real.stats.n}
         precision = "bf16" if self.cfg.bf16 else self.model.precision
         if precision != "fp32":  # provenance of a cheaper precision (fp32, the reference, is implied)
             base["precision"] = precision
@@ -319,7 +319,7 @@ class Evaluator:
             recs += self.realism(fake, round_, base)
             if self.holdout is not None:
                 recs += self.held_out(self._moments(fake), blocks, base)
-        return recs
+        return [{**r, **self._few_real(r["num_real"])} for r in recs]  # each by the real images it rests on
 
     def held_out(self, moments: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], blocks: list,
                  base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -330,13 +330,11 @@ class Evaluator:
         fd = {split: float(np.mean(_block_distances(moments, blocks, st))) for split, st in self.holdout.items()}
         n = {split: st.n for split, st in self.holdout.items()}
         metric = self.extractor.metric
-        base = {k: v for k, v in base.items() if k != "few_real"}
-        test, select = {**base, "num_real": n["test"], **self._few_real(n["test"])}, \
-            {**base, "num_real": n["select"], **self._few_real(n["select"])}
-        return [{**test, "real": "holdout", "metric": metric, "value": fd["test"]},
-                {**select, "real": "holdout-select", "metric": "selection-score", "value": fd["select"], "score": metric},
-                {**test, "real": "holdout", "metric": "memorisation-gap", "value": fd["test"] - fd["matched"],
-                 "score": metric}]
+        return [{**base, "real": "holdout", "num_real": n["test"], "metric": metric, "value": fd["test"]},
+                {**base, "real": "holdout-select", "num_real": n["select"], "metric": "selection-score",
+                 "value": fd["select"], "score": metric},
+                {**base, "real": "holdout", "num_real": n["test"], "metric": "memorisation-gap",
+                 "value": fd["test"] - fd["matched"], "score": metric}]
 
     def _few_real(self, num_real: int) -> dict[str, bool]:
         """``{"few_real": True}`` for a record whose distance rests on too few real feature rows
@@ -357,8 +355,7 @@ class Evaluator:
             self._realism_ref = RealismReference(real, k=REALISM_K)
         scores = self._realism_ref.scores(fake)
         self.realism_last = (round_, scores)
-        base = {**{k: v for k, v in base.items() if k != "few_real"}, "num_real": len(real), "k": REALISM_K,
-                **self._few_real(len(real))}
+        base = {**base, "num_real": len(real), "k": REALISM_K}
         return [{**base, "metric": name, "value": v} for name, v in realism_summary(scores).items()]
 
     def realism_extremes(self, state: State | None, n: int = 8) -> torch.Tensor | None:

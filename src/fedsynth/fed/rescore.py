@@ -20,10 +20,10 @@ from ..config import UserError, load_config
 from ..utils import atomic_write_text
 
 
-def rescore_run(run: str | Path, extractor: str, last_k: int) -> list[dict[str, Any]]:
-    """Score the run's kept checkpoints among its last ``last_k`` evaluated rounds with
-    ``extractor``; write and return the records (the seconds it took as a ``rescore-seconds``
-    record)."""
+def rescore_run(run: str | Path, extractor: str, last_k: int | None = None) -> list[dict[str, Any]]:
+    """Score the run's kept checkpoints among its last ``last_k`` evaluated rounds (default: the
+    run's ``eval.last-k``) with ``extractor``; write and return the records (the seconds it took
+    as a ``rescore-seconds`` record)."""
     from ..checkpoint import read_checkpoint_file
     from ..report import read_metrics
     from .engine import Reporter
@@ -32,6 +32,7 @@ def rescore_run(run: str | Path, extractor: str, last_k: int) -> list[dict[str, 
     run = Path(run)
     t0 = time.perf_counter()
     cfg = load_config(str(run / "config.toml"))
+    last_k = last_k or cfg.eval.last_k
     from ..registry import is_fd_metric
     evaluated = sorted({r["round"] for r in read_metrics(run) if r["round"] > 0 and is_fd_metric(r["metric"])})
     rounds = [r for r in evaluated[-last_k:] if (run / "checkpoints" / f"round-{r:04d}.pt").is_file()]

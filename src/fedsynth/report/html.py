@@ -24,7 +24,7 @@ from typing import Any
 from ..registry import is_fd_metric, is_kid_metric
 from ..utils import atomic_write_text
 from .meanings import PRDC_MEANING, ZERO_INSIDE
-from .plots import fd_series
+from .plots import fd_series, rescored_rows
 from .rundir import read_metrics
 
 esc = html.escape
@@ -753,22 +753,17 @@ def _trained_network_note(run: Path, fd_metric: str) -> str:
     the run used another network than the trained one, the one command that adds it
     (:func:`fedsynth.metrics.features.trained_network_command`)."""
     again = _read_jsonl(run / "rescore.jsonl")
-    metric = next((r["metric"] for r in again if is_fd_metric(r["metric"]) and r.get("client") == "global"), None)
+    metric, kid_metric, held, scored = rescored_rows(again)
     if metric:
-        kid_metric = next((r["metric"] for r in again if is_kid_metric(r["metric"])), "")
-        by = {(r["round"], r.get("real"), r["metric"]): r["value"] for r in again if r.get("client") == "global"}
-        rounds = sorted({r["round"] for r in again if r["metric"] == metric})
-        held = any(r.get("real") == "holdout" for r in again if r["metric"] == metric)
         ext = next((r.get("extractor", "") for r in again if r["metric"] == metric), "")
         what = NETWORKS.get(metric, (f"<code>{esc(metric)}</code>", ""))[0]
         head = (f"<tr><th>global model</th><th>{esc(metric)}, all sites</th>"
                 + (f"<th>{esc(metric)}, held-out images</th>" if held else "")
                 + (f"<th>{esc(kid_metric)}</th>" if kid_metric else "") + "</tr>")
         rows = "".join(
-            f"<tr><td>round {r}</td><td>{_fmt(by.get((r, 'union', metric)))}</td>"
-            + (f"<td>{_fmt(by.get((r, 'holdout', metric)))}</td>" if held else "")
-            + (f"<td>{_fmt(by.get((r, 'union', kid_metric)), 4)}</td>" if kid_metric else "") + "</tr>"
-            for r in rounds)
+            f"<tr><td>round {r}</td><td>{_fmt(union)}</td>" + (f"<td>{_fmt(holdout)}</td>" if held else "")
+            + (f"<td>{_fmt(k, 4)}</td>" if kid_metric else "") + "</tr>"
+            for r, union, holdout, k in scored)
         return (f"<h3>Scored again with {what}</h3><p class=note>By <code>fedsynth rescore</code>: the same real "
                 f"and held-out images and the same fixed latents as above, only the feature network changed "
                 f"(<code>{esc(ext)}</code>); lower is better. Its numbers compare with other fedsynth runs scored "

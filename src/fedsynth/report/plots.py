@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from ..registry import is_fd_metric
+from ..registry import is_fd_metric, is_kid_metric
 from ..utils import atomic_write_bytes
 
 
@@ -19,6 +19,23 @@ def series_name(r: dict[str, Any]) -> str:
     if real == who:
         return who
     return f"{who} on union"
+
+
+def rescored_rows(records: list[dict[str, Any]]) -> tuple[str, str, bool, list[tuple]]:
+    """The global model's scores by a second feature network (``rescore.jsonl``, written by
+    ``fedsynth rescore``): its Fréchet metric ("" if there are none), its KID metric ("" if none),
+    whether it was scored against held-out images, and one ``(round, all sites, held-out, KID)``
+    per rescored round (None where a value is missing)."""
+    fd = [r for r in records if r.get("client") == "global" and is_fd_metric(r["metric"])]
+    if not fd:
+        return "", "", False, []
+    metric = fd[0]["metric"]
+    fd = [r for r in fd if r["metric"] == metric]
+    kid = next((r["metric"] for r in records if is_kid_metric(r["metric"])), "")
+    by = {(r["round"], r.get("real"), r["metric"]): r["value"] for r in records if r.get("client") == "global"}
+    rows = [(n, by.get((n, "union", metric)), by.get((n, "holdout", metric)), by.get((n, "union", kid)))
+            for n in sorted({r["round"] for r in fd})]
+    return metric, kid, any(r.get("real") == "holdout" for r in fd), rows
 
 
 def fd_series(records: list[dict[str, Any]], metric: str | None = None) -> dict[str, list[tuple[int, float]]]:

@@ -25,7 +25,6 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Column, Table
 from rich.text import Text
 
-from ..registry import is_fd_metric, is_kid_metric
 from ..utils import plural
 from .meanings import PRDC_MEANING
 
@@ -455,18 +454,13 @@ def rescore_table(records: list[Record]) -> Table:
     """The global model's scores by a second feature network (``fedsynth rescore``), one row per
     rescored round: against all sites' training images, against their held-out images (when the
     run kept some), and its KID."""
-    fd = [r for r in records if r.get("client") == "global" and is_fd_metric(r["metric"])]
-    metric = fd[0]["metric"] if fd else "fd"
-    kid_metric = next((r["metric"] for r in records if is_kid_metric(r["metric"])), "kid")
-    by = {(r["round"], r.get("real"), r["metric"]): r["value"] for r in records if r.get("client") == "global"}
-    rounds = sorted({r["round"] for r in fd})
-    held = any(r.get("real") == "holdout" for r in fd)
-    t = Table(title=f"{metric} of the global model (lower is better)")
-    for col in ("round", "all sites", *(["held-out images"] if held else []), kid_metric):
+    from .plots import rescored_rows
+    metric, kid_metric, held, rows = rescored_rows(records)
+    t = Table(title=f"{metric or 'fd'} of the global model (lower is better)")
+    for col in ("round", "all sites", *(["held-out images"] if held else []), kid_metric or "kid"):
         t.add_column(col, justify="right")
-    for r in rounds:
-        cells = [by.get((r, "union", metric))] + ([by.get((r, "holdout", metric))] if held else [])
-        k = by.get((r, "union", kid_metric))
+    for r, union, holdout, k in rows:
+        cells = [union] + ([holdout] if held else [])
         t.add_row(str(r), *(MISSING if v is None else f"{v:.3f}" for v in cells), MISSING if k is None else f"{k:.4f}")
     return t
 
