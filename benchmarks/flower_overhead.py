@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/flower_overhead.py [--rounds 6]
 
-Starts a SuperLink and two SuperNodes on 127.0.0.1 (fedsynth.fed.flower.deploy.LocalFederation) for each
+Starts a SuperLink and two SuperNodes on 127.0.0.1 (tools.local_federation.LocalFederation) for each
 setting in turn and runs the same tiny federated GAN (16 px, 32 images per hospital, training
 < 0.1 s per round), so nearly all of a round is overhead:
 
@@ -36,13 +36,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # tools/: the repository's test and benchmark helpers
 from fedsynth.fed.flower.deploy import APP_DIR as APP  # noqa: E402
 
 
 def setting(name: str, tmp: Path, rounds: int, poll: float, superexec_poll: str, tls: bool, noop: bool,
             warm: bool = False, src: str = "") -> dict:
     """One setting; ``src``: run fedsynth from another source tree (its ``src`` folder)."""
-    from fedsynth.fed.flower.deploy import LocalFederation
+    from tools.local_federation import LocalFederation
     work = tmp / name
     env = {**os.environ, "FEDSYNTH_CACHE": str(tmp / "cache"), "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": superexec_poll}
     app = APP

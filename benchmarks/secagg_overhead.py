@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/secagg_overhead.py [--rounds 3] [--repeats 2] [--images 64]
 
-One federation on 127.0.0.1 (fedsynth.fed.flower.deploy.LocalFederation: a SuperLink with TLS and
+One federation on 127.0.0.1 (tools.local_federation.LocalFederation: a SuperLink with TLS and
 SuperNode authentication, two `fedsynth deploy supernode` nodes with warm workers), and the same
 tiny federated GAN (16 px, `--images` phantom images split over the two hospitals) run plainly
 and with secure aggregation in turn, `--repeats` times, alternating. Printed, all measured in
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import torch
 
-from fedsynth.fed.flower.deploy import APP_DIR as APP
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tools/: the repository's test and benchmark helpers
+from fedsynth.fed.flower.deploy import APP_DIR as APP  # noqa: E402
 
 CONFIG = ("[data]\nimage-size = 16\n[model]\nnz = 16\nngf = 8\nndf = 8\n[train]\nbatch-size = 16\nthreads = 1\n"
           "[fed]\nrounds = {rounds}\nsecure-aggregation = {secure}\n[eval]\nenabled = false\n"
@@ -45,7 +46,8 @@ def main() -> None:
 
     from fedsynth.cli import app
     from fedsynth.fed.flower import secagg
-    from fedsynth.fed.flower.deploy import LocalFederation, make_certs
+    from fedsynth.fed.flower.deploy import make_certs
+    from tools.local_federation import LocalFederation
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         res = CliRunner().invoke(app, ["data", "split", "phantom-xray", "-k", "2", "--out", str(tmp / "sites"),

@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python benchmarks/soak.py [--rounds 200] [--kill-every 20] [--port 19110]
         [--out DIR] [--figure docs/images/soak-memory.png]
 
-On 127.0.0.1 (fedsynth.fed.flower.deploy.LocalFederation): a SuperLink with TLS and SuperNode
+On 127.0.0.1 (tools.local_federation.LocalFederation): a SuperLink with TLS and SuperNode
 authentication, three hospitals' SuperNodes (`fedsynth deploy supernode`, a warm worker each), a
 tiny SCAFFOLD DCGAN (16 px, 32 phantom images per hospital, one torch thread per process;
 SCAFFOLD so that each node carries state between rounds: its control variate and optimizer).
@@ -39,8 +39,10 @@ import sys
 import time
 from pathlib import Path
 
-from fedsynth.fed.flower.deploy import APP_DIR as APP
-from fedsynth.fed.flower.deploy import LocalFederation, _descendants, _session_members, flower_bin, make_certs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tools/: the repository's test and benchmark helpers
+from fedsynth.fed.flower.deploy import APP_DIR as APP  # noqa: E402
+from fedsynth.fed.flower.deploy import flower_bin, make_certs  # noqa: E402
+from tools.local_federation import LocalFederation, descendants, session_members  # noqa: E402
 
 CONFIG = """[data]
 image-size = 16
@@ -83,7 +85,7 @@ def node_rss(proc) -> float:
     """A SuperNode and its warm worker (the per-message ClientApp processes come and go: left out)."""
     if proc is None or proc.poll() is not None:
         return 0.0
-    pids = set(_session_members({proc.pid}))
+    pids = set(session_members({proc.pid}))
     return sum(rss_mb(p) for p in pids if "flwr-clientapp" not in cmdline(p) and "flwr-superexec" not in cmdline(p))
 
 
@@ -93,7 +95,7 @@ def server_rss(fed: LocalFederation) -> tuple[float, float]:
         return 0.0, 0.0
     link = app = 0.0
     top = {fed.superlink.pid}
-    for p in set(_session_members(top)) | _descendants(top) | top:  # the SuperExec starts its own session
+    for p in set(session_members(top)) | descendants(top) | top:  # the SuperExec starts its own session
         c = cmdline(p)
         if "flwr-serverapp" in c:
             app += rss_mb(p)

@@ -106,7 +106,7 @@ def need_chromium() -> str:
     .ci/run, which installs it) a missing browser is a failure."""
     import os
 
-    from fedsynth.report.browser import chromium
+    from tools.browser import chromium
     path = chromium()
     if path is None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):

@@ -1,5 +1,5 @@
 """Flower deployment engine on 127.0.0.1: a SuperLink and SuperNodes, each hospital reading its
-own folder, started and stopped by fedsynth.fed.flower.deploy.LocalFederation (every process by PID, with
+own folder, started and stopped by tools.local_federation.LocalFederation (every process by PID, with
 everything it spawned; it raises if anything survives).
 
 * TLS + SuperNode authentication: two registered nodes (``fedsynth deploy supernode``, with a
@@ -69,7 +69,7 @@ def _free_port_base(nodes: int) -> int:
 
 
 def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
-    from fedsynth.fed.flower.deploy import LocalFederation
+    from tools.local_federation import LocalFederation
     nodes = nodes or [(str(sites / f"client-{k}"), str(k)) for k in (0, 1)]
     port = _free_port_base(len(nodes) + 1)
     return LocalFederation(tmp_path / "fl", nodes, certs=certs, port=port, warm=warm,

@@ -32,7 +32,7 @@ def _sections() -> list[tuple[str, list[str]]]:
 
 @pytest.mark.smoke
 def test_readme_walkthrough_runs_as_written(tmp_path):
-    from fedsynth.fed.flower.deploy import stop_processes, wait_port
+    from tools.local_federation import stop_processes, wait_port
     sections = _sections()
     terminals = [(t, cmds) for t, cmds in sections if t.startswith("terminal")]
     assert [t.split(":")[0] for t, _ in terminals] == ["terminal 1", "terminal 2", "terminal 3"]

@@ -10,7 +10,7 @@ import pytest
 
 from fedsynth.config import build_config
 from fedsynth.fed.run import run_experiment
-from fedsynth.report.browser import check_report
+from tools.browser import check_report
 from fedsynth.report.html import _pick_rounds, build_report
 from fedsynth.report.rundir import read_metrics
 

@@ -78,7 +78,7 @@ def test_three_arms_table_tsne_and_report(cond_run):
 
 def test_the_utility_section_fits_a_phone(chromium_bin, cond_run):
     """The table scrolls in its box and the t-SNE figure shrinks: nothing wider than 420 px."""
-    from fedsynth.report.browser import check_report
+    from tools.browser import check_report
     if not (cond_run / "utility" / "tsne.png").is_file():  # this test alone (another xdist worker ran the first)
         assert _utility(cond_run, "--real-train", "phantom-ct", "--real-test", "phantom-ct", *SMALL).exit_code == 0
     (narrow,) = check_report(cond_run / "report.html", (420,))

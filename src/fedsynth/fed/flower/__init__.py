@@ -9,8 +9,8 @@
 * :mod:`.worker` -- the warm worker beside each SuperNode (torch imported once).
 * :mod:`.secagg` -- ``fed.secure-aggregation``: fedsynth's round through Flower's SecAgg+
   (``SecAggPlusWorkflow`` + ``secaggplus_mod``), the update codec, the relay strategy.
-* :mod:`.deploy` -- TLS material, node keys, Flower's environment, process control
-  (``fedsynth deploy``, :class:`.deploy.LocalFederation` for tests and benchmarks).
+* :mod:`.deploy` -- TLS material, node keys, Flower's environment, starting a run
+  (``fedsynth deploy``; the tests' and benchmarks' local federation is ``tools/local_federation.py``).
 * ``app/`` -- the Flower app folder ``flwr run`` packs.
 
 Nothing is imported here: Flower loads ``client_app`` in a new process for every message.

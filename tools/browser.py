@@ -1,5 +1,7 @@
 """Look at a report the way a reader does: in headless Chromium, at a given window width.
 
+Test and documentation tooling, outside the installed package (run from the repository root).
+
 :func:`check_report` loads ``report.html`` unchanged inside an ``<iframe>`` of a small probe
 page (nothing is injected into the report) and reports, once every image has finished loading,
 how many images there are, which failed to decode or take no space, and whether the page is
@@ -8,7 +10,7 @@ the page at a width. Both run the ``chromium`` binary (Debian: ``apt-get install
 
 Regenerate the documentation's screenshots from a run directory::
 
-    python -m fedsynth.report.browser RUN_DIR docs/images
+    python -m tools.browser RUN_DIR docs/images
 """
 
 from __future__ import annotations
@@ -120,6 +122,6 @@ def docs_screenshots(run_dir: str | Path, folder: str | Path, wide: int = 1280, 
 if __name__ == "__main__":
     import sys
     if len(sys.argv) != 3:
-        sys.exit("usage: python -m fedsynth.report.browser RUN_DIR FOLDER")
+        sys.exit("usage: python -m tools.browser RUN_DIR FOLDER")
     for p in docs_screenshots(sys.argv[1], sys.argv[2]):
         print(f"wrote {p}")
