@@ -19,7 +19,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
-                              prdc_note, rescore_table, summary_table, threads_line, value, written)
+                              prdc_note, print_fitting_table, rescore_table, summary_table, threads_line,
+                              utility_table, written)
 
 from .config import Config, UserError, check_output_path, load_config
 from .registry import EXTRACTORS
@@ -193,44 +194,23 @@ def run(
       fedsynth run --dry-run -s partition.clients=3   # the resolved config
       fedsynth run --resume runs/quick
       fedsynth run --replay runs/flower-demo --sites sites -o runs/check"""
-    engine = None
+    from .fed.launch import request_stop, rescore_hint, run_inputs, smallest_site_note
     try:
-        if (replay is None) != (sites is None):
-            raise UserError("--replay and --sites go together: the recorded run, and the folder of the sites' images")
-        if replay is not None:
-            from .config import HARDWARE_KEYS, parse_override
-            from .fed.replay import replay_config, replay_engine
-            if config is not None or resume is not None or any(parse_override(t)[0] not in HARDWARE_KEYS for t in set_):
-                raise UserError("--replay takes no --config, --resume, or --set other than "
-                                f"{', '.join(HARDWARE_KEYS)}: the recorded run's own config.toml is used")
-            cfg, ids, missed = replay_config(replay, set_)
-            engine = replay_engine(ids, sites)
-            console.print(f"replaying {replay}: {plural(len(ids), 'site')}, {plural(cfg.fed.rounds, 'round')}, "
-                          f"{plural(len(missed), 'missed site round')} forced", highlight=False)
-        elif resume is not None:
-            from .config import EXTEND_KEYS, HARDWARE_KEYS, parse_override
-            allowed = HARDWARE_KEYS + EXTEND_KEYS
-            if config is not None or out is not None or any(parse_override(t)[0] not in allowed for t in set_):
-                raise UserError("--resume takes no --config, --out, or --set other than "
-                                f"{', '.join(allowed)}: the run's own config.toml is used (fed.rounds: more "
-                                f"rounds for a finished run)")
-            if not resume.exists():
-                raise UserError(f"--resume {resume}: does not exist")
-            if not (resume / "config.toml").is_file():
-                raise UserError(f"--resume {resume}: not a run directory (no config.toml)")
-            from .report.rundir import claim_for_resume
-            claim_for_resume(resume)  # refused while a live run holds the directory
-            config = resume / "config.toml"
-        if replay is None:
-            cfg = load_config(config, set_)
+        inputs = run_inputs(config, set_, out, resume, replay, sites)
     except UserError as e:
         _fail(str(e))
+    cfg, engine = inputs.cfg, inputs.engine
+    if inputs.replayed is not None:
+        ids, missed = inputs.replayed
+        console.print(f"replaying {replay}: {plural(len(ids), 'site')}, {plural(cfg.fed.rounds, 'round')}, "
+                      f"{plural(len(missed), 'missed site round')} forced", highlight=False)
     if dry_run:
         console.print(cfg.to_toml(), highlight=False, markup=False)
         return
 
     from .fed.engine import StopRun
     from .fed.run import in_process, run_experiment
+    from .report.html import report_so_far
     from .utils import first_time, set_torch_threads
 
     threads = set_torch_threads(cfg.train.threads)
@@ -263,27 +243,14 @@ def run(
                 reporter.say(ev.extractor.notice + " (shown once)", "dim")  # the features line names it every run
             if first == 1 and fed.description is not None:
                 console.print(partition_table(fed.description[1]))
-            if ev is not None and fed.description is not None:
-                from .metrics.stats import few_real_note
-                sizes = {cid: c.get("images", 0) for cid, c in fed.description[1].get("clients", {}).items()}
-                if sizes:
-                    cid = min(sizes, key=lambda k: sizes[k])
-                    ext = ev.extractor  # volumes: each plane's block of features, one row per slice
-                    if hasattr(ext, "plane_dims"):
-                        from .metrics.planes import slice_indices
-                        rows = sizes[cid] * len(slice_indices(cfg.data.image_size, ext.slices))
-                    else:
-                        rows = sizes[cid]
-                    note = few_real_note(rows, getattr(ext, "plane_dims", getattr(ext, "dims", None)),
-                                         f"site {cid}'s data" if len(sizes) > 1 else "")
-                    if note:
-                        reporter.warning(note)
+            note = smallest_site_note(cfg, fed)
+            if note:
+                reporter.warning(note)
             signal.signal(signal.SIGINT, lambda *_: _stop(fed))
 
         def _stop(fed):  # first Ctrl-C: finish the current step, then stop cleanly
-            if fed.pool.stop_requested:
+            if request_stop(fed):
                 raise KeyboardInterrupt
-            fed.pool.stop_requested = True
             # on the bars' own console: a line above them, not glued to them
             reporter.say("stopping after the current step (Ctrl-C again to abort at once)…", "yellow")
 
@@ -301,7 +268,7 @@ def run(
             if rd is None:
                 err_console.print("stopped before the run directory was made: nothing written")
                 raise typer.Exit(130)
-            report = _report_so_far(rd.path)
+            report = report_so_far(rd.path)
             err_console.print(f"stopped. Rounds up to the last checkpoint are kept: continue with "
                               f"fedsynth run --resume {rd.path}" + (f"; the report so far: {report} (rewrite it "
                               f"any time with fedsynth report {rd.path})" if report else ""),
@@ -323,10 +290,8 @@ def run(
             f"duration). Results in {run_dir.path}: {', '.join(written(run_dir.path))}")
     console.print(done, highlight=False, markup=False)
     run_dir.log_lines([done])
-    from .metrics.features import trained_network_command
-    cmd = trained_network_command(cfg, run_dir.path)
-    if cmd and out_.federation is not None and out_.federation.evaluator is not None \
-            and out_.federation.evaluator.extractor.kind != "effnet-lite0":
+    cmd = rescore_hint(cfg, out_)
+    if cmd:
         console.print(f"to score the last rounds with a trained feature network (fd-effnet) too: {cmd}",
                       highlight=False, markup=False)
     if replay is not None:
@@ -345,17 +310,6 @@ def _check_replay(recorded: Path, replayed: Path) -> None:
                       highlight=False)
     if not all(row["identical"] for row in rows):
         _fail("the replay does not reproduce the recorded run (same data, device and library versions?)", code=1)
-
-
-def _report_so_far(run_dir: Path) -> Optional[Path]:
-    """report.html of a stopped run, from what it recorded (None when it recorded nothing)."""
-    if not (run_dir / "metrics.jsonl").is_file():
-        return None
-    from .report.html import build_report
-    try:
-        return build_report(run_dir)
-    except (OSError, ValueError, KeyError):  # a report is a courtesy here: the stop is the news
-        return None
 
 
 def _stop_progress(progress: Progress) -> None:
@@ -400,26 +354,15 @@ def sweep(
       fedsynth sweep -o ep -g fed.local-epochs=1,3 -s fed.rounds=5 --seeds 3
       fedsynth sweep -o runs/prox --variant 'prox: fed.strategy=fedprox' -j 2"""
     from .report.terminal import SweepReporter, seconds
-    from .sweep import PRESETS, grid_variants, parse_variant, run_sweep, second_network, summarise
+    from .sweep import run_sweep, second_network, summarise, sweep_plan
     from .utils import set_torch_threads
     try:
-        base, variants = list(set_), []
         if jobs < 1:
             raise UserError("--jobs must be at least 1")
         if seeds is not None and seeds < 1:
             raise UserError(f"--seeds must be at least 1, got {seeds}")
         check_output_path(out, "--out")
-        if preset:
-            if preset not in PRESETS:
-                raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-            base = PRESETS[preset]["base"] + base
-            variants += PRESETS[preset]["variants"]
-            seeds = seeds if seeds is not None else PRESETS[preset].get("seeds", 1)
-        variants += [parse_variant(v) for v in variant]
-        if grid:
-            variants += grid_variants(grid)
-        if not variants:
-            raise UserError("nothing to sweep: give --preset, --variant or --grid")
+        base, variants, seeds = sweep_plan(preset, set_, variant, grid, seeds)
         base_cfg = load_config(config, base)
         set_torch_threads(base_cfg.train.threads)
         second = second_network(rescore, base_cfg.eval.feature_extractor)
@@ -433,7 +376,7 @@ def sweep(
             try:
                 rows = run_sweep(str(config) if config else None, base, variants, out,
                                  lambda cfg, d: _run_quietly(cfg, d, view.run_reporter(str(d.relative_to(out)))),
-                                 jobs=jobs, progress=view, seeds=seeds or 1, reference=reference, rescore=second)
+                                 jobs=jobs, progress=view, seeds=seeds, reference=reference, rescore=second)
             finally:
                 view.finish()
     except UserError as e:
@@ -448,32 +391,9 @@ def sweep(
 def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
     """The variants' table over seeds (:func:`fedsynth.sweep.variant_table`) and its notes."""
     from .sweep import table_notes, variant_table
-    from rich.measure import Measurement
-    head, body = variant_table(rows)
-    t = Table(title=title)
-    for i, col in enumerate(head):  # a variant's name is never cut or broken: the numbers' headers wrap instead
-        t.add_column(col, no_wrap=True, justify="left" if i == 0 else "right")
-    for b in body:
-        t.add_row(*b)
-    if Measurement.get(console, console.options.update_width(10**4), t).minimum <= console.width:
-        console.print(t)
-    else:  # too wide for this terminal: one small table per variant, nothing cut
-        console.print(title, style="bold", highlight=False, markup=False)
-        for b in body:
-            v = Table(title=b[0], show_header=False, title_justify="left")
-            v.add_column(no_wrap=False)
-            v.add_column(justify="right", no_wrap=False)
-            for col, cell in zip(head[1:], b[1:]):
-                v.add_row(col, cell)
-            console.print(v)
+    print_fitting_table(console, title, *variant_table(rows))
     for line in table_notes(rows):
         console.print(line, highlight=False, markup=False)
-
-
-def _images_of(source: str, size: int, n: int, seed: int, extra: list[str]):
-    """The ImageSet of a data source (phantom/sample name or path) prepared to ``size`` px."""
-    from .data.export import images_config
-    return _load_with_progress(images_config(source, size, n, seed, extra))
 
 
 def _old_n() -> Any:
@@ -502,7 +422,7 @@ def generate(
       fedsynth generate --checkpoint runs/quick -o synth/
       fedsynth generate --checkpoint runs/cond -n 100 --label 1 -o class1/
       (runs/cond: a run with model.conditional=multiply)"""
-    from .utils import atomic_folder, save_png
+    from .evaluate.released import generate as draw, write_generated
     n = images if n is None else n
     try:
         if n < 1:
@@ -510,49 +430,14 @@ def generate(
         check_output_path(out, "--out")
         if out.exists() and any(out.iterdir()):
             raise UserError(f"--out {out} exists and is not empty")
-        from .checkpoint import load_released
-        released = load_released(checkpoint, client, round_)
-        model, state, names = released
-        if label is not None and not 0 <= label < max(model.num_classes, 1):
-            raise UserError(f"--label {label} out of range: the model has {model.num_classes} classes {names}")
-        try:
-            x = model.generate(state, n, seed, label)
-        except ValueError as e:
-            raise UserError(f"--label: {e}") from None
+        released, x = draw(checkpoint, client, round_, n, seed, label)
     except UserError as e:
         _fail(str(e))
-    if released is not None:  # after the checks: an error stays the only line
-        console.print(f"model: {released.which}", highlight=False, markup=False)
-    arr = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8).numpy()
-    volumes = arr.ndim == 5
-    if volumes:
-        from .data.export import nifti_bytes
-        mm = spacing or _voxel_mm(checkpoint)
-    with atomic_folder(out) as tmp:
-        for i, img in enumerate(arr):
-            if volumes:  # NIfTI, with the voxel size of the data the model learnt from
-                (tmp / f"{i:06d}.nii.gz").write_bytes(nifti_bytes(img, mm))
-            else:
-                save_png(img, tmp / f"{i:06d}.png")
+    console.print(f"model: {released.which}", highlight=False, markup=False)  # after the checks: an error stays the only line
+    volumes = write_generated(x, out, spacing, checkpoint)
+    names = released[2]
     what = f"class {label} ({names[label]})" if label is not None and names else ("volumes" if volumes else "images")
     console.print(f"wrote {n} {what} to {out}")
-
-
-def _images_only(model, command: str) -> None:
-    """A one-line refusal where ``fedsynth COMMAND`` has no volume form yet."""
-    if model.describe().get("dims", 2) == 3:
-        raise UserError(f"fedsynth {command} works on 2-D images; this checkpoint makes volumes (data.dims = 3), "
-                        f"which are scored during the run with 2.5-D distances (docs/volumes.md)")
-
-
-def _voxel_mm(checkpoint: Path) -> float:
-    """The voxel size (mm) of the data a run's model learnt from, from its ``partition.json``
-    (1.0 where the run does not say)."""
-    run = checkpoint if checkpoint.is_dir() else checkpoint.parent.parent
-    try:
-        return float(json.loads((run / "partition.json").read_text())["data"].get("voxel_mm", 1.0))
-    except (OSError, ValueError, KeyError, TypeError):
-        return 1.0
 
 
 @app.command()
@@ -581,50 +466,25 @@ def evaluate(
     Examples:
       fedsynth evaluate phantom-xray --checkpoint runs/quick
       fedsynth evaluate /data/real_pngs /data/fake_pngs --size 64 -o fd.json"""
-    from .metrics import build_extractor
-    from .metrics.compare import compare_images
-    from .privacy.audit import diversity
+    from .evaluate.released import score_images
     n = images if n is None else n
     try:
         if (fake is None) == (checkpoint is None):
             raise UserError("give either FAKE (a path) or --checkpoint")
         if out is not None:
             check_output_path(out, "--out", folder=False, example="numbers.json")
-        model = state = released = None
-        if checkpoint is not None:
-            from .checkpoint import load_released
-            released = load_released(checkpoint, None, round_)
-            model, state, _ = released
-            _images_only(model, "evaluate")
-        side = size or (model.describe()["image_size"] if model is not None else 64)
-        r = _images_of(real, side, n, seed, [])
-        if model is not None:
-            xf = model.generate(state, min(n, len(r) if len(r) > 1 else n), seed + 1)
-            if xf.shape[1] != r.channels:
-                raise UserError(f"the checkpoint makes {xf.shape[1]}-channel images, {real} has {r.channels}")
-        else:
-            f = _images_of(fake, side, n, seed, [f"preprocess.channels={'gray' if r.channels == 1 else 'rgb'}"])
-            xf = f.batch()
-        xr = r.batch()
-        ext = build_extractor(extractor, inception_weights)
+        scores = score_images(real, fake, checkpoint, round_, n, size, extractor, inception_weights, seed,
+                              _load_with_progress)
     except UserError as e:
         _fail(str(e))
-    if released is not None:  # after the checks: an error stays the only line
-        console.print(f"model: {released.which}", highlight=False, markup=False)
-    if getattr(ext, "notice", ""):  # --extractor auto: say which network it picked, and how to get another
-        console.print(ext.notice, style="dim", highlight=False, markup=False)
-    res = {"real": real, "fake": fake or str(checkpoint), **compare_images(xr, xf, ext, seed)}
-    res["diversity_ratio"] = diversity(xf, xr)
+    if scores.released is not None:  # after the checks: an error stays the only line
+        console.print(f"model: {scores.released.which}", highlight=False, markup=False)
+    if getattr(scores.extractor, "notice", ""):  # --extractor auto: say which network it picked, and how to get another
+        console.print(scores.extractor.notice, style="dim", highlight=False, markup=False)
+    res = scores.numbers
     console.print(evaluate_table(res, f"{res['fake']} vs {real}"))
-    from .metrics.stats import few_real_note
-    caveats = [few_real_note(res["num_real"], getattr(ext, "dims", None))]
-    if res["num_real"] < n:
-        caveats.append(f"{real} has {res['num_real']} images: fewer than the {n} asked for (--images)")
-    if "precision" not in res:
-        caveats.append("precision, recall, density and coverage need more than 5 images in each set: not computed")
-    for c in caveats:
-        if c:
-            err_console.print(f"[yellow]warning:[/] {escape(c)}", highlight=False)
+    for c in scores.caveats:
+        err_console.print(f"[yellow]warning:[/] {escape(c)}", highlight=False)
     note = prdc_note(res)
     if note:
         console.print(note, style="dim", highlight=False, markup=False)
@@ -654,50 +514,21 @@ def audit(
     Examples:
       fedsynth audit --checkpoint runs/quick --train phantom-xray \\
           --held phantom-xray --held-set run.seed=99 -o audit/"""
-    from .privacy.audit import write_audit
+    from .evaluate.released import audit as audit_released
     n = images if n is None else n
     try:
         check_output_path(out, "--out")
-        from .checkpoint import load_released
-        released = load_released(checkpoint, None, round_)
-        model, state, _ = released
-        _images_only(model, "audit")
-        side = model.describe()["image_size"]
-        tr = _images_of(train, side, 10**9, 0, list(train_set)).batch()
-        he = _images_of(held, side, 10**9, 0, list(held_set)).batch()
-        xf = model.generate(state, n, seed)
+        released, res = audit_released(checkpoint, round_, train, held, train_set, held_set, n, seed, out,
+                                       _load_with_progress)
     except UserError as e:
         _fail(str(e))
-    if released is not None:  # after the checks: an error stays the only line
-        console.print(f"model: {released.which}", highlight=False, markup=False)
-    res = write_audit(xf, tr, he, out, seed)
+    console.print(f"model: {released.which}", highlight=False, markup=False)  # after the checks: an error stays the only line
     verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
     console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
                   f"held-out image (≈50% expected); median distance ratio train/held-out {res.median_ratio:.3f}; "
                   f"diversity ratio {res.diversity_ratio:.2f}; {res.distinct_nn_fraction:.1%} of training images "
                   f"are a sample's nearest neighbour", highlight=False)
     console.print(f"closest pairs: {out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}")
-
-
-def _real_set(option: str, source: str, size: int, channels: int, extra: list[str]):
-    """A real image set for ``fedsynth utility``, prepared to the run's ``size``; a UserError
-    naming ``option`` if it does not match the run (size, channels)."""
-    from .data.export import source_overrides
-    try:
-        cfg = load_config(None, source_overrides(source) + [f"data.image-size={size}"] + list(extra))
-    except UserError as e:
-        raise UserError(f"{option} {source}: {e}") from None
-    data = _load_with_progress(cfg)
-    if data.size != size:
-        raise UserError(f"{option} {source}: images of {data.size} px, but the run's model makes {size} px "
-                        f"(leave data.image-size out: the images are prepared to the run's size)")
-    if data.channels != channels:
-        fix = "gray" if channels == 1 else "rgb"
-        raise UserError(f"{option} {source}: {data.channels}-channel images, but the run's model makes "
-                        f"{channels}-channel ones (add --{option[7:]}-set preprocess.channels={fix})")
-    if len(data) < 2:
-        raise UserError(f"{option} {source}: {len(data)} image(s); a classifier needs at least two")
-    return data
 
 
 @app.command()
@@ -750,65 +581,20 @@ def utility(
           --real-test phantom-ct --test-set run.seed=99
       fedsynth utility runs/cond --real-train /data/train \\
           --real-test /data/test --classifier resnet18 --pretrained"""
-    import torch
+    from .evaluate.utility import UtilitySettings, check_options, format_score, run_utility, utility_data
 
-    from .checkpoint import load_released
-    from .evaluate import (UtilitySettings, balanced_labels, build_classifier, classifier_names, run_arms,
-                           synthesize, write_utility)
-    from .evaluate.utility import shared_images
-    from .train.device import resolve_device
-    from .weights import cached, missing_message
+    def warn(message: str) -> None:
+        err_console.print(f"[yellow]{message}[/]", highlight=False)
     try:
-        if not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run directory (no config.toml)")
-        check_output_path(run_dir / "utility", "RUN_DIR")
-        names = classifier_names()
-        if classifier not in names:
-            raise UserError(f"--classifier: unknown classifier {classifier!r}; choose from {', '.join(names)}")
-        if pretrained:
-            if classifier == "smallcnn":
-                raise UserError("--pretrained: smallcnn has no pretrained weights; use a backbone")
-            if cached(classifier) is None:
-                raise UserError(f"--pretrained: {missing_message(classifier, None)}")
-        for opt, v, low in (("--epochs", epochs, 1), ("--min-steps", min_steps, 0), ("--tsne-points", tsne_points, 0)):
-            if v < low:
-                raise UserError(f"{opt} must be at least {low}")
-        if synthetic is not None and synthetic < 1:
-            raise UserError("--synthetic must be at least 1")
-        if seeds < 1:
-            raise UserError("--seeds must be at least 1 (3 or more for an interval worth reading)")
-        try:
-            dev = resolve_device(device)
-        except UserError as e:
-            raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
-        released = load_released(run_dir, client, round_)
-        model, state, run_classes = released
-        _images_only(model, "utility")
-        desc = model.describe()
-        size, channels = int(desc["image_size"]), int(desc["channels"])
-        train = _real_set("--real-train", real_train, size, channels, train_set)
-        test = _real_set("--real-test", real_test, size, channels, test_set)
-        if tuple(test.class_names) != tuple(train.class_names):
-            raise UserError(f"--real-test {real_test} has classes ({', '.join(test.class_names)}), --real-train "
-                            f"{real_train} has ({', '.join(train.class_names)}): they must be the same")
-        shared = shared_images(train, test)
-        if shared == len(test):
-            raise UserError("--real-test holds the same images as --real-train: hold out a test set "
-                            "(a built-in phantom: --test-set run.seed=99)")
-        if shared:
-            err_console.print(f"[yellow]{shared} of the {len(test)} --real-test images are also in --real-train: "
-                              f"their scores measure memory, not generalisation[/]", highlight=False)
-        if model.conditional and tuple(run_classes) != tuple(train.class_names):
-            raise UserError(f"--real-train {real_train} has classes ({', '.join(train.class_names)}), the run's "
-                            f"model generates ({', '.join(run_classes)}): they must be the same, in the same order")
-        build_classifier(classifier, channels, size, train.num_classes, pretrained)  # fails now, not after the data
+        dev = check_options(run_dir, classifier, pretrained, epochs, min_steps, tsne_points, synthetic, seeds, device)
+        released, train, test = utility_data(run_dir, client, round_, real_train, real_test, train_set, test_set,
+                                             classifier, pretrained, _load_with_progress, warn)
     except UserError as e:
         _fail(str(e))
-    if released is not None:  # after the checks: an error stays the only line
-        console.print(f"model: {released.which}", highlight=False, markup=False)
+    console.print(f"model: {released.which}", highlight=False, markup=False)  # after the checks: an error stays the only line
 
     settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
-                               seed=seed, device=str(dev), seeds=seeds)
+                               seed=seed, device=dev, seeds=seeds)
     t0 = time.perf_counter()
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
         tasks: dict[str, Any] = {}
@@ -820,82 +606,19 @@ def utility(
                 tasks[what] = progress.add_task(what if total else what + "…", total=total or None)
             progress.update(tasks[what], completed=done)
 
-        n_syn = synthetic or len(train)
-        show("generating synthetic images", 0, 0)
-        if model.conditional:
-            ys: Optional[torch.Tensor] = balanced_labels(train.class_counts(), n_syn)
-            xs = synthesize(model, state, ys, n_syn, seed)
-        else:  # no labels: images only for the t-SNE figure
-            ys = None
-            xs = synthesize(model, state, None, max(tsne_points, 2), seed) if tsne_points else None
-        result = run_arms(train, test, xs if ys is not None else None, ys, settings, show)
-        tsne = None
-        if tsne_points and xs is not None:
-            show("t-SNE of real vs synthetic features", 0, 0)
-            tsne = _tsne(run_dir, train, xs, ys, seed, tsne_points)
-    entry = {"settings": result.settings, "rows": result.rows,
-             "real_train": {"source": real_train, "set": list(train_set), "images": len(train),
-                            "class_counts": train.class_counts()},
-             "real_test": {"source": real_test, "set": list(test_set), "images": len(test),
-                           "class_counts": test.class_counts()},
-             "class_names": list(train.class_names), "conditional": bool(model.conditional),
-             "model": "global" if client is None else f"site {client}",
-             "seconds": round(time.perf_counter() - t0, 1)}
-    key = classifier + ("-pretrained" if pretrained else "") + (f"-client-{client}" if client is not None else "")
-    out = run_dir / "utility"
-    write_utility(out, key, entry, tsne)
-    from .report.html import build_report
-    build_report(run_dir)
-
-    from .evaluate.utility import format_score
-    t = Table(title=f"downstream utility: {key} on {len(test)} held-out real images ({real_test}), "
-                    f"{plural(seeds, 'seed')}")
-    for col, just in (("training data", "left"), ("images", "right"), ("accuracy", "right"), ("macro F1", "right"),
-                      ("verdict", "left")):
-        t.add_column(col, justify=just, no_wrap=col != "verdict")  # type: ignore[arg-type]
-    for r in result.rows:
-        if r.get("skipped"):
-            t.add_row(r["train"], "—", "skipped", "skipped", "")
-        else:  # the interval under the mean: the table fits 80 columns
-            t.add_row(r["train"], str(r["images"]), format_score(r, "accuracy").replace(" [", "\n["),
-                      format_score(r, "f1").replace(" [", "\n["), r.get("verdict", ""))
-    chance = result.settings["chance"]
-    t.add_row("chance level", "", f"{chance['accuracy']:.3f}", f"{chance['f1']:.3f}", "always the most common class",
-              style="dim")
-    console.print(t)
+        sources = {"real_train": real_train, "train_set": train_set, "real_test": real_test, "test_set": test_set}
+        done = run_utility(run_dir, released, train, test, settings, tsne_points, sources, client, show, warn)
+    console.print(utility_table(done.result.rows, done.result.settings["chance"], f"downstream utility: {done.key} on "
+                                f"{len(test)} held-out real images ({real_test}), {plural(seeds, 'seed')}", format_score))
     console.print(("mean over seeds [95 % interval]; \"cannot tell\": the interval overlaps real only's"
                    if seeds >= 2 else "1 seed: no interval, so no arm can be told from another (use --seeds 3)"),
                   highlight=False, markup=False, style="dim")
-    if not model.conditional:
-        console.print(f"synthetic arms skipped: {result.rows[-1]['skipped']}", highlight=False, markup=False,
+    if not released[0].conditional:
+        console.print(f"synthetic arms skipped: {done.result.rows[-1]['skipped']}", highlight=False, markup=False,
                       soft_wrap=True)
-    files = "utility.json, utility.csv, utility.md" + (", tsne.png" if tsne else "")
-    console.print(f"done in {time.perf_counter() - t0:.0f} s. Wrote {out}/: {files}; report: {run_dir / 'report.html'}",
-                  highlight=False, markup=False)
-
-
-def _tsne(run_dir: Path, train, xs, ys, seed: int, points: int) -> dict[str, Any]:
-    """utility/tsne.png from the run's own feature network (the one its distances name)."""
-    import torch
-
-    from .evaluate.tsne import KIND_OF_METRIC, write_tsne
-    from .metrics import build_extractor
-    from .registry import is_fd_metric
-    from .report.rundir import read_metrics
-    records = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
-    metric = next((r["metric"] for r in records if is_fd_metric(r["metric"])), None)
-    cfg = load_config(run_dir / "config.toml", [])
-    kind = KIND_OF_METRIC.get(metric or "", cfg.eval.feature_extractor)
-    try:
-        ext = build_extractor(kind, cfg.eval.inception_weights)
-    except UserError as e:  # the run's network is gone from this machine: say so, use the random one
-        err_console.print(f"[yellow]t-SNE: the run's feature network is not available here ({e}); "
-                          f"using the random network[/]", highlight=False)
-        ext = build_extractor("random")
-    yr = torch.from_numpy(train.labels) if ys is not None else None
-    (run_dir / "utility").mkdir(exist_ok=True)
-    return write_tsne(train.batch(), xs, ext, run_dir / "utility" / "tsne.png", seed, points, yr, ys,
-                      train.class_names if ys is not None else ())
+    files = "utility.json, utility.csv, utility.md" + (", tsne.png" if done.tsne else "")
+    console.print(f"done in {time.perf_counter() - t0:.0f} s. Wrote {done.out}/: {files}; report: "
+                  f"{run_dir / 'report.html'}", highlight=False, markup=False)
 
 
 @app.command()
@@ -1007,7 +730,7 @@ def data_preview(
       fedsynth data preview phantom-histo -o histo.png
       fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png
       fedsynth data preview phantom-ct --dims 3 -n 4 --size 32 -o ct3d.png"""
-    from .data import PHANTOMS, PHANTOMS3D, make_phantom, make_volume_phantom
+    from .data import PHANTOMS, PHANTOMS3D, preview_set
     from .report.montage import save_class_montage
     n = images if n is None else n
     dims = 3 if name == "phantom-mr" else dims
@@ -1020,10 +743,7 @@ def data_preview(
         check_output_path(out, "--out", folder=False, example="montage.png")
     except UserError as e:
         _fail(str(e))
-    if dims == 3:  # volumes are costlier: a few per class suffice
-        data = make_volume_phantom(name, max(n * 3, 8), size, seed)
-    else:
-        data = make_phantom(name, max(n * 4, 64), size, seed)
+    data = preview_set(name, n, size, seed, dims)
     save_class_montage(data, out, per_class=max(1, n // data.num_classes))
     console.print(f"wrote {out}")
 
@@ -1043,7 +763,7 @@ def data_inspect(
       fedsynth data inspect phantom-ct
       fedsynth data inspect /data/cxr --montage cxr.png
       fedsynth data inspect sample-ct -s preprocess.clahe=0.02"""
-    import numpy as np
+    from .data import class_meaning
     try:
         if montage is not None:
             check_output_path(montage, "--montage", folder=False, example="montage.png")
@@ -1061,14 +781,11 @@ def data_inspect(
     for name, n in zip(data.class_names, data.class_counts()):
         t.add_row(str(name), str(n))
     console.print(t)
-    from .data.phantoms import CLASS_MEANING
-    from .data.phantoms3d import CLASS_MEANING3D
-    meaning = (CLASS_MEANING3D if cfg.data.dims == 3 else CLASS_MEANING).get(cfg.data.source)
+    meaning = class_meaning(cfg.data.source, cfg.data.dims)
     if meaning:
         console.print(f"classes: {meaning}", highlight=False)
-    x = data.images.astype(np.float32)
-    per_ch = ", ".join(f"ch{c}: mean {x[:, c].mean():.1f} std {x[:, c].std():.1f} "
-                       f"min {x[:, c].min():.0f} max {x[:, c].max():.0f}" for c in range(data.channels))
+    per_ch = ", ".join(f"ch{c}: mean {st['mean']:.1f} std {st['std']:.1f} min {st['min']:.0f} max {st['max']:.0f}"
+                       for c, st in enumerate(data.intensity_stats()))
     console.print(f"intensity (prepared, 0-255): {per_ch}", highlight=False)
     if prov.get("raw_sizes"):
         more = int(prov.get("raw_size_count", 0) or 0) - len(prov["raw_sizes"])
@@ -1241,14 +958,11 @@ _PASS = {"allow_extra_args": True, "ignore_unknown_options": True}
 
 def _exec_flower(name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
     """Replace this process with a Flower command (same PID), in fedsynth's Flower environment."""
-    import os
-
-    from .fed.flower.deploy import flower_bin, flower_env
+    from .fed.flower.deploy import exec_flower
     try:
-        path = flower_bin(name)
+        exec_flower(name, args, extra_env)
     except UserError as e:
         _fail(str(e))
-    os.execve(path, [name, *args], {**flower_env(), **(extra_env or {})})
 
 
 def _flower_help(*command: str) -> Any:

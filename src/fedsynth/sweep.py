@@ -822,3 +822,23 @@ def compare_over_seeds(paths: list[Path], out: Path, reference: str | None = Non
     section = (f"<h2>Over seeds</h2><div class=\"wide\">{table}</div>"
                + "".join(f"<p class=\"note\">{esc(n)}</p>" for n in notes) + img)
     return rows, section
+
+
+def sweep_plan(preset: str | None, sets: list[str], variants: list[str], grid: list[str],
+               seeds: int | None) -> tuple[list[str], list[tuple[str, list[str]]], int]:
+    """``fedsynth sweep``'s options as ``(base overrides, variants, seeds)``: a preset's base and
+    variants first, then ``--variant`` texts and the ``--grid`` product; seeds default to the
+    preset's, else 1. A :class:`UserError` for an unknown preset or nothing to sweep."""
+    base, out = list(sets), []
+    if preset:
+        if preset not in PRESETS:
+            raise UserError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+        base = PRESETS[preset]["base"] + base
+        out += PRESETS[preset]["variants"]
+        seeds = seeds if seeds is not None else PRESETS[preset].get("seeds", 1)
+    out += [parse_variant(v) for v in variants]
+    if grid:
+        out += grid_variants(grid)
+    if not out:
+        raise UserError("nothing to sweep: give --preset, --variant or --grid")
+    return base, out, seeds or 1

@@ -26,10 +26,25 @@ def load_dataset(cfg: Config, progress: Callable[[int, int], None] | None = None
     return load_source(cfg, progress)
 
 
+def class_meaning(source: str, dims: int = 2) -> str | None:
+    """What a built-in phantom's classes stand for (None for other sources)."""
+    from .phantoms import CLASS_MEANING
+    from .phantoms3d import CLASS_MEANING3D
+    return (CLASS_MEANING3D if dims == 3 else CLASS_MEANING).get(source)
+
+
+def preview_set(name: str, n: int, size: int, seed: int, dims: int = 2) -> ImageSet:
+    """Enough images of built-in phantom ``name`` for a montage of ``n`` (volumes are costlier:
+    a few per class suffice)."""
+    if dims == 3:
+        return make_volume_phantom(name, max(n * 3, 8), size, seed)
+    return make_phantom(name, max(n * 4, 64), size, seed)
+
+
 def partition_for(cfg: Config, data: ImageSet) -> list[ImageSet]:
     p = cfg.partition
     return partition(data, p.scheme, p.clients, cfg.run.seed, majority=p.majority, alpha=p.alpha, beta=p.beta)
 
 
 __all__ = ["ImageSet", "make_phantom", "PHANTOMS", "make_volume_phantom", "PHANTOMS3D", "partition", "partition_for", "summary",
-           "SCHEMES", "load_dataset", "load_source", "DataError"]
+           "SCHEMES", "load_dataset", "load_source", "DataError", "class_meaning", "preview_set"]

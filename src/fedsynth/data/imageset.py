@@ -67,6 +67,12 @@ class ImageSet:
     def class_counts(self) -> list[int]:
         return np.bincount(self.labels, minlength=self.num_classes).tolist()
 
+    def intensity_stats(self) -> list[dict[str, float]]:
+        """Per channel: mean, std, min and max of the prepared pixel values (0-255)."""
+        x = self.images.astype(np.float32)
+        return [{"mean": float(x[:, c].mean()), "std": float(x[:, c].std()), "min": float(x[:, c].min()),
+                 "max": float(x[:, c].max())} for c in range(self.channels)]
+
     def fingerprint(self) -> str:
         """Hash of the pixels and labels: the cache key for real-data feature statistics."""
         h = hashlib.blake2b(digest_size=16)

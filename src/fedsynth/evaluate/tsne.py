@@ -15,6 +15,7 @@ Flower it receives only merged feature moments), and a few hundred points cost ~
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -114,3 +115,35 @@ def write_tsne(real: torch.Tensor, fake: torch.Tensor, extractor, path, seed: in
     atomic_write_bytes(path, figure(xy, len(ir), rl, fl, list(class_names), title))
     return {"file": str(getattr(path, "name", path)), "extractor": extractor.name, "kind": extractor.kind,
             "real": len(ir), "synthetic": len(jf), "seed": seed, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def run_extractor(run_dir, warn=lambda message: None):
+    """The run's own feature network (the one its Fréchet distance records name; else its
+    ``eval.feature-extractor``). Where that network is not available on this machine, ``warn``
+    says so and the random network is used."""
+    from ..config import UserError, load_config
+    from ..metrics import build_extractor
+    from ..registry import is_fd_metric
+    from ..report.rundir import read_metrics
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir) if (run_dir / "metrics.jsonl").is_file() else []
+    metric = next((r["metric"] for r in records if is_fd_metric(r["metric"])), None)
+    cfg = load_config(run_dir / "config.toml", [])
+    kind = KIND_OF_METRIC.get(metric or "", cfg.eval.feature_extractor)
+    try:
+        return build_extractor(kind, cfg.eval.inception_weights)
+    except UserError as e:  # the run's network is gone from this machine: say so, use the random one
+        warn(f"t-SNE: the run's feature network is not available here ({e}); using the random network")
+        return build_extractor("random")
+
+
+def run_tsne(run_dir, train, xs: torch.Tensor, ys: torch.Tensor | None, seed: int, points: int,
+             warn=lambda message: None) -> dict[str, Any]:
+    """``RUN_DIR/utility/tsne.png`` of real images ``train`` (an ImageSet) vs synthetic ``xs``
+    (labels ``ys`` or None) in the run's own feature network (:func:`run_extractor`)."""
+    run_dir = Path(run_dir)
+    ext = run_extractor(run_dir, warn)
+    yr = torch.from_numpy(train.labels) if ys is not None else None
+    (run_dir / "utility").mkdir(exist_ok=True)
+    return write_tsne(train.batch(), xs, ext, run_dir / "utility" / "tsne.png", seed, points, yr, ys,
+                      train.class_names if ys is not None else ())

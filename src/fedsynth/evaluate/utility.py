@@ -304,3 +304,147 @@ def write_utility(out_dir: str | Path, key: str, entry: dict[str, Any],
     atomic_write_text(out / "utility.csv", _csv(doc))
     atomic_write_text(out / "utility.md", _markdown(doc))
     return doc
+
+
+# ------------------------------------------------------------------ fedsynth utility, as functions
+
+def check_options(run_dir: Path, classifier: str, pretrained: bool, epochs: int, min_steps: int, tsne_points: int,
+                  synthetic: int | None, seeds: int, device: str) -> str:
+    """``fedsynth utility``'s options checked before any data is read (a :class:`UserError`
+    naming the option); returns the device to train on."""
+    from ..config import check_output_path
+    from ..train.device import resolve_device
+    from ..weights import cached, missing_message
+    from .classifiers import classifier_names
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"{run_dir} is not a run directory (no config.toml)")
+    check_output_path(run_dir / "utility", "RUN_DIR")
+    names = classifier_names()
+    if classifier not in names:
+        raise UserError(f"--classifier: unknown classifier {classifier!r}; choose from {', '.join(names)}")
+    if pretrained:
+        if classifier == "smallcnn":
+            raise UserError("--pretrained: smallcnn has no pretrained weights; use a backbone")
+        if cached(classifier) is None:
+            raise UserError(f"--pretrained: {missing_message(classifier, None)}")
+    for opt, v, low in (("--epochs", epochs, 1), ("--min-steps", min_steps, 0), ("--tsne-points", tsne_points, 0)):
+        if v < low:
+            raise UserError(f"{opt} must be at least {low}")
+    if synthetic is not None and synthetic < 1:
+        raise UserError("--synthetic must be at least 1")
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1 (3 or more for an interval worth reading)")
+    try:
+        return str(resolve_device(device))
+    except UserError as e:
+        raise UserError(str(e).replace("config key 'run.device'", "--device")) from None
+
+
+def real_set(option: str, source: str, size: int, channels: int, extra: list[str],
+             load: Callable[[Any], ImageSet] | None = None) -> ImageSet:
+    """A real image set for ``fedsynth utility``, prepared to the run's ``size``; a UserError
+    naming ``option`` if it does not match the run (size, channels). ``load``: config -> ImageSet
+    (default :func:`fedsynth.data.load_dataset`)."""
+    from ..config import load_config
+    from ..data import load_dataset
+    from ..data.export import source_overrides
+    try:
+        cfg = load_config(None, source_overrides(source) + [f"data.image-size={size}"] + list(extra))
+    except UserError as e:
+        raise UserError(f"{option} {source}: {e}") from None
+    data = (load or load_dataset)(cfg)
+    if data.size != size:
+        raise UserError(f"{option} {source}: images of {data.size} px, but the run's model makes {size} px "
+                        f"(leave data.image-size out: the images are prepared to the run's size)")
+    if data.channels != channels:
+        fix = "gray" if channels == 1 else "rgb"
+        raise UserError(f"{option} {source}: {data.channels}-channel images, but the run's model makes "
+                        f"{channels}-channel ones (add --{option[7:]}-set preprocess.channels={fix})")
+    if len(data) < 2:
+        raise UserError(f"{option} {source}: {len(data)} image(s); a classifier needs at least two")
+    return data
+
+
+def utility_data(run_dir: Path, client: str | None, which: str | None, real_train: str, real_test: str,
+                 train_set: list[str], test_set: list[str], classifier: str, pretrained: bool,
+                 load: Callable[[Any], ImageSet] | None = None, warn: Callable[[str], None] = lambda m: None):
+    """``(released, train, test)``: the run's released model (:func:`fedsynth.checkpoint.load_released`)
+    and the real training and test sets, checked against it and each other; ``warn`` hears of
+    test images that are also training images. The classifier is built once here, so that a
+    bad one fails before the training starts."""
+    from ..checkpoint import load_released
+    from .released import images_only
+    released = load_released(run_dir, client, which)
+    model, state, run_classes = released
+    images_only(model, "utility")
+    desc = model.describe()
+    size, channels = int(desc["image_size"]), int(desc["channels"])
+    train = real_set("--real-train", real_train, size, channels, train_set, load)
+    test = real_set("--real-test", real_test, size, channels, test_set, load)
+    if tuple(test.class_names) != tuple(train.class_names):
+        raise UserError(f"--real-test {real_test} has classes ({', '.join(test.class_names)}), --real-train "
+                        f"{real_train} has ({', '.join(train.class_names)}): they must be the same")
+    shared = shared_images(train, test)
+    if shared == len(test):
+        raise UserError("--real-test holds the same images as --real-train: hold out a test set "
+                        "(a built-in phantom: --test-set run.seed=99)")
+    if shared:
+        warn(f"{shared} of the {len(test)} --real-test images are also in --real-train: "
+             f"their scores measure memory, not generalisation")
+    if model.conditional and tuple(run_classes) != tuple(train.class_names):
+        raise UserError(f"--real-train {real_train} has classes ({', '.join(train.class_names)}), the run's "
+                        f"model generates ({', '.join(run_classes)}): they must be the same, in the same order")
+    build_classifier(classifier, channels, size, train.num_classes, pretrained)  # fails now, not after the data
+    return released, train, test
+
+
+@dataclass
+class UtilityRun:
+    """What ``fedsynth utility`` wrote: the result, its key in ``utility.json``, the folder, the t-SNE record."""
+
+    result: UtilityResult
+    key: str
+    out: Path
+    tsne: dict[str, Any] | None
+
+
+def run_utility(run_dir: Path, released, train: ImageSet, test: ImageSet, settings: UtilitySettings,
+                tsne_points: int, sources: dict[str, Any], client: str | None = None,
+                show: Progress = lambda what, done, total: None,
+                warn: Callable[[str], None] = lambda m: None) -> UtilityRun:
+    """Train and score the three arms (:func:`run_arms`) with synthetic images from ``released``;
+    the t-SNE figure of ``tsne_points`` real and synthetic images (0: none); write
+    ``RUN_DIR/utility/`` (:func:`write_utility`) and rewrite the run's ``report.html``.
+    ``sources``: ``real_train``/``real_test`` (names or paths) and ``train_set``/``test_set``
+    (their overrides), as recorded."""
+    from ..report.html import build_report
+    from .tsne import run_tsne
+    t0 = time.perf_counter()
+    model, state, _ = released
+    n_syn = settings.synthetic or len(train)
+    show("generating synthetic images", 0, 0)
+    if model.conditional:
+        ys: torch.Tensor | None = balanced_labels(train.class_counts(), n_syn)
+        xs = synthesize(model, state, ys, n_syn, settings.seed)
+    else:  # no labels: images only for the t-SNE figure
+        ys = None
+        xs = synthesize(model, state, None, max(tsne_points, 2), settings.seed) if tsne_points else None
+    result = run_arms(train, test, xs if ys is not None else None, ys, settings, show)
+    tsne = None
+    if tsne_points and xs is not None:
+        show("t-SNE of real vs synthetic features", 0, 0)
+        tsne = run_tsne(run_dir, train, xs, ys, settings.seed, tsne_points, warn)
+    entry = {"settings": result.settings, "rows": result.rows,
+             "real_train": {"source": sources["real_train"], "set": list(sources["train_set"]), "images": len(train),
+                            "class_counts": train.class_counts()},
+             "real_test": {"source": sources["real_test"], "set": list(sources["test_set"]), "images": len(test),
+                           "class_counts": test.class_counts()},
+             "class_names": list(train.class_names), "conditional": bool(model.conditional),
+             "model": "global" if client is None else f"site {client}",
+             "seconds": round(time.perf_counter() - t0, 1)}
+    key = (settings.classifier + ("-pretrained" if settings.pretrained else "")
+           + (f"-client-{client}" if client is not None else ""))
+    out = run_dir / "utility"
+    write_utility(out, key, entry, tsne)
+    build_report(run_dir)
+    return UtilityRun(result, key, out, tsne)

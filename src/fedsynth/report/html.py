@@ -867,3 +867,14 @@ def build_report(run_dir: str | Path, max_grids: int = 4) -> Path:
     path = run / "report.html"
     atomic_write_text(path, body)
     return path
+
+
+def report_so_far(run_dir: Path) -> Path | None:
+    """report.html of a stopped run, from what it recorded (None when it recorded nothing, or
+    when it cannot be written: a report is a courtesy there, the stop is the news)."""
+    if not (run_dir / "metrics.jsonl").is_file():
+        return None
+    try:
+        return build_report(run_dir)
+    except (OSError, ValueError, KeyError):
+        return None

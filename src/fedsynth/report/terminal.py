@@ -601,3 +601,45 @@ def evaluate_table(res: dict[str, Any], title: str) -> Table:
             row = _EVALUATED.get(k, (k, "", ""))
         t.add_row(row[0], f"{v:.4f}", row[1], row[2])
     return t
+
+
+def utility_table(rows: list[dict[str, Any]], chance: dict[str, float], title: str,
+                  score: Callable[[dict[str, Any], str], str]) -> Table:
+    """``fedsynth utility``'s arms: images, accuracy and macro F1 (``score(row, key)``: the mean
+    with its interval under it, so the table fits 80 columns), the verdict; the chance level last."""
+    t = Table(title=title)
+    for col, just in (("training data", "left"), ("images", "right"), ("accuracy", "right"), ("macro F1", "right"),
+                      ("verdict", "left")):
+        t.add_column(col, justify=just, no_wrap=col != "verdict")  # type: ignore[arg-type]
+    for r in rows:
+        if r.get("skipped"):
+            t.add_row(r["train"], "—", "skipped", "skipped", "")
+        else:  # the interval under the mean: the table fits 80 columns
+            t.add_row(r["train"], str(r["images"]), score(r, "accuracy").replace(" [", "\n["),
+                      score(r, "f1").replace(" [", "\n["), r.get("verdict", ""))
+    t.add_row("chance level", "", f"{chance['accuracy']:.3f}", f"{chance['f1']:.3f}", "always the most common class",
+              style="dim")
+    return t
+
+
+def print_fitting_table(console: Console, title: str, head: list[str], body: list[list[str]]) -> None:
+    """One table of ``head`` and ``body`` rows (the first column a name, never cut or broken: the
+    numbers' headers wrap instead); where it is too wide for this terminal, one small table per
+    row instead, nothing cut."""
+    from rich.measure import Measurement
+    t = Table(title=title)
+    for i, col in enumerate(head):
+        t.add_column(col, no_wrap=True, justify="left" if i == 0 else "right")
+    for b in body:
+        t.add_row(*b)
+    if Measurement.get(console, console.options.update_width(10**4), t).minimum <= console.width:
+        console.print(t)
+        return
+    console.print(title, style="bold", highlight=False, markup=False)
+    for b in body:
+        v = Table(title=b[0], show_header=False, title_justify="left")
+        v.add_column(no_wrap=False)
+        v.add_column(justify="right", no_wrap=False)
+        for col, cell in zip(head[1:], b[1:]):
+            v.add_row(col, cell)
+        console.print(v)

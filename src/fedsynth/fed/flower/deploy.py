@@ -177,6 +177,13 @@ def flower_bin(name: str) -> str:
     return found
 
 
+def exec_flower(name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
+    """Replace this process with the Flower command ``name`` (same PID), in fedsynth's Flower
+    environment (:func:`flower_env`) plus ``extra_env``. A :class:`UserError` if it is not installed."""
+    path = flower_bin(name)
+    os.execve(path, [name, *args], {**flower_env(), **(extra_env or {})})
+
+
 # ------------------------------------------------------------------ starting a run
 
 #: The Flower app folder (its pyproject.toml names fedsynth's ServerApp and ClientApp).
