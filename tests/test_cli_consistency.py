@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from fedsynth import cli
+from fedsynth.commands import deploy as deploy_commands
 from fedsynth.cli import app
 
 runner = CliRunner()
@@ -36,7 +36,7 @@ def _commands(group: click.Group, path: tuple[str, ...] = ()):
 def flower_calls(monkeypatch):
     """The Flower commands a test asked for; none runs (the real one replaces this process)."""
     calls = []
-    monkeypatch.setattr(cli, "_exec_flower", lambda name, args, env=None: calls.append([name, *args]))
+    monkeypatch.setattr(deploy_commands, "_exec_flower", lambda name, args, env=None: calls.append([name, *args]))
     return calls
 
 

