@@ -161,7 +161,7 @@ def test_single_dicom_slice_in_a_3d_run_is_named(tmp_path):
     (["data.source=phantom-xray"], r"data\.dims' = 3 needs volumes"),
     (["data.source=phantom-ct", "train.diffaugment=translation"], r"train\.diffaugment"),
     (["data.source=phantom-ct", "model.d-arch=resnet18"], r"volumetric DCGAN"),
-    (["data.source=phantom-ct", "model.family=diffusion"], r"does not train on volumes yet"),
+    (["data.source=phantom-ct", "preprocess.channels=rgb"], r"volumes are gray"),
 ])
 def test_config_refuses_what_volumes_cannot_do(overrides, match):
     with pytest.raises(UserError, match=match):

@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .config import UserError
 from .models import GenerativeModel, model_from_description
+from .serial import UnsafeOrCorrupt, read_torch_file
 
 FORMAT = "fedsynth-checkpoint/1"
 
@@ -22,14 +21,12 @@ def read_checkpoint_file(path: str | Path, what: str = "checkpoint") -> Any:
     """The contents of a checkpoint file, read without unpickling anything but tensors and
     plain containers. Any failure is a :class:`UserError` naming ``what`` and the file."""
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise UserError(f"{what}: checkpoint not found: {p}")
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated file, a foreign pickle, not a torch file at all
-        reason = str(e).strip().splitlines()[0][:160] if "Weights only load failed" not in str(e) else \
-            "it holds objects other than tensors and plain data (refused: loading it could run code)"
-        raise UserError(f"{what}: cannot read checkpoint {p}: {reason}") from None
+        return read_torch_file(p)
+    except FileNotFoundError:
+        raise UserError(f"{what}: checkpoint not found: {p}") from None
+    except UnsafeOrCorrupt as e:
+        raise UserError(f"{what}: cannot read checkpoint {p}: {e}") from None
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -222,6 +222,35 @@ class DiffusionConfig:
 
 
 @dataclass(frozen=True)
+class AutoencoderConfig:
+    """Latent diffusion (docs/latent-diffusion.md): the stage-1 autoencoder (``model.family =
+    "autoencoder"``: MONAI's ``AutoencoderKL``, trained federated like any model) and, for stage 2
+    (``model.family = "latent-diffusion"``: the ``[diffusion]`` UNet on its latents), which trained
+    autoencoder every site holds frozen (``[autoencoder]``)."""
+
+    channels: tuple = _f((16, 32, 64), "stage 1: encoder/decoder widths per level (each a multiple of "
+                         "norm-groups); the latent grid's side is the image side halved len - 1 times",
+                         length=0, item=int)
+    latent_channels: int = _f(3, "stage 1: channels of the latent grid", min=1)
+    res_blocks: int = _f(1, "stage 1: residual blocks per level", min=1, max=8)
+    norm_groups: int = _f(8, "stage 1: GroupNorm groups", min=1)
+    kl_weight: float = _f(1e-6, "stage 1: weight of the KL term (small, as in latent diffusion: the latents "
+                          "keep detail, the diffusion model learns their distribution)", min=0.0)
+    adversarial_weight: float = _f(0.0, "stage 1: weight of the patch adversarial loss (0: off; 0.01-0.1 sharpens "
+                                   "reconstructions; a MONAI PatchDiscriminator D trained with the hinge loss)",
+                                   min=0.0)
+    discriminator_width: int = _f(16, "stage 1: channels of the patch discriminator's first layer", min=1)
+    lr: float = _f(1e-4, "stage 1: Adam learning rate (betas 0.5, 0.9) of the autoencoder and its discriminator",
+                   min=0.0, exclusive_min=True)
+    path: str = _f("", "stage 2: the frozen autoencoder, a stage-1 run directory (its released round) or a "
+                   "checkpoint file; a site may keep its copy elsewhere (sites.<id>.autoencoder.path, or the node "
+                   "config of a Flower node)", site=True)
+    sha256: str = _f("", "stage 2: the hash of the frozen autoencoder's weights every site must hold; pinned from "
+                     "autoencoder.path when a run starts (set it to the hash the sites agreed on to check the "
+                     "server's copy too)")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Local training on each client: loss, optimizer, batch size, threads (``[train]``)."""
 
@@ -350,8 +379,10 @@ class PrivacyConfig:
     (``[privacy]``)."""
 
     dp_sgd: bool = _f(False, "sample-level DP-SGD on the network that sees real images: each client's "
-                      "discriminator (gan: needs model.d-norm = group or none; loss bce or hinge) or "
-                      "denoising UNet (diffusion)", site=True)
+                      "discriminator (gan: needs model.d-norm = group or none; loss bce or hinge), "
+                      "denoising UNet (diffusion, latent-diffusion: its guarantee covers stage 2 only, the "
+                      "frozen autoencoder's training counts apart) or autoencoder (stage 1, without its "
+                      "adversarial loss)", site=True)
     dp_noise: float = _f(1.0, "DP-SGD noise multiplier sigma", min=0.0, site=True)
     dp_clip: float = _f(1.0, "DP-SGD per-sample gradient clip norm", min=0.0, exclusive_min=True, site=True)
     dp_delta: float = _f(1e-5, "delta for the reported (epsilon, delta)", min=0.0, max=1.0,
@@ -411,6 +442,7 @@ SECTIONS: dict[str, type] = {
     "partition": PartitionConfig,
     "model": ModelConfig,
     "diffusion": DiffusionConfig,
+    "autoencoder": AutoencoderConfig,
     "train": TrainConfig,
     "fed": FedConfig,
     "eval": EvalConfig,
@@ -429,6 +461,7 @@ class Config:
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     fed: FedConfig = field(default_factory=FedConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -748,8 +781,10 @@ def _check_cross_field(cfg: Config) -> None:
         _check_volumes(cfg)
     elif cfg.data.source == "phantom-mr":
         raise UserError("config key 'data.source' = 'phantom-mr' makes head MR volumes: set data.dims = 3")
-    if cfg.model.family == "diffusion":
+    if cfg.model.family in ("diffusion", "latent-diffusion"):
         _check_diffusion(cfg)
+    elif cfg.model.family == "autoencoder":
+        _check_autoencoder(cfg)
     elif pv.dp_sgd:
         if cfg.model.d_norm == "batch":
             raise UserError("config key 'privacy.dp-sgd' needs model.d-norm = 'group' or 'none' "
@@ -801,11 +836,8 @@ def _check_volumes(cfg: Config) -> None:
     if cfg.data.source not in VOLUME_SOURCES:
         raise UserError(f"config key 'data.dims' = 3 needs volumes: data.source must be one of "
                         f"{', '.join(VOLUME_SOURCES)}, not '{cfg.data.source}'")
-    if cfg.model.family != "gan":
-        raise UserError(f"config key 'data.dims' = 3: model.family = '{cfg.model.family}' does not train on "
-                        f"volumes yet; use model.family = 'gan' (the volumetric DCGAN)")
     m = cfg.model
-    if m.g_arch != "dcgan" or m.d_arch != "dcgan":
+    if m.family == "gan" and (m.g_arch != "dcgan" or m.d_arch != "dcgan"):
         raise UserError("config key 'data.dims' = 3 needs model.g-arch = 'dcgan' and model.d-arch = 'dcgan' "
                         "(the volumetric DCGAN; the other networks are 2-D)")
     if cfg.train.diffaugment:
@@ -817,9 +849,10 @@ def _check_volumes(cfg: Config) -> None:
 def _check_diffusion(cfg: Config) -> None:
     """The ``[diffusion]`` keys that constrain each other (the UNet's shape, the schedule)."""
     d = cfg.diffusion
-    if cfg.fed.strategy == "fixbn":
-        raise UserError("config key 'fed.strategy' = 'fixbn' freezes BatchNorm statistics; the diffusion UNet "
-                        "normalises with GroupNorm (no running statistics): use fedavg or fedbn")
+    _no_fixbn(cfg, "the diffusion UNet")
+    if cfg.model.family == "latent-diffusion" and not cfg.autoencoder.path:
+        raise UserError("model.family = 'latent-diffusion' needs config key 'autoencoder.path': the released "
+                        "model of a stage-1 run (model.family = 'autoencoder'), frozen at every site")
     if len(d.attention) != len(d.channels):
         raise UserError(f"config key 'diffusion.attention' needs one true/false per level of 'diffusion.channels' "
                         f"({len(d.channels)} levels), got {len(d.attention)}")
@@ -827,7 +860,7 @@ def _check_diffusion(cfg: Config) -> None:
     if bad:
         raise UserError(f"config key 'diffusion.channels': every width must be a multiple of "
                         f"'diffusion.norm-groups' ({d.norm_groups}); {bad} are not")
-    if cfg.data.image_size >> (len(d.channels) - 1) < 2:
+    if cfg.model.family == "diffusion" and cfg.data.image_size >> (len(d.channels) - 1) < 2:
         raise UserError(f"config key 'diffusion.channels' has {len(d.channels)} levels: the image side "
                         f"({cfg.data.image_size} px) halves {len(d.channels) - 1} times, to less than 2 px; "
                         f"use fewer levels")
@@ -840,6 +873,32 @@ def _check_diffusion(cfg: Config) -> None:
     if cfg.model.conditional != "none" or cfg.model.d_conditioning != "none":
         raise UserError("config keys 'model.conditional' / 'model.d-conditioning' belong to the GAN family; "
                         "a class-conditional diffusion model is 'diffusion.conditional = true'")
+
+
+def _no_fixbn(cfg: Config, what: str) -> None:
+    if cfg.fed.strategy == "fixbn":
+        raise UserError(f"config key 'fed.strategy' = 'fixbn' freezes BatchNorm statistics; {what} normalises "
+                        f"with GroupNorm (no running statistics): use fedavg or fedbn")
+
+
+def _check_autoencoder(cfg: Config) -> None:
+    """The ``[autoencoder]`` keys of stage 1 that constrain each other and the data."""
+    a = cfg.autoencoder
+    _no_fixbn(cfg, "the autoencoder")
+    bad = [c for c in a.channels if c % a.norm_groups]
+    if bad:
+        raise UserError(f"config key 'autoencoder.channels': every width must be a multiple of "
+                        f"'autoencoder.norm-groups' ({a.norm_groups}); {bad} are not")
+    if cfg.data.image_size >> (len(a.channels) - 1) < 2:
+        raise UserError(f"config key 'autoencoder.channels' has {len(a.channels)} levels: the image side "
+                        f"({cfg.data.image_size} px) halves {len(a.channels) - 1} times, to less than 2 px; "
+                        f"use fewer levels")
+    if cfg.privacy.dp_sgd and a.adversarial_weight > 0:
+        raise UserError("config key 'privacy.dp-sgd' privatises the autoencoder; its patch discriminator also sees "
+                        "real images: set autoencoder.adversarial-weight = 0 with DP-SGD")
+    if cfg.model.conditional != "none" or cfg.model.d_conditioning != "none":
+        raise UserError("config keys 'model.conditional' / 'model.d-conditioning' belong to the GAN family; the "
+                        "autoencoder is not conditional (condition the stage-2 UNet: diffusion.conditional = true)")
 
 
 def _check_secure_aggregation(cfg: Config) -> None:

@@ -81,6 +81,10 @@ FAMILIES = Registry("model.family", [
     Entry("gan", "models.gan:GANModel", "generator and discriminator trained adversarially (DCGAN family)"),
     Entry("diffusion", "models.diffusion:DiffusionModel", "denoising UNet trained to predict the noise (DDPM), "
           "sampled with DDIM or DDPM (MONAI)"),
+    Entry("autoencoder", "models.autoencoder:AutoencoderModel", "stage 1 of latent diffusion: a KL autoencoder "
+          "(MONAI AutoencoderKL), optionally with a patch adversarial loss"),
+    Entry("latent-diffusion", "models.latent:LatentDiffusionModel", "stage 2: a denoising UNet on the latents of a "
+          "frozen stage-1 autoencoder (autoencoder.path)"),
 ])
 
 # Discriminator architectures (model.d-arch): DCGAN's, or a backbone (models/backbones.py) with heads

@@ -679,3 +679,26 @@ def load_file(path: str | os.PathLike[str], what: str | None = None) -> Any:
     p = Path(path)
     data = p.read_bytes()
     return from_bytes(data, what if what is not None else str(p))
+
+
+def read_torch_file(path: str | os.PathLike[str]) -> Any:
+    """A ``torch.save`` file of tensors and plain containers (a checkpoint), read with
+    ``torch.load(weights_only=True)``: nothing but tensors and plain data is unpickled.
+
+    Raises
+    ------
+    FileNotFoundError
+        If there is no such file.
+    UnsafeOrCorrupt
+        If it cannot be read: truncated, not a torch file, or holding other objects (refused:
+        loading it could run code); the message is one line.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(str(p))
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated file, a foreign pickle, not a torch file at all
+        reason = str(e).strip().splitlines()[0][:160] if "Weights only load failed" not in str(e) else \
+            "it holds objects other than tensors and plain data (refused: loading it could run code)"
+        raise UnsafeOrCorrupt(reason) from None

@@ -164,14 +164,18 @@ class SiteWorkspaces:
         # what a workspace is built from: the model and its training setup, less the keys a client
         # round reads from its own setup (batch size, optimizer reset)
         import dataclasses
-        return cfg.model, dataclasses.replace(cfg.train, batch_size=0, reset_optimizer=False)
+        return cfg.model, dataclasses.replace(cfg.train, batch_size=0, reset_optimizer=False), cfg.autoencoder
 
     def setup(self, cid: str) -> ClientSetup:
         if cid not in self._setups:
             site = self.cfg.for_site(cid)
             key = self._key(site)
             if key not in self._models:
-                self._models[key] = self.build(site)
+                from ..config import UserError
+                try:
+                    self._models[key] = self.build(site)
+                except UserError as e:
+                    raise UserError(f"site {cid}: {e}") from None
             model = self._models[key]
             if model is self.model:
                 self._setups[cid] = ClientSetup(site, model, self.strategy, self.local_keys)

@@ -89,6 +89,8 @@ def run_experiment(cfg: Config, out: str | Path | None = None, reporter: Reporte
         the partition and a header here).
     """
     reporter = reporter or Reporter()
+    from ..registry import FAMILIES
+    cfg = FAMILIES.load(cfg.model.family).pinned(cfg)  # e.g. the frozen autoencoder's hash, before anything is written
     from ..report.tracking import check_trackers, open_trackers
     check_trackers(cfg)  # a tracker's missing package: an error before any data is loaded
     if resume is None:  # a run directory that cannot be made: an error before any data is loaded

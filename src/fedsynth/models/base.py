@@ -82,6 +82,13 @@ class GenerativeModel(ABC):
         """The model a run configuration describes, initialised from the run seed."""
 
     @classmethod
+    def pinned(cls, cfg: Any) -> Any:
+        """``cfg`` with what every site must hold identical pinned, before the run starts and its
+        configuration is written and sent (the latent-diffusion family: the hash of its frozen
+        autoencoder). Most families pin nothing."""
+        return cfg
+
+    @classmethod
     @abstractmethod
     def from_description(cls, desc: dict[str, Any]) -> "GenerativeModel":
         """Rebuild the architecture a checkpoint describes (weights are loaded separately)."""

@@ -77,6 +77,7 @@ class DiffusionSpec:
     ema_decay: float = 0.999
     clip_sample: bool = True
     prediction: str = "epsilon"                # "epsilon" | "v" (config default v; epsilon: checkpoints before it)
+    dims: int = 2                              # 3: volumes (C, S, S, S), a 3-D UNet
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,12 +85,25 @@ class DiffusionSpec:
         return d
 
 
+def unet_spec(cfg: Any, image_size: int, channels: int, num_classes: int, **change: Any) -> DiffusionSpec:
+    """The UNet, noise schedule and sampler a run's ``[diffusion]`` section describes, for inputs
+    of side ``image_size`` with ``channels`` channels (``change``: fields set otherwise)."""
+    d = cfg.diffusion
+    kw = dict(image_size=image_size, channels=channels, num_classes=num_classes, widths=tuple(d.channels),
+              attention=tuple(d.attention), res_blocks=d.res_blocks, norm_groups=d.norm_groups,
+              timesteps=d.timesteps, schedule=d.schedule, beta_start=d.beta_start, beta_end=d.beta_end,
+              sampler=d.sampler, sampling_steps=d.sampling_steps, conditional=d.conditional,
+              guidance_scale=d.guidance_scale, ema_decay=d.ema_decay, clip_sample=d.clip_sample,
+              prediction=d.prediction, dims=cfg.data.dims)
+    return DiffusionSpec(**{**kw, **change})
+
+
 def build_unet(spec: DiffusionSpec) -> nn.Module:
     """MONAI's ``DiffusionModelUNet`` for ``spec`` (one attention head per attention level;
     conditional: ``num_classes + 1`` label embeddings, the last being the null label)."""
     from monai.networks.nets import DiffusionModelUNet
     return DiffusionModelUNet(
-        spatial_dims=2, in_channels=spec.channels, out_channels=spec.channels, channels=tuple(spec.widths),
+        spatial_dims=spec.dims, in_channels=spec.channels, out_channels=spec.channels, channels=tuple(spec.widths),
         attention_levels=tuple(spec.attention), num_res_blocks=spec.res_blocks, norm_num_groups=spec.norm_groups,
         num_head_channels=tuple(spec.widths),
         num_class_embeds=max(spec.num_classes, 1) + 1 if spec.conditional else None)
@@ -192,20 +206,22 @@ class DiffusionModel(GenerativeModel):
         from ..train.device import resolve_device
         from ..utils import derive_seed
         d = cfg.diffusion
-        spec = DiffusionSpec(image_size, channels, num_classes, tuple(d.channels), tuple(d.attention), d.res_blocks,
-                             d.norm_groups, d.timesteps, d.schedule, d.beta_start, d.beta_end, d.sampler,
-                             d.sampling_steps, d.conditional, d.guidance_scale, d.ema_decay, d.clip_sample,
-                             d.prediction)
+        spec = unet_spec(cfg, image_size, channels, num_classes)
         return cls(spec, seed=derive_seed(cfg.run.seed, "init"), lr=d.lr, cond_drop=d.cond_drop,
                    device=resolve_device(cfg.run.device), precision=cfg.train.precision)
 
-    @classmethod
-    def from_description(cls, desc: dict[str, Any]) -> "DiffusionModel":
-        kw = description_fields(desc, DiffusionSpec, "diffusion")
+    @staticmethod
+    def spec_of(desc: dict[str, Any], ignore: tuple[str, ...] = ()) -> DiffusionSpec:
+        """The :class:`DiffusionSpec` a checkpoint's description holds (``ignore``: keys of others)."""
+        kw = description_fields({k: v for k, v in desc.items() if k not in ignore}, DiffusionSpec, "diffusion")
         for k in ("widths", "attention"):
             if k in kw:
                 kw[k] = tuple(kw[k])
-        return cls(DiffusionSpec(**kw))
+        return DiffusionSpec(**kw)
+
+    @classmethod
+    def from_description(cls, desc: dict[str, Any]) -> "DiffusionModel":
+        return cls(cls.spec_of(desc))
 
     def describe(self) -> dict[str, Any]:
         return {"family": self.family, **self.spec.to_dict()}
@@ -253,7 +269,7 @@ class DiffusionModel(GenerativeModel):
 
     def train(self, data, steps, batch_size, generator, on_step=None, hooks=(), dp=None) -> TrainResult:
         unet, dev, T = self.G.unet, self.device, self.spec.timesteps
-        images, labels = self._on_device(data)
+        images, labels = self._on_device(data)  # (latent diffusion: the latents' moments)
         n = len(data)
         bs = min(batch_size, n)
         per_epoch = steps_per_epoch(n, bs)
@@ -273,8 +289,8 @@ class DiffusionModel(GenerativeModel):
             if len(order) < bs:  # epoch boundary: a fresh permutation
                 order = torch.randperm(n, generator=generator)[: per_epoch * bs]
             idx, order = order[:bs], order[bs:]
-            i = idx.to(images.device)
-            x0 = images[i].to(dev, non_blocking=True).float().div_(127.5).sub_(1.0)  # (B, C, H, W) in [-1, 1]
+            i = idx.to(labels.device)  # (where the images, or latents, are)
+            x0 = self._clean(images, i, generator)  # (B, C, H, W[, D])
             # drawn on the CPU from the seeded generator on every device, then moved
             noise = torch.randn(x0.shape, generator=generator).to(dev)
             t = torch.randint(0, T, (bs,), generator=generator).to(dev)
@@ -316,6 +332,10 @@ class DiffusionModel(GenerativeModel):
         return TrainResult(steps, steps * bs, time.perf_counter() - t0, {"loss": float(loss_sum) / steps},
                            private_steps=steps if dp is not None else 0)
 
+    def _clean(self, images: Any, i: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """The clean batch ``x0`` the UNet learns to denoise: images ``i`` in ``[-1, 1]``."""
+        return images[i].to(self.device, non_blocking=True).float().div_(127.5).sub_(1.0)
+
     @staticmethod
     def _dp_backward(dp, unet, xt, noise, t, y) -> torch.Tensor:
         """DP-SGD's per-example step: each example is one noised real image (its noise and
@@ -329,7 +349,7 @@ class DiffusionModel(GenerativeModel):
     # ---- sample
     def latents(self, n, generator):
         s = self.spec
-        return torch.randn(n, s.channels, s.image_size, s.image_size, generator=generator)
+        return torch.randn(n, s.channels, *(s.image_size,) * s.dims, generator=generator)
 
     def sampler(self, state):
         net = self.G.ema if self.spec.ema_decay > 0 else self.G.unet  # the EMA copy is what is sampled
@@ -337,7 +357,11 @@ class DiffusionModel(GenerativeModel):
             prefix = "G.ema." if any(k.startswith("G.ema.") for k in state) else "G.unet."
             net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
         net.eval()
-        return lambda z, y: self._sample(net, z, y)
+        return lambda z, y: self._finish(self._sample(net, z, y))
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The image a denoised ``x`` is: itself, clipped to ``[-1, 1]``."""
+        return x.clamp(-1, 1)
 
     def _predict(self, net: nn.Module, x: torch.Tensor, t: int, y: torch.Tensor | None) -> torch.Tensor:
         """The UNet's prediction (the noise, or v) at step ``t``; conditional with guidance w != 1:
@@ -359,7 +383,7 @@ class DiffusionModel(GenerativeModel):
             self.ddim.set_timesteps(self.spec.sampling_steps)  # MONAI's step reads num_inference_steps
             for t in ddim_timesteps(self.spec.timesteps, self.spec.sampling_steps):
                 x, _x0 = self.ddim.step(self._predict(net, x, t, y), t, x, eta=0.0)
-            return x.clamp(-1, 1)
+            return x
         # ddpm: ancestral sampling over every timestep (Ho et al. 2020, eq. 11 with sigma_t^2 = beta~_t);
         # each sample's noise comes from a generator seeded by its own latent
         gens = [torch.Generator().manual_seed(zlib.crc32(zi.numpy().tobytes()))
@@ -369,7 +393,7 @@ class DiffusionModel(GenerativeModel):
             if t > 0:
                 noise = torch.stack([torch.randn(x.shape[1:], generator=g) for g in gens]).to(x.device)
             x = self._ddpm_step(self._predict(net, x, t, y), t, x, noise)
-        return x.clamp(-1, 1)
+        return x
 
     def _ddpm_step(self, out: torch.Tensor, t: int, x: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
         """One ancestral step from ``x_t`` to ``x_{t-1}``: the posterior mean of q(x_{t-1} | x_t, x0)
