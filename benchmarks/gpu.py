@@ -146,9 +146,9 @@ def throughput() -> None:
 def _federation(overrides: list[str]):
     from fedsynth.config import build_config
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     cfg = build_config(overrides=[f"run.device={DEVICE}"] + overrides)
-    return cfg, FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+    return cfg, build_in_process(cfg, partition_for(cfg, load_dataset(cfg)))
 
 
 def eval_time() -> None:
@@ -158,7 +158,7 @@ def eval_time() -> None:
     for _ in range(3):
         _sync()
         t = time.perf_counter()
-        run.fed.pool.evaluate_global(1)
+        run.pool.evaluate_global(1)
         _sync()
         ts.append(time.perf_counter() - t)
     print(f"one evaluation of the global model at the defaults ({cfg.eval.num_samples} samples, per-site "

@@ -83,17 +83,17 @@ def fedsynth_local(data, steps: int, channels_last: bool = True) -> float:
 def overhead() -> None:
     from fedsynth.config import build_config
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     rounds, clients, n = 4, 2, 1000
     cfg = build_config(overrides=[f"fed.rounds={rounds}", f"partition.clients={clients}", f"data.num-images={n}",
                                   "eval.enabled=false"])
     parts = partition_for(cfg, load_dataset(cfg))
     steps = rounds * sum(max(1, len(p) // BS) for p in parts)
     data = _data(n)
-    FederatedRun(cfg, parts).run(), reference_loop(data, 10, channels_last=True)  # warm-up
+    build_in_process(cfg, parts).run(), reference_loop(data, 10, channels_last=True)  # warm-up
     fed, plain = [], []
     for _ in range(2):  # alternate, best of two: the machine's noise hits both alike
-        run = FederatedRun(cfg, parts)  # construction (model init) is not part of the loop
+        run = build_in_process(cfg, parts)  # construction (model init) is not part of the loop
         t = time.perf_counter()
         run.run()
         fed.append(time.perf_counter() - t)
@@ -129,11 +129,11 @@ def eval_cost() -> None:
     wall seconds; best of three for training and for evaluation."""
     from fedsynth.config import build_config
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     from fedsynth.train import steps_per_epoch
     extra = [a for a in sys.argv[2:] if "=" in a]  # e.g. eval.num-samples=2000
     cfg = build_config(overrides=["fed.rounds=1", "fed.local-steps=1"] + extra)
-    run = FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+    run = build_in_process(cfg, partition_for(cfg, load_dataset(cfg)))
     run.run()  # builds the evaluator (real statistics are cached once per run)
 
     def clock(fn, repeat=1):
@@ -145,13 +145,13 @@ def eval_cost() -> None:
         return best
 
     def train():
-        for c in run.clients.values():
-            run.model.load(run.global_state, None)
+        for c in run.pool.clients.values():
+            run.model.load(run.server.global_state, None)
             run.model.train(c.data, steps_per_epoch(c.n, cfg.train.batch_size), cfg.train.batch_size,
                             torch.Generator().manual_seed(0))
 
     def local_scores():
-        for cid in run.clients:
+        for cid in run.pool.clients:
             run.evaluator.evaluate(None, 1, cid, cid)
 
     def unfolded(fn):
@@ -169,14 +169,14 @@ def eval_cost() -> None:
             model_cls.sampler = sampler
 
     train_c, train_w = clock(train, 3)
-    old_c, old_w = unfolded(lambda: clock(lambda: run.fed.pool.evaluate_global(1), 3))
-    glob_c, glob_w = clock(lambda: run.fed.pool.evaluate_global(1), 3)
+    old_c, old_w = unfolded(lambda: clock(lambda: run.pool.evaluate_global(1), 3))
+    glob_c, glob_w = clock(lambda: run.pool.evaluate_global(1), 3)
     print(f"global evaluation, the sampler of before (BatchNorm not folded, no column output layer): "
           f"{old_c:.2f} CPU s ({old_w:.2f} s) vs now {glob_c:.2f} ({glob_w:.2f}): {1 - glob_c / old_c:.0%} less CPU",
           flush=True)
     key = lambda r: (r["client"], r["real"], r["metric"])  # noqa: E731
-    before = {key(r): r["value"] for r in unfolded(lambda: run.fed.pool.evaluate_global(1))}
-    now = {key(r): r["value"] for r in run.fed.pool.evaluate_global(1)}
+    before = {key(r): r["value"] for r in unfolded(lambda: run.pool.evaluate_global(1))}
+    now = {key(r): r["value"] for r in run.pool.evaluate_global(1)}
     worst = max((abs(now[k] - v) / max(abs(v), 1e-12), k) for k, v in before.items() if k in now)
     print(f"the same records from both samplers: largest relative difference {worst[0]:.1e} ({worst[1][2]}, "
           f"{worst[1][1]}) over {len(before)} values", flush=True)
@@ -188,7 +188,7 @@ def eval_cost() -> None:
           f"add {loc_c:.2f} ({loc_w:.2f}) -> {(glob_c + loc_c) / train_c:.0%} (target <= 20%)", flush=True)
     if "bf16" in sys.argv:
         run.evaluator.cfg = dataclasses.replace(run.evaluator.cfg, bf16=True)
-        bf_c, bf_w = clock(lambda: run.fed.pool.evaluate_global(1), 3)
+        bf_c, bf_w = clock(lambda: run.pool.evaluate_global(1), 3)
         print(f"with eval.bf16 = true: global model {bf_c:.2f} CPU s = {bf_c / train_c:.0%} of training")
 
 
@@ -197,12 +197,12 @@ def _peak_child(clients: int, fraction: float, per_client: int) -> dict:
 import json, resource, torch
 from fedsynth.config import build_config
 from fedsynth.data import load_dataset, partition_for
-from fedsynth.fed import FederatedRun
+from fedsynth.fed import build_in_process
 cfg = build_config(overrides=["partition.clients={clients}", "data.num-images={clients * per_client}",
                               "data.image-size=32", "fed.rounds=2", "fed.fraction={fraction}", "eval.enabled=false"])
 data = load_dataset(cfg)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-FederatedRun(cfg, partition_for(cfg, data)).run()
+build_in_process(cfg, partition_for(cfg, data)).run()
 print(json.dumps({{"peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "after_data_kb": base,
                    "data_bytes": int(data.images.nbytes)}}))
 """

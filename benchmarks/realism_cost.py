@@ -10,7 +10,7 @@ torch.set_num_threads(1)
 os.environ.setdefault("FEDSYNTH_CACHE", "/tmp/fedsynth-realism-cost-cache")
 from fedsynth.config import build_config
 from fedsynth.data import load_dataset, partition_for
-from fedsynth.fed.engine import build_in_process
+from fedsynth.fed import build_in_process
 cfg = build_config(overrides=["eval.feature-extractor=random"])
 parts = partition_for(cfg, load_dataset(cfg))
 fed = build_in_process(cfg, parts)

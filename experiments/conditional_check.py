@@ -23,7 +23,7 @@ import torch
 from fedsynth.config import build_config
 from fedsynth.data import load_dataset, make_phantom, partition_for
 from fedsynth.evaluate import conditional_accuracy, downstream_utility, predict, scores, train_classifier
-from fedsynth.fed import FederatedRun
+from fedsynth.fed import build_in_process
 from fedsynth.report import RunDir
 
 
@@ -41,7 +41,7 @@ def main() -> None:
             f"fed.rounds={args.rounds}", "fed.local-epochs=2", "eval.every=4"]
     cfg = build_config(overrides=sets)
     t0 = time.perf_counter()
-    run = FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+    run = build_in_process(cfg, partition_for(cfg, load_dataset(cfg)))
     rd = RunDir.at(args.out) if not Path(args.out, "config.toml").exists() else RunDir.create(Path(args.out).parent, Path(args.out).name)
     rd.write_text("config.toml", cfg.to_toml())
     res = run.run(rd)

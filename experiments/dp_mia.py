@@ -19,7 +19,7 @@ import torch
 
 from fedsynth.config import build_config
 from fedsynth.data import load_dataset, make_phantom, partition_for
-from fedsynth.fed import FederatedRun
+from fedsynth.fed import build_in_process
 from fedsynth.privacy.mia import discriminator_mia, distance_mia
 
 
@@ -40,7 +40,7 @@ def main() -> None:
         cfg = build_config(overrides=sets)
         data = load_dataset(cfg)
         t0 = time.perf_counter()
-        run = FederatedRun(cfg, partition_for(cfg, data))
+        run = build_in_process(cfg, partition_for(cfg, data))
         res = run.run()
         members = data.batch()
         non = make_phantom("phantom-histo", args.members, 32, seed=4242).batch()

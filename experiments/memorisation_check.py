@@ -18,7 +18,7 @@ import torch
 
 from fedsynth.config import build_config
 from fedsynth.data import load_dataset, make_phantom, partition_for
-from fedsynth.fed import FederatedRun
+from fedsynth.fed import build_in_process
 from fedsynth.privacy.audit import closest_pairs_image, memorisation_audit
 
 
@@ -28,7 +28,7 @@ def train(n_images: int, steps_per_round: int, rounds: int):
                                   f"fed.local-steps={steps_per_round}", "eval.every=0", "eval.num-samples=200",
                                   "eval.per-site=false"])
     data = load_dataset(cfg)
-    run = FederatedRun(cfg, partition_for(cfg, data))
+    run = build_in_process(cfg, partition_for(cfg, data))
     res = run.run()
     return run.model, res.global_state, data, cfg
 

@@ -276,7 +276,7 @@ def test_upsample_cnn_trains_reproducibly_with_dropout(d_cond):
 def test_a_backbone_run_end_to_end_and_its_checkpoint(tiny, tmp_path):
     from fedsynth.checkpoint import load_released
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     from fedsynth.fed.engine import MemorySink
 
     class Sink(MemorySink):  # the records in memory, the checkpoint on disk as a run directory writes it
@@ -284,7 +284,7 @@ def test_a_backbone_run_end_to_end_and_its_checkpoint(tiny, tmp_path):
             torch.save(obj, tmp_path / "last.pt")
     cfg = build_config(overrides=tiny + ["model.d-arch=deit_tiny", "model.g-arch=upsample-cnn",
                                          "fed.strategy=fedbn", "fed.rounds=1"])
-    res = FederatedRun(cfg, partition_for(cfg, load_dataset(cfg))).run(Sink())
+    res = build_in_process(cfg, partition_for(cfg, load_dataset(cfg))).run(Sink())
     assert all(np.isfinite(r["value"]) for r in res.records if r["metric"] in ("d-loss", "g-loss", "fd-random"))
     local = res.client_states["0"].local                               # FedBN: LayerNorms stay at the site
     assert any(k.startswith("D.trunk.net.blocks.0.norm1") for k in local)

@@ -94,13 +94,13 @@ def test_parallel_clients_are_bit_identical_to_sequential(tiny, strategy):
     """fed.parallel-clients = 2: two worker processes; the same weights, client state and records
     (losses, local-model scores) as one client after another."""
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     over = tiny + ["fed.rounds=2", "partition.clients=2", f"fed.strategy={strategy}", "fed.local-steps=2",
                    "eval.every=0", "eval.per-site=false"]  # round 2 scores the local models
     out = {}
     for k in (1, 2):
         cfg = build_config(overrides=over + [f"fed.parallel-clients={k}"])
-        out[k] = FederatedRun(cfg, partition_for(cfg, load_dataset(cfg))).run()
+        out[k] = build_in_process(cfg, partition_for(cfg, load_dataset(cfg))).run()
     a, b = out[1], out[2]
     assert all(torch.equal(a.global_state[k], b.global_state[k]) for k in a.global_state)
     assert a.records == b.records
@@ -117,10 +117,10 @@ def test_a_round_on_the_test_device(tiny, precision):
     import math
 
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     cfg = build_config(overrides=tiny + ["fed.rounds=1", "eval.per-site=false", f"run.device={DEVICE}",
                                          f"train.precision={precision}"])
-    run = FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+    run = build_in_process(cfg, partition_for(cfg, load_dataset(cfg)))
     res = run.run()
     dev = resolve_device(DEVICE)
     assert run.model.device == dev and run.evaluator.extractor.device.type == dev.type

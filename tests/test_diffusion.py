@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from fedsynth.cli import app
 from fedsynth.config import UserError, build_config
 from fedsynth.data import load_dataset, partition
-from fedsynth.fed import FederatedRun
+from fedsynth.fed import build_in_process
 from fedsynth.models import build_model, model_from_description
 
 DIFF = ["model.family=diffusion", "diffusion.channels=[8, 8]", "diffusion.attention=[false, true]",
@@ -31,7 +31,7 @@ def tiny_d(tiny):
 def _run(overrides):
     cfg = build_config(overrides=overrides)
     data = load_dataset(cfg)
-    return FederatedRun(cfg, partition(data, cfg.partition.scheme, cfg.partition.clients, cfg.run.seed)).run()
+    return build_in_process(cfg, partition(data, cfg.partition.scheme, cfg.partition.clients, cfg.run.seed)).run()
 
 
 def _model(overrides=()):

@@ -4,7 +4,7 @@ import torch
 
 from fedsynth.config import build_config
 from fedsynth.data import load_dataset, partition
-from fedsynth.fed import FederatedRun, eval_rounds, sample_clients
+from fedsynth.fed import build_in_process, eval_rounds, sample_clients
 from fedsynth.report import RunDir, read_metrics
 
 
@@ -12,7 +12,7 @@ def _run(overrides, run_dir=None):
     cfg = build_config(overrides=overrides)
     data = load_dataset(cfg)
     parts = partition(data, cfg.partition.scheme, cfg.partition.clients, cfg.run.seed)
-    return FederatedRun(cfg, parts).run(run_dir)
+    return build_in_process(cfg, parts).run(run_dir)
 
 
 def test_eval_rounds():
@@ -62,7 +62,7 @@ def test_global_model_is_fedavg_of_client_models(tiny):
     from fedsynth.train import LocalTrainer
     cfg = build_config(overrides=tiny + ["fed.rounds=1", "data.num-images=50"])
     parts = partition(load_dataset(cfg), "iid", 2, cfg.run.seed)
-    run = FederatedRun(cfg, parts)
+    run = build_in_process(cfg, parts)
     seen = []
     orig = LocalTrainer.weights
 
@@ -141,9 +141,9 @@ def test_federated_global_fd_equals_pooled_data_fd(tiny):
     from fedsynth.metrics import FeatureStats, fd_from_stats
     cfg = build_config(overrides=tiny + ["partition.clients=3", "data.num-images=90"])
     data = load_dataset(cfg)
-    run = FederatedRun(cfg, partition(data, "iid", 3, cfg.run.seed))
+    run = build_in_process(cfg, partition(data, "iid", 3, cfg.run.seed))
     res = run.run()
-    pooled = real_statistics(data, run.extractor, use_cache=False).stats
+    pooled = real_statistics(data, run.evaluator.extractor, use_cache=False).stats
     fake = FeatureStats.of(run.evaluator.fake_features(res.global_state, None))
     recorded = [r["value"] for r in res.records if r["client"] == "global" and r["real"] == "union"
                 and r["metric"] == "fd-random" and r["round"] == 2][0]

@@ -80,13 +80,13 @@ def _federation(tmp_path, sites, certs=None, nodes=None, warm=True):
 def _in_process_engine(cfg_path, sites):
     from fedsynth.config import load_config
     from fedsynth.data import load_dataset
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     from fedsynth.fed.evaluation import holdout_for
     cfg = load_config(cfg_path)
     parts = [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, source="folder", path=str(sites / f"client-{k}")))) for k in (0, 1)]
     parts, held, _ = holdout_for(cfg, parts)  # each site's held-out images, split as its node splits them
-    return FederatedRun(cfg, parts, client_ids=["0", "1"], holdout=held)
+    return build_in_process(cfg, parts, client_ids=["0", "1"], holdout=held)
 
 
 def _in_process(cfg_path, sites):
@@ -151,7 +151,7 @@ def test_tls_authenticated_supernodes_match_the_in_process_engine(tmp_path, site
     assert {k[2] for k in flower if k[1] == "global"} == {"union", "0", "1", "sites", "holdout", "holdout-select"}
     # the held-out moments merged on the server from the nodes' = the in-process merge: the same best round
     best = torch.load(out / "checkpoints" / "best.pt", weights_only=True)
-    assert best["best"] == ref_engine.fed.best
+    assert best["best"] == ref_engine.best
 
 
 def test_sampling_and_node_state_across_nodes_match_the_in_process_engine(tmp_path, sites):
@@ -256,7 +256,7 @@ def test_ema_over_tls_authenticated_supernodes_matches_the_in_process_engine(tmp
     ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0002.pt", weights_only=True)
     engine = _in_process_engine(cfg_path, sites)
     ref = engine.run()
-    ref_ema = engine.fed.server.ema_state
+    ref_ema = engine.server.ema_state
     assert ck["ema"] is not None and ref_ema is not None
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
     assert all(torch.equal(ref_ema[k], ck["ema"][k]) for k in ref_ema)
@@ -311,14 +311,14 @@ def test_secure_aggregation_over_tls_authenticated_supernodes(tmp_path, sites):
     plain_cfg = tmp_path / "plain.toml"
     plain_cfg.write_text(cfg_path.read_text().replace("secure-aggregation = true", "secure-aggregation = false"))
     engine = _in_process_engine(plain_cfg, sites)
-    init = {k: v.clone() for k, v in engine.global_state.items()}
-    updates, train = [], engine.fed.pool.train
+    init = {k: v.clone() for k, v in engine.server.global_state.items()}
+    updates, train = [], engine.pool.train
 
     def spy(r, ids, start, evaluate):
         results, recs = train(r, ids, start, evaluate)
         updates.extend(res.update for res in results)
         return results, recs
-    engine.fed.pool.train = spy
+    engine.pool.train = spy
     plain = engine.run().global_state
     assert len(updates) == 2
 

@@ -34,9 +34,9 @@ def _run(over, out=None, resume=None):
 
 def _federation(over):
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     cfg = build_config(None, over)
-    return FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+    return build_in_process(cfg, partition_for(cfg, load_dataset(cfg)))
 
 
 def test_sites_train_their_own_discriminators_around_one_shared_generator(tiny):
@@ -45,13 +45,13 @@ def test_sites_train_their_own_discriminators_around_one_shared_generator(tiny):
                           "sites.0.fed.local-epochs=3", "sites.2.train.batch-size=8"]
     run = _federation(over)
     seen = []
-    train = run.fed.pool.train
+    train = run.pool.train
 
     def spy(r, ids, start, evaluate):
         results, recs = train(r, ids, start, evaluate)
         seen.append({res.client_id: res for res in results})
         return results, recs
-    run.fed.pool.train = spy
+    run.pool.train = spy
     res = run.run()
     last = seen[-1]
     g = res.global_state
@@ -66,12 +66,12 @@ def test_sites_train_their_own_discriminators_around_one_shared_generator(tiny):
     # which site ran what: site 0 three epochs at batch 16, sites 1 and 2 one epoch at batch 8
     assert [last[c].timing["steps"] for c in ("0", "1", "2")] == [6, 4, 4]
     # the discriminators stay on the sites, each with its own architecture
-    d0, d1, d2 = (run.clients[c].local for c in ("0", "1", "2"))
+    d0, d1, d2 = (run.pool.clients[c].local for c in ("0", "1", "2"))
     assert d1["D.features.0.weight"].shape[0] == 4 and d0["D.features.0.weight"].shape[0] == 8
     assert not any("running_mean" in k for k in d1) and any("running_mean" in k for k in d0)  # group vs batch norm
     assert set(d0) == set(d2) and not torch.equal(d0["D.features.0.weight"], d2["D.features.0.weight"])
     # one workspace per architecture: site 2 (batch size only) shares the run's
-    assert len(run.fed.pool.sites.models()) == 2
+    assert len(run.pool.sites.models()) == 2
 
 
 @pytest.mark.parametrize("over, words", [
@@ -170,10 +170,10 @@ def test_pretrain_centrally_then_fine_tune_federated(tiny, tmp_path):
     fine = _federation(tiny + QUIET + ["fed.rounds=1", f"fed.init-from={ck}", 'fed.share=["G"]',
                                        "sites.1.model.ndf=4"])
     g = pre.result.global_state
-    assert all(torch.equal(fine.fed.init[k], g[k]) for k in g)  # the federation starts from the pretrained model
+    assert all(torch.equal(fine.init[k], g[k]) for k in g)  # the federation starts from the pretrained model
     # site 0 (the run's architecture) starts from the pretrained D too; site 1 from its own, narrower one
-    assert torch.equal(fine.clients["0"].local["D.features.0.weight"], g["D.features.0.weight"])
-    assert fine.clients["1"].local["D.features.0.weight"].shape[0] == 4
+    assert torch.equal(fine.pool.clients["0"].local["D.features.0.weight"], g["D.features.0.weight"])
+    assert fine.pool.clients["1"].local["D.features.0.weight"].shape[0] == 4
     fine.run()
 
 
@@ -197,7 +197,7 @@ def test_a_site_picks_its_own_discriminator_backbone(tiny):
     over = tiny + QUIET + ['fed.share=["G"]', "fed.rounds=1", "sites.1.model.d-arch=deit_tiny"]
     run = _federation(over)
     res = run.run()
-    d0, d1 = run.clients["0"].local, run.clients["1"].local
+    d0, d1 = run.pool.clients["0"].local, run.pool.clients["1"].local
     assert any(k.startswith("D.features.") for k in d0) and not any(k.startswith("D.features.") for k in d1)
     assert any("blocks" in k for k in d1)  # the transformer's own layers stay on site 1
     assert all(torch.isfinite(v).all() for k, v in res.global_state.items() if k.startswith("G."))

@@ -13,16 +13,16 @@ import torch
 
 from fedsynth.config import UserError, build_config
 from fedsynth.data import load_dataset, partition_for
-from fedsynth.fed import ClientUpdate, FederatedRun
-from fedsynth.fed.engine import StopRun
+from fedsynth.fed import ClientUpdate, build_in_process
+from fedsynth.fed.engine import Reporter, StopRun
 from fedsynth.privacy.robust import robust_average
 from fedsynth.privacy.validation import validate_updates
 from fedsynth.report import RunDir
 
 
-def _engine(overrides):
+def _engine(overrides, reporter=None):
     cfg = build_config(overrides=overrides)
-    return FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+    return build_in_process(cfg, partition_for(cfg, load_dataset(cfg)), reporter)
 
 
 def _w(res):
@@ -61,7 +61,7 @@ def test_bad_updates_never_reach_the_global_model(tiny, attack):
     """Both clients attack: every update is rejected, rounds are skipped, weights unchanged."""
     e = _engine(tiny + [f"faults.attack={attack}", 'faults.attackers=["0", "1"]', "faults.attack-scale=1000",
                         "privacy.outlier-factor=0" if attack == "scale" else "privacy.outlier-factor=5"])
-    init = {k: v.clone() for k, v in e.global_state.items()}
+    init = {k: v.clone() for k, v in e.server.global_state.items()}
     res = e.run()
     if attack == "nan":
         assert all(torch.equal(init[k], res.global_state[k]) for k in init)
@@ -115,7 +115,7 @@ def test_scheduled_dropout_is_recorded_and_round_completes(tiny):
 
 def test_too_few_clients_skips_the_round_and_keeps_the_model(tiny):
     e = _engine(tiny + ['faults.dropout-schedule=["1:0"]', "fed.min-clients=2", "fed.rounds=1"])
-    init = {k: v.clone() for k, v in e.global_state.items()}
+    init = {k: v.clone() for k, v in e.server.global_state.items()}
     res = e.run()
     assert any(r["metric"] == "round-skipped" for r in res.records)
     assert all(torch.equal(init[k], res.global_state[k]) for k in init)
@@ -210,16 +210,14 @@ def test_stop_then_resume_is_bit_identical(tiny, tmp_path):
     over = tiny + ["fed.rounds=4", "fed.strategy=scaffold"]
     ref = _engine(over).run()
 
-    a = _engine(over)
-    steps = {"n": 0}
-    orig = a._on_step
+    class StopInRound3(Reporter):  # request a stop in the middle of round 3, as Ctrl-C does
+        n = 0
 
-    def stop_in_round_3(s):  # request a stop in the middle of round 3
-        steps["n"] += 1
-        if steps["n"] == 9:
-            a.stop_requested = True
-        orig(s)
-    a._on_step = stop_in_round_3
+        def step(self):
+            self.n += 1
+            if self.n == 9:
+                a.pool.stop_requested = True
+    a = _engine(over, StopInRound3())
     rd = RunDir.create(tmp_path, "r")
     with pytest.raises(StopRun):
         a.run(rd)

@@ -40,12 +40,12 @@ def test_secure_aggregation_refuses_what_needs_each_update_and_names_every_key(e
 
 def test_secure_aggregation_is_refused_in_process():
     from fedsynth.data import load_dataset
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     cfg = build_config(overrides=[*SECURE, "data.num-images=8", "data.image-size=16"])
     assert cfg.fed.secure_aggregation and not cfg.privacy.validate
     data = load_dataset(cfg)
     with pytest.raises(UserError, match="needs the Flower deployment"):
-        FederatedRun(cfg, [data])
+        build_in_process(cfg, [data])
 
 
 # ---------------------------------------------------------------- which strategies run on the mean
@@ -235,14 +235,14 @@ def _serve(cfg_path, sites, out, audit, **node_config):
 def _plain_updates(cfg_path, sites):
     """The in-process engine's plain FedAvg run, and every client's round-1 update in it."""
     from fedsynth.data import load_dataset
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     cfg = load_config(cfg_path)
     cfg = dataclasses.replace(cfg, fed=dataclasses.replace(cfg.fed, secure_aggregation=False))
     parts = [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, source="folder", path=str(sites / f"client-{k}")))) for k in (0, 1)]
-    run = FederatedRun(cfg, parts, client_ids=["0", "1"])
-    init = {k: v.clone() for k, v in run.global_state.items()}
-    pool, updates, after = run.fed.pool, {}, {}
+    run = build_in_process(cfg, parts, client_ids=["0", "1"])
+    init = {k: v.clone() for k, v in run.server.global_state.items()}
+    pool, updates, after = run.pool, {}, {}
     train = pool.train
 
     def spy(r, ids, start, evaluate):
@@ -250,12 +250,12 @@ def _plain_updates(cfg_path, sites):
         updates.setdefault(r, {res.client_id: res.update for res in results})
         return results, recs
     pool.train = spy
-    end = run.fed._end_round
+    end = run._end_round
 
     def keep(r, *a):
-        after.setdefault(r, {k: v.clone() for k, v in run.fed.server.global_state.items()})
+        after.setdefault(r, {k: v.clone() for k, v in run.server.global_state.items()})
         return end(r, *a)
-    run.fed._end_round = keep
+    run._end_round = keep
     run.run()
     return init, updates[1], after[1]
 

@@ -190,7 +190,7 @@ def test_set_up_announces_its_steps_and_round_end_gets_the_time_split(tiny, tmp_
     counts as evaluation -- and keeps them in timings.jsonl)."""
     from fedsynth.config import build_config
     from fedsynth.data import load_dataset, partition
-    from fedsynth.fed.engine import Reporter, build_in_process
+    from fedsynth.fed import Reporter, build_in_process
     from fedsynth.report import RunDir
 
     class Recorder(Reporter):

@@ -168,10 +168,10 @@ def test_a_crafted_checkpoint_is_refused_and_nothing_runs(tmp_path):
 def test_a_crafted_init_from_file_is_refused_and_nothing_runs(tmp_path, tiny):
     from fedsynth.config import build_config
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     p = tmp_path / "pretrained.pt"
     p.write_bytes(_torch_saved(tmp_path / "marker"))
     cfg = build_config(overrides=tiny + [f'fed.init-from="{p}"'])
     with pytest.raises(UserError, match="fed.init-from.*could run code"):
-        FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+        build_in_process(cfg, partition_for(cfg, load_dataset(cfg)))
     assert not (tmp_path / "marker").exists()

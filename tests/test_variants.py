@@ -6,7 +6,7 @@ import torch
 
 from fedsynth.config import UserError, build_config
 from fedsynth.data import load_dataset, partition_for
-from fedsynth.fed import FederatedRun
+from fedsynth.fed import build_in_process
 from fedsynth.fed.strategies import STRATEGIES
 from fedsynth.models import ModelSpec, build_gan
 
@@ -14,7 +14,7 @@ from fedsynth.models import ModelSpec, build_gan
 def _run(overrides, run_dir=None):
     cfg = build_config(overrides=overrides)
     data = load_dataset(cfg)
-    return FederatedRun(cfg, partition_for(cfg, data)).run(run_dir)
+    return build_in_process(cfg, partition_for(cfg, data)).run(run_dir)
 
 
 def _fd(res, who="global"):
@@ -100,12 +100,12 @@ def test_init_from_a_checkpoint_and_mismatch(tiny, tmp_path):
     rd = RunDir.create(tmp_path / "r", "pre")
     pre = _run(tiny + ["fed.strategy=centralized"], rd)
     ck = sorted((rd.path / "checkpoints").glob("*.pt"))[-1]
-    fine = FederatedRun(build_config(overrides=tiny + [f'fed.init-from="{ck}"', "fed.rounds=1"]),
-                        partition_for(build_config(overrides=tiny), load_dataset(build_config(overrides=tiny))))
+    fine = build_in_process(build_config(overrides=tiny + [f'fed.init-from="{ck}"', "fed.rounds=1"]),
+                            partition_for(build_config(overrides=tiny), load_dataset(build_config(overrides=tiny)))).server
     assert all(torch.equal(fine.global_state[k], pre.global_state[k]) for k in pre.global_state)
     with pytest.raises(UserError, match="fed.init-from.*lacks|fed.init-from.*shape"):
         cfg = build_config(overrides=tiny + [f'fed.init-from="{ck}"', "model.ngf=4"])
-        FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)))
+        build_in_process(cfg, partition_for(cfg, load_dataset(cfg)))
 
 
 def test_conditional_generator_uses_the_label():

@@ -37,7 +37,7 @@ def volume_sites(tmp_path_factory):
 def test_volumes_over_flower_match_the_in_process_engine(tmp_path, volume_sites):
     from fedsynth.config import load_config
     from fedsynth.data import load_dataset
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     assert sorted(p.name for p in (volume_sites / "client-0").rglob("*.nii.gz"))  # NIfTI volumes per site
     cfg_path = tmp_path / "fedsynth.toml"
     cfg_path.write_text(CONFIG)
@@ -50,7 +50,7 @@ def test_volumes_over_flower_match_the_in_process_engine(tmp_path, volume_sites)
     parts = [load_dataset(dataclasses.replace(cfg, data=dataclasses.replace(
         cfg.data, source="nifti", path=str(volume_sites / f"client-{k}")))) for k in (0, 1)]
     assert parts[0].images.shape[1:] == (1, 16, 16, 16)
-    ref = FederatedRun(cfg, parts, client_ids=["0", "1"]).run()
+    ref = build_in_process(cfg, parts, client_ids=["0", "1"]).run()
     assert ck["model"]["dims"] == 3
     assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
 

@@ -93,10 +93,10 @@ def test_kill_9_then_resume_is_bit_identical(tmp_path):
 ])
 def test_strategies_ema_and_dp_sgd_train_volumes(extra):
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed import FederatedRun
+    from fedsynth.fed import build_in_process
     cfg = build_config(overrides=VOL + ["fed.rounds=1", "fed.local-steps=2", "eval.enabled=false", *extra])
     data = load_dataset(cfg)
-    res = FederatedRun(cfg, partition_for(cfg, data)).run()
+    res = build_in_process(cfg, partition_for(cfg, data)).run()
     assert all(torch.isfinite(v.float()).all() for v in res.global_state.values())
     if "privacy.dp-sgd=true" in extra:
         assert any(r["metric"] == "dp-epsilon" and r["value"] > 0 for r in res.records)

@@ -44,7 +44,7 @@ def test_a_strategy_that_fixes_its_steps_is_left_alone():
 def test_the_notice_reaches_the_reporter_before_round_one(tiny):
     from fedsynth.config import build_config
     from fedsynth.data import load_dataset, partition_for
-    from fedsynth.fed.engine import FederatedRun, Reporter
+    from fedsynth.fed import Reporter, build_in_process
 
     class Capture(Reporter):
         def __init__(self):
@@ -61,7 +61,7 @@ def test_the_notice_reaches_the_reporter_before_round_one(tiny):
 
     cfg = build_config(overrides=tiny + ["fed.min-local-steps=4", "fed.rounds=1", "eval.enabled=false"])
     rep = Capture()
-    FederatedRun(cfg, partition_for(cfg, load_dataset(cfg)), rep).run()
+    build_in_process(cfg, partition_for(cfg, load_dataset(cfg)), rep).run()
     # before the run's header (run_start) and round 1
     assert "2 sites (e.g. site 0): 32 images at batch 16" in rep.seen[0]
     assert rep.seen[1].startswith("2 sites (e.g. site 0) train only 4 local steps per round")

@@ -10,8 +10,9 @@ from importlib import import_module
 from typing import Any
 
 _NAMES = {
-    "FederatedRun": "engine", "Federation": "engine", "InProcessClients": "engine", "Reporter": "engine",
-    "RunPlan": "engine", "RunResult": "engine", "StopRun": "engine", "eval_rounds": "engine", "sample_clients": "engine",
+    "Federation": "engine", "Reporter": "engine", "RunPlan": "engine", "RunResult": "engine", "StopRun": "engine",
+    "eval_rounds": "engine", "sample_clients": "engine",
+    "InProcessClients": "inprocess", "build_in_process": "inprocess",
     "ClientState": "client", "client_round": "client", "server_round": "server",
     "ClientUpdate": "strategies", "Strategy": "strategies", "FedAvg": "strategies", "Local": "strategies",
     "build_strategy": "strategies", "weighted_average": "strategies",

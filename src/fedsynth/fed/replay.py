@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..config import Config, UserError, build_config
-from .engine import Federation, Reporter, build_in_process
+from .engine import Federation, Reporter
+from .inprocess import build_in_process
 
 #: Records that mean "this sampled client's update was not used in this round".
 MISSED = ("dropped", "rejected")

@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 from ..config import Config, UserError, check_output_path
 from ..report import RunDir
-from .engine import Federation, Reporter, RunResult, StopRun, build_in_process
+from .engine import Federation, Reporter, RunResult, StopRun
+from .inprocess import build_in_process
 
 
 @dataclass
