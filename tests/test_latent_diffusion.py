@@ -117,9 +117,9 @@ def test_the_autoencoder_learns_to_reconstruct_and_its_latent_scale_follows():
     from fedsynth.models.autoencoder import AutoencoderModel, AutoencoderSpec
     m = AutoencoderModel(AutoencoderSpec(image_size=16, widths=(8, 8)), lr=3e-3)
     data = _images()
-    first = m.train(data, 5, 8, torch.Generator().manual_seed(0)).losses["recon"]
+    first = m.train(data, 5, 8, torch.Generator().manual_seed(0)).losses["recon-loss"]
     for _ in range(5):
-        last = m.train(data, 10, 8, torch.Generator().manual_seed(1)).losses["recon"]
+        last = m.train(data, 10, 8, torch.Generator().manual_seed(1)).losses["recon-loss"]
     assert last < 0.6 * first, (first, last)
     assert float(m.G.latent_sq) != 1.0  # the running second moment moved from its start
 
@@ -128,7 +128,7 @@ def test_the_patch_discriminator_trains_beside_the_autoencoder():
     from fedsynth.models.autoencoder import AutoencoderModel, AutoencoderSpec
     m = AutoencoderModel(AutoencoderSpec(image_size=16, widths=(8, 8), adversarial_weight=0.1))
     r = m.train(_images(), 3, 8, torch.Generator().manual_seed(0))
-    assert set(r.losses) == {"recon", "kl", "d-loss", "g-adv"}
+    assert set(r.losses) == {"recon-loss", "kl-loss", "d-loss", "g-loss"}
     assert any(k.startswith("D.") for k in m.parameter_keys())
     from fedsynth.models.autoencoder import autoencoder_sha256
     s = m.state()

@@ -15,7 +15,7 @@ with the adversarial loss, ``D.*`` (the patch discriminator).
 
 As a generator on its own the autoencoder decodes draws from ``N(0, latent_sq)``: with the small
 KL weight latent diffusion uses, these are not good images (the latent distribution is far from
-Gaussian). Judge stage 1 by its reconstruction loss (``recon``); its distances are recorded
+Gaussian). Judge stage 1 by its reconstruction loss (``recon-loss``); its distances are recorded
 like any family's but say little.
 
 One local step: ``mu, sigma = encode(x)``, ``z = mu + sigma e`` (``e`` from the seeded
@@ -139,8 +139,8 @@ class AutoencoderModel(GenerativeModel):
     family = "autoencoder"
     title = "autoencoder"
     maker = "autoencoder"
-    loss_labels = {"recon": "reconstruction (L1)", "kl": "KL to N(0, 1)", "d-loss": "patch discriminator",
-                   "g-adv": "adversarial (decoder)"}
+    loss_labels = {"recon-loss": "reconstruction (L1)", "kl-loss": "KL to N(0, 1)", "d-loss": "patch discriminator",
+                   "g-loss": "adversarial (decoder)"}
     loss_help = ("Each client's reconstruction loss (mean absolute error between an image and its "
                  "reconstruction through the latent grid, in [-1, 1] units) and the KL term, means over a round's "
                  "local steps. This is stage 1 of latent diffusion: judge it by the reconstruction loss. Its "
@@ -239,7 +239,7 @@ class AutoencoderModel(GenerativeModel):
         bs = min(batch_size, n)
         per_epoch = steps_per_epoch(n, bs)
         order = torch.empty(0, dtype=torch.long)
-        sums = {k: torch.zeros((), device=dev) for k in ("recon", "kl", "d-loss", "g-adv")}
+        sums = {k: torch.zeros((), device=dev) for k in ("recon-loss", "kl-loss", "d-loss", "g-loss")}
         amp = autocast(dev, self.precision)
         G.train()
         if D is not None:
@@ -268,7 +268,7 @@ class AutoencoderModel(GenerativeModel):
                     if D is not None:
                         g_adv = -D(recon)[-1].float().mean()
                         loss = loss + spec.adversarial_weight * g_adv
-                        sums["g-adv"] += g_adv.detach()
+                        sums["g-loss"] += g_adv.detach()
                 loss.backward()
             for h in hooks:
                 h.after_backward("G", G)
@@ -285,12 +285,12 @@ class AutoencoderModel(GenerativeModel):
             with torch.no_grad():  # the running second moment of the latents z = mu + sigma e
                 m = (mu.float().pow(2) + sigma.float().pow(2)).mean()
                 G.latent_sq.lerp_(m, MOMENTUM)
-            sums["recon"] += rec.detach()
-            sums["kl"] += kl.detach()
+            sums["recon-loss"] += rec.detach()
+            sums["kl-loss"] += kl.detach()
             if on_step is not None:
                 on_step(step + 1)
         steps = max(steps, 1)
-        keep = ("recon", "kl") + (("d-loss", "g-adv") if D is not None else ())
+        keep = ("recon-loss", "kl-loss") + (("d-loss", "g-loss") if D is not None else ())
         return TrainResult(steps, steps * bs, time.perf_counter() - t0, {k: float(sums[k]) / steps for k in keep},
                            private_steps=steps if dp is not None else 0)
 

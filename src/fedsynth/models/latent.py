@@ -132,7 +132,7 @@ class LatentDiffusionModel(DiffusionModel):
         if spec.image_size >> (len(spec.widths) - 1) < 1:
             raise UserError(f"config key 'diffusion.channels' has {len(spec.widths)} levels: the latent side "
                             f"({spec.image_size}) cannot halve {len(spec.widths) - 1} times; use fewer levels")
-        return cls(spec, ae, desc, sha, str(a.path), seed=derive_seed(cfg.run.seed, "init"), lr=cfg.diffusion.lr,
+        return cls(spec, ae, desc, sha, str(autoencoder_file(a.path).resolve()), seed=derive_seed(cfg.run.seed, "init"), lr=cfg.diffusion.lr,
                    cond_drop=cfg.diffusion.cond_drop, device=resolve_device(cfg.run.device),
                    precision=cfg.train.precision)
 
