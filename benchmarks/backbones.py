@@ -39,7 +39,9 @@ import sys
 import tempfile
 import time
 
-ARCHS = ["dcgan", "resnet18", "resnet50", "vit_b_16", "swin_t", "deit_tiny", "levit_128s"]
+from fedsynth.registry import D_ARCHS  # standard library only: the measured children import torch
+
+ARCHS = list(D_ARCHS.names())
 
 
 def _rss_mb() -> float:

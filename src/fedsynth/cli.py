@@ -17,7 +17,7 @@ from .commands.data import data_app
 from .commands.deploy import deploy_app
 from .commands.weights import weights_app
 from .config import Config, UserError, check_output_path, load_config
-from .registry import EXTRACTORS
+from .registry import BACKBONES, EXTRACTORS
 from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
                               prdc_note, print_fitting_table, rescore_table, stop_progress, summary_table,
                               threads_line, utility_table, written)
@@ -412,8 +412,8 @@ def utility(
     real_train: str = typer.Option(..., "--real-train", help="Real training images: a phantom/sample name or a path."),
     real_test: str = typer.Option(..., "--real-test", help="Held-out real test images (name or path), the "
                                   "same classes as --real-train."),
-    classifier: str = typer.Option("smallcnn", "--classifier", help="smallcnn, or a backbone: resnet18 | resnet50 | "
-                                   "vit_b_16 | swin_t | deit_tiny | levit_128s."),
+    classifier: str = typer.Option("smallcnn", "--classifier", help="smallcnn, or a backbone: "
+                                   + " | ".join(BACKBONES.names()) + "."),
     pretrained: bool = typer.Option(False, "--pretrained", help="Start the backbone from ImageNet weights in its "
                                     "library's cache (`fedsynth weights fetch NAME`; never downloads)."),
     epochs: int = typer.Option(5, "--epochs", help="Passes over each training set."),

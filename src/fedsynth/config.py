@@ -27,7 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
-from .registry import D_ARCHS, EXTRACTORS, FAMILIES, LOSSES, ROBUST_RULES, SOURCES, STRATEGIES
+from .registry import BACKBONES, D_ARCHS, EXTRACTORS, FAMILIES, LOSSES, ROBUST_RULES, SOURCES, STRATEGIES
 
 # Fewest local steps a round trains by default. A site of 84 images at batch 32 takes 2 steps per
 # epoch, and a DCGAN given 2 steps a round learned nothing in 6 rounds; the built-in default
@@ -769,7 +769,7 @@ def _check_cross_field(cfg: Config) -> None:
                         "(set model.conditional = 'multiply' or 'concat')")
     if cfg.model.d_pretrained and cfg.model.d_arch == "dcgan":
         raise UserError("config key 'model.d-pretrained' needs a backbone discriminator "
-                        "(model.d-arch = resnet18, resnet50, vit_b_16, swin_t, deit_tiny or levit_128s)")
+                        f"(model.d-arch = {', '.join(BACKBONES.names()[:-1])} or {BACKBONES.names()[-1]})")
     if cfg.fed.init_from and not Path(cfg.fed.init_from).expanduser().is_file():
         raise UserError(f"config key 'fed.init-from': checkpoint not found: {cfg.fed.init_from}")
     pv = cfg.privacy

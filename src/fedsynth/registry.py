@@ -87,15 +87,22 @@ FAMILIES = Registry("model.family", [
           "frozen stage-1 autoencoder (autoencoder.path)"),
 ])
 
-# Discriminator architectures (model.d-arch): DCGAN's, or a backbone (models/backbones.py) with heads
+# Image backbones (models/backbones.py): discriminator trunks (model.d-arch) and utility classifiers.
+# The one place their names are spelled; each target is what the name is in its library.
+BACKBONES = Registry("backbone", [
+    Entry("resnet18", "models.backbones:RESNET18", "torchvision ResNet-18 (11 M parameters)"),
+    Entry("resnet50", "models.backbones:RESNET50", "torchvision ResNet-50 (24 M)"),
+    Entry("vit_b_16", "models.backbones:VIT_B_16", "torchvision ViT-B/16 (86 M; 224 px with ImageNet weights)"),
+    Entry("swin_t", "models.backbones:SWIN_T", "torchvision Swin-T (28 M)"),
+    Entry("deit_tiny", "models.backbones:DEIT_TINY", "timm DeiT-Tiny/16 (5.5 M)"),
+    Entry("levit_128s", "models.backbones:LEVIT_128S", "timm LeViT-128S (7 M; 224 px with ImageNet weights)"),
+])
+
+# Discriminator architectures (model.d-arch): DCGAN's, or any backbone with heads (models/heads.py).
+# Each target builds the discriminator from a GAN's ModelSpec: ``target(spec, pretrained=...)``.
 D_ARCHS = Registry("model.d-arch", [
-    Entry("dcgan", "models.dcgan:Discriminator", "DCGAN convolutions (model.ndf, model.d-norm)"),
-    Entry("resnet18", "models.backbones:build_backbone", "torchvision ResNet-18 (11 M parameters)"),
-    Entry("resnet50", "models.backbones:build_backbone", "torchvision ResNet-50 (24 M)"),
-    Entry("vit_b_16", "models.backbones:build_backbone", "torchvision ViT-B/16 (86 M; 224 px with ImageNet weights)"),
-    Entry("swin_t", "models.backbones:build_backbone", "torchvision Swin-T (28 M)"),
-    Entry("deit_tiny", "models.backbones:build_backbone", "timm DeiT-Tiny/16 (5.5 M)"),
-    Entry("levit_128s", "models.backbones:build_backbone", "timm LeViT-128S (7 M; 224 px with ImageNet weights)"),
+    Entry("dcgan", "models.gan:dcgan_discriminator", "DCGAN convolutions (model.ndf, model.d-norm)"),
+    *(Entry(name, "models.gan:backbone_discriminator", BACKBONES[name].help) for name in BACKBONES),
 ])
 
 _ONE_MODEL = "clients never share one model to aggregate"

@@ -7,6 +7,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from ..config import UserError
+from ..registry import BACKBONES
+from ..weights import WEIGHTS
 from .common import console, err_console, fail, quiet, typer_group
 
 weights_app = typer_group("Pretrained weights (feature networks, backbones): list what is cached, fetch once (checked).")
@@ -31,8 +33,8 @@ def weights_list() -> None:
 
 @weights_app.command("fetch")
 def weights_fetch(
-    names: list[str] = typer.Argument(..., help="inception | dinov2 | xrv (feature networks); resnet18 | "
-                                      "resnet50 | vit_b_16 | swin_t | deit_tiny | levit_128s (backbones)"),
+    names: list[str] = typer.Argument(..., help=" | ".join(n for n in WEIGHTS if n not in BACKBONES)
+                                      + " (feature networks); " + " | ".join(BACKBONES.names()) + " (backbones)"),
     sha256: str = typer.Option("", "--sha256", help="Expected SHA-256 (needed to check dinov2 and xrv, "
                                "which have no pinned one; one NAME only)."),
     force: bool = typer.Option(False, "--force", help="Download again even if the file is there."),

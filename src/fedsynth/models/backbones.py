@@ -13,9 +13,9 @@ adapts the input to what the network was trained on:
   the position embeddings), while torchvision's ViT-B/16 and timm's LeViT (whose attention
   biases belong to one resolution) are fed images resized (bilinear) to 224 px.
 
-Names (``BACKBONES``): ``resnet18``, ``resnet50``, ``vit_b_16``, ``swin_t`` (torchvision) and
-the small CPU-friendly ``deit_tiny`` (DeiT-Tiny/16, 5.5 M parameters) and ``levit_128s``
-(LeViT-128S, 7 M) from timm.
+Names: :data:`fedsynth.registry.BACKBONES` (ResNet-18/50, ViT-B/16 and Swin-T from torchvision; the
+small CPU-friendly DeiT-Tiny/16, 5.5 M parameters, and LeViT-128S, 7 M, from timm); each entry's
+target is the library entry below, and :data:`BACKBONES` maps the names to them.
 
 ``pretrained=True`` loads ImageNet weights through the libraries' own loaders, from their own
 caches only: torchvision's weights enum (``weights.get_state_dict`` reads
@@ -36,6 +36,7 @@ from torch import nn
 
 from .. import weights as _weights
 from ..config import UserError
+from ..registry import BACKBONES as _NAMES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,14 +58,16 @@ class _Entry:
     sized: bool                    # built for one input size (ViT, LeViT)
 
 
-BACKBONES: dict[str, _Entry] = {
-    "resnet18": _Entry("torchvision", "resnet18", "IMAGENET1K_V1", None, False),
-    "resnet50": _Entry("torchvision", "resnet50", "IMAGENET1K_V2", None, False),
-    "vit_b_16": _Entry("torchvision", "vit_b_16", "IMAGENET1K_V1", 224, True),
-    "swin_t": _Entry("torchvision", "swin_t", "IMAGENET1K_V1", None, False),
-    "deit_tiny": _Entry("timm", "deit_tiny_patch16_224", "fb_in1k", None, True),
-    "levit_128s": _Entry("timm", "levit_128s", "fb_dist_in1k", 224, True),
-}
+# What each name in fedsynth.registry.BACKBONES is in its library (the registry's targets)
+RESNET18 = _Entry("torchvision", "resnet18", "IMAGENET1K_V1", None, False)
+RESNET50 = _Entry("torchvision", "resnet50", "IMAGENET1K_V2", None, False)
+VIT_B_16 = _Entry("torchvision", "vit_b_16", "IMAGENET1K_V1", 224, True)
+SWIN_T = _Entry("torchvision", "swin_t", "IMAGENET1K_V1", None, False)
+DEIT_TINY = _Entry("timm", "deit_tiny_patch16_224", "fb_in1k", None, True)
+LEVIT_128S = _Entry("timm", "levit_128s", "fb_dist_in1k", 224, True)
+
+# name -> library entry, in the registry's order (loading a target of this module finds it in sys.modules)
+BACKBONES: dict[str, _Entry] = {name: _NAMES.load(name) for name in _NAMES}
 
 
 class InputAdapter(nn.Module):

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..registry import D_ARCHS
 from ..train import LocalTrainer, OptimConfig, build_loss
 from .base import GenerativeModel, TrainResult, description_fields
 from .backbones import build_backbone
@@ -43,7 +44,7 @@ class ModelSpec:
     d_conditioning: str = "none"
     # issue 14 (defaults: what checkpoints written before it hold)
     g_arch: str = "dcgan"          # "dcgan" | "upsample-cnn"
-    d_arch: str = "dcgan"          # "dcgan" | a name in fedsynth.models.backbones.BACKBONES
+    d_arch: str = "dcgan"          # a name in fedsynth.registry.D_ARCHS: "dcgan" | a backbone
     d_pretrained: bool = False     # the backbone started from ImageNet weights
     g_dropout: float = 0.25        # upsample-cnn: dropout after each block
     dims: int = 2                  # 3: the volumetric DCGAN (data.dims = 3), volumes (C, S, S, S)
@@ -75,7 +76,8 @@ def build_gan(arch: str | ModelSpec, image_size: int = 64, channels: int = 1, nz
     ``spec.d_pretrained`` and ``pretrained``, the ImageNet weights from the library's cache).
     ``pretrained=False`` skips that load where the weights come from a checkpoint anyway.
     """
-    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch, image_size, channels, nz, ngf, ndf)
+    spec = arch if isinstance(arch, ModelSpec) else ModelSpec(arch=arch, image_size=image_size, channels=channels,
+                                                              nz=nz, ngf=ngf, ndf=ndf)
     if spec.arch != "dcgan":
         raise ValueError(f"unknown architecture {spec.arch!r}")
     if spec.dims != 2 and (spec.g_arch != "dcgan" or spec.d_arch != "dcgan"):
@@ -83,25 +85,34 @@ def build_gan(arch: str | ModelSpec, image_size: int = 64, channels: int = 1, nz
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if spec.g_arch == "dcgan":
-            G = Generator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
-                          spec.num_classes, spec.g_conditioning, dims=spec.dims)
+            G = Generator(image_size=spec.image_size, nc=spec.channels, nz=spec.nz, ngf=spec.ngf, norm=spec.g_norm,
+                          num_classes=spec.num_classes, conditional=spec.g_conditioning, dims=spec.dims)
         elif spec.g_arch == "upsample-cnn":
-            G = UpsampleGenerator(spec.image_size, spec.channels, spec.nz, spec.ngf, spec.g_norm,
-                                  spec.num_classes, spec.g_conditioning, spec.g_dropout)
+            G = UpsampleGenerator(image_size=spec.image_size, nc=spec.channels, nz=spec.nz, ngf=spec.ngf,
+                                  norm=spec.g_norm, num_classes=spec.num_classes, conditional=spec.g_conditioning,
+                                  dropout=spec.g_dropout)
         else:
             raise ValueError(f"unknown generator architecture {spec.g_arch!r}")
-        if spec.d_arch == "dcgan":
-            D = Discriminator(spec.image_size, spec.channels, spec.ndf, spec.d_norm, spec.spectral_norm,
-                              spec.num_classes, spec.d_conditioning, dims=spec.dims)
-        else:
-            backbone = build_backbone(spec.d_arch, spec.channels, spec.image_size,
-                                      pretrained=spec.d_pretrained and pretrained)
-            D = BackboneDiscriminator(backbone, spec.num_classes, spec.d_conditioning, spec.spectral_norm)
+        D = D_ARCHS.load(spec.d_arch)(spec, pretrained=pretrained)
         gan = GAN(G, D, spec)
         dcgan_init_(G)  # the same draws, in the same order, as one call on the whole GAN
-        if spec.d_arch == "dcgan":
+        if isinstance(D, Discriminator):  # a backbone keeps its library's initialisation
             dcgan_init_(D)
     return gan
+
+
+def dcgan_discriminator(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
+    """``model.d-arch = "dcgan"`` (:data:`fedsynth.registry.D_ARCHS`): DCGAN's convolutions."""
+    return Discriminator(image_size=spec.image_size, nc=spec.channels, ndf=spec.ndf, norm=spec.d_norm,
+                         spectral_norm=spec.spectral_norm, num_classes=spec.num_classes,
+                         conditional=spec.d_conditioning, dims=spec.dims)
+
+
+def backbone_discriminator(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
+    """``model.d-arch`` = a backbone (:data:`fedsynth.registry.BACKBONES`) with heads; ImageNet
+    weights if ``spec.d_pretrained`` and ``pretrained``."""
+    backbone = build_backbone(spec.d_arch, spec.channels, spec.image_size, pretrained=spec.d_pretrained and pretrained)
+    return BackboneDiscriminator(backbone, spec.num_classes, spec.d_conditioning, spec.spectral_norm)
 
 
 # FedBN keeps normalisation layers local: BatchNorm (its running statistics describe one site's
@@ -165,9 +176,10 @@ class GANModel(GenerativeModel):
         from ..train.device import resolve_device
         from ..utils import derive_seed
         m = cfg.model
-        spec = ModelSpec(m.arch, image_size, channels, m.nz, m.ngf, m.ndf, m.g_norm, m.d_norm, m.spectral_norm,
-                         num_classes, m.conditional, m.d_conditioning, m.g_arch, m.d_arch, m.d_pretrained,
-                         m.g_dropout, dims=cfg.data.dims)
+        spec = ModelSpec(arch=m.arch, image_size=image_size, channels=channels, nz=m.nz, ngf=m.ngf, ndf=m.ndf,
+                         g_norm=m.g_norm, d_norm=m.d_norm, spectral_norm=m.spectral_norm, num_classes=num_classes,
+                         g_conditioning=m.conditional, d_conditioning=m.d_conditioning, g_arch=m.g_arch,
+                         d_arch=m.d_arch, d_pretrained=m.d_pretrained, g_dropout=m.g_dropout, dims=cfg.data.dims)
         return cls(spec, seed=derive_seed(cfg.run.seed, "init"), train=cfg.train,
                    device=resolve_device(cfg.run.device))
 
