@@ -82,10 +82,7 @@ class DataConfig:
     """Where the images come from: a built-in phantom, a folder, DICOM, NIfTI, MedMNIST or a
     packaged sample (``[data]``)."""
 
-    source: str = _f("phantom-xray", "phantom-xray | phantom-ct | phantom-histo | phantom-mr (built-in; "
-                     "phantom-mr and, with data.dims = 3, phantom-ct are volumes); folder | "
-                     "dicom | nifti | medmnist (files under 'path'); sample-retina | sample-ihc | "
-                     "sample-ct (small real images shipped by installed packages)", choices=SOURCES.names())
+    source: str = _f("phantom-xray", SOURCES.help(), choices=SOURCES.names())
     path: str = _f("", "file or folder for folder/dicom/nifti sources; MedMNIST root folder")
     image_size: int = _f(64, "image side in pixels (a power of two, 16-256); volumes: the cube's side in voxels",
                          choices=(16, 32, 64, 128, 256))
@@ -254,7 +251,7 @@ class AutoencoderConfig:
 class TrainConfig:
     """Local training on each client: loss, optimizer, batch size, threads (``[train]``)."""
 
-    loss: str = _f("bce", "GAN loss: bce (non-saturating), hinge, wgan-gp", choices=LOSSES.names(), site=True)
+    loss: str = _f("bce", "GAN loss: " + LOSSES.help(), choices=LOSSES.names(), site=True)
     n_critic: int = _f(5, "wgan-gp: critic steps per generator step", min=1, site=True)
     gp_lambda: float = _f(10.0, "wgan-gp: gradient-penalty weight", min=0.0, site=True)
     diffaugment: str = _f("", "DiffAugment policy for small data, e.g. color,translation,cutout", site=True)
@@ -278,10 +275,7 @@ class FedConfig:
     """The federation: strategy, what is shared, server optimizer, rounds, aggregation period,
     client sampling (``[fed]``)."""
 
-    strategy: str = _f("fedavg", "fedavg fedsgd fedprox fednova scaffold feddyn fedavgm fedadam "
-                       "fedyogi fedbn swt cwt ensemble, or a baseline: local (never aggregate) or "
-                       "centralized (all data pooled in one client)",
-                       choices=STRATEGIES.names())
+    strategy: str = _f("fedavg", STRATEGIES.help(), choices=STRATEGIES.names())
     share: tuple = _f(("G", "D"), "modules/keys that travel: [\"G\", \"D\"] is full sharing, "
                       "[\"G\"] keeps each discriminator local; fnmatch patterns allowed (diffusion: G holds the "
                       "UNet, G.unet, and its EMA, G.ema)",
@@ -349,10 +343,8 @@ class EvalConfig:
     num_samples: int = _f(1000, "generated images per Fréchet distance (volumes, data.dims = 3: 64 unless set, "
                                 "each scored as slices along three axes)", min=2)
     max_real: int = _f(0, "real images per client for statistics (0: all)", min=0)
-    feature_extractor: str = _f("auto", "auto (Inception if its weights are on disk, else a frozen random "
-                                "network), inception (FID), effnet-lite0 (fd-effnet), dinov2 (fd-dinov2), xrv "
-                                "(chest X-ray DenseNet, fd-xrv), or random (fd-random); `fedsynth weights fetch "
-                                "NAME` gets weights", choices=EXTRACTORS.names())
+    feature_extractor: str = _f("auto", EXTRACTORS.help() + "; `fedsynth weights fetch NAME` gets weights",
+                                choices=EXTRACTORS.names())
     inception_weights: str = _f("", "path to the FID Inception weights "
                                 "(weights-inception-2015-12-05-6726825d.pth); never downloaded")
     kid_subsets: int = _f(50, "KID: number of random subsets", min=1)
@@ -390,8 +382,7 @@ class PrivacyConfig:
     client_dp: bool = _f(False, "client-level DP at the server: clip each update, add noise")
     client_dp_clip: float = _f(0.1, "client-level DP: update norm bound", min=0.0, exclusive_min=True)
     client_dp_noise: float = _f(1.0, "client-level DP: noise multiplier", min=0.0)
-    robust: str = _f("none", "robust aggregation: median, trimmed-mean, krum, multi-krum, clip",
-                     choices=ROBUST_RULES.names())
+    robust: str = _f("none", "robust aggregation: " + ROBUST_RULES.help(), choices=ROBUST_RULES.names())
     trim: float = _f(0.2, "trimmed-mean: fraction dropped at each end", min=0.0, max=0.49)
     byzantine: int = _f(1, "krum/multi-krum: number of clients assumed malicious", min=0)
     clip_norm: float = _f(0.0, "clip: bound on each update's norm (0: the round's median norm)", min=0.0)

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from ..config import UserError, check_output_path, load_config
+from ..registry import SOURCES
 from ..report.terminal import partition_table
 from .common import console, fail, load_with_progress, old_n, typer_group
 
@@ -17,7 +18,8 @@ data_app = typer_group("Inspect built-in and local data.")
 
 @data_app.command("preview")
 def data_preview(
-    name: str = typer.Argument(..., help="phantom-xray, phantom-ct, phantom-histo or (volumes) phantom-mr"),
+    name: str = typer.Argument(..., help="A built-in phantom: " + " | ".join(
+        n for n in SOURCES if SOURCES[n].kind == "phantom") + " (volumes: see --dims)"),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
     images: int = typer.Option(32, "--images", "-n", help="Number of images in the montage."),
     size: int = typer.Option(64, "--size", help="Image side in pixels (volumes: voxels)."),
