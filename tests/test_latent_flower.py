@@ -134,7 +134,7 @@ def test_a_node_with_another_autoencoder_stops_the_run_naming_the_site(tmp_path,
         fed.stop()
     text = run.stdout + run.stderr
     assert run.returncode == 2, text[-3000:]  # the server reported an error ([fedsynth] error)
-    line = next((x for x in text.splitlines() if "error: site 1:" in x), None)
+    line = next((x for x in text.splitlines() if "error: site 1" in x), None)
     assert line is not None, text[-3000:]
     print(line)
     assert "sha256" in line and "not the run's" in line and str(root / "other") in line, line

@@ -138,12 +138,14 @@ class LatentDiffusionModel(DiffusionModel):
 
     @classmethod
     def pinned(cls, cfg: Any) -> Any:
-        """``cfg`` with the hash of its frozen autoencoder (``autoencoder.sha256``), when not set."""
+        """``cfg`` with the hash of its frozen autoencoder (``autoencoder.sha256``) when not set;
+        when set, this machine's copy (``autoencoder.path``) is checked against it (a site's
+        greeting, a server given the agreed hash)."""
         a = cfg.autoencoder
-        if not a.path or a.sha256:
+        if not a.path:
             return cfg
-        _ae, _desc, sha = load_autoencoder(a.path)
-        return dataclasses.replace(cfg, autoencoder=dataclasses.replace(a, sha256=sha))
+        _ae, _desc, sha = load_autoencoder(a.path, a.sha256)
+        return cfg if a.sha256 else dataclasses.replace(cfg, autoencoder=dataclasses.replace(a, sha256=sha))
 
     @classmethod
     def from_description(cls, desc: dict[str, Any]) -> "LatentDiffusionModel":

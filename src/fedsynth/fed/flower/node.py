@@ -194,6 +194,8 @@ def _hello(node: Node) -> dict[str, Any]:
     """Who this node is, what its data looks like, and (if the run evaluates) the moments of its
     real images' features -- sums over images, never an image."""
     from ...fed.evaluation import real_statistics
+    from ...registry import FAMILIES
+    FAMILIES.load(node.cfg.model.family).pinned(node.cfg)  # what every site must hold identical (a frozen autoencoder)
     d = node.data
     meta: dict[str, Any] = {"client-id": node.cid, "num-examples": len(d), "channels": d.channels,
                             "image-size": d.size, "class-names": json.dumps(list(d.class_names)),
