@@ -58,6 +58,12 @@ class FeatureExtractor(nn.Module):
 
     batch_size: int = 250  # images per forward pass in extract()
 
+    @classmethod
+    def from_options(cls, *, seed: int, inception_weights: str, effnet_input: int) -> "FeatureExtractor":
+        """The network registered under its name (:data:`fedsynth.registry.EXTRACTORS`), built
+        from :func:`build_extractor`'s options (each network takes the ones it needs)."""
+        raise NotImplementedError
+
     @property
     def num_features(self) -> int:  # what torchmetrics reads from a custom feature module
         return self.dims
@@ -85,6 +91,10 @@ class RandomConvFeatures(FeatureExtractor):
     Input is resized to ``input_size`` so distances compare across image sizes."""
 
     widths = (32, 64, 128, 256)
+
+    @classmethod
+    def from_options(cls, *, seed: int, inception_weights: str, effnet_input: int) -> "RandomConvFeatures":
+        return cls(seed=seed)
 
     def __init__(self, seed: int = 0, input_size: int = 64):
         super().__init__()
@@ -125,6 +135,16 @@ class RandomConvFeatures(FeatureExtractor):
 
 class InceptionFeatures(FeatureExtractor):
     """2048-d pool features of the FID Inception-v3 (torchmetrics' ``NoTrainInceptionV3``)."""
+
+    @classmethod
+    def from_options(cls, *, seed: int, inception_weights: str, effnet_input: int) -> "InceptionFeatures":
+        path = find_inception_weights(inception_weights)
+        if path is None:
+            raise UserError(f"config key 'eval.feature-extractor' is 'inception' but no weights were "
+                            f"found: run `fedsynth weights fetch inception` on a connected machine, or set "
+                            f"'eval.inception-weights' to a local copy of {INCEPTION_FILE} "
+                            f"(fedsynth never downloads while it evaluates)")
+        return cls(path)
 
     def __init__(self, weights_path: Path):
         super().__init__()
@@ -245,6 +265,10 @@ class EffNetLite0Features(FeatureExtractor):
     # took ~25 ms per image, a batch of 250 ~80 ms (CPU time, one thread).
     batch_size = 4
 
+    @classmethod
+    def from_options(cls, *, seed: int, inception_weights: str, effnet_input: int) -> "EffNetLite0Features":
+        return cls(input_size=effnet_input)
+
     def __init__(self, input_size: int = EFFNET_INPUT, weights_path: Path | None = None):
         super().__init__()
         why = effnet_unavailable() if weights_path is None else ""
@@ -299,6 +323,10 @@ class DinoV2Features(FeatureExtractor):
     input_size = 224
     batch_size = 4
 
+    @classmethod
+    def from_options(cls, *, seed: int, inception_weights: str, effnet_input: int) -> "DinoV2Features":
+        return cls(cached_weights("dinov2"))
+
     def __init__(self, weights_path: Path):
         super().__init__()
         try:
@@ -339,6 +367,10 @@ class XrvFeatures(FeatureExtractor):
 
     input_size = 224
     batch_size = 4
+
+    @classmethod
+    def from_options(cls, *, seed: int, inception_weights: str, effnet_input: int) -> "XrvFeatures":
+        return cls(cached_weights("xrv"))
 
     def __init__(self, weights_path: Path):
         super().__init__()
@@ -475,23 +507,13 @@ def _build_2d(kind: str, inception_weights: str, seed: int, effnet_input: int) -
     if kind not in KINDS:
         raise UserError(f"config key 'eval.feature-extractor': unknown value {kind!r}; "
                         f"choose one of {', '.join(KINDS)}")
-    if kind == "random":
-        return RandomConvFeatures(seed=seed)
-    if kind == "effnet-lite0":
-        return EffNetLite0Features(input_size=effnet_input)
-    if kind in ("dinov2", "xrv"):
-        path = cached_weights(kind)
-        return DinoV2Features(path) if kind == "dinov2" else XrvFeatures(path)
+    if kind != "auto":
+        return EXTRACTORS.load(kind).from_options(seed=seed, inception_weights=inception_weights,
+                                                  effnet_input=effnet_input)
     path = find_inception_weights(inception_weights)
     if path is not None:
         ext: FeatureExtractor = InceptionFeatures(path)
-        if kind == "auto":
-            ext.notice = f"feature network: inception (FID), weights {path}"
-    elif kind == "inception":
-        raise UserError(f"config key 'eval.feature-extractor' is 'inception' but no weights were "
-                        f"found: run `fedsynth weights fetch inception` on a connected machine, or set "
-                        f"'eval.inception-weights' to a local copy of {INCEPTION_FILE} "
-                        f"(fedsynth never downloads while it evaluates)")
+        ext.notice = f"feature network: inception (FID), weights {path}"
     else:
         # auto does not pick effnet-lite0 yet: one evaluation round at the defaults (3 x 1,000
         # samples) costs ~90 s of CPU with it here vs ~2 s with the random network, which would
