@@ -201,3 +201,15 @@ def test_pixel_space_diffusion_trains_on_volumes_too():
     assert m.train(_images(4, 8, dims=3), 2, 2, torch.Generator().manual_seed(0)).steps == 2
     x = m.sample(None, m.latents(2, torch.Generator().manual_seed(0)))
     assert x.shape == (2, 1, 8, 8, 8) and x.abs().max() <= 1
+
+
+def test_class_conditional_latent_diffusion_samples_each_class(tmp_path, stage1):
+    """The UNet's label embedding and classifier-free guidance work on latents as on pixels: a
+    conditional stage-2 run's released model draws images of a class asked for."""
+    from fedsynth.checkpoint import load_released
+    _run(tmp_path / "ld", "model.family=latent-diffusion", f"autoencoder.path={stage1 / 'ae'}", *UNET, *QUIET,
+         "diffusion.conditional=true", "diffusion.guidance-scale=2.0")
+    model, state, names = load_released(tmp_path / "ld")
+    assert model.conditional and len(names) >= 2
+    a, b = model.generate(state, 2, seed=0, label=0), model.generate(state, 2, seed=0, label=1)
+    assert a.shape == b.shape == (2, 1, 16, 16) and not torch.equal(a, b)  # the same latents, another class
