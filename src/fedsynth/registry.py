@@ -165,13 +165,14 @@ SOURCES = Registry("data.source", [
     Entry("sample-ct", "data.sources:load_source", "pydicom's CT test slices", kind="sample"),
 ])
 
+# Robust aggregation rules; each target is the rule RobustAggregation applies in place of the mean
 ROBUST_RULES = Registry("privacy.robust", [
     Entry("none", "", "plain (weighted) mean"),
-    Entry("median", "privacy.robust:RobustAggregation", "coordinate-wise median (Yin et al. 2018)"),
-    Entry("trimmed-mean", "privacy.robust:RobustAggregation", "coordinate-wise trimmed mean (Yin et al. 2018)"),
-    Entry("krum", "privacy.robust:RobustAggregation", "Krum (Blanchard et al. 2017)"),
-    Entry("multi-krum", "privacy.robust:RobustAggregation", "Multi-Krum (Blanchard et al. 2017)"),
-    Entry("clip", "privacy.robust:RobustAggregation", "norm clipping, then the mean (Sun et al. 2019)"),
+    Entry("median", "privacy.robust:median_rule", "coordinate-wise median (Yin et al. 2018)"),
+    Entry("trimmed-mean", "privacy.robust:trimmed_mean_rule", "coordinate-wise trimmed mean (Yin et al. 2018)"),
+    Entry("krum", "privacy.robust:krum_rule", "Krum (Blanchard et al. 2017)"),
+    Entry("multi-krum", "privacy.robust:multi_krum_rule", "Multi-Krum (Blanchard et al. 2017)"),
+    Entry("clip", "privacy.robust:clip_rule", "norm clipping, then the mean (Sun et al. 2019)"),
 ])
 
 

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from ..registry import ROBUST_RULES
 from ..updates import Average, ClientUpdate, State, StrategyWrapper, by_client, update_norm, weighted_average
 
 
@@ -73,18 +74,42 @@ def norm_clip(updates: Sequence[ClientUpdate], global_state: State, bound: float
     return weighted_average(clipped, [u.num_examples for u in updates])
 
 
+# The rules as registry.ROBUST_RULES loads them: (one update per client, global weights, the
+# [privacy] options) -> the aggregated weights; each takes the options it needs.
+
+def median_rule(ups: Sequence[ClientUpdate], global_state: State, *, trim: float, byzantine: int,
+                clip_norm: float) -> State:
+    return coordinate_median(ups)
+
+
+def trimmed_mean_rule(ups: Sequence[ClientUpdate], global_state: State, *, trim: float, byzantine: int,
+                      clip_norm: float) -> State:
+    return trimmed_mean(ups, trim)
+
+
+def krum_rule(ups: Sequence[ClientUpdate], global_state: State, *, trim: float, byzantine: int,
+              clip_norm: float) -> State:
+    return krum(ups, global_state, byzantine, multi=False)
+
+
+def multi_krum_rule(ups: Sequence[ClientUpdate], global_state: State, *, trim: float, byzantine: int,
+                    clip_norm: float) -> State:
+    return krum(ups, global_state, byzantine, multi=True)
+
+
+def clip_rule(ups: Sequence[ClientUpdate], global_state: State, *, trim: float, byzantine: int,
+              clip_norm: float) -> State:
+    return norm_clip(ups, global_state, clip_norm)
+
+
 def robust_average(name: str, updates: Sequence[ClientUpdate], global_state: State, trim: float = 0.2,
                    byzantine: int = 1, clip_norm: float = 0.0) -> State:
-    ups = by_client(updates)
-    if name == "median":
-        return coordinate_median(ups)
-    if name == "trimmed-mean":
-        return trimmed_mean(ups, trim)
-    if name in ("krum", "multi-krum"):
-        return krum(ups, global_state, byzantine, multi=name == "multi-krum")
-    if name == "clip":
-        return norm_clip(ups, global_state, clip_norm)
-    raise ValueError(f"unknown robust aggregation {name!r}")
+    """The robust rule registered as ``name`` (:data:`fedsynth.registry.ROBUST_RULES`) applied to
+    ``updates`` (merged per client first)."""
+    if name not in RULES:
+        raise ValueError(f"unknown robust aggregation {name!r}")
+    return ROBUST_RULES.load(name)(by_client(updates), global_state, trim=trim, byzantine=byzantine,
+                                   clip_norm=clip_norm)
 
 
 class RobustAggregation(StrategyWrapper):
@@ -104,4 +129,4 @@ class RobustAggregation(StrategyWrapper):
         return self.inner.aggregate(global_state, updates, rng=rng, average=self._average)
 
 
-RULES = ("median", "trimmed-mean", "krum", "multi-krum", "clip")
+RULES = tuple(n for n in ROBUST_RULES if ROBUST_RULES[n].target)  # "none" is no rule: the plain mean
