@@ -149,12 +149,13 @@ EXTRACTORS = Registry("eval.feature-extractor", [
     Entry("random", "metrics.features:RandomConvFeatures", "a frozen, seeded random conv net (fd-random, not FID)"),
 ])
 
+# Each target loads the whole data set from the config: ``target(cfg, progress) -> ImageSet``
 SOURCES = Registry("data.source", [
-    Entry("phantom-xray", "data.phantoms:make_phantom", "built-in chest radiograph phantoms", kind="phantom"),
-    Entry("phantom-ct", "data.phantoms:make_phantom", "built-in axial CT phantoms (data.dims = 3: chest CT volumes)",
+    Entry("phantom-xray", "data:load_phantom", "built-in chest radiograph phantoms", kind="phantom"),
+    Entry("phantom-ct", "data:load_phantom", "built-in axial CT phantoms (data.dims = 3: chest CT volumes)",
           kind="phantom"),
-    Entry("phantom-histo", "data.phantoms:make_phantom", "built-in RGB H&E tile phantoms", kind="phantom"),
-    Entry("phantom-mr", "data.phantoms3d:make_volume_phantom", "built-in head MR volumes, T1 or T2 (data.dims = 3)",
+    Entry("phantom-histo", "data:load_phantom", "built-in RGB H&E tile phantoms", kind="phantom"),
+    Entry("phantom-mr", "data:load_phantom", "built-in head MR volumes, T1 or T2 (data.dims = 3)",
           kind="phantom"),
     Entry("folder", "data.sources:load_source", "PNG/JPEG/TIFF/BMP files under data.path", kind="files"),
     Entry("dicom", "data.sources:load_source", "DICOM files under data.path", kind="files"),

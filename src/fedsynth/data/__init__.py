@@ -19,11 +19,15 @@ from .sources import DataError, load_source
 def load_dataset(cfg: Config, progress: Callable[[int, int], None] | None = None) -> ImageSet:
     """The whole data set a run's clients share out (research mode, one machine)."""
     from ..registry import SOURCES
-    if SOURCES[cfg.data.source].kind == "phantom":
-        if cfg.data.dims == 3:
-            return make_volume_phantom(cfg.data.source, cfg.data.num_images, cfg.data.image_size, cfg.run.seed)
-        return make_phantom(cfg.data.source, cfg.data.num_images, cfg.data.image_size, cfg.run.seed)
-    return load_source(cfg, progress)
+    return SOURCES.load(cfg.data.source)(cfg, progress)
+
+
+def load_phantom(cfg: Config, progress: Callable[[int, int], None] | None = None) -> ImageSet:
+    """A built-in phantom source (:data:`fedsynth.registry.SOURCES`): ``data.num-images`` images,
+    or volumes with ``data.dims = 3``, drawn from the run seed."""
+    if cfg.data.dims == 3:
+        return make_volume_phantom(cfg.data.source, cfg.data.num_images, cfg.data.image_size, cfg.run.seed)
+    return make_phantom(cfg.data.source, cfg.data.num_images, cfg.data.image_size, cfg.run.seed)
 
 
 def class_meaning(source: str, dims: int = 2) -> str | None:
@@ -47,4 +51,4 @@ def partition_for(cfg: Config, data: ImageSet) -> list[ImageSet]:
 
 
 __all__ = ["ImageSet", "make_phantom", "PHANTOMS", "make_volume_phantom", "PHANTOMS3D", "partition", "partition_for", "summary",
-           "SCHEMES", "load_dataset", "load_source", "DataError", "class_meaning", "preview_set"]
+           "SCHEMES", "load_dataset", "load_phantom", "load_source", "DataError", "class_meaning", "preview_set"]
