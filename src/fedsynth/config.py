@@ -283,6 +283,13 @@ class FedConfig:
     mu: float = _f(0.01, "fedprox: proximal weight", min=0.0)
     fixbn_round: int = _f(5, "fixbn: rounds of ordinary BatchNorm training; from the next round on every "
                           "BatchNorm layer normalises with its aggregated running statistics, frozen", min=1)
+    fedcar_samples: int = _f(256, "fedcar: images the server generates from each site's generator per round to "
+                             "compare the sites (features of the seeded random network)", min=2)
+    fedcar_temperature: float = _f(1.0, "fedcar: temperature of the weights, in units of the round's median "
+                                   "distance to the consensus: weight ∝ n_k exp(-d_k / (temperature x median d))",
+                                   min=0.0, exclusive_min=True)
+    fedcar_mix: float = _f(0.5, "fedcar: share of the distance-based weights; the rest is FedAvg's sample-count "
+                           "weights (0: FedAvg)", min=0.0, max=1.0)
     dyn_alpha: float = _f(0.01, "feddyn: regularisation weight", min=0.0, exclusive_min=True)
     server_lr: float = _f(0.0, "fedavgm/fedadam/fedyogi server learning rate (0: 0.3 for "
                           "fedavgm, 1e-2 for fedadam/fedyogi; see docs/results.md)", min=0.0)
@@ -867,9 +874,10 @@ def _check_diffusion(cfg: Config) -> None:
 
 
 def _no_fixbn(cfg: Config, what: str) -> None:
-    if cfg.fed.strategy == "fixbn":
-        raise UserError(f"config key 'fed.strategy' = 'fixbn' freezes BatchNorm statistics; {what} normalises "
-                        f"with GroupNorm (no running statistics): use fedavg or fedbn")
+    does = {"fixbn": "freezes", "fbn": "aggregates the pooled data's"}.get(cfg.fed.strategy)
+    if does:
+        raise UserError(f"config key 'fed.strategy' = '{cfg.fed.strategy}' {does} BatchNorm statistics; {what} "
+                        f"normalises with GroupNorm (no running statistics): use fedavg or fedbn")
 
 
 def _check_autoencoder(cfg: Config) -> None:

@@ -123,6 +123,12 @@ STRATEGIES = Registry("fed.strategy", [
     Entry("fedbn", "fed.strategies:FedBN", "FedAvg with normalisation layers kept local (Li et al. 2021)"),
     Entry("fixbn", "fed.strategies:FixBN", "FedAvg whose BatchNorm statistics are frozen after fed.fixbn-round "
           "(Zhong et al. 2024)"),
+    Entry("fbn", "fed.skew:FBN", "FedAvg whose BatchNorm variance adds the between-site variance of the means: "
+          "the pooled data's statistics (FBN, Guerraoui et al. 2024)",
+          secagg="its BatchNorm variance needs each site's mean, and secure aggregation shows only their sum"),
+    Entry("fedcar", "fed.skew:FedCAR", "FedAvg weighted down for sites whose generated features are far from the "
+          "consensus (FedCAR, Kim et al. 2024; fed.fedcar-*)",
+          secagg="the server samples each site's generator, and secure aggregation shows only their sum"),
     Entry("swt", "fed.strategies:SingleWeightTransfer", "single weight transfer: one block of rounds per client",
           flower="it passes one model from site to site", secagg=_NO_MEAN),
     Entry("cwt", "fed.strategies:CyclicWeightTransfer", "cyclic weight transfer: every client in turn each round",

@@ -102,6 +102,7 @@ def setup_strategy(cfg: Any, strategy: Any, model: GenerativeModel, init: State,
     if not travel and strategy.aggregates:
         raise UserError(f"config key 'fed.share' = {list(cfg.fed.share)} matches no weights: nothing would travel")
     strategy.setup(init, model.parameter_keys() & travel, num_clients)
+    strategy.attach(cfg, model)
     return travel
 
 
