@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fedsynth.fed import ClientUpdate, FedAvg, weighted_average
+from fedsynth.fed.strategies import STRATEGIES as STRATEGY_NAMES
 
 
 def test_weighted_average_hand_computed():
@@ -171,7 +172,7 @@ def test_shared_keys_patterns():
 
 def test_every_strategy_name_builds_the_strategy_of_that_name():
     from fedsynth.fed.strategies import STRATEGIES, Strategy
-    assert len(STRATEGIES) == 18
+    assert len(STRATEGIES) == 16
     for name in STRATEGIES:
         s = build_strategy(name)
         assert isinstance(s, Strategy) and s.name == name, (name, s)
@@ -246,3 +247,20 @@ def test_fixbn_is_refused_for_the_diffusion_family():
     from fedsynth.config import UserError, load_config
     with pytest.raises(UserError, match="diffusion UNet normalises with GroupNorm"):
         load_config(None, ["model.family=diffusion", "fed.strategy=fixbn"])
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGY_NAMES))
+def test_every_strategy_says_what_it_releases(name):
+    """One owner decides what a run releases (fed/release.py): a strategy that aggregates releases
+    its global model; local releases each site's own, ensemble their mixture -- also when wrapped."""
+    from fedsynth.config import build_config
+    from fedsynth.fed.release import Release
+    from fedsynth.fed.strategies import build_strategy, strategy_from_config
+    release = Release.of(build_strategy(name))
+    assert release.kind == {"local": "own", "ensemble": "mixture"}.get(name, "global")
+    assert release.one_model == build_strategy(name).aggregates
+    assert release.scores == ("local" if name == "local" else "global")
+    cfg = build_config(overrides=[f"fed.strategy={name}", "privacy.robust=median"])
+    assert Release.of(strategy_from_config(cfg.fed, cfg.privacy)) == release  # through a wrapper
+    with pytest.raises(ValueError, match="one of global, mixture, own"):
+        Release("everyone")

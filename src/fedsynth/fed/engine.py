@@ -35,6 +35,7 @@ from ..updates import State
 from ..utils import numpy_rng
 from .client import ClientResult, ClientState, local_steps, setup_strategy, workload_notes
 from .evaluation import Evaluator
+from .release import Release
 from .server import ServerState, build_server_trainer, server_round
 from .strategies import strategy_from_config
 
@@ -245,6 +246,7 @@ class Federation:
         self.reporter = reporter or Reporter()
         self.class_names = list(class_names)
         self.strategy = strategy_from_config(cfg.fed, cfg.privacy)
+        self.release = Release.of(self.strategy)  # what the rounds score and draw as the run's model
         init = model.state()
         if cfg.fed.init_from:
             init = load_init(cfg.fed.init_from, init)
@@ -358,11 +360,10 @@ class Federation:
     def plan(self, to_eval: set[int]) -> RunPlan:
         """The run's layout for the reporter: which scores the rounds will carry."""
         ev, cfg = self.evaluator, self.cfg
-        released = self.server.released is not None or self.strategy.name == "ensemble"
         return RunPlan(rounds=cfg.fed.rounds, first=self.start_round, clients=len(self.pool.ids),
                        metric=ev.extractor.metric if ev is not None else "",
-                       scores="" if ev is None else ("global" if released else "local"),
-                       per_site=bool(ev is not None and self.server.released is not None and cfg.eval.per_site
+                       scores="" if ev is None else self.release.scores,
+                       per_site=bool(ev is not None and self.release.one_model and cfg.eval.per_site
                                      and len(self.pool.ids) > 1),
                        eval_rounds=frozenset(to_eval))
 

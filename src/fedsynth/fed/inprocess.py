@@ -29,6 +29,7 @@ from ..utils import numpy_rng, torch_generator
 from .client import ClientResult, ClientState, SiteWorkspaces, client_round
 from .engine import ClientPool, Federation, Record, Reporter, StopRun
 from .evaluation import Evaluator, holdout_statistics, sites_summary, site_statistics
+from .release import MIXTURE, OWN
 
 
 class InProcessClients(ClientPool):
@@ -173,16 +174,16 @@ class InProcessClients(ClientPool):
             for cid, c in self.clients.items():
                 own += self._ev(cid).evaluate(self._own_model(c), 0, cid, cid)
         recs: list[Record] = []
-        if fed.strategy.name == "ensemble":
+        if fed.release.kind == MIXTURE:  # the mixture of the sites' generators, scored as one
             fed.reporter.evaluating("ensemble of local generators")
             feats = [self._ev(c.id).fake_features(c.weights, None, mask) for c, mask in self._mixture_masks()]
             return ev.score(np.concatenate(feats), r, "global", None) + own
-        if fed.server.released is None:  # local baseline: each hospital's model on everyone's data
+        if fed.release.kind == OWN:  # each hospital's own model on everyone's data
             for cid, c in self.clients.items():
                 recs += self._ev(cid).evaluate(c.weights, r, cid, None)
             return own + recs
         fed.reporter.evaluating("global model")
-        state = fed.server.released
+        state = fed.release.model(fed.server)
         feats = ev.fake_features(state, None)
         recs += ev.score(feats, r, "global", None)
         if self.cfg.eval.per_site and len(self.clients) > 1:
@@ -193,9 +194,8 @@ class InProcessClients(ClientPool):
         return recs + own
 
     def grid(self):
-        ev, released = self.fed.evaluator, self.fed.server.released
-        if released is not None:
-            return ev.grid(released)
+        if self.fed.release.one_model:
+            return self.fed.evaluator.grid(self.fed.release.model(self.fed.server))
         return torch.cat([self._ev(c.id).grid(c.weights) for c in self.clients.values()])  # one block of rows per client
 
     def real_grid(self):
@@ -219,17 +219,16 @@ class InProcessClients(ClientPool):
             first = self.first
             return torch.full((1, *first.images.shape[1:]), -1.0)
 
-        if self.fed.server.released is None:  # one block of rows per client's own model
+        if not self.fed.release.one_model:  # one block of rows per client's own model
             tiles = [pick([cid], label) for cid in sites for label in labels]
         else:
             tiles = [pick(sites[i % len(sites):] + sites[:i % len(sites)], label) for i, label in enumerate(labels)]
         return torch.cat(tiles)
 
     def realism_extremes(self):
-        released = self.fed.server.released
-        if released is None or self.fed.strategy.name == "ensemble":  # scores not in z_eval's order
+        if not self.fed.release.one_model:  # the sites' models: scores not in z_eval's order
             return None
-        return self.fed.evaluator.realism_extremes(released)
+        return self.fed.evaluator.realism_extremes(self.fed.release.model(self.fed.server))
 
     # ---- checkpoints
     def state_dict(self):

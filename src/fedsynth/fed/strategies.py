@@ -70,6 +70,10 @@ class Strategy:
     ----------
     aggregates : bool
         False for strategies where clients keep their own models (``local``, ``ensemble``).
+    release : str
+        What the run releases (:mod:`fedsynth.fed.release`): ``"global"`` (the aggregated model;
+        every strategy that aggregates), ``"own"`` (each site's own model: ``local``) or
+        ``"mixture"`` (the mixture of the sites' models: ``ensemble``).
     sequential : bool
         Clients train one after another, each from the previous one's weights (SWT/CWT).
     local_steps : int | None
@@ -79,6 +83,7 @@ class Strategy:
     name = "base"
     pools_data = False
     aggregates = True
+    release = "global"
     sequential = False
     local_steps: int | None = None
     keeps_norm_local = False
@@ -97,10 +102,6 @@ class Strategy:
         """Called once by the engine: which keys are parameters, how many clients exist."""
         self.param_keys = set(param_keys)
         self.num_clients = num_clients
-
-    def attach(self, cfg: Any, model: Any) -> None:
-        """Called once by the engine with the run's configuration and this process's model
-        workspace (FedCAR samples the sites' generators with it on the server); most ignore it."""
 
     # ---- client side
     def client_hooks(self, client_state: dict[str, Any], global_state: State, round_: int = 0) -> list:
@@ -507,6 +508,7 @@ class Local(Strategy):
 
     name = "local"
     aggregates = False
+    release = "own"
 
     def aggregate(self, global_state, updates, rng=None, average=None):
         return global_state
@@ -517,6 +519,7 @@ class Ensemble(Local):
     generators (each weighted by its client's sample count)."""
 
     name = "ensemble"
+    release = "mixture"
 
 
 class SingleWeightTransfer(SequentialTransfer):

@@ -415,13 +415,13 @@ class FlowerClients(ClientPool):
 
     def evaluate_global(self, r):
         self.pending = r  # the nodes score it when they receive it
-        ev, state = self.fed.evaluator, self.fed.server.released
+        ev, state = self.fed.evaluator, self.fed.release.model(self.fed.server)
         if not self.whole or state is None:
             return []
         return ev.evaluate(state, r, "global", None)
 
     def grid(self):
-        return self.fed.evaluator.grid(self.fed.server.released) if self.whole else None
+        return self.fed.evaluator.grid(self.fed.release.model(self.fed.server)) if self.whole else None
 
     def finish(self):
         if self.pending < 0:  # the last round's global model, scored where the data is
