@@ -172,7 +172,7 @@ def test_shared_keys_patterns():
 
 def test_every_strategy_name_builds_the_strategy_of_that_name():
     from fedsynth.fed.strategies import STRATEGIES, Strategy
-    assert len(STRATEGIES) == 16
+    assert len(STRATEGIES) == 18
     for name in STRATEGIES:
         s = build_strategy(name)
         assert isinstance(s, Strategy) and s.name == name, (name, s)

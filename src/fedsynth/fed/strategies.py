@@ -103,6 +103,10 @@ class Strategy:
         self.param_keys = set(param_keys)
         self.num_clients = num_clients
 
+    def attach(self, cfg: Any, model: Any) -> None:
+        """Called once by the engine with the run's configuration and this process's model
+        workspace (FedCAR samples the sites' generators with it on the server); most ignore it."""
+
     # ---- client side
     def client_hooks(self, client_state: dict[str, Any], global_state: State, round_: int = 0) -> list:
         """Hooks for client training in round ``round_`` (:class:`fedsynth.train.TrainHook`)."""
