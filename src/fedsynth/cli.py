@@ -384,7 +384,8 @@ def audit(
     seed: int = typer.Option(0, "--seed", help="Seed of the generated images and of the audit's sampling."),
     n: Optional[int] = old_n(),
 ) -> None:
-    """Memorisation (nearest training vs held-out image), diversity and a PCA plot.
+    """Memorisation (nearest training vs held-out image), diversity and a PCA plot. Volumes are
+    compared per plane (xy, yz, zx) in the random feature network's space of their slices.
 
     Examples:
       fedsynth audit --checkpoint runs/quick --train phantom-xray \\
@@ -399,11 +400,29 @@ def audit(
         fail(str(e))
     _say_model(released)
     verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
+    if hasattr(res, "planes"):  # volumes: per plane, in a feature network's space
+        _say_volume_audit(res, verdict, n, out)
+        return
     console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
                   f"held-out image (≈50% expected); median distance ratio train/held-out {res.median_ratio:.3f}; "
                   f"diversity ratio {res.diversity_ratio:.2f}; {res.distinct_nn_fraction:.1%} of training images "
                   f"are a sample's nearest neighbour", highlight=False)
     console.print(f"closest pairs: {out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}")
+
+
+def _say_volume_audit(res, verdict: str, n: int, out: Path) -> None:
+    """``fedsynth audit``'s lines for a volume checkpoint: the verdict, the feature network, one line per plane."""
+    which = f" on {', '.join(res.flagged_planes)}" if res.flagged else " on any plane"
+    console.print(f"{verdict}{which}: {n} generated volumes, nearest neighbours per plane in the feature space "
+                  f"of {res.extractor}, each volume {res.slices} slices per plane (≈50% nearer a training "
+                  f"volume expected; flagged above 75% or below a median ratio of 0.5)", highlight=False)
+    for p, r in res.planes.items():
+        console.print(f"  {p}: {r.nearer_train_fraction:.1%} nearer a training volume than any held-out one; "
+                      f"median distance ratio train/held-out {r.median_ratio:.3f}; diversity ratio "
+                      f"{r.diversity_ratio:.2f}; {r.distinct_nn_fraction:.1%} of training volumes are a nearest "
+                      f"neighbour{'  [red]flagged[/]' if r.flagged else ''}", highlight=False)
+    console.print(f"closest pairs ({res.telling_plane} plane; orthogonal mid-slices, generated over training): "
+                  f"{out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}; per plane: {out / 'audit.json'}")
 
 
 @app.command()

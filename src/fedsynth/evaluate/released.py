@@ -99,16 +99,23 @@ def score_images(real: str, fake: str | None, checkpoint: Path | None, which: st
 def audit(checkpoint: Path, which: str | None, train: str, held: str, train_set: list[str], held_set: list[str],
           n: int, seed: int, out: Path, load: Load = load_dataset):
     """``(released, result)``: :func:`fedsynth.privacy.audit.write_audit` of ``n`` samples of the
-    model ``checkpoint`` released against its ``train`` and ``held``-out images, written to ``out``."""
+    model ``checkpoint`` released against its ``train`` and ``held``-out images, written to ``out``.
+    A volume checkpoint reads its sets as volumes and is audited per plane in the random
+    network's feature space (:func:`fedsynth.privacy.audit.write_volume_audit`, a
+    :class:`~fedsynth.privacy.audit.VolumeAuditResult`)."""
     from ..checkpoint import load_released
-    from ..privacy.audit import write_audit
+    from ..privacy.audit import write_audit, write_volume_audit
     released = load_released(checkpoint, None, which)
     model, state, _ = released
-    images_only(model, "audit")
     side = model.describe()["image_size"]
-    tr = images_of(train, side, 10**9, 0, list(train_set), load).batch()
-    he = images_of(held, side, 10**9, 0, list(held_set), load).batch()
+    volumes = model.describe().get("dims", 2) == 3
+    dims = ["data.dims=3"] if volumes else []
+    tr = images_of(train, side, 10**9, 0, dims + list(train_set), load).batch()
+    he = images_of(held, side, 10**9, 0, dims + list(held_set), load).batch()
     xf = model.generate(state, n, seed)
+    if volumes:
+        from ..report.montage import orthogonal_slices
+        return released, write_volume_audit(xf, tr, he, out, orthogonal_slices, seed)
     return released, write_audit(xf, tr, he, out, seed)
 
 

@@ -10,6 +10,12 @@ training set is much nearer training images. The audit is flagged when more than
 ratio d(train) / d(held-out) is below 0.5. Distances are Euclidean in pixel space at 32 px
 (what a person would call a copy).
 
+**Volumes** (``(N, C, D, H, W)``, :func:`volume_memorisation_audit`) are compared in feature
+space, per plane, as the 2.5-D distances score them: for each plane (``xy``, ``yz``, ``zx``) a
+volume is one row, the features of 8 evenly spaced slices along that plane through a 2-D
+network (the frozen random network by default), concatenated; then the same statistics and
+thresholds per plane, flagged when any plane is.
+
 **Diversity**: mean pairwise distance among generated images over the same among real images
 (1 = as diverse as the data; well below 1 = mode collapse), and the fraction of distinct
 training images that are some sample's nearest neighbour.
@@ -56,13 +62,25 @@ def diversity(fake: torch.Tensor, real: torch.Tensor) -> float:
 def memorisation_audit(fake: torch.Tensor, train: torch.Tensor, held: torch.Tensor, threshold: float = 0.75,
                        n_closest: int = 8, seed: int = 0) -> AuditResult:
     """See the module docstring. Images in [-1, 1], ``(N, C, H, W)``."""
-    n = min(len(train), len(held))
+    train_idx, held_idx = _equal_sizes(len(train), len(held), seed)
+    train, held = train[train_idx], held[held_idx]
+    return _nn_audit(_flat(fake), _flat(train), _flat(held), threshold, n_closest, diversity(fake, train))
+
+
+def _equal_sizes(n_train: int, n_held: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of equal-sized subsets of the training and held-out sets (a seeded random subset
+    of the larger one), so that "nearer a training image" has a 50 % baseline."""
+    n = min(n_train, n_held)
     g = torch.Generator().manual_seed(seed)
-    if len(train) > n:
-        train = train[torch.randperm(len(train), generator=g)[:n]]
-    if len(held) > n:
-        held = held[torch.randperm(len(held), generator=g)[:n]]
-    f, t, h = _flat(fake), _flat(train), _flat(held)
+    train = torch.randperm(n_train, generator=g)[:n] if n_train > n else torch.arange(n_train)
+    held = torch.randperm(n_held, generator=g)[:n] if n_held > n else torch.arange(n_held)
+    return train, held
+
+
+def _nn_audit(f: torch.Tensor, t: torch.Tensor, h: torch.Tensor, threshold: float, n_closest: int,
+              diversity_ratio: float) -> AuditResult:
+    """The statistics of :func:`memorisation_audit` from rows already embedded: generated ``f``,
+    training ``t`` and held-out ``h`` (equal-sized sets), ``(N, d)`` each."""
     dt = torch.cdist(f, t)
     d_train, nn_train = dt.min(dim=1)
     d_held = torch.cdist(f, h).min(dim=1).values
@@ -70,7 +88,7 @@ def memorisation_audit(fake: torch.Tensor, train: torch.Tensor, held: torch.Tens
     ratio = float(torch.median(d_train / d_held.clamp_min(1e-12)))
     order = torch.argsort(d_train)[:n_closest]
     closest = [(int(i), int(nn_train[i]), float(d_train[i])) for i in order]
-    return AuditResult(nearer, ratio, nearer > threshold or ratio < 0.5, diversity(fake, train),
+    return AuditResult(nearer, ratio, nearer > threshold or ratio < 0.5, diversity_ratio,
                        float(len(torch.unique(nn_train)) / len(t)), closest)
 
 
@@ -120,4 +138,121 @@ def write_audit(fake: torch.Tensor, train: torch.Tensor, held: torch.Tensor, out
     atomic_write_text(out / "audit.json", json.dumps({**res.as_dict(), "train_images": len(train),
                                                      "held_images": len(held), "generated": len(fake),
                                                      "closest": res.closest}, indent=2) + "\n")
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Volumes: nearest neighbours in feature space, per plane
+
+VOLUME_SLICES = 8  # evenly spaced slices per axis that embed a volume
+
+
+@dataclass
+class VolumeAuditResult:
+    """The memorisation audit of volumes: one :class:`AuditResult` per plane (``xy``, ``yz``,
+    ``zx``), made in the feature space of ``extractor`` (its name) from ``slices`` slices per axis.
+    Flagged when any plane is. ``closest`` training indices are into the training set given."""
+
+    planes: dict[str, AuditResult]
+    extractor: str
+    slices: int
+
+    @property
+    def flagged(self) -> bool:
+        return any(r.flagged for r in self.planes.values())
+
+    @property
+    def flagged_planes(self) -> list[str]:
+        return [p for p, r in self.planes.items() if r.flagged]
+
+    @property
+    def telling_plane(self) -> str:
+        """The plane whose generated volumes sit nearest their training neighbours (lowest median
+        ratio): the one whose closest pairs are worth a look."""
+        return min(self.planes, key=lambda p: self.planes[p].median_ratio)
+
+    def as_dict(self) -> dict:
+        return {"space": "features per plane", "feature_network": self.extractor, "slices_per_axis": self.slices,
+                "embedding": f"per plane: the features of {self.slices} evenly spaced slices, concatenated in order",
+                "memorisation_flagged": self.flagged, "flagged_planes": self.flagged_planes,
+                "nearer_train_fraction_max": max(r.nearer_train_fraction for r in self.planes.values()),
+                "median_ratio_min": min(r.median_ratio for r in self.planes.values()),
+                "planes": {p: {**r.as_dict(), "closest": r.closest} for p, r in self.planes.items()}}
+
+
+def plane_embeddings(volumes: torch.Tensor, extractor, slices: int = VOLUME_SLICES) -> dict[str, torch.Tensor]:
+    """One row per volume and plane: the 2-D features (``extractor``, e.g. the random network)
+    of the volume's ``slices`` evenly spaced slices along that plane (0: all), concatenated in
+    slice order, float64 ``(N, k * d)``. Concatenation rather than a mean keeps where a slice
+    lies, so a copy must match its source slice by slice at the same depth."""
+    from ..metrics.features import PlaneFeatures
+    from ..metrics.planes import PLANES, slice_indices
+    k = len(slice_indices(volumes.shape[2], slices))
+    rows = PlaneFeatures(extractor, slices).extract(volumes).double()   # (N * k, 3 * d), row n * k + j
+    rows = rows.reshape(len(volumes), k, len(PLANES), extractor.dims)
+    return {p: rows[:, :, i].reshape(len(volumes), -1) for i, p in enumerate(PLANES)}
+
+
+def volume_memorisation_audit(fake: torch.Tensor, train: torch.Tensor, held: torch.Tensor, threshold: float = 0.75,
+                              n_closest: int = 8, seed: int = 0, extractor=None,
+                              slices: int = VOLUME_SLICES) -> VolumeAuditResult:
+    """:func:`memorisation_audit` for volumes ``(N, C, D, H, W)`` in [-1, 1], per plane.
+
+    Each volume is embedded per plane by :func:`plane_embeddings`; per plane, the same statistics
+    as for images on those rows (Euclidean distances): the fraction of generated volumes nearer a
+    training than a held-out volume (about 0.5 expected), the median ratio of the two distances,
+    flagged above ``threshold`` or below 0.5; the diversity ratio (mean pairwise distance of
+    generated over training rows) and the fraction of training volumes that are a nearest
+    neighbour.
+
+    Parameters
+    ----------
+    extractor : FeatureExtractor, optional
+        The 2-D feature network slices go through; default the frozen random network (seed 0),
+        fast on a CPU and enough to tell a copy.
+    slices : int, default 8
+        Evenly spaced slices per axis (0: all).
+    """
+    return _volume_audit(fake, train, held, threshold, n_closest, seed, extractor, slices)[0]
+
+
+def _volume_audit(fake, train, held, threshold, n_closest, seed, extractor, slices):
+    """:func:`volume_memorisation_audit` and the rows it compared: ``(result, generated rows,
+    training rows)``, rows per plane."""
+    if extractor is None:
+        from ..metrics import RandomConvFeatures
+        extractor = RandomConvFeatures()
+    train_idx, held_idx = _equal_sizes(len(train), len(held), seed)
+    ef, et, eh = (plane_embeddings(x, extractor, slices) for x in (fake, train[train_idx], held[held_idx]))
+    planes = {}
+    for p in ef:
+        div = float(torch.pdist(ef[p]).mean() / torch.pdist(et[p]).mean())
+        r = _nn_audit(ef[p], et[p], eh[p], threshold, n_closest, div)
+        r.closest = [(i, int(train_idx[j]), d) for i, j, d in r.closest]   # indices into ``train``
+        planes[p] = r
+    k = et[next(iter(et))].shape[1] // extractor.dims
+    return VolumeAuditResult(planes, extractor.name, k), ef, et
+
+
+def write_volume_audit(fake: torch.Tensor, train: torch.Tensor, held: torch.Tensor, out, picture, seed: int = 0,
+                       extractor=None, slices: int = VOLUME_SLICES) -> VolumeAuditResult:
+    """Run :func:`volume_memorisation_audit` and write ``out/audit.json`` (an entry per plane),
+    ``closest-pairs.png`` (the closest pairs of the plane with the lowest median ratio, each
+    volume as the 2-D ``picture`` -- e.g. its three orthogonal mid-slices -- generated over
+    training) and ``embedding-pca.png`` (the three planes' rows side by side)."""
+    import json
+    from pathlib import Path
+
+    from ..utils import atomic_write_text
+    out = Path(out)
+    res, ef, et = _volume_audit(fake, train, held, 0.75, 8, seed, extractor, slices)
+    out.mkdir(parents=True, exist_ok=True)
+    plane = res.telling_plane
+    closest_pairs_image(picture(fake), picture(train), res.planes[plane].closest, out / "closest-pairs.png")
+    whole = lambda rows: torch.cat(list(rows.values()), dim=1).numpy()  # noqa: E731
+    embedding_plot(whole(et), whole(ef), out / "embedding-pca.png",
+                   "PCA of per-plane slice features: real vs generated volumes")
+    atomic_write_text(out / "audit.json", json.dumps({**res.as_dict(), "closest_pairs_plane": plane,
+                                                     "train_volumes": len(train), "held_volumes": len(held),
+                                                     "generated": len(fake)}, indent=2) + "\n")
     return res
