@@ -373,7 +373,7 @@ def test_heterogeneous_sites_and_server_data_over_flower_match_the_in_process_en
     ref = engine.run()
     shared = [k for k in ref.global_state if k.startswith("G.")]
     assert shared and all(torch.equal(ref.global_state[k], ck["global"][k]) for k in shared)
-    own = engine.fed.server.own
+    own = engine.server.own
     assert own and all(torch.equal(own[k], ck["server-training"]["own"][k]) for k in own)
     nodes_json = json.loads((tmp_path / "run" / "nodes.json").read_text())
     assert nodes_json["0"]["settings"] == {"train.batch-size": 8}
