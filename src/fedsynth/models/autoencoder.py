@@ -32,7 +32,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import time
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -41,7 +40,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..train import steps_per_epoch
-from ..train.device import autocast, images_on
+from ..train.device import PerDataSet, autocast, cpu_state, images_on
 from .base import GenerativeModel, TrainResult, description_fields
 from .gan import norm_keys
 
@@ -175,7 +174,7 @@ class AutoencoderModel(GenerativeModel):
         if self.D is not None:
             self.opts["D"] = torch.optim.Adam(self.D.parameters(), lr=lr, betas=(0.5, 0.9))
         self._fresh = {k: o.state_dict() for k, o in self.opts.items()}
-        self._images: dict[int, tuple[Any, torch.Tensor]] = {}
+        self._images = PerDataSet()  # each client's images on the device
 
     # ---- build
     @classmethod
@@ -202,8 +201,7 @@ class AutoencoderModel(GenerativeModel):
 
     # ---- weights
     def state(self):
-        return {k: v.detach().clone() if v.device.type == "cpu" else v.detach().cpu()
-                for k, v in self.nets.state_dict().items()}
+        return cpu_state(self.nets)
 
     def load(self, state, opt_state=None):
         self.nets.load_state_dict(state)
@@ -230,11 +228,7 @@ class AutoencoderModel(GenerativeModel):
     # ---- train
     def train(self, data, steps, batch_size, generator, on_step=None, hooks=(), dp=None) -> TrainResult:
         G, D, dev, spec = self.G, self.D, self.device, self.spec
-        hit = self._images.get(id(data))
-        if hit is None or hit[0]() is not data:
-            self._images = {k: v for k, v in self._images.items() if v[0]() is not None}
-            self._images[id(data)] = hit = (weakref.ref(data), images_on(data.images, dev))
-        images = hit[1]
+        images = self._images.get(data, lambda d: images_on(d.images, dev))
         n = len(data)
         bs = min(batch_size, n)
         per_epoch = steps_per_epoch(n, bs)

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import time
-import weakref
 import zlib
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -46,7 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..train import steps_per_epoch
-from ..train.device import autocast, images_on
+from ..train.device import PerDataSet, autocast, cpu_state, images_and_labels
 from .base import GenerativeModel, TrainResult, description_fields
 from .gan import norm_keys
 
@@ -198,17 +197,22 @@ class DiffusionModel(GenerativeModel):
         fused = {"fused": True} if self.device.type == "cuda" else {}
         self.opt = torch.optim.Adam(self.G.unet.parameters(), lr=lr, betas=(0.9, 0.999), **fused)
         self._fresh = self.opt.state_dict()
-        self._images: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self._images = PerDataSet()  # each client's (images, labels) on the device
 
     # ---- build
     @classmethod
     def from_config(cls, cfg, image_size: int, channels: int, num_classes: int) -> "DiffusionModel":
+        return cls(unet_spec(cfg, image_size, channels, num_classes), **cls.run_options(cfg))
+
+    @staticmethod
+    def run_options(cfg: Any) -> dict[str, Any]:
+        """How a run trains the UNet, beside its spec: initialisation seed, learning rate, label
+        dropout, device and precision (the constructor's keywords)."""
         from ..train.device import resolve_device
         from ..utils import derive_seed
         d = cfg.diffusion
-        spec = unet_spec(cfg, image_size, channels, num_classes)
-        return cls(spec, seed=derive_seed(cfg.run.seed, "init"), lr=d.lr, cond_drop=d.cond_drop,
-                   device=resolve_device(cfg.run.device), precision=cfg.train.precision)
+        return dict(seed=derive_seed(cfg.run.seed, "init"), lr=d.lr, cond_drop=d.cond_drop,
+                    device=resolve_device(cfg.run.device), precision=cfg.train.precision)
 
     @staticmethod
     def spec_of(desc: dict[str, Any], ignore: tuple[str, ...] = ()) -> DiffusionSpec:
@@ -228,8 +232,7 @@ class DiffusionModel(GenerativeModel):
 
     # ---- weights
     def state(self):
-        return {k: v.detach().clone() if v.device.type == "cpu" else v.detach().cpu()
-                for k, v in self.nets.state_dict().items()}
+        return cpu_state(self.nets)
 
     def load(self, state, opt_state=None):
         self.nets.load_state_dict(state)
@@ -258,14 +261,7 @@ class DiffusionModel(GenerativeModel):
     # ---- train
     def _on_device(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's uint8 images and labels on the device, moved once per data set."""
-        hit = self._images.get(id(data))
-        if hit is not None and hit[0]() is data:
-            return hit[1], hit[2]
-        self._images = {k: v for k, v in self._images.items() if v[0]() is not None}
-        images = images_on(data.images, self.device)
-        labels = torch.from_numpy(data.labels).to(images.device)
-        self._images[id(data)] = (weakref.ref(data), images, labels)
-        return images, labels
+        return self._images.get(data, lambda d: images_and_labels(d, self.device))
 
     def train(self, data, steps, batch_size, generator, on_step=None, hooks=(), dp=None) -> TrainResult:
         unet, dev, T = self.G.unet, self.device, self.spec.timesteps

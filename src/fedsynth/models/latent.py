@@ -24,7 +24,6 @@ References: Rombach et al. 2022 (arXiv:2112.10752), Pinaya et al. 2022 (arXiv:22
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ import torch
 
 from ..config import UserError
 from .autoencoder import AutoencoderModel, LatentAutoencoder, autoencoder_sha256
+from ..train.device import PerDataSet, images_and_labels
 from .diffusion import DiffusionModel, DiffusionSpec, unet_spec
 
 ENCODE_BATCH = 32
@@ -107,7 +107,7 @@ class LatentDiffusionModel(DiffusionModel):
         self.autoencoder = autoencoder.to(self.device)
         self.ae_desc, self.ae_sha256, self.ae_path = ae_desc, ae_sha256, ae_path
         self.scale = float(autoencoder.latent_sq.rsqrt())
-        self._latents: dict[int, tuple[Any, tuple[torch.Tensor, torch.Tensor], torch.Tensor]] = {}
+        self._latents = PerDataSet()  # each client's ((mu, sigma), labels) on the device
 
     @staticmethod
     def _spec(cfg: Any, ae_desc: dict[str, Any], num_classes: int) -> DiffusionSpec:
@@ -116,8 +116,6 @@ class LatentDiffusionModel(DiffusionModel):
 
     @classmethod
     def from_config(cls, cfg, image_size: int, channels: int, num_classes: int) -> "LatentDiffusionModel":
-        from ..train.device import resolve_device
-        from ..utils import derive_seed
         a = cfg.autoencoder
         if not a.path:
             raise UserError("model.family = 'latent-diffusion' needs config key 'autoencoder.path': the released "
@@ -132,9 +130,7 @@ class LatentDiffusionModel(DiffusionModel):
         if spec.image_size >> (len(spec.widths) - 1) < 1:
             raise UserError(f"config key 'diffusion.channels' has {len(spec.widths)} levels: the latent side "
                             f"({spec.image_size}) cannot halve {len(spec.widths) - 1} times; use fewer levels")
-        return cls(spec, ae, desc, sha, str(autoencoder_file(a.path).resolve()), seed=derive_seed(cfg.run.seed, "init"), lr=cfg.diffusion.lr,
-                   cond_drop=cfg.diffusion.cond_drop, device=resolve_device(cfg.run.device),
-                   precision=cfg.train.precision)
+        return cls(spec, ae, desc, sha, str(autoencoder_file(a.path).resolve()), **cls.run_options(cfg))
 
     @classmethod
     def pinned(cls, cfg: Any) -> Any:
@@ -163,12 +159,11 @@ class LatentDiffusionModel(DiffusionModel):
     # ---- train: the clean inputs are the autoencoder's latents
     def _on_device(self, data) -> tuple[Any, torch.Tensor]:
         """The client's latent moments ``(mu, sigma)`` and labels on the device, encoded once per
-        data set."""
-        hit = self._latents.get(id(data))
-        if hit is not None and hit[0]() is data:
-            return hit[1], hit[2]
-        self._latents = {k: v for k, v in self._latents.items() if v[0]() is not None}
-        images, labels = super()._on_device(data)
+        data set (only the latents are kept, not the images)."""
+        return self._latents.get(data, self._encode)
+
+    def _encode(self, data) -> tuple[Any, torch.Tensor]:
+        images, labels = images_and_labels(data, self.device)
         mus, sigmas = [], []
         with torch.inference_mode():
             for i in range(0, len(images), ENCODE_BATCH):
@@ -176,10 +171,7 @@ class LatentDiffusionModel(DiffusionModel):
                 mu, sigma = self.autoencoder.moments(x)
                 mus.append(mu.float())
                 sigmas.append(sigma.float())
-        moments = (torch.cat(mus).clone(), torch.cat(sigmas).clone())  # (normal tensors, usable in autograd)
-        self._images.pop(id(data), None)  # only the latents stay
-        self._latents[id(data)] = (weakref.ref(data), moments, labels)
-        return moments, labels
+        return (torch.cat(mus).clone(), torch.cat(sigmas).clone()), labels  # (normal tensors, usable in autograd)
 
     def _clean(self, moments: Any, i: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         mu, sigma = moments[0][i.to(moments[0].device)], moments[1][i.to(moments[0].device)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,36 @@ def set_deterministic(on: bool) -> None:
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of ``module``'s weights, always on the CPU (what travels, aggregates and is saved)."""
+    return {k: v.detach().clone() if v.device.type == "cpu" else v.detach().cpu()
+            for k, v in module.state_dict().items()}
+
+
+class PerDataSet:
+    """Values computed once per data set (e.g. a client's images moved to the device, or their
+    latents) and kept while the set lives: keyed by the set's identity, forgotten once it is dropped."""
+
+    def __init__(self) -> None:
+        self._hits: dict[int, tuple[Any, Any]] = {}  # id(data) -> (weak reference, value)
+
+    def get(self, data: Any, make: Any) -> Any:
+        """The value for ``data``, made by ``make(data)`` the first time."""
+        hit = self._hits.get(id(data))
+        if hit is not None and hit[0]() is data:
+            return hit[1]
+        self._hits = {k: v for k, v in self._hits.items() if v[0]() is not None}  # forget dropped sets
+        value = make(data)
+        self._hits[id(data)] = (weakref.ref(data), value)
+        return value
+
+
+def images_and_labels(data: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A data set's ``uint8`` images (:func:`images_on`) and its labels beside them."""
+    images = images_on(data.images, device)
+    return images, torch.from_numpy(data.labels).to(images.device)
 
 
 def images_on(images: np.ndarray, device: torch.device, budget: float = 0.25) -> torch.Tensor:

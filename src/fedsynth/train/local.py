@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import copy
 import time
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
 from ..data import ImageSet
-from .device import autocast, images_on
+from .device import PerDataSet, autocast, cpu_state, images_and_labels
 from .losses import GANLoss
 
 
@@ -97,21 +96,14 @@ class LocalTrainer:
         self.opt_d = torch.optim.Adam(gan.D.parameters(), lr=optim.lr_d, betas=optim.betas, **fused)
         self._fresh_g = self.opt_g.state_dict()
         self._fresh_d = self.opt_d.state_dict()
-        self._images: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}  # id(data) -> (ref, images, labels)
+        self._images = PerDataSet()  # each client's (images, labels) on the device
         # layers that draw from torch's global RNG while training (dropout, stochastic depth)
         self._stochastic = any(_draws_randomly(m) for m in gan.modules())
 
     def _on_device(self, data: ImageSet) -> tuple[torch.Tensor, torch.Tensor]:
         """The client's ``uint8`` images and labels on the device, moved once per data set (on the
         CPU: the arrays' own memory)."""
-        hit = self._images.get(id(data))
-        if hit is not None and hit[0]() is data:
-            return hit[1], hit[2]
-        self._images = {k: v for k, v in self._images.items() if v[0]() is not None}  # forget dropped sets
-        images = images_on(data.images, self.device)
-        labels = torch.from_numpy(data.labels).to(images.device)
-        self._images[id(data)] = (weakref.ref(data), images, labels)
-        return images, labels
+        return self._images.get(data, lambda d: images_and_labels(d, self.device))
 
     def _batch(self, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Real images in ``[-1, 1]`` and their labels for indices ``idx``, built on the device
@@ -133,8 +125,7 @@ class LocalTrainer:
 
     def weights(self) -> dict[str, torch.Tensor]:
         """A copy of the weights, always on the CPU (what travels, aggregates and is saved)."""
-        return {k: v.detach().clone() if v.device.type == "cpu" else v.detach().cpu()
-                for k, v in self.gan.state_dict().items()}
+        return cpu_state(self.gan)
 
     def opt_state(self) -> dict[str, Any]:
         # state_dict() references the live tensors: deep-copy so the next client cannot alias it
