@@ -10,6 +10,7 @@ everything it spawned; it raises if anything survives).
   the node's context between rounds), on plain ``flower-supernode`` nodes (every message
   answered in a fresh ClientApp process), gives the in-process engine's weights.
 * A node whose data folder is missing stops the run with an error that names the client.
+* A server-side correction on the sites' samples (``fed.server-data = "sites"``): the in-process weights.
 * The diffusion family over TLS + node authentication: weights bit-identical to in-process.
 * Secure aggregation (SecAgg+) over TLS + node authentication: the server receives only masked
   vectors, and the global weights stay within the quantisation error of plain FedAvg.
@@ -381,6 +382,23 @@ def test_heterogeneous_sites_and_server_data_over_flower_match_the_in_process_en
     steps = {r["client"]: r["steps"] for r in _records(tmp_path / "run" / "timings.jsonl") if r.get("round") == 1
              and r["client"] != "server"}
     assert steps == {"0": 4, "1": 2}  # 32 images at batch 8 and at batch 16
+
+
+def test_server_correction_on_the_sites_samples_over_flower_matches_the_in_process_engine(tmp_path, sites):
+    """fed.server-data = "sites" (a server-side correction on samples of the sites' updated
+    models) lives in the shared server round: over Flower, with a conditional generator whose
+    labels come from the class counts the nodes report, the global weights are the in-process
+    engine's, bit for bit, and so are the server's records."""
+    cfg_path = tmp_path / "fedsynth.toml"
+    cfg_path.write_text(CONFIG.replace("rounds = 2", 'rounds = 1\nserver-data = "sites"\nserver-steps = 2')
+                        .replace("[model]\n", '[model]\nconditional = "concat"\n') + "[eval]\nenabled = false\n")
+    _run_app(_federation(tmp_path, sites), cfg_path, tmp_path / "run")
+    ck = torch.load(tmp_path / "run" / "checkpoints" / "round-0001.pt", weights_only=True)
+    ref = _in_process(cfg_path, sites)
+    assert all(torch.equal(ref.global_state[k], ck["global"][k]) for k in ref.global_state)
+    server = [r for r in _records(tmp_path / "run" / "metrics.jsonl") if r["client"] == "server"]
+    assert server == [r for r in ref.records if r["client"] == "server"]
+    assert {r["metric"] for r in server} == {"server-samples", "d-loss", "g-loss", "server-steps"}
 
 
 @pytest.fixture(scope="module")

@@ -309,11 +309,15 @@ class FedConfig:
     server_data: str = _f("", "data the server owns and trains the global model on after each aggregation: "
                           "a built-in or sample source (phantom-ct, sample-retina), KIND:PATH (folder:/data/public, "
                           "dicom:..., nifti:..., medmnist:...) or a folder path; preprocessed like the sites' "
-                          "images (empty: off)")
+                          "images; \"sites\": images the sites' updated models generate each round, drawn in "
+                          "proportion to their images (a FedDDPM-style server correction; a folder named sites: "
+                          "folder:sites) (empty: off)")
     server_steps: int = _f(50, "local steps the server trains on fed.server-data after each aggregation "
                            "(batch train.batch-size)", min=1)
     server_images: int = _f(0, "fed.server-data: phantoms generate this many images, file and sample sources "
-                            "keep a seeded subset of this many (0: data.num-images for phantoms, all files)", min=0)
+                            "keep a seeded subset of this many (0: data.num-images for phantoms, all files); "
+                            "\"sites\": images generated per round, over all sites (0: server-steps x "
+                            "train.batch-size)", min=0)
     ema: float = _f(0.0, "server-side EMA of the global model per round (0: off; e.g. 0.5); the "
                     "diffusion family also keeps its own per-step EMA (diffusion.ema-decay)",
                     min=0.0, max=0.9999)
@@ -801,17 +805,25 @@ def _check_cross_field(cfg: Config) -> None:
         raise UserError("config keys 'run.mlflow-uri' / 'run.mlflow-experiment': the URI must have no surrounding "
                         "spaces and the experiment name must not be empty")
     _check_hardware(cfg)
-    server_source(cfg.fed.server_data)  # its syntax; whether the files exist is checked when it loads
+    if server_source(cfg.fed.server_data) == (SERVER_SITES, ""):  # else its syntax; the files are checked when it loads
+        _check_server_sites(cfg)
     if cfg.eval.inception_weights and cfg.eval.feature_extractor == "random":
         raise UserError("config key 'eval.inception-weights' is set but "
                         "'eval.feature-extractor' is 'random'")
 
 
+#: ``fed.server-data`` for the samples of the sites' updated models (a server-side correction)
+SERVER_SITES = "sites"
+
+
 def server_source(spec: str) -> tuple[str, str] | None:
     """``fed.server-data`` as ``(data.source, data.path)``: a built-in or sample source by name,
-    ``KIND:PATH`` for a file source, or a bare path (a folder); None when empty."""
+    ``KIND:PATH`` for a file source, or a bare path (a folder); ``("sites", "")`` for
+    :data:`SERVER_SITES`; None when empty."""
     if not spec.strip():
         return None
+    if spec == SERVER_SITES:
+        return SERVER_SITES, ""
     files = [n for n in SOURCES.names() if SOURCES[n].kind == "files"]
     if spec in SOURCES:
         if SOURCES[spec].kind == "files":
@@ -826,6 +838,33 @@ def server_source(spec: str) -> tuple[str, str] | None:
             raise UserError(f"config key 'fed.server-data': {spec!r} names no path")
         return kind, path
     return "folder", spec
+
+
+def _check_server_sites(cfg: Config) -> None:
+    """``fed.server-data = "sites"`` trains the global model on samples of every site's own
+    update: refused where there is no global model, no set of site models, or where a privacy
+    or robustness setting promises something those samples would break."""
+    fed, pv = cfg.fed, cfg.privacy
+    why = {"local": "keeps no global model for the server to train",
+           "ensemble": "keeps no global model for the server to train (it releases the mixture itself)",
+           "swt": "passes one model from site to site: there is no mixture of site models to sample",
+           "cwt": "passes one model from site to site: there is no mixture of site models to sample"}.get(fed.strategy)
+    if why:
+        raise UserError(f"config key 'fed.server-data' = 'sites': fed.strategy = '{fed.strategy}' {why}")
+    conflicts = []
+    if fed.secure_aggregation:
+        conflicts.append("fed.secure-aggregation = true (the server sees only the sum of the updates)")
+    if pv.client_dp:
+        conflicts.append("privacy.client-dp = true (the samples come from each site's unclipped, un-noised "
+                         "model, so the released model would lose the client-level guarantee)")
+    if pv.robust != "none":
+        conflicts.append(f"privacy.robust = '{pv.robust}' (a site the rule outvotes would still train the global "
+                         f"model through its share of the samples)")
+    if conflicts:
+        raise UserError("config key 'fed.server-data' = 'sites' samples each site's own update, so it cannot be "
+                        "used with: " + "; ".join(conflicts))
+
+
 VOLUME_SOURCES = ("phantom-ct", "phantom-mr", "nifti", "dicom")
 
 

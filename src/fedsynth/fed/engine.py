@@ -211,6 +211,11 @@ class ClientPool:
         """The kept-local layers of these clients, where the server may see them (in-process)."""
         return None
 
+    def class_counts(self) -> dict[str, list[int]]:
+        """Each client's images per class (what a Flower node reports when it connects):
+        ``fed.server-data = "sites"`` draws a conditional model's labels from them."""
+        raise NotImplementedError
+
     def finish(self) -> list[Record]:
         """Records still owed after the last round (e.g. scores the nodes send later)."""
         return []
@@ -255,7 +260,9 @@ class Federation:
         self.local_keys = [k for k in init if k not in self.travel]
         self.server = ServerState(init if self.strategy.aggregates else None)
         # fed.server-data: the server trains the global model on data of its own after each aggregation
-        self.server_trainer = build_server_trainer(cfg, model, self.strategy, self.travel, pool.image_shape())
+        # (or, "sites", on samples of the sites' updated models)
+        self.server_trainer = build_server_trainer(cfg, model, self.strategy, self.travel, pool.image_shape(),
+                                                   pool.class_counts, self.class_names)
         if self.server_trainer is not None:
             self.server.own = {k: init[k].clone() for k in self.local_keys}
         self.start_round = 1

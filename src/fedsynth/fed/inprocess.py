@@ -72,6 +72,10 @@ class InProcessClients(ClientPool):
     def image_shape(self) -> tuple[int, int]:
         return self.first.channels, self.first.size
 
+    def class_counts(self) -> dict[str, list[int]]:
+        k = self.num_classes()
+        return {cid: (d.class_counts() + [0] * k)[:k] for cid, d in self.data.items()}
+
     def statistics(self, extractor, cfg: Config, num_classes: int, reporter: Reporter | None = None):
         """Each site's real-data statistics, one site after another (``reporter.busy`` for each)."""
         real, counts = {}, {}

@@ -327,6 +327,9 @@ class FlowerClients(ClientPool):
     def num_images(self, cid: str) -> int:
         return int(self.info[cid]["num-examples"])
 
+    def class_counts(self) -> dict[str, list[int]]:
+        return {cid: self.counts[cid].tolist() for cid in self.ids}
+
     def image_shape(self) -> tuple[int, int]:
         return self.channels, self.size
 
