@@ -207,3 +207,67 @@ def test_compare_names_the_model_family_and_prints_its_warnings(tmp_path):
     assert "warning: The runs train different model families (diffusion, gan)" in text  # a's: the default
     page = (tmp_path / "out" / "compare.html").read_text()
     assert "<th>model</th>" in page and "<td>diffusion</td>" in page
+
+
+def test_seeded_settings_are_one_curve_with_the_interval_band(tmp_path, monkeypatch):
+    """Folders of seeded runs (a sweep variant's seed-*/) are drawn as one curve per setting: the
+    geometric mean over the seeds on a log axis, the mean on a linear one, with the interval
+    helpers' 95 % band; a setting of one seed and a plain run keep a line."""
+    import matplotlib.axes
+
+    from fedsynth.metrics.intervals import geometric_interval, mean_interval
+    from fedsynth.report import compare as cmp
+
+    fds = {0: [40.0, 12.0, 3.0], 1: [42.0, 15.0, 4.0], 2: [39.0, 11.0, 2.5]}
+    for s, fd in fds.items():
+        make_run(tmp_path / "fedavg" / f"seed-{s}", "fedavg", fd, loss=(1.0 + s, 0.5))
+    make_run(tmp_path / "local" / "seed-0", "local", [40.0, 30.0, 20.0])        # a setting of one seed
+    central = make_run(tmp_path / "central", "centralized", [40.0, 10.0, 2.0])  # a plain run directory
+    drawn_bands, drawn_lines = [], []  # (axis, label, data) as compare's figures draw them
+    real_band, real_plot = cmp.draw_band, matplotlib.axes.Axes.plot
+
+    def band(ax, points, color, label, **kw):
+        drawn_bands.append((ax, label, points))
+        return real_band(ax, points, color, label, **kw)
+
+    def plot(ax, *args, **kw):
+        drawn_lines.append((ax, kw.get("label", ""), list(args[1]) if len(args) > 1 else None))
+        return real_plot(ax, *args, **kw)
+    monkeypatch.setattr(cmp, "draw_band", band)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    res = runner.invoke(app, ["compare", str(tmp_path / "fedavg"), str(tmp_path / "local"), str(central),
+                              "-o", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    # the axes' titles are set after the curves: read them now (the figures of the page, not each seed's)
+    bands = [(ax.get_title(), label, pts) for ax, label, pts in drawn_bands]
+    lines = {(ax.get_title().split()[0], label): ys for ax, label, ys in drawn_lines
+             if "95 % interval" in ax.get_title() and not label.startswith("_")}
+
+    # one band per panel, for fedavg's 3 seeds: the helper's intervals on the same values, round by round
+    fd_band = next(points for title, label, points in bands if title.startswith("fd-random"))
+    want = [geometric_interval([fds[s][r] for s in range(3)]) for r in range(3)]  # log axis: 2 ... 42
+    assert [r for r, _ in fd_band] == [0, 1, 2] and [iv for _, iv in fd_band] == want
+    assert all(iv.known and iv.low < iv.mean < iv.high for iv in want)
+    loss_band = next(points for title, label, points in bands if title.startswith("d-loss"))
+    assert [iv for _, iv in loss_band] == [mean_interval([(1.0 + s + 0.5) / 2 for s in range(3)])] * 2  # linear
+    assert {label for _, label, _ in bands} == {"fedavg (3 seeds)", "fedavg [mean over sites] (3 seeds)"}
+    # the same numbers in bands.csv, only for the band
+    rows = list(csv.DictReader((tmp_path / "out" / "bands.csv").open()))
+    fd_rows = [r for r in rows if r["metric"] == "fd-random"]
+    assert [(r["setting"], r["statistic"], r["seeds"], r["extractor"]) for r in fd_rows] == \
+        [("fedavg", "geometric mean", "3", RANDOM)] * 3
+    assert fd_rows[0]["runs"] == "fedavg/seed-0;fedavg/seed-1;fedavg/seed-2"
+    assert [(float(r["mean"]), float(r["low"]), float(r["high"])) for r in fd_rows] == \
+        [(iv.mean, iv.low, iv.high) for iv in want]
+    assert {r["statistic"] for r in rows if r["metric"] == "d-loss"} == {"mean"}
+    # one seed and a plain run: a line each, their own values
+    assert lines[("fd-random", "local [mean of local models on the union] (1 seed)")] == [40.0, 30.0, 20.0]
+    assert lines[("fd-random", "central (baseline)")] == [40.0, 10.0, 2.0]
+    assert not any(label.startswith("fedavg/seed") for metric, label in lines if metric == "fd-random")
+    # the caption says what the band is and names the metric and its feature network
+    page = (tmp_path / "out" / "compare.html").read_text()
+    assert "fd-random (random-conv-v1 features): geometric mean over 3 seeds, 95 % interval per round" in page
+    assert "d-loss: mean over 3 seeds, 95 % interval per round" in page
+    assert "<details><summary>Each seed's curve</summary>" in page                # each seed's own lines, collapsed
+    figs = sorted(p.name for p in (tmp_path / "out" / "figures").iterdir())
+    assert figs == ["d-loss.png", "fd-random_random-conv-v1.png"]

@@ -581,7 +581,10 @@ def compare(
     Writes OUT/compare.html (one self-contained page), OUT/compare.csv (each run's final value
     of every metric and its ratio to the baseline) and OUT/figures/*.png (the runs' curves of
     one metric overlaid, per feature network: distances from different networks are never
-    drawn on one axis). Sweeps write one for their variants (SWEEP/compare/).
+    drawn on one axis). Sweeps write one for their variants (SWEEP/compare/). A folder of
+    seeded runs (a sweep's SWEEP/<variant>/ with seed-*/) is one setting: its curve is the mean
+    over the seeds with a shaded 95 % interval (OUT/bands.csv), and OUT/seeds.md compares the
+    settings with intervals and paired ratios.
 
     Examples:
       fedsynth compare runs/0001-fedavg runs/0002-local -o runs/cmp

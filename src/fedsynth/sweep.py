@@ -535,26 +535,18 @@ def band_figure(groups: dict[str, list[Path]], out: Path) -> Path | None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from .metrics.intervals import geometric_interval
+    from .report.plots import draw_band, seed_band
     fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=110)
     metric = real = ""
     for i, (name, dirs) in enumerate(groups.items()):
-        per_round: dict[int, list[float]] = {}
+        series = []
         for d in dirs:
-            series, _, real = score_series(read_metrics(d))
+            ser, _, real = score_series(read_metrics(d))
             metric = metric or next((r["metric"] for r in read_metrics(d) if is_fd_metric(r["metric"])), "")
-            for r, v in series:
-                per_round.setdefault(r, []).append(v)
-        rounds = sorted(k for k, v in per_round.items() if len(v) == len(dirs))
-        if not rounds:
-            continue
-        ivs = [geometric_interval(per_round[r]) if min(per_round[r]) > 0 else None for r in rounds]
-        if any(iv is None for iv in ivs):
-            continue
-        color = plt.cm.tab10(i % 10)
-        ax.plot(rounds, [iv.mean for iv in ivs], "-", color=color, lw=1.6, label=f"{name} ({len(dirs)} seeds)")
-        if all(iv.known for iv in ivs):
-            ax.fill_between(rounds, [iv.low for iv in ivs], [iv.high for iv in ivs], color=color, alpha=0.18)
+            series.append(ser)
+        band = seed_band(series, geometric=True)
+        if band:
+            draw_band(ax, band, plt.cm.tab10(i % 10), f"{name} ({len(dirs)} seeds)")
     ax.set_yscale("log")
     ax.set_xlabel("round")
     ax.set_ylabel(f"{metric} ({'held-out' if real == 'holdout' else 'training'} images)", fontsize=9)
@@ -848,11 +840,13 @@ def compare_runs(run_dirs: list[Path], out: Path, baseline: Path | None = None, 
                  warn: Callable[[str], None] = lambda message: None) -> tuple[Path, list[dict[str, Any]] | None]:
     """``fedsynth compare``: ``OUT/compare.html`` of run directories side by side; folders of
     seeded runs (a sweep's ``<variant>/``) add means, intervals and paired ratios
-    (:func:`compare_over_seeds`), whose variant rows come back with the page (else None)."""
+    (:func:`compare_over_seeds`), whose variant rows come back with the page (else None), and are
+    drawn as one curve each, the band of their seeds."""
     from .report.compare import build_compare
-    seeded = [p for p in run_dirs if seed_runs(p)]
+    seeded = {p.name: seed_runs(p) for p in run_dirs if seed_runs(p)}
     section, rows = "", None
     if seeded:
         rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
     runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
-    return build_compare(runs, out, None if seeded else baseline, title, section, warn=warn), rows
+    return build_compare(runs, out, None if seeded else baseline, title, section, warn=warn,
+                         settings=seeded or None), rows

@@ -6,6 +6,14 @@ PNG per figure, written to an output folder::
     compare.html             the page
     compare.csv              the final-metric table (value and ratio to the baseline per metric)
     figures/<metric>.png     the runs' curves of one metric overlaid (one file per feature network)
+    bands.csv                settings run with several seeds: the band drawn per round
+
+Runs of one setting with different seeds (``settings``, as ``fedsynth compare`` passes a sweep
+variant's ``seed-*`` folders) are drawn as one curve: per round, the mean over the seeds with its
+95 % Student-t interval as a shaded band, or where the axis is logarithmic the geometric mean with
+the interval of the mean log (:func:`fedsynth.report.plots.seed_band`, the band of a sweep's
+``curves.png``). A run that is one seed keeps a plain line; each seed's own curve is on the page
+under a collapsed section.
 
 What is drawn for a run and a metric (its *headline series*): the global model's value (on the
 union of the sites' data, or the sites' summary for ``*-sites-*`` metrics); for a run with no
@@ -36,10 +44,11 @@ import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from ..config import UserError
 from ..registry import is_fd_metric, is_kid_metric
+from .plots import draw_band, seed_band
 from ..utils import atomic_write_bytes, atomic_write_text
 
 if sys.version_info >= (3, 11):
@@ -116,6 +125,31 @@ def _unique_labels(runs: list[Run]) -> None:
             return
         for r in clash:
             r.label = "/".join(r.path.resolve().parts[-depth:])
+
+
+@dataclass
+class Setting:
+    """Runs of one setting with different seeds, drawn as one curve (a band when there are two
+    or more); a run given alone is a setting of one run."""
+
+    label: str
+    runs: list[int]                       # indices into the compared runs, in seed order
+    seeded: bool = False                  # given as runs over seeds (labelled with its number of seeds)
+
+
+def group_settings(runs: Sequence[Run], settings: Mapping[str, Sequence[str | Path]] | None) -> list[Setting]:
+    """The runs grouped by ``settings`` (name -> run directories), in the order of their first run;
+    a run in no setting is a setting of its own, labelled as the run."""
+    where: dict[Path, str] = {}
+    for name, dirs in (settings or {}).items():
+        for d in dirs:
+            where[Path(d).resolve()] = name
+    out: dict[str, Setting] = {}
+    for i, r in enumerate(runs):
+        name = where.get(r.path.resolve())
+        key = f"\0{i}" if name is None else name      # a lone run never merges with a named setting
+        out.setdefault(key, Setting(r.label if name is None else name, [], name is not None)).runs.append(i)
+    return list(out.values())
 
 
 def choose_baseline(runs: Sequence[Run], baseline: str | Path | None = None) -> int:
@@ -264,35 +298,91 @@ def _colors(n: int, base: int) -> list[Any]:
     return out
 
 
-def plot_panel(p: Panel, runs: Sequence[Run], base: int) -> bytes:
-    """One PNG: every run's headline series of one metric; the baseline thick and black."""
+def log_axis(p: Panel) -> bool:
+    """Distances spanning a decade or more go on a log axis (as in report.html); a narrow range
+    stays linear."""
+    values = [y for ser, _ in p.series.values() for _, y in ser]
+    return (p.metric == "fid" or p.metric.startswith(("fd-", "fid-"))) and bool(values) and min(values) > 0 \
+        and max(values) / min(values) >= 10
+
+
+@dataclass
+class Band:
+    """One setting's curve over its seeds in one panel (:func:`fedsynth.report.plots.seed_band`)."""
+
+    setting: Setting
+    seeds: list[int]                      # the runs that have the panel's metric
+    geometric: bool                       # geometric mean and interval of the mean log (log axis)
+    points: list                          # [(round, Interval)]
+
+    @property
+    def statistic(self) -> str:
+        return "geometric mean" if self.geometric else "mean"
+
+
+def panel_bands(p: Panel, settings: Sequence[Setting]) -> list[Band]:
+    """The band of every setting with two or more seeds in the panel: per round that all of them
+    evaluated, their mean with its 95 % interval, geometric where the panel's axis is logarithmic."""
+    geometric = log_axis(p)
+    out = []
+    for s in settings:
+        seeds = [i for i in s.runs if i in p.series]
+        if len(seeds) >= 2:
+            out.append(Band(s, seeds, geometric, seed_band([p.series[i][0] for i in seeds], geometric)))
+    return out
+
+
+def band_caption(p: Panel, bands: Sequence[Band], named: bool = True) -> str:
+    """What a panel's bands are, naming the metric and its feature network (unless not ``named``):
+    ``fd-random (random-conv-v1 features): geometric mean over 3 seeds, 95 % interval per round``."""
+    if not bands:
+        return ""
+    ns = sorted({len(b.seeds) for b in bands})
+    seeds = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    what = f"{bands[0].statistic} over {seeds} seeds, 95 % interval per round (band)"
+    return f"{p.metric}{f' ({network(p.extractor)} features)' if p.extractor else ''}: {what}" if named else what
+
+
+def plot_panel(p: Panel, runs: Sequence[Run], base: int, settings: Sequence[Setting] | None = None) -> bytes:
+    """One PNG: the headline series of one metric; the baseline thick and black. Each setting of
+    two or more seeds is one curve with its band (:func:`panel_bands`); every other run a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    colors = _colors(len(runs), base)
-    ncol = 1 if len(p.series) <= 2 else 2
-    legend_rows = math.ceil(len(p.series) / ncol)
-    fig, ax = plt.subplots(figsize=(6.4, 3.3 + 0.2 * legend_rows), dpi=100)
-    for i in sorted(p.series, key=lambda i: (i != base, i)):
-        ser, what = p.series[i]
-        label = runs[i].label + (" (baseline)" if i == base else "")
-        if what != "global model":
-            label += f" [{what}]"
-        ax.plot([x for x, _ in ser], [y for _, y in ser], "-o", ms=3, color=colors[i],
-                lw=2.4 if i == base else 1.4, label=label, zorder=5 if i == base else 3)
+    settings = list(settings) if settings is not None else [Setting(r.label, [i]) for i, r in enumerate(runs)]
+    drawn = [s for s in settings if any(i in p.series for i in s.runs)]
+    base_at = next((k for k, s in enumerate(settings) if base in s.runs), -1)
+    colors = _colors(len(settings), base_at)
+    bands = {id(b.setting): b for b in panel_bands(p, settings)}
+    ncol = 1 if len(drawn) <= 2 else 2
+    legend_rows = math.ceil(len(drawn) / ncol)
+    fig, ax = plt.subplots(figsize=(6.4, 3.5 + 0.2 * legend_rows), dpi=100)
+    for k in sorted(range(len(settings)), key=lambda k: (k != base_at, k)):
+        s, is_base = settings[k], k == base_at
+        seeds = [i for i in s.runs if i in p.series]
+        if not seeds:
+            continue
+        what = p.series[seeds[0]][1]
+        label = s.label + (" (baseline)" if is_base else "") + (f" [{what}]" if what != "global model" else "")
+        style = dict(marker="o", ms=3, lw=2.4 if is_base else 1.4, zorder=5 if is_base else 3)
+        if id(s) in bands:
+            draw_band(ax, bands[id(s)].points, colors[k], f"{label} ({len(seeds)} seeds)", **style)
+        else:
+            ser = p.series[seeds[0]][0]
+            label += " (1 seed)" if s.seeded else ""
+            ax.plot([x for x, _ in ser], [y for _, y in ser], color=colors[k], label=label, **style)
     ax.set_xlabel("round")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(_ylabel(p), fontsize=9)
-    values = [y for ser, _ in p.series.values() for _, y in ser]
-    # distances spanning a decade or more on a log axis (as in report.html); a narrow range stays linear
-    if (p.metric == "fid" or p.metric.startswith(("fd-", "fid-"))) and values and min(values) > 0 \
-            and max(values) / min(values) >= 10:
+    if log_axis(p):
         ax.set_yscale("log")
     ax.grid(alpha=0.3, which="both")
-    title = p.metric + (f"   features: {p.extractor}" if p.extractor else "")
-    ax.set_title("\n".join(textwrap.wrap(title, 80)), fontsize=8)
+    title = "\n".join(textwrap.wrap(p.metric + (f"   features: {p.extractor}" if p.extractor else ""), 80))
+    if bands:
+        title += "\n" + band_caption(p, list(bands.values()), named=False)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=ncol, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
@@ -362,6 +452,26 @@ def _table_html(runs: Sequence[Run], ps: list[Panel], rows: list[dict[str, Any]]
     return "\n".join(out)
 
 
+def _write_bands(ps: list[Panel], settings: Sequence[Setting], runs: Sequence[Run], path: Path) -> bool:
+    """``bands.csv``: every band drawn, one line per setting, metric and round (mean, interval
+    low and high, the number of seeds and their runs); False, and no file, where none is drawn."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["setting", "metric", "extractor", "statistic", "seeds", "runs", "round", "mean", "low", "high"])
+    drawn = False
+    for p in ps:
+        for b in panel_bands(p, settings):
+            for rnd, iv in b.points:
+                drawn = True
+                w.writerow([b.setting.label, p.metric, p.extractor, b.statistic, len(b.seeds),
+                            ";".join(runs[i].label for i in b.seeds), rnd, repr(iv.mean), repr(iv.low), repr(iv.high)])
+    if drawn:
+        atomic_write_text(path, buf.getvalue())
+    elif path.exists():
+        path.unlink()  # a stale one from an earlier compare into the same folder
+    return drawn
+
+
 def _write_csv(runs: Sequence[Run], ps: list[Panel], base: int, path: Path) -> None:
     """The table in long form: one line per run and metric (metric, extractor, round, value, ratio)."""
     buf = io.StringIO()
@@ -386,7 +496,7 @@ table{border-collapse:collapse;font-size:.82em}td,th{border:1px solid #ccc;paddi
 td:first-child,th:first-child,td:nth-child(2),th:nth-child(2){text-align:left}.wide{overflow-x:auto}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(520px,1fr));gap:10px}.figs img{width:100%}
 .grids{display:flex;flex-wrap:wrap;gap:14px}.grids figure{margin:0}.grids img{width:260px;image-rendering:pixelated}
-figcaption{font-size:.8em;color:#555;max-width:260px;overflow-wrap:anywhere}.note{color:#555;font-size:.85em;font-weight:normal}
+figcaption{font-size:.8em;color:#555;max-width:260px;overflow-wrap:anywhere}figcaption.band{max-width:none}.note{color:#555;font-size:.85em;font-weight:normal}
 .ratio{color:#555}.warn{background:#fff4d6;border-left:4px solid #e0a800;padding:.4em .8em}"""
 
 
@@ -417,8 +527,10 @@ def _data_differs(runs: Sequence[Run]) -> str:
 
 
 def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str | Path | None = None,
-                  title: str = "", seeds_html: str = "", warn: Callable[[str], None] | None = None) -> Path:
-    """Write ``out/compare.html`` (and ``compare.csv``, ``figures/*.png``); return the page's path.
+                  title: str = "", seeds_html: str = "", warn: Callable[[str], None] | None = None,
+                  settings: Mapping[str, Sequence[str | Path]] | None = None) -> Path:
+    """Write ``out/compare.html`` (and ``compare.csv``, ``figures/*.png``, ``bands.csv`` where a
+    band is drawn); return the page's path.
 
     Parameters
     ----------
@@ -435,6 +547,10 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     warn : callable, optional
         Gets each caveat the page shows above its tables (runs on different data, distances from
         different feature networks, different model families), e.g. to print it too.
+    settings : mapping, optional
+        Runs of one setting with different seeds: name -> run directories (among ``run_dirs``).
+        Each figure draws one curve per setting, the mean over its seeds (the geometric mean on a
+        log axis) with its 95 % interval per round as a band; runs in no setting keep a line.
     """
     if not run_dirs:
         raise UserError("compare needs at least one run directory")
@@ -451,14 +567,20 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     base = choose_baseline(runs, baseline)
     out = Path(out)
     ps = panels(runs)
+    groups = group_settings(runs, settings)
+    for g in groups if settings else ():  # a seed's run is named within its setting: fedavg/seed-1
+        for i in g.runs if g.seeded else ():
+            runs[i].label = g.label if runs[i].path.name == g.label else f"{g.label}/{runs[i].path.name}"
+    banded = any(len(g.runs) > 1 for g in groups)
     taken: set[str] = set()
     figs = []
     alone = len(runs) == 1  # the baseline alone: nothing to overlay or divide by
     for p in ps if not alone else ():
-        png = plot_panel(p, runs, base)
+        png = plot_panel(p, runs, base, groups)
         name = _figure_name(p, taken)
         atomic_write_bytes(out / "figures" / name, png)
-        figs.append((p, name, png))
+        figs.append((p, name, png, band_caption(p, panel_bands(p, groups))))
+    _write_bands(ps if not alone else [], groups, runs, out / "bands.csv")
     rows = table_rows(runs, ps, base)
     _write_csv(runs, ps, base, out / "compare.csv")
 
@@ -479,13 +601,23 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
            "the centralized run (all data pooled)" if runs[base].strategy == "centralized" else
            "the first run given (no centralized run among them)")
     figs_html = "".join(f'<figure style="margin:0"><img src="{_data_uri(png)}" alt="{html.escape(p.metric)} per round">'
-                        f'</figure>' for p, _, png in figs)
+                        + (f'<figcaption class="band">{html.escape(cap)}; a run of one seed: a line. The numbers: '
+                           f'<code>bands.csv</code>.</figcaption>' if cap else "") + '</figure>'
+                        for p, _, png, cap in figs)
+    per_seed = band_note = ""
+    if banded and figs:  # each seed's own curve, out of the way
+        per_seed = ('<details><summary>Each seed\'s curve</summary><div class="figs">' + "".join(
+            f'<figure style="margin:0"><img src="{_data_uri(plot_panel(p, runs, base))}" '
+            f'alt="{html.escape(p.metric)} per round, each seed"></figure>' for p, _, _, _ in figs) + "</div></details>")
+        band_note = ('<p class="note">Runs of one setting with different seeds are one curve: per round the mean over '
+                     'the seeds, shaded: its 95 % Student-t interval; on a log axis the geometric mean and the '
+                     'interval of the mean log. A run of one seed is a line.</p>')
     grids_html = "".join(
         f'<figure><img src="{_data_uri(r.grid.read_bytes())}" alt="samples of {html.escape(r.label)}">'
         f'<figcaption>{html.escape(r.label)}{" (baseline)" if i == base else ""}: {html.escape(r.grid.stem)}</figcaption></figure>'
         if r.grid else f"<figure><figcaption>{html.escape(r.label)}: no sample grids</figcaption></figure>"
         for i, r in enumerate(runs))
-    title = title or f"{len(runs)} runs compared"
+    title = title or (f"{len(groups)} settings ({len(runs)} runs) compared" if banded else f"{len(runs)} runs compared")
     body = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fedsynth compare: {html.escape(title)}</title>
 <style>{CSS}</style></head><body>
 <h1>fedsynth compare: {html.escape(title)}</h1>
@@ -501,7 +633,7 @@ per-client numbers: the mean over clients.</span></p>
 feature network that measured it; in brackets the ratio to the baseline, missing where the baseline has no
 value of that metric (a centralized run has no per-site scores) or measured it with another network. Also in
 <code>compare.csv</code>.</p><div class="wide">{_table_html(runs, ps, rows, base)}</div>
-<h2>Curves</h2><div class="figs">{figs_html or ("<p>Not drawn: one run.</p>" if alone else "<p>No metric curves.</p>")}</div>
+<h2>Curves</h2>{band_note}<div class="figs">{figs_html or ("<p>Not drawn: one run.</p>" if alone else "<p>No metric curves.</p>")}</div>{per_seed}
 <h2>Samples (each run's last grid, fixed latents)</h2><div class="grids">{grids_html}</div>
 </body></html>"""
     page = out / "compare.html"

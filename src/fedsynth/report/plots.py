@@ -1,13 +1,17 @@
-"""Figures of a run: Fréchet distance per site and for the global model."""
+"""Figures of a run: Fréchet distance per site and for the global model; the band of a curve
+measured over seeds, which ``fedsynth compare`` and the sweeps' ``curves.png`` draw."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..registry import is_fd_metric, is_kid_metric
 from ..utils import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from ..metrics.intervals import Interval
 
 
 def series_name(r: dict[str, Any]) -> str:
@@ -45,6 +49,36 @@ def fd_series(records: list[dict[str, Any]], metric: str | None = None) -> dict[
         if (metric is None and is_fd_metric(r["metric"])) or r["metric"] == metric:
             out.setdefault(series_name(r), []).append((r["round"], r["value"]))
     return {k: sorted(v) for k, v in out.items()}
+
+
+def seed_band(series: Sequence[Sequence[tuple[int, float]]], geometric: bool,
+              level: float = 0.95) -> list[tuple[int, Interval]]:
+    """One curve measured over seeds, ``[(round, Interval), ...]``: per round that every series
+    (one per seed) has, the mean over the seeds with its ``level`` Student-t interval
+    (:func:`~fedsynth.metrics.intervals.mean_interval`), or with ``geometric`` the geometric mean
+    with the interval of the mean log (:func:`~fedsynth.metrics.intervals.geometric_interval`,
+    symmetric on a log axis, never below 0). With one series the intervals are unknown (a plain
+    line). ``[]`` where ``geometric`` meets a value that is not positive."""
+    from ..metrics.intervals import geometric_interval, mean_interval  # scipy: only when a band is drawn
+    per_round: dict[int, list[float]] = {}
+    for s in series:
+        for r, v in s:
+            per_round.setdefault(int(r), []).append(float(v))
+    rounds = sorted(r for r, v in per_round.items() if len(v) == len(series))
+    if geometric and any(v <= 0 for r in rounds for v in per_round[r]):
+        return []
+    stat = geometric_interval if geometric else mean_interval
+    return [(r, stat(per_round[r], level)) for r in rounds]
+
+
+def draw_band(ax: Any, band: Sequence[tuple[int, Interval]], color: Any, label: str, **line: Any) -> None:
+    """``band`` (:func:`seed_band`) on a matplotlib axis: the mean as a line (``line``: more
+    ``ax.plot`` options), the interval shaded in the same colour where every round's is known."""
+    rounds = [r for r, _ in band]
+    ax.plot(rounds, [iv.mean for _, iv in band], color=color, label=label, **{"ls": "-", "lw": 1.6, **line})
+    if band and all(iv.known for _, iv in band):
+        ax.fill_between(rounds, [iv.low for _, iv in band], [iv.high for _, iv in band], color=color, alpha=0.18,
+                        lw=0, zorder=1)  # under every line
 
 
 def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") -> Path | None:
