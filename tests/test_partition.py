@@ -51,6 +51,34 @@ def test_dirichlet_small_alpha_is_more_skewed():
     assert skew(0.05) > skew(100.0)
 
 
+def test_dirichlet_min_size_draws_again_until_every_client_has_enough():
+    d = make_phantom("phantom-histo", 600, 16, seed=0)
+    one = partition(d, "dirichlet", 6, seed=0, alpha=0.1)
+    assert min(len(p) for p in one) < 50                       # one draw: some site has a handful
+    same = partition(d, "dirichlet", 6, seed=0, alpha=0.1, min_size=0)
+    assert all(np.array_equal(p.images, q.images) for p, q in zip(one, same))  # 0: today's single draw
+    parts = partition(d, "dirichlet", 6, seed=0, alpha=0.1, min_size=50)
+    assert min(len(p) for p in parts) >= 50 and sum(len(p) for p in parts) == 600
+    assert np.mean([_majority(p) for p in parts]) > 0.8         # still label-skewed
+    again = partition(d, "dirichlet", 6, seed=0, alpha=0.1, min_size=50)
+    assert all(np.array_equal(p.images, q.images) for p, q in zip(parts, again))
+
+
+def test_dirichlet_min_size_that_cannot_be_met_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from fedsynth.cli import app
+    d = make_phantom("phantom-histo", 60, 16, seed=0)
+    with pytest.raises(UserError, match="'partition.min-size' = 20: 6 clients cannot each get 20 of 60"):
+        partition(d, "dirichlet", 6, seed=0, alpha=0.1, min_size=20)
+    res = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "r"), "--set", "partition.scheme=dirichlet",
+                                   "--set", "partition.clients=3",  # two classes, each on one client
+                                   "--set", "partition.alpha=0.001", "--set", "partition.min-size=21",
+                                   "--set", "data.num-images=64", "--set", "data.image-size=16"])
+    assert res.exit_code == 2 and "config key 'partition.min-size' = 21: no Dirichlet(alpha = 0.001)" in res.output
+    assert "Traceback" not in res.output
+
+
 def test_quantity_skew_varies_sizes_not_labels():
     d = make_phantom("phantom-xray", 1000, 16, seed=0)
     parts = partition(d, "quantity-skew", 5, seed=0, beta=0.5)

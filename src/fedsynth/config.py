@@ -140,6 +140,8 @@ class PartitionConfig:
     majority: float = _f(0.9, "label-skew: fraction of each client's images from its majority class",
                          min=0.0, max=1.0)
     alpha: float = _f(0.5, "dirichlet: concentration (small: more skewed)", min=0.0, exclusive_min=True)
+    min_size: int = _f(0, "dirichlet: draw again until every client has at least this many images "
+                          "(0: one draw)", min=0)
     beta: float = _f(1.0, "quantity-skew: Dirichlet concentration of client sizes", min=0.0,
                      exclusive_min=True)
 

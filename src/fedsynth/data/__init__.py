@@ -47,7 +47,8 @@ def preview_set(name: str, n: int, size: int, seed: int, dims: int = 2) -> Image
 
 def partition_for(cfg: Config, data: ImageSet) -> list[ImageSet]:
     p = cfg.partition
-    return partition(data, p.scheme, p.clients, cfg.run.seed, majority=p.majority, alpha=p.alpha, beta=p.beta)
+    return partition(data, p.scheme, p.clients, cfg.run.seed, majority=p.majority, alpha=p.alpha,
+                     min_size=p.min_size, beta=p.beta)
 
 
 __all__ = ["ImageSet", "make_phantom", "PHANTOMS", "make_volume_phantom", "PHANTOMS3D", "partition", "partition_for", "summary",

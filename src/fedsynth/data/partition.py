@@ -7,7 +7,8 @@
 * ``by-label`` -- each label's images go to different clients (the diabetic-retinopathy
   study): client k gets the classes ``c`` with ``c mod K == k``; with more clients than classes,
   each class is shared by several clients.
-* ``dirichlet`` -- per class, client proportions drawn from Dir(alpha) (Hsu et al. 2019).
+* ``dirichlet`` -- per class, client proportions drawn from Dir(alpha) (Hsu et al. 2019), drawn
+  again until every client has ``min_size`` images.
 * ``quantity-skew`` -- client sizes drawn from Dir(beta), labels mixed.
 """
 
@@ -84,9 +85,38 @@ def partition_by_label(data: ImageSet, clients: int, seed: int, **_) -> list[Ima
     return _parts(data, [np.concatenate(o) if o else np.array([], np.int64) for o in out])
 
 
-def partition_dirichlet(data: ImageSet, clients: int, seed: int, alpha: float = 0.5, **_) -> list[ImageSet]:
+def partition_dirichlet(data: ImageSet, clients: int, seed: int, alpha: float = 0.5, min_size: int = 0,
+                        **_) -> list[ImageSet]:
+    """Per class, client shares drawn from Dir(``alpha``) (Hsu et al. 2019). ``min_size``: draw
+    again (the same seeded stream) until every client has at least that many images, as
+    NIID-Bench does (Li et al. 2022, arXiv:2102.02079); at small ``alpha`` a plain draw leaves some
+    clients a handful of images, too few to hold any out for evaluation."""
     _check(data, clients)
+    if min_size * clients > len(data):
+        raise UserError(f"config key 'partition.min-size' = {min_size}: {clients} clients cannot each get "
+                        f"{min_size} of {len(data)} images")
     rng = numpy_rng(seed, "partition", "dirichlet")
+    for _ in range(MAX_DRAWS):
+        lists = _dirichlet_draw(data, clients, alpha, rng)
+        if min(len(x) for x in lists) >= min_size:
+            break
+    else:
+        raise UserError(f"config key 'partition.min-size' = {min_size}: no Dirichlet(alpha = {alpha}) split of "
+                        f"{len(data)} images over {clients} clients in {MAX_DRAWS} draws gave every client that "
+                        f"many; lower it or raise partition.alpha")
+    # every client needs data: move one image from the largest client to each empty one
+    for k, lst in enumerate(lists):
+        if len(lst) == 0:
+            big = int(np.argmax([len(x) for x in lists]))
+            lists[k], lists[big] = lists[big][-1:], lists[big][:-1]
+    return _parts(data, lists)
+
+
+#: draws :func:`partition_dirichlet` tries for ``min_size`` (each is microseconds per class)
+MAX_DRAWS = 10_000
+
+
+def _dirichlet_draw(data: ImageSet, clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
     out: list[list[np.ndarray]] = [[] for _ in range(clients)]
     for c in range(data.num_classes):
         idx = rng.permutation(np.flatnonzero(data.labels == c))
@@ -94,13 +124,7 @@ def partition_dirichlet(data: ImageSet, clients: int, seed: int, alpha: float = 
         cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
         for k, part in enumerate(np.split(idx, cuts)):
             out[k].append(part)
-    lists = [np.concatenate(o) for o in out]
-    # every client needs data: move one image from the largest client to each empty one
-    for k, lst in enumerate(lists):
-        if len(lst) == 0:
-            big = int(np.argmax([len(x) for x in lists]))
-            lists[k], lists[big] = lists[big][-1:], lists[big][:-1]
-    return _parts(data, lists)
+    return [np.concatenate(o) for o in out]
 
 
 def partition_quantity_skew(data: ImageSet, clients: int, seed: int, beta: float = 1.0, **_) -> list[ImageSet]:
@@ -124,7 +148,7 @@ SCHEMES = {
 
 
 def partition(data: ImageSet, scheme: str, clients: int, seed: int, **params) -> list[ImageSet]:
-    """Split ``data`` among ``clients`` with ``scheme`` (params: majority, alpha, beta)."""
+    """Split ``data`` among ``clients`` with ``scheme`` (params: majority, alpha, min_size, beta)."""
     try:
         fn = SCHEMES[scheme]
     except KeyError:
