@@ -131,3 +131,21 @@ def test_tiny_sites_run_without_holdout_and_say_so(tiny, tmp_path):
     assert res.exit_code == 0 and "held-out evaluation off: site 0 has 32 images" in res.output
     assert not any(r.get("real") == "holdout" for r in _records(tmp_path / "r"))
     assert not (tmp_path / "r" / "checkpoints" / "best.pt").exists()
+
+
+def test_each_sites_own_model_is_scored_on_the_held_out_images(tiny, tmp_path):
+    """The `local` baseline (no global model) is held to the same held-out images as a federated
+    run: each site's own model gets held-out records, and the sweep judges the run by their mean."""
+    from fedsynth.sweep import score_series
+    run = tmp_path / "run"
+    res = runner.invoke(app, ["run", "--out", str(run), *[a for o in tiny + HELD + ["fed.strategy=local"]
+                                                          for a in ("--set", o)]])
+    assert res.exit_code == 0, res.output
+    recs = _records(run)
+    held = {(r["client"], r["round"]): r["value"] for r in recs if r["metric"] == "fd-random" and r.get("real") == "holdout"}
+    assert set(held) == {(c, r) for c in ("0", "1") for r in (0, 1, 2)}
+    assert not any(r["client"] == "global" for r in recs if r["metric"] == "fd-random")
+    series, what, real = score_series(recs)
+    assert real == "holdout" and what == "mean of local models on the held-out images"
+    assert series == [(r, (held[("0", r)] + held[("1", r)]) / 2) for r in (0, 1, 2)]
+    assert not (run / "checkpoints" / "best.pt").exists()  # no global model: no best round to keep

@@ -275,7 +275,7 @@ def score_series(recs: list[dict[str, Any]], metric: str | None = None) -> tuple
     """The curve a run is judged by, ``[(round, value), ...]``, with what it is and its real
     images: the global model against the held-out images when the run kept some (``real =
     "holdout"``), else against the union of the sites' training images; without a global model
-    (``local``), the mean over sites of each site's own model on the union. ``metric``: which
+    (``local``), the mean over sites of each site's own model on the same images. ``metric``: which
     Frechet distance (default: the run's first)."""
     fd = [r for r in recs if is_fd_metric(r["metric"]) and (metric is None or r["metric"] == metric)]
     if not fd:
@@ -286,11 +286,15 @@ def score_series(recs: list[dict[str, Any]], metric: str | None = None) -> tuple
         glob = {r["round"]: r["value"] for r in fd if r["client"] == "global" and r.get("real") == real}
         if glob:
             return sorted(glob.items()), "global model", real
-    by_round: dict[int, list[float]] = {}
-    for r in fd:
-        if r["client"] != "global" and r.get("real") == "union":
-            by_round.setdefault(r["round"], []).append(r["value"])
-    return sorted((k, sum(v) / len(v)) for k, v in by_round.items()), "mean of local models on the union", "union"
+    for real in ("holdout", "union"):
+        by_round: dict[int, list[float]] = {}
+        for r in fd:
+            if r["client"] != "global" and r.get("real") == real:
+                by_round.setdefault(r["round"], []).append(r["value"])
+        if by_round:
+            where = "the held-out images" if real == "holdout" else "the union"
+            return sorted((k, sum(v) / len(v)) for k, v in by_round.items()), f"mean of local models on {where}", real
+    return [], "", ""
 
 
 def summarise(run: Path, last_k: int = 3) -> dict[str, Any]:

@@ -315,9 +315,10 @@ class Evaluator:
         if kids:
             recs.append({**base, "metric": self.extractor.kid_metric, "value": float(np.mean([v for v, _ in kids])),
                          "std": float(np.mean([sd for _, sd in kids]))})
-        if who == "global" and against is None:
-            recs += self.realism(fake, round_, base)
-            if self.holdout is not None:
+        if against is None:  # the run's model (or, where each site keeps its own, each site's model)
+            if who == "global":
+                recs += self.realism(fake, round_, base)
+            if self.holdout is not None:  # a site's own model is held to the same held-out images
                 recs += self.held_out(self._moments(fake), blocks, base)
         return [{**r, **self._few_real(r["num_real"])} for r in recs]  # each by the real images it rests on
 

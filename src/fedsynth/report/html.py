@@ -196,7 +196,8 @@ def _row_name(who: str, real: str) -> tuple[str, str]:
     """(model, scored on) in words, for a record's ``client`` and ``real``."""
     data = "all sites (union)" if real in ("union", "global") else f"site {real}'s data"
     if real == "holdout":
-        return "global model, held-out images", "each site's held-out images (never trained on)"
+        return (f"{'global model' if who == 'global' else f'site {who}'}, held-out images",
+                "each site's held-out images (never trained on)")
     if who == "global":
         return ("global model" if real in ("union", "global") else f"global on site {real}'s data"), data
     if who == "pooled":
@@ -356,6 +357,8 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
             return f"global on site {name[10:]}'s data"
         if name.endswith(" on union"):
             return f"site {name[:-9]} on all sites"
+        if name.endswith(" on holdout"):
+            return f"site {name[:-11]} on held-out images"
         if name == "pooled":
             return "centralized (pooled)"
         return f"site {name}"
@@ -373,7 +376,8 @@ def _curves(records: list[dict[str, Any]], fd_metric: str | None, kid_metric: st
             if name == "global":
                 ax.plot(xs, ys, "-o", color="black", lw=2.4, ms=4, label=label_of(name), zorder=2, alpha=0.75)
             else:
-                ax.plot(xs, ys, "--" if name.endswith(" on union") else "-", marker=".", lw=1.4, alpha=0.9,
+                ax.plot(xs, ys, "--" if name.endswith(" on union") else ":" if name.endswith(" on holdout") else "-",
+                        marker=".", lw=1.4, alpha=0.9,
                         label=label_of(name), zorder=3)  # above the global line: never hidden under it
         _finish(ax, title, ylabel, log)
         out.append((caption or title, _fig_png(fig)))

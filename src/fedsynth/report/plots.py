@@ -15,14 +15,15 @@ if TYPE_CHECKING:
 
 
 def series_name(r: dict[str, Any]) -> str:
-    """``global`` (global model on the union), a client id (its model on its own data), or
-    ``<id> on union`` (a client's own model on everyone's data: the local baseline)."""
+    """``global`` (global model on the union), a client id (its model on its own data),
+    ``<id> on union`` (a client's own model on everyone's data: the local baseline) or ``<id> on
+    holdout`` (the same on the sites' held-out images)."""
     who, real = str(r["client"]), str(r.get("real", r["client"]))
     if who == "global":
         return "global" if real in ("union", "global") else f"global on {real}"
     if real == who:
         return who
-    return f"{who} on union"
+    return f"{who} on holdout" if real == "holdout" else f"{who} on union"
 
 
 def rescored_rows(records: list[dict[str, Any]]) -> tuple[str, str, bool, list[tuple]]:
@@ -102,6 +103,8 @@ def plot_fd(records: list[dict[str, Any]], path: str | Path, title: str = "") ->
             ax.plot(xs, ys, "-o", color="black", lw=2.2, ms=3.5, label="global model", zorder=5)
         elif name.endswith("on union"):
             ax.plot(xs, ys, "--", lw=1.0, alpha=0.8, label=f"site {name.removesuffix(' on union')} on all sites")
+        elif name.endswith("on holdout"):
+            ax.plot(xs, ys, ":", lw=1.2, alpha=0.9, label=f"site {name.removesuffix(' on holdout')} on held-out images")
         else:
             ax.plot(xs, ys, "-", lw=1.2, marker=".", alpha=0.85, label=f"site {name}")
     ax.set_xlabel("round")

@@ -159,7 +159,8 @@ def describe(x: Record) -> str:
         return "global model on all sites" if real in (None, "union", "global") else f"global model on site {real}"
     if real is None:
         return f"site {who}"
-    return f"site {who}'s model on {'all sites' if real == 'union' else 'its data' if real == who else f'site {real}'}"
+    where = {"union": "all sites", "holdout": "held-out images", who: "its data"}.get(real, f"site {real}")
+    return f"site {who}'s model on {where}"
 
 
 def _site_key(cid: Any) -> tuple:
@@ -478,6 +479,8 @@ def _row_name(series: str) -> str:
         return f"global, site {series[len('global on '):]}"
     if series.endswith(" on union"):
         return f"site {series[:-len(' on union')]}'s model, all sites"
+    if series.endswith(" on holdout"):
+        return f"site {series[:-len(' on holdout')]}'s model, held-out images"
     return f"site {series}'s model, its data"
 
 
