@@ -153,6 +153,25 @@ def test_variant_summary_intervals_and_paired_ratios():
     assert tied["b"]["reference"] == "a" and tied["b"]["verdict"] == "cannot tell" and tied["b"]["tied_with_best"]
 
 
+def test_variants_with_their_own_centralized_runs_are_ranked_within_their_group():
+    """Two splits, each with its own centralized run (their held-out images differ): each variant
+    is compared with its own split's reference and best, and the notes say so per split."""
+    from fedsynth.sweep import summarise_variants, table_notes
+    scores = {"skew-fedavg": [2.0, 3.0, 2.5], "skew-centralized": [1.0, 1.4, 1.2],
+              "dir-fedavg": [0.5, 0.6, 0.55], "dir-centralized": [0.9, 1.0, 0.95]}
+    runs = [{"variant": v, "seed": s, "metric": "fd-random", "extractor": "random", "real": "holdout",
+             "global_is": "global model", "round": 5, "last_k": 3, "last_k_median": x, "global_fd": x,
+             "client_fd_mean": float("nan"), "wall_s": 1.0, "eval_s": 0.5}
+            for v, xs in scores.items() for s, x in enumerate(xs)]
+    rows = {r["variant"]: r for r in summarise_variants(runs, list(scores))}
+    assert rows["skew-fedavg"]["reference"] == "skew-centralized" and rows["skew-fedavg"]["best"] == "skew-centralized"
+    assert rows["dir-fedavg"]["reference"] == "dir-centralized" and rows["dir-centralized"]["best"] == "dir-fedavg"
+    assert rows["dir-fedavg"]["verdict"] == "better" and not rows["skew-fedavg"]["tied_with_best"]
+    notes = table_notes(list(rows.values()))
+    assert "Lowest mean among the variants compared with skew-centralized: skew-centralized; every other" in " ".join(notes)
+    assert "Lowest mean among the variants compared with dir-centralized: dir-fedavg;" in " ".join(notes)
+
+
 def test_second_network_rescores_the_last_k_evaluations_and_ranks_agree(tiny, tmp_path):
     """Re-scored with the run's own network, the last k evaluations come out exactly as the run
     recorded them; the table carries the second column and Kendall's tau of the two."""
