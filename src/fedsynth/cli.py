@@ -93,9 +93,10 @@ def run(
     from .fed.engine import StopRun
     from .fed.run import in_process, run_experiment
     from .report.html import report_so_far
-    from .utils import first_time, set_torch_threads
+    from .fed.assembly import threads_for
+    from .utils import first_time
 
-    threads = set_torch_threads(cfg.train.threads)
+    threads = threads_for(cfg, "in-process")  # what build_in_process sets (fed/assembly.py)
     t0 = time.perf_counter()
     state: dict[str, Any] = {}
     with Progress(*PROGRESS_COLUMNS, console=console, transient=True, disable=quiet()) as progress:

@@ -21,11 +21,10 @@ import torch
 
 from ..config import Config, UserError
 from ..data import ImageSet
-from ..metrics import build_extractor
 from ..models import build_model
-from ..train.device import set_deterministic
 from ..updates import State
 from ..utils import numpy_rng, torch_generator
+from .assembly import assemble
 from .client import ClientResult, ClientState, SiteWorkspaces, client_round
 from .engine import ClientPool, Federation, Record, Reporter, StopRun
 from .evaluation import Evaluator, holdout_statistics, sites_summary, site_statistics
@@ -253,7 +252,7 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
         raise UserError("config key 'fed.secure-aggregation' = true needs the Flower deployment (fedsynth deploy "
                         "run): in one process the server trains every client itself, so no update is hidden from "
                         "it; leave the key false here")
-    set_deterministic(cfg.run.deterministic)
+    proc = assemble(cfg, "in-process")  # device, threads, determinism: as the Flower server and nodes
     pool = InProcessClients(cfg, client_data, client_ids)
     first = pool.first
     model = build_model(cfg, first.size, first.channels, pool.num_classes())
@@ -261,10 +260,7 @@ def build_in_process(cfg: Config, client_data: list[ImageSet], reporter: Reporte
     if cfg.eval.enabled:
         reporter = reporter or Reporter()
         reporter.busy(f"loading the feature network ({cfg.eval.feature_extractor})")
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights, dims=cfg.data.dims,
-                                    slices=cfg.eval.volume_slices).to(model.device)
-        if cfg.train.channels_last:
-            extractor = extractor.to(memory_format=torch.channels_last)
+        extractor = proc.extractor(cfg)
         real, counts = pool.statistics(extractor, cfg, pool.num_classes(), reporter)
         held = None
         if holdout:

@@ -32,7 +32,6 @@ import torch
 
 from ...config import Config, UserError, apply_overrides, build_config, check_site_overrides
 from ...serial import UnsafeOrCorrupt, from_bytes, to_bytes, unpack
-from ...utils import set_torch_threads
 from ..client import ClientSetup, ClientState, check_shared, client_round, setup_strategy, site_init
 
 KEEP_STATES = 3  # saved node states per run (the server's last checkpoint may be a round behind)
@@ -48,7 +47,15 @@ def arrays(state: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
 
 
 class Node:
-    """What one message needs on the node: the run config, this node's id and its own data."""
+    """What a run needs on this node: the run config, this node's id, its own data (training
+    and held-out split), its process settings (:func:`fedsynth.fed.assembly.assemble`), and --
+    built on first use and kept -- the feature network and its data's real statistics.
+
+    Built once per run: a warm worker keeps it across the run's messages (:class:`Nodes`), so a
+    message neither reloads the data nor recomputes the statistics. :meth:`for_message` gives
+    the view one message works with (its config record ``conf``, the reason its state was
+    lost); everything else is shared with the run's other messages.
+    """
 
     def __init__(self, req: dict[str, Any]):
         import tomllib
@@ -73,7 +80,6 @@ class Node:
         mine = check_site_overrides(site, self.cid, own, "node config key '") if own else {}
         self.settings = {**cfg.site_overrides(self.cid), **mine}
         cfg = apply_overrides(site, mine)
-        set_torch_threads(cfg.train.threads or 1)
         source = str(nc.get("data-source", "folder"))
         run = cfg.run
         if "device" in nc:  # the node's own hardware (node config device="cuda:1"), else the server's run.device
@@ -82,9 +88,8 @@ class Node:
             if not DEVICE_PATTERN.fullmatch(run.device):
                 raise UserError(f"node config 'device' must be auto, cpu, cuda, cuda:N or mps; got {run.device!r}")
         self.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, source=source, path=self.path), run=run)
-        from ...train.device import resolve_device, set_deterministic
-        self.device = resolve_device(run.device)
-        set_deterministic(run.deterministic)
+        from ..assembly import assemble
+        self.process = assemble(self.cfg, "node")  # device, threads, determinism: as the server and in-process
         try:
             self.data = load_dataset(self.cfg)
         except UserError as e:
@@ -96,16 +101,41 @@ class Node:
                 holdout_check(self.cfg.eval.holdout, {self.cid: len(self.data)}) == "":
             self.data, *held = split_holdout(self.data, self.cfg.eval.holdout, self.cfg.run.seed, self.cid)
             self.held = tuple(held)
+        self._kept: dict[str, Any] = {}  # built on first use, shared by every message's view
+
+    def for_message(self, req: dict[str, Any]) -> "Node":
+        """This run's node as one message sees it: that message's config record, no state lost
+        yet. The data, feature network and statistics are shared, never copied."""
+        import copy
+        view = copy.copy(self)
+        view.conf, view.lost = req["config"], ""
+        return view
 
     def extractor(self):
-        """The feature network the server chose (it sends a concrete kind, never ``auto``)."""
-        from ...metrics import build_extractor
-        return build_extractor(self.cfg.eval.feature_extractor, self.cfg.eval.inception_weights, dims=self.cfg.data.dims,
-                               slices=self.cfg.eval.volume_slices).to(self.device)
+        """The feature network the server chose (it sends a concrete kind, never ``auto``),
+        built as every role builds it (:meth:`fedsynth.fed.assembly.Process.extractor`)."""
+        if "extractor" not in self._kept:
+            self._kept["extractor"] = self.process.extractor(self.cfg)
+        return self._kept["extractor"]
+
+    def statistics(self):
+        """The real statistics of this site's training images (:func:`fedsynth.fed.evaluation.real_statistics`)."""
+        if "real" not in self._kept:
+            from ...fed.evaluation import real_statistics
+            c = self.cfg
+            self._kept["real"] = real_statistics(self.data, self.extractor(), c.eval.max_real, c.run.seed)
+        return self._kept["real"]
 
     def setup(self, req: dict[str, Any], before: int) -> tuple[ClientSetup, ClientState, dict[str, torch.Tensor]]:
         """The model workspace, the strategy with the server's state, and this client as of
-        the last round before ``before`` it trained (from the message's context, or the node's disk)."""
+        the last round before ``before`` it trained (from the message's context, or the node's disk).
+
+        Built afresh for every message, unlike the rest of the node: the model's weights,
+        optimizer and buffers, the strategy's server state and the client's own state all come
+        from the message (or the node's saved state); a workspace kept from the last message
+        could carry something the message does not overwrite (a norm layer's statistics, a
+        strategy's cached round state) into this round, and the in-process engine's weights
+        would no longer be reproduced bit for bit."""
         from ...fed.strategies import strategy_from_config
         from ...models import build_model
         conf = self.conf
@@ -129,12 +159,42 @@ class Node:
         return setup, c, start
 
     def evaluator(self, model):
-        from ...fed.evaluation import Evaluator, site_statistics
+        """An evaluator of ``model`` against this site's real statistics (as
+        :func:`fedsynth.fed.evaluation.site_statistics` gives them in-process)."""
+        from ...fed.evaluation import Evaluator
         c = self.cfg
-        k = int(self.conf["num-classes"])
-        ex = self.extractor()
-        real, counts = site_statistics({self.cid: self.data}, ex, c.eval, c.run.seed, k)
-        return Evaluator(c.eval, ex, real, counts, model, c.run.seed)
+        counts = {self.cid: np.bincount(self.data.labels, minlength=int(self.conf["num-classes"]))}
+        return Evaluator(c.eval, self.extractor(), {self.cid: self.statistics()}, counts, model, c.run.seed)
+
+
+def node_key(req: dict[str, Any]) -> tuple[str, str, str]:
+    """Everything a :class:`Node` is built from: the run (``run-key``), the server's config text
+    and this node's own config. (The message's other values -- round, num-classes, the state
+    round -- are read per message, never kept.)"""
+    conf = req.get("config", {})
+    return (str(conf.get("run-key", "")), str(conf.get("fedsynth-config", "")),
+            json.dumps(req.get("node_config", {}), sort_keys=True, default=str))
+
+
+class Nodes:
+    """The warm worker's :class:`Node`: kept while messages come with the same :func:`node_key`
+    (the run's messages), rebuilt for another run or config. One is kept: a worker serves one
+    SuperNode, which runs one run at a time. ``built`` counts the builds."""
+
+    def __init__(self) -> None:
+        self.key: tuple[str, str, str] | None = None
+        self.node: Node | None = None
+        self.built = 0
+
+    def get(self, req: dict[str, Any]) -> Node:
+        key = node_key(req)
+        if self.node is None or key != self.key:
+            self.node, self.key = None, None  # a build that fails leaves nothing behind
+            self.node, self.key = Node(req), key
+            self.built += 1
+        else:
+            self.node.process.apply()  # this process may have served another run's settings since
+        return self.node.for_message(req)
 
 
 def _state_dir(node: Node):
@@ -193,7 +253,6 @@ def save_state(node: Node, round_: int, state: bytes) -> None:
 def _hello(node: Node) -> dict[str, Any]:
     """Who this node is, what its data looks like, and (if the run evaluates) the moments of its
     real images' features -- sums over images, never an image."""
-    from ...fed.evaluation import real_statistics
     from ...registry import FAMILIES
     FAMILIES.load(node.cfg.model.family).pinned(node.cfg)  # what every site must hold identical (a frozen autoencoder)
     d = node.data
@@ -203,7 +262,7 @@ def _hello(node: Node) -> dict[str, Any]:
     out: dict[str, Any] = {"meta": meta}
     if node.cfg.eval.enabled:
         ex = node.extractor()
-        st = real_statistics(d, ex, node.cfg.eval.max_real, node.cfg.run.seed).stats
+        st = node.statistics().stats
         meta["extractor"] = ex.name
         out["stats"] = {k: np.asarray(v) for k, v in st.to_npz_dict().items()}
         if node.held is not None:  # the held-out images' moments (select, test, matched), never the images
@@ -254,11 +313,13 @@ def _evaluate(node: Node, req: dict[str, Any]) -> dict[str, Any]:
     return {"meta": {"client-id": node.cid, "records": json.dumps(recs)}}
 
 
-def handle(kind: str, req: dict[str, Any]) -> dict[str, Any]:
-    """Answer one request: ``kind`` is ``hello``, ``train`` or ``evaluate``."""
+def handle(kind: str, req: dict[str, Any], nodes: Nodes | None = None) -> dict[str, Any]:
+    """Answer one request: ``kind`` is ``hello``, ``train`` or ``evaluate``. ``nodes``: the warm
+    worker's kept node (:class:`Nodes`), reused while the run's messages come; without it the
+    node is built for this message alone (a fresh ``flwr-clientapp`` process)."""
     cid = str(req.get("node_config", {}).get("client-id", "?"))
     try:
-        node = Node(req)
+        node = nodes.get(req) if nodes is not None else Node(req)
         if kind == "hello":
             return _hello(node)
         if kind == "train":

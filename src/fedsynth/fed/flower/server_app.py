@@ -254,7 +254,8 @@ class FlowerClients(ClientPool):
                 raise UserError(f"only {len(list(grid.get_node_ids()))} of {n_clients} SuperNodes connected "
                                 f"within connect-timeout = {connect_timeout:g} s")
             time.sleep(POLL_S)
-        hello = ConfigRecord({"fedsynth-config": self.cfg_text})
+        # run-key: a warm node keeps what it builds for this run (its data, statistics) across its messages
+        hello = ConfigRecord({"fedsynth-config": self.cfg_text, "run-key": self.run_key})
         replies, silent = exchange(grid, [Message(RecordDict({"config": hello}), message_type="query", dst_node_id=n)
                                           for n in sorted(grid.get_node_ids())], self.timeout)
         if silent:
@@ -610,28 +611,33 @@ def _config(rc) -> Any:
     return load_config(str(rc["config-path"]))
 
 
-def _serve(grid: Grid, context: Context) -> None:
-    from ...metrics import build_extractor
-    from ...models import build_model
+def server_setup(cfg: Any) -> tuple[Any, Any, Any]:
+    """The server's process, as the in-process engine and the nodes set theirs up
+    (:func:`fedsynth.fed.assembly.assemble`: device, threads -- it trains too, ``fed.server-data``,
+    so its float sums must be the in-process engine's -- determinism, the feature network).
+    Returns ``(cfg, process, extractor or None)``; ``cfg`` names the extractor's concrete kind
+    (never ``auto``), which the nodes then build."""
     from ...registry import STRATEGIES
-    from ...utils import set_torch_threads
-    from ..run import run_experiment
-    from ..engine import Federation
-    from ..evaluation import Evaluator, RealStats
-    rc = context.run_config
-    cfg = _config(rc)
-    # the server trains too (fed.server-data) and evaluates: the run's thread count, as in-process,
-    # so its float sums are the in-process engine's
-    set_torch_threads(cfg.train.threads)
+    from ..assembly import assemble
     why = STRATEGIES[cfg.fed.strategy].flower
     if why:
         raise UserError(f"config key 'fed.strategy' = '{cfg.fed.strategy}' cannot run over Flower ({why}); "
                         f"use it in-process")
+    proc = assemble(cfg, "server")
     extractor = None
     if cfg.eval.enabled:  # the nodes must use exactly the server's extractor
-        extractor = build_extractor(cfg.eval.feature_extractor, cfg.eval.inception_weights, dims=cfg.data.dims,
-                                    slices=cfg.eval.volume_slices)
+        extractor = proc.extractor(cfg)
         cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature_extractor=extractor.kind))
+    return cfg, proc, extractor
+
+
+def _serve(grid: Grid, context: Context) -> None:
+    from ...models import build_model
+    from ..run import run_experiment
+    from ..engine import Federation
+    from ..evaluation import Evaluator, RealStats
+    rc = context.run_config
+    cfg, _proc, extractor = server_setup(_config(rc))
 
     def engine(cfg, reporter) -> Federation:
         poll = float(rc.get("poll-interval", POLL_S))
@@ -641,7 +647,6 @@ def _serve(grid: Grid, context: Context) -> None:
         model = build_model(cfg, pool.size, pool.channels, pool.num_classes)
         ev, notes = None, []
         if extractor is not None:
-            extractor.to(model.device)  # the server's own run.device
             pool.check_extractor(extractor.name)
             held = None
             if pool.holdout and set(pool.holdout) == set(pool.ids):  # every site kept held-out images

@@ -12,6 +12,10 @@ models, and hands the request (:mod:`fedsynth.fed.flower.node`) to the worker.
 * Same answers: the worker runs the same :func:`fedsynth.fed.flower.node.handle` the ClientApp would;
   every random draw is seeded from the run seed, round and client, so a warm worker and a fresh
   process give bit-identical weights (tested).
+* Warm per run, too: it keeps the run's :class:`fedsynth.fed.flower.node.Node` (config, data,
+  held-out split, feature network, real statistics) across the run's messages
+  (:class:`fedsynth.fed.flower.node.Nodes`), so a round neither reloads the data nor recomputes
+  the statistics; the model, strategy and client state are still built per message.
 * Tied to its SuperNode: it exits when the process that started it (the SuperNode) is gone,
   and removes its socket folder.
 * Never in the way: if the worker is missing, busy starting or dies mid-request, the ClientApp
@@ -151,8 +155,9 @@ def request(path: str, kind: str, req: dict[str, Any], wait_s: float = 30.0) -> 
 
 def serve(path: str, parent: int) -> None:
     """Answer requests on ``path`` until process ``parent`` is gone."""
-    from .node import handle  # torch, fedsynth's models: imported once, here
+    from .node import Nodes, handle  # torch, fedsynth's models: imported once, here
     import torch
+    nodes = Nodes()  # the run's node (data, held-out split, feature network, statistics), kept across its messages
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # pulls in torch._dynamo now, not per request
     p = Path(path)
     p.unlink(missing_ok=True)
@@ -174,7 +179,7 @@ def serve(path: str, parent: int) -> None:
                     except (OSError, EOFError, ValueError, struct.error):
                         continue
                     try:
-                        out = ["ok", handle(kind, req)]
+                        out = ["ok", handle(kind, req, nodes)]
                     except Exception as e:  # noqa: BLE001 -- reported; the ClientApp retries in-process
                         out = ["error", f"{type(e).__name__}: {e}"]
                     try:
