@@ -10,6 +10,7 @@ TINY = [
     "eval.kid-subset-size=16", "eval.grid-size=16",
     "eval.feature-extractor=random",  # auto would pick the trained EfficientNet: seconds per evaluation
     "fed.min-local-steps=0",  # one epoch (2 steps) per round: tests check mechanics, not learning
+    "train.threads=1",  # a run sets its process's threads (fed/assembly.py): two test workers, one core each
 ]
 
 

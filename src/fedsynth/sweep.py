@@ -767,9 +767,9 @@ def table_notes(rows: list[dict[str, Any]]) -> list[str]:
                      "`cannot tell` when the interval contains 1.")
     else:
         notes.append("One seed: no interval, so no conclusion; run with --seeds 3 or more.")
-    groups = list(dict.fromkeys(r["reference"] for r in rows))
+    groups = list(dict.fromkeys(r.get("reference") for r in rows))
     for ref in groups:
-        group = [r for r in rows if r["reference"] == ref]
+        group = [r for r in rows if r.get("reference") == ref]
         tied = [r["variant"] for r in group if r["tied_with_best"] and r["variant"] != r["best"]]
         if group[0]["best"]:
             among = f" among the variants compared with {ref}" if len(groups) > 1 else ""
