@@ -264,10 +264,7 @@ def build_server_trainer(cfg: Any, model: Any, strategy: Any, travel: set[str], 
     if not strategy.aggregates:
         raise UserError(f"config key 'fed.server-data': fed.strategy = '{cfg.fed.strategy}' keeps no global model "
                         f"for the server to train")
-    if strategy.sequential and spec[0] == SERVER_SITES:
-        raise UserError(f"config key 'fed.server-data' = 'sites': fed.strategy = '{cfg.fed.strategy}' passes one "
-                        f"model from site to site, so there is no mixture of site models to sample")
-    if spec[0] == SERVER_SITES:
+    if spec[0] == SERVER_SITES:  # the strategies it cannot serve were refused with the config (_check_server_sites)
         n = cfg.fed.server_images or cfg.fed.server_steps * cfg.train.batch_size
         counts = class_counts or (lambda: {})
         return ServerTrainer(model, SiteSamples(model, n, cfg.run.seed, counts, class_names), cfg.fed.server_steps,
