@@ -181,8 +181,12 @@ def site_statistics(clients: dict[str, ImageSet], extractor: FeatureExtractor, c
                     num_classes: int) -> tuple[dict[str, RealStats], dict[str, np.ndarray]]:
     """Each site's real-image statistics and class counts, computed where its data is."""
     real = {cid: real_statistics(d, extractor, cfg.max_real, seed) for cid, d in clients.items()}
-    counts = {cid: np.bincount(d.labels, minlength=num_classes) for cid, d in clients.items()}
-    return real, counts
+    return real, class_counts(clients, num_classes)
+
+
+def class_counts(clients: dict[str, ImageSet], num_classes: int) -> dict[str, np.ndarray]:
+    """Each site's images per class, ``num_classes`` long (what a Flower node reports)."""
+    return {cid: np.bincount(d.labels, minlength=num_classes) for cid, d in clients.items()}
 
 
 class Evaluator:

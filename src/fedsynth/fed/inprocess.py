@@ -27,7 +27,7 @@ from ..utils import numpy_rng, torch_generator
 from .assembly import assemble
 from .client import ClientResult, ClientState, SiteWorkspaces, client_round
 from .engine import ClientPool, Federation, Record, Reporter, StopRun
-from .evaluation import Evaluator, holdout_statistics, sites_summary, site_statistics
+from .evaluation import Evaluator, class_counts, holdout_statistics, sites_summary, site_statistics
 from .release import MIXTURE, OWN
 
 
@@ -72,8 +72,7 @@ class InProcessClients(ClientPool):
         return self.first.channels, self.first.size
 
     def class_counts(self) -> dict[str, list[int]]:
-        k = self.num_classes()
-        return {cid: (d.class_counts() + [0] * k)[:k] for cid, d in self.data.items()}
+        return {cid: c.tolist() for cid, c in class_counts(self.data, self.num_classes()).items()}
 
     def statistics(self, extractor, cfg: Config, num_classes: int, reporter: Reporter | None = None):
         """Each site's real-data statistics, one site after another (``reporter.busy`` for each)."""

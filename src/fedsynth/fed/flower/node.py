@@ -161,9 +161,9 @@ class Node:
     def evaluator(self, model):
         """An evaluator of ``model`` against this site's real statistics (as
         :func:`fedsynth.fed.evaluation.site_statistics` gives them in-process)."""
-        from ...fed.evaluation import Evaluator
+        from ...fed.evaluation import Evaluator, class_counts
         c = self.cfg
-        counts = {self.cid: np.bincount(self.data.labels, minlength=int(self.conf["num-classes"]))}
+        counts = class_counts({self.cid: self.data}, int(self.conf["num-classes"]))
         return Evaluator(c.eval, self.extractor(), {self.cid: self.statistics()}, counts, model, c.run.seed)
 
 
