@@ -343,9 +343,11 @@ def band_caption(p: Panel, bands: Sequence[Band], named: bool = True) -> str:
     return f"{p.metric}{f' ({network(p.extractor)} features)' if p.extractor else ''}: {what}" if named else what
 
 
-def plot_panel(p: Panel, runs: Sequence[Run], base: int, settings: Sequence[Setting] | None = None) -> bytes:
+def plot_panel(p: Panel, runs: Sequence[Run], base: int, settings: Sequence[Setting] | None = None,
+               bands: Sequence[Band] = ()) -> bytes:
     """One PNG: the headline series of one metric; the baseline thick and black. Each setting of
-    two or more seeds is one curve with its band (:func:`panel_bands`); every other run a line."""
+    two or more seeds is one curve with its band (``bands``: :func:`panel_bands` of ``settings``);
+    every other run a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -355,7 +357,7 @@ def plot_panel(p: Panel, runs: Sequence[Run], base: int, settings: Sequence[Sett
     drawn = [s for s in settings if any(i in p.series for i in s.runs)]
     base_at = next((k for k, s in enumerate(settings) if base in s.runs), -1)
     colors = _colors(len(settings), base_at)
-    bands = {id(b.setting): b for b in panel_bands(p, settings)}
+    bands = {id(b.setting): b for b in bands}
     ncol = 1 if len(drawn) <= 2 else 2
     legend_rows = math.ceil(len(drawn) / ncol)
     fig, ax = plt.subplots(figsize=(6.4, 3.5 + 0.2 * legend_rows), dpi=100)
@@ -452,15 +454,16 @@ def _table_html(runs: Sequence[Run], ps: list[Panel], rows: list[dict[str, Any]]
     return "\n".join(out)
 
 
-def _write_bands(ps: list[Panel], settings: Sequence[Setting], runs: Sequence[Run], path: Path) -> bool:
-    """``bands.csv``: every band drawn, one line per setting, metric and round (mean, interval
-    low and high, the number of seeds and their runs); False, and no file, where none is drawn."""
+def _write_bands(drawn_bands: Sequence[tuple[Panel, Sequence[Band]]], runs: Sequence[Run], path: Path) -> bool:
+    """``bands.csv``: every band drawn (per panel, :func:`panel_bands`), one line per setting,
+    metric and round (mean, interval low and high, the number of seeds and their runs); False,
+    and no file, where none is drawn."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["setting", "metric", "extractor", "statistic", "seeds", "runs", "round", "mean", "low", "high"])
     drawn = False
-    for p in ps:
-        for b in panel_bands(p, settings):
+    for p, bands in drawn_bands:
+        for b in bands:
             for rnd, iv in b.points:
                 drawn = True
                 w.writerow([b.setting.label, p.metric, p.extractor, b.statistic, len(b.seeds),
@@ -575,12 +578,15 @@ def build_compare(run_dirs: Sequence[str | Path], out: str | Path, baseline: str
     taken: set[str] = set()
     figs = []
     alone = len(runs) == 1  # the baseline alone: nothing to overlay or divide by
+    drawn_bands = []
     for p in ps if not alone else ():
-        png = plot_panel(p, runs, base, groups)
+        bands = panel_bands(p, groups)
+        png = plot_panel(p, runs, base, groups, bands)
         name = _figure_name(p, taken)
         atomic_write_bytes(out / "figures" / name, png)
-        figs.append((p, name, png, band_caption(p, panel_bands(p, groups))))
-    _write_bands(ps if not alone else [], groups, runs, out / "bands.csv")
+        figs.append((p, name, png, band_caption(p, bands)))
+        drawn_bands.append((p, bands))
+    _write_bands(drawn_bands, runs, out / "bands.csv")
     rows = table_rows(runs, ps, base)
     _write_csv(runs, ps, base, out / "compare.csv")
 
