@@ -572,8 +572,9 @@ def band_figure(groups: dict[str, list[Path]], out: Path) -> Path | None:
     for i, (name, dirs) in enumerate(groups.items()):
         series = []
         for d in dirs:
-            ser, _, real = score_series(read_metrics(d))
-            metric = metric or next((r["metric"] for r in read_metrics(d) if is_fd_metric(r["metric"])), "")
+            recs = read_metrics(d)
+            ser, _, real = score_series(recs)
+            metric = metric or next((r["metric"] for r in recs if is_fd_metric(r["metric"])), "")
             series.append(ser)
         band = seed_band(series, geometric=True)
         if band:
@@ -883,10 +884,11 @@ def compare_runs(run_dirs: list[Path], out: Path, baseline: Path | None = None, 
     (:func:`compare_over_seeds`), whose variant rows come back with the page (else None), and are
     drawn as one curve each, the band of their seeds."""
     from .report.compare import build_compare
-    seeded = {p.name: seed_runs(p) for p in run_dirs if seed_runs(p)}
+    of = {p: seed_runs(p) for p in run_dirs}  # each folder's seed-* runs (none: a run directory)
+    seeded = {p.name: seeds for p, seeds in of.items() if seeds}
     section, rows = "", None
     if seeded:
         rows, section = compare_over_seeds(list(run_dirs), out, baseline.name if baseline else None)
-    runs = [r for p in run_dirs for r in (seed_runs(p) or [p])]
+    runs = [r for p in run_dirs for r in (of[p] or [p])]
     return build_compare(runs, out, None if seeded else baseline, title, section, warn=warn,
                          settings=seeded or None), rows
