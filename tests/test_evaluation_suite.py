@@ -43,6 +43,20 @@ def test_memorisation_audit_flags_copies_and_not_new_samples():
     assert not good.flagged and 0.3 < good.nearer_train_fraction < 0.7
 
 
+def test_memorisation_audit_closest_pairs_index_the_training_set_given():
+    """With more training than held-out images the audit compares an equal-sized random subset; the
+    closest pairs still name each copy's source in the training set the caller gave (the picture of
+    closest pairs shows those images)."""
+    train = make_phantom("phantom-histo", 96, 32, seed=0).batch()
+    held = make_phantom("phantom-histo", 32, 32, seed=1).batch()
+    src = torch.randperm(96, generator=torch.Generator().manual_seed(1))
+    copies = train[src] + 0.01 * torch.randn(len(src), 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    res = memorisation_audit(copies, train, held)
+    assert len(res.closest) == 8
+    for fake_i, train_j, _ in res.closest:
+        assert train_j == int(src[fake_i])       # the copied image itself, not a subset position
+
+
 @pytest.fixture
 def conditional_run(tiny, tmp_path):
     args = ["run"] + [a for o in tiny + ["model.conditional=multiply", "model.d-conditioning=projection",

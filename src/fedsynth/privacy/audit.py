@@ -44,7 +44,8 @@ class AuditResult:
     flagged: bool
     diversity_ratio: float
     distinct_nn_fraction: float
-    closest: list[tuple[int, int, float]] = field(default_factory=list)  # (fake idx, train idx, distance)
+    # (generated index, index into the training set given, distance), closest first
+    closest: list[tuple[int, int, float]] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"nearer_train_fraction": self.nearer_train_fraction, "median_ratio": self.median_ratio,
@@ -64,7 +65,9 @@ def memorisation_audit(fake: torch.Tensor, train: torch.Tensor, held: torch.Tens
     """See the module docstring. Images in [-1, 1], ``(N, C, H, W)``."""
     train_idx, held_idx = _equal_sizes(len(train), len(held), seed)
     train, held = train[train_idx], held[held_idx]
-    return _nn_audit(_flat(fake), _flat(train), _flat(held), threshold, n_closest, diversity(fake, train))
+    res = _nn_audit(_flat(fake), _flat(train), _flat(held), threshold, n_closest, diversity(fake, train))
+    res.closest = [(i, int(train_idx[j]), d) for i, j, d in res.closest]   # indices into the ``train`` given
+    return res
 
 
 def _equal_sizes(n_train: int, n_held: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
