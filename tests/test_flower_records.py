@@ -1,8 +1,6 @@
-"""Tensors packed into Flower ArrayRecords (one Array per dtype plus a JSON layout): the same
-bytes back, every dtype and shape a state dict holds, and a malformed layout from the network
+"""Tensors in Flower ArrayRecords as one fedsynth.serial payload (one uint8 Array): the same
+bytes back, every dtype and shape a state dict holds, and a malformed payload from the network
 refused with an error that says what is wrong."""
-
-import json
 
 import numpy as np
 import pytest
@@ -11,7 +9,8 @@ pytest.importorskip("flwr")
 
 from flwr.app import Array, ArrayRecord  # noqa: E402
 
-from fedsynth.fed.flower.records import LAYOUT, from_record, is_packed, to_record  # noqa: E402
+from fedsynth.fed.flower.records import PAYLOAD, from_record, is_packed, to_record  # noqa: E402
+from fedsynth.serial import to_bytes  # noqa: E402
 
 
 def _state():
@@ -22,10 +21,10 @@ def _state():
             "G.mask": np.array([True, False])}
 
 
-def test_round_trip_is_bit_exact_in_order_with_one_array_per_dtype():
+def test_round_trip_is_bit_exact_in_order_in_one_array():
     state = _state()
     rec = to_record(state)
-    assert is_packed(rec) and len(list(rec.keys())) == 5  # float32, int64, float16, bool + the layout
+    assert is_packed(rec) and list(rec.keys()) == [PAYLOAD]  # one Flower object, whatever the tensors
     back = from_record(rec)
     assert list(back) == list(state)
     for k, v in state.items():
@@ -40,31 +39,35 @@ def test_a_plain_record_still_reads():
     assert all(np.array_equal(from_record(rec)[k], v) for k, v in state.items())
 
 
-def _with_layout(layout):
-    rec = to_record({"a": np.arange(4, dtype=np.float32)})
-    raw = layout if isinstance(layout, bytes) else json.dumps(layout).encode()
-    rec[LAYOUT] = Array(np.frombuffer(raw, dtype=np.uint8).copy())
-    return rec
+def _record(payload):
+    return ArrayRecord(array_dict={PAYLOAD: Array(np.frombuffer(payload, dtype=np.uint8).copy())})
 
 
-@pytest.mark.parametrize("layout, message", [
-    (b"not json", "not JSON"),
-    ({"a": 1}, "not a list"),
-    ([["a", "float32"]], "bad entry"),
-    ([["a", "object", [4]]], "bad entry"),
-    ([["a", "float32", [-1]]], "bad entry"),
-    ([["a", "int64", [4]]], "no packed int64"),
-    ([["a", "float32", [5]]], "too short"),
-    ([["a", "float32", [3]]], "more values"),
+@pytest.mark.parametrize("payload, message", [
+    (b"not a payload", "not a fedsynth-serial payload"),
+    (to_bytes({"a": np.arange(4, dtype=np.float32)})[:-3], "truncated"),
+    (to_bytes([np.arange(4.0)]), "not a dict of named arrays"),
+    (to_bytes({"a": 3}), "not a dict of named arrays"),
+    (to_bytes({"a": {"b": np.arange(2.0)}}), "not a dict of named arrays"),
 ])
-def test_a_malformed_layout_is_refused_naming_the_problem(layout, message):
-    with pytest.raises(ValueError, match=message):
-        from_record(_with_layout(layout))
+def test_a_malformed_payload_is_refused_naming_the_problem(payload, message):
+    with pytest.raises(ValueError, match=message) as e:
+        from_record(_record(payload), "client 2: field 'arrays'")
+    assert str(e.value).startswith("client 2: field 'arrays': ")
+
+
+def test_a_payload_beside_other_arrays_or_not_bytes_is_refused():
+    rec = to_record({"a": np.arange(4, dtype=np.float32)})
+    rec["extra"] = Array(np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="beside 1 other"):
+        from_record(rec)
+    with pytest.raises(ValueError, match="not bytes"):
+        from_record(ArrayRecord(array_dict={PAYLOAD: Array(np.zeros(4, np.float32))}))
 
 
 def test_an_unsupported_dtype_is_refused_when_packing():
-    with pytest.raises(TypeError, match="complex64"):
-        to_record({"z": np.zeros(2, np.complex64)})
+    with pytest.raises(TypeError, match="complex128"):
+        to_record({"z": np.zeros(2, np.complex128)})
 
 
 def test_unpacked_arrays_become_tensors_of_the_same_shapes():

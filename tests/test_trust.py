@@ -154,6 +154,37 @@ def test_the_warm_workers_socket_refuses_a_pickle(tmp_path):
     assert not (tmp_path / "marker").exists()
 
 
+def test_the_warm_workers_socket_speaks_the_serial_format_without_torch():
+    """The worker's messages are fedsynth.serial payloads: the ClientApp process relays them
+    with NumPy alone (never importing torch), and a payload whose list of bytes places lies is refused."""
+    import subprocess
+    import sys
+
+    from fedsynth.fed.flower.worker import decode
+    from fedsynth.serial import from_bytes, to_bytes
+    code = ("import sys, numpy as np\n"
+            "from fedsynth.fed.flower import client_app\n"
+            "from fedsynth.fed.flower.worker import decode, encode\n"
+            "msg = ['ok', {'meta': {'client-id': '1'}, 'arrays': {'w': np.arange(6, dtype=np.float32).reshape(2, 3)},\n"
+            "              'state': b'\\x00state', 'nested': [{'s': b''}]}]\n"
+            "data = encode(msg)\n"
+            "back = decode(data)\n"
+            "assert back[1]['state'] == b'\\x00state' and back[1]['nested'][0]['s'] == b''\n"
+            "assert np.array_equal(back[1]['arrays']['w'], msg[1]['arrays']['w'])\n"
+            "sys.stdout.buffer.write(data)\n"
+            "sys.exit(3 if 'torch' in sys.modules else 0)\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    assert from_bytes(run.stdout)["bytes-at"] == [[1, "state"], [1, "nested", 0, "s"]]   # a serial payload
+    blob = np.frombuffer(b"x", np.uint8)
+    for bad in ({"message": {"state": 3}, "bytes-at": [["state"]]},            # not a uint8 array
+                {"message": {}, "bytes-at": [["gone"]]},                       # nothing there
+                {"message": {"s": blob}},                                      # no list of places
+                {"message": [blob], "bytes-at": [[]]}):                        # an empty place
+        with pytest.raises(ValueError, match="worker message"):
+            decode(to_bytes(bad))
+
+
 # ---------------------------------------------------------------- files a user may have downloaded
 
 def test_a_crafted_checkpoint_is_refused_and_nothing_runs(tmp_path):

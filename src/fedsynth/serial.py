@@ -52,7 +52,14 @@ The CRC-32s (of the skeleton, and of each tensor's dtype, shape and bytes) make 
 on disk or in transit a refusal rather than silently different weights. The same bytes serve
 files (``save_file``/``load_file``) and sockets; any safetensors tool can inspect them. Both
 directions are plain Python here -- the ``safetensors`` package is not needed (its reader reads
-these payloads, and what its writer writes with this metadata reads back).
+these payloads, and what its writer writes with this metadata reads back). torch is imported
+only when a payload holds tensors (or a dtype only torch has, bfloat16 and float8): a structure
+of NumPy arrays and plain values is written and read with NumPy alone, which keeps the Flower
+ClientApp process that relays messages to a node's warm worker free of torch.
+
+Where it is used: Flower messages' tensors (:mod:`fedsynth.fed.flower.records`), the
+strategy's state, a node's state on disk and in Flower's context, the warm worker's socket
+(:mod:`fedsynth.fed.flower.worker`) and a secure round's strategy tensors.
 
 ``from_bytes`` checks the header (format tag, version, every tensor's dtype, shape and byte
 range, the ranges tiling the data exactly), the checksums, copies each tensor's bytes into a
@@ -64,6 +71,7 @@ being read and why it was refused. Nothing in a payload is ever executed or impo
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -74,7 +82,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 __all__ = ["FORMAT", "VERSION", "UnsafeOrCorrupt", "pack", "unpack", "to_bytes", "from_bytes",
            "save_file", "load_file"]
@@ -84,20 +91,38 @@ VERSION = "1"
 MAX_DEPTH = 64                   # nesting levels of containers
 MAX_HEADER = 100 * 1024 * 1024   # bytes of safetensors JSON header (safetensors' own limit)
 
-# safetensors dtype names <-> torch dtypes, bytes per element
-_DTYPES: dict[str, tuple[torch.dtype, int]] = {
-    "BOOL": (torch.bool, 1), "U8": (torch.uint8, 1), "I8": (torch.int8, 1),
-    "I16": (torch.int16, 2), "I32": (torch.int32, 4), "I64": (torch.int64, 8),
-    "F16": (torch.float16, 2), "BF16": (torch.bfloat16, 2), "F32": (torch.float32, 4),
-    "F64": (torch.float64, 8), "C64": (torch.complex64, 8),
+# safetensors dtype names -> (the torch dtype's name, the NumPy dtype or None, bytes per element).
+# torch is imported only when a tensor is met or asked for: a payload of NumPy arrays and plain
+# values is written and read with NumPy alone (the warm worker's relay never imports torch).
+_DTYPES: dict[str, tuple[str, str | None, int]] = {
+    "BOOL": ("bool", "bool", 1), "U8": ("uint8", "uint8", 1), "I8": ("int8", "int8", 1),
+    "I16": ("int16", "int16", 2), "I32": ("int32", "int32", 4), "I64": ("int64", "int64", 8),
+    "U16": ("uint16", "uint16", 2), "U32": ("uint32", "uint32", 4), "U64": ("uint64", "uint64", 8),
+    "F16": ("float16", "float16", 2), "BF16": ("bfloat16", None, 2), "F32": ("float32", "float32", 4),
+    "F64": ("float64", "float64", 8), "C64": ("complex64", "complex64", 8),
+    "F8_E4M3": ("float8_e4m3fn", None, 1), "F8_E5M2": ("float8_e5m2", None, 1),
 }
-for _name, _attr, _size in (("U16", "uint16", 2), ("U32", "uint32", 4), ("U64", "uint64", 8),
-                            ("F8_E4M3", "float8_e4m3fn", 1), ("F8_E5M2", "float8_e5m2", 1)):
-    if hasattr(torch, _attr):
-        _DTYPES[_name] = (getattr(torch, _attr), _size)
-_TORCH_DTYPES = {dt for dt, _ in _DTYPES.values()}
+_NUMPY_NAMES = {np.dtype(npt): name for name, (_, npt, _) in _DTYPES.items() if npt is not None}
 _LITTLE = sys.byteorder == "little"   # payloads are little-endian, as safetensors specifies
-_DTYPE_NAMES = {dt: name for name, (dt, _) in _DTYPES.items()}
+
+
+def _torch() -> Any:
+    """torch, imported on first need."""
+    import torch
+    return torch
+
+
+def _loaded_tensor_type() -> Any:
+    """``torch.Tensor`` if torch is imported, else None (then nothing can be a tensor)."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else torch.Tensor
+
+
+@functools.cache
+def _torch_dtype_names() -> dict[Any, str]:
+    """torch dtype -> safetensors name, for the dtypes this torch has."""
+    torch = _torch()
+    return {getattr(torch, t): name for name, (t, _, _) in _DTYPES.items() if hasattr(torch, t)}
 
 _ALLOWED = ("dict (str/int keys), list, tuple, str, int, float, bool, None, torch.Tensor, "
             "numpy.ndarray")
@@ -119,7 +144,7 @@ def _join(path: str, part: Any) -> str:
     return f"{path}.{part}" if path else str(part)
 
 
-def pack(obj: Any, *, root: str = "") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def pack(obj: Any, *, root: str = "") -> tuple[dict[str, Any], dict[str, Any]]:
     """Split a nested structure into a flat dict of tensors and a JSON-able skeleton.
 
     Parameters
@@ -148,7 +173,16 @@ def pack(obj: Any, *, root: str = "") -> tuple[dict[str, torch.Tensor], dict[str
         dtype torch lacks (object, strings, ...), a structure that contains itself, or one
         nested more than ``MAX_DEPTH`` levels. The message names the item's path.
     """
-    tensors: dict[str, torch.Tensor] = {}
+    tensors, skeleton = _pack(obj, root)
+    torch = _torch() if any(isinstance(t, np.ndarray) for t in tensors.values()) else None
+    return {k: torch.from_numpy(t) if isinstance(t, np.ndarray) else t for k, t in tensors.items()}, skeleton
+
+
+def _pack(obj: Any, root: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """:func:`pack`, NumPy arrays kept as (C-contiguous, native-order) arrays: without torch
+    when ``obj`` holds no tensor."""
+    tensors: dict[str, Any] = {}
+    tensor_type = _loaded_tensor_type()
     seen: dict[int, str] = {}      # id(tensor or array) -> name, so that aliasing is kept
     keep: list[Any] = []           # keep objects alive while their id() is in `seen`
     stack: set[int] = set()        # ids of the containers being walked (cycle detection)
@@ -156,14 +190,16 @@ def pack(obj: Any, *, root: str = "") -> tuple[dict[str, torch.Tensor], dict[str
     def refuse(path: str, why: str) -> TypeError:
         return TypeError(f"cannot serialise {_where(path)}: {why}")
 
-    def tensor_name(x: Any, path: str, t: torch.Tensor) -> str:
+    def tensor_name(x: Any, path: str, t: Any) -> str:
         if id(x) in seen:
             return seen[id(x)]
-        if t.layout != torch.strided or t.is_quantized or t.is_meta:
-            raise refuse(path, f"a {t.layout} / quantised / meta tensor cannot be stored; "
-                               "make it a dense tensor first")
-        if t.dtype not in _TORCH_DTYPES:
-            raise refuse(path, f"tensor dtype {t.dtype} is not supported")
+        if not isinstance(t, np.ndarray):
+            torch = _torch()
+            if t.layout != torch.strided or t.is_quantized or t.is_meta:
+                raise refuse(path, f"a {t.layout} / quantised / meta tensor cannot be stored; "
+                                   "make it a dense tensor first")
+            if t.dtype not in _torch_dtype_names():
+                raise refuse(path, f"tensor dtype {t.dtype} is not supported")
         name = str(len(tensors))
         tensors[name] = t
         seen[id(x)] = name
@@ -173,24 +209,18 @@ def pack(obj: Any, *, root: str = "") -> tuple[dict[str, torch.Tensor], dict[str
     def walk(x: Any, path: str, depth: int) -> Any:
         if x is None or x is True or x is False:
             return x
-        if isinstance(x, torch.Tensor):
+        if tensor_type is not None and isinstance(x, tensor_type):
             return {"tensor": tensor_name(x, path, x)}
         if isinstance(x, np.ndarray):
-            if x.dtype.hasobject or x.dtype.kind not in "biufc":
+            if x.dtype.hasobject or x.dtype.kind not in "biufc" or x.dtype.newbyteorder("=") not in _NUMPY_NAMES:
                 raise refuse(path, f"numpy array of dtype {x.dtype} is not supported")
             a = x
             if not a.dtype.isnative:
                 a = a.astype(a.dtype.newbyteorder("="))
             if not a.flags.c_contiguous or not a.flags.writeable:
                 a = np.array(a, order="C", copy=True)
-            try:
-                t = torch.from_numpy(a)
-            except TypeError:
-                t = None
-            if t is None or t.dtype not in _TORCH_DTYPES:
-                raise refuse(path, f"numpy array of dtype {x.dtype} is not supported")
             keep.append(a)
-            return {"ndarray": tensor_name(x, path, t)}
+            return {"ndarray": tensor_name(x, path, a)}
         if isinstance(x, (bool, np.bool_)):
             return bool(x)
         if isinstance(x, (int, np.integer)):
@@ -247,16 +277,17 @@ class _Bad(Exception):
 def _convert(t: Any, tag: str, name: str) -> Any:
     """A stored tensor (or a NumPy array, e.g. from a Flower ArrayRecord) as the node asks."""
     if isinstance(t, np.ndarray):
-        if tag == "ndarray":
-            return t
         if t.dtype.hasobject or t.dtype.kind not in "biufc":
             raise _Bad(f"array {name[:40]!r} has dtype {t.dtype}, not a tensor dtype")
+        if tag == "ndarray":
+            return t
         try:
-            return torch.from_numpy(t if t.flags.writeable and t.dtype.isnative
-                                    else np.array(t, dtype=t.dtype.newbyteorder("=")))
+            return _torch().from_numpy(t if t.flags.writeable and t.dtype.isnative
+                                       else np.array(t, dtype=t.dtype.newbyteorder("=")))
         except TypeError:
             raise _Bad(f"array {name[:40]!r} has dtype {t.dtype}, not a tensor dtype") from None
-    if not isinstance(t, torch.Tensor):
+    tensor_type = _loaded_tensor_type()
+    if tensor_type is None or not isinstance(t, tensor_type):
         raise _Bad(f"{name[:40]!r} is a {type(t).__name__}, not a tensor")
     if tag == "tensor":
         return t
@@ -379,30 +410,32 @@ def unpack(tensors: dict[str, Any], skeleton: dict[str, Any] | str, what: str = 
 # ------------------------------------------------------------------------------- bytes
 
 
-def _prepare(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """CPU, contiguous, detached plain tensors."""
-    out: dict[str, torch.Tensor] = {}
-    for k, t in tensors.items():
-        t = t.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        if type(t) is not torch.Tensor:   # nn.Parameter and other subclasses
-            t = t.as_subclass(torch.Tensor)
-        out[k] = t.contiguous()
-    return out
+def _swap_unit(name: str) -> int:
+    """Bytes per byte-swapped unit of safetensors dtype ``name``: a complex64 is two float32s."""
+    return 4 if name == "C64" else _DTYPES[name][2]
 
 
-def _swap_unit(dtype: torch.dtype) -> int:
-    """Bytes per byte-swapped unit: a complex64 is two float32s."""
-    return 4 if dtype == torch.complex64 else _DTYPES[_DTYPE_NAMES[dtype]][1]
-
-
-def _swapped(flat: torch.Tensor, unit: int) -> torch.Tensor:
+def _swapped(flat: np.ndarray, unit: int) -> np.ndarray:
     """``flat`` (uint8) with the bytes of every ``unit``-byte word reversed: native order <->
     little-endian on a big-endian machine."""
-    if unit == 1 or flat.numel() == 0:
+    if unit == 1 or flat.size == 0:
         return flat
-    return flat.reshape(-1, unit).flip(-1).reshape(-1)
+    return np.ascontiguousarray(flat.reshape(-1, unit)[:, ::-1]).reshape(-1)
+
+
+def _raw(t: Any, names: dict[Any, str] | None) -> tuple[str, list[int], np.ndarray]:
+    """A stored value's safetensors dtype name, shape and native-order bytes (uint8, flat): a
+    NumPy array as it is, a tensor detached, on the CPU, contiguous."""
+    if isinstance(t, np.ndarray):
+        return _NUMPY_NAMES[t.dtype], list(t.shape), t.reshape(-1).view(np.uint8)
+    torch = _torch()
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    if type(t) is not torch.Tensor:   # nn.Parameter and other subclasses
+        t = t.as_subclass(torch.Tensor)
+    t = t.contiguous()
+    return names[t.dtype], list(t.shape), t.reshape(-1).view(torch.uint8).numpy()
 
 
 def _crc(dtype: str, shape: list[int], data: Any) -> str:
@@ -441,19 +474,19 @@ def to_bytes(obj: Any, *, root: str = "") -> bytes:
     TypeError
         For anything :func:`pack` refuses, naming its path.
     """
-    tensors, skeleton = pack(obj, root=root)
+    tensors, skeleton = _pack(obj, root)
     tree = json.dumps(skeleton["tree"], allow_nan=False, separators=(",", ":"))
     # <u64 LE header length> <JSON header, space-padded to 8 bytes> <tensor bytes, in order>
     table: dict[str, Any] = {}
     entries: dict[str, tuple[str, list[int], Any]] = {}
     parts: list[Any] = []
     pos = 0
-    for name, t in _prepare(tensors).items():
-        dtype, shape, n = _DTYPE_NAMES[t.dtype], list(t.shape), t.numel() * t.element_size()
-        flat = t.reshape(-1).view(torch.uint8)
+    names = None if all(isinstance(t, np.ndarray) for t in tensors.values()) else _torch_dtype_names()
+    for name, t in tensors.items():
+        dtype, shape, data = _raw(t, names)
+        n = data.size
         if not _LITTLE:
-            flat = _swapped(flat, _swap_unit(t.dtype))
-        data = flat.numpy()
+            data = _swapped(data, _swap_unit(dtype))
         table[name] = {"dtype": dtype, "shape": shape, "data_offsets": [pos, pos + n]}
         entries[name] = (dtype, shape, data)
         if n:
@@ -528,7 +561,7 @@ def _parse_header(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
             raise _Bad(f"tensor {label}: byte range {str(info['data_offsets'])[:60]} outside "
                        f"the {body}-byte data (truncated?)")
         numel = math.prod(info["shape"])
-        if end - begin != numel * _DTYPES[info["dtype"]][1]:
+        if end - begin != numel * _DTYPES[info["dtype"]][2]:
             raise _Bad(f"tensor {label}: header says {end - begin} bytes for shape "
                        f"{str(info['shape'])[:60]} of {info['dtype']}")
         ranges.append((begin, end))
@@ -543,9 +576,10 @@ def _parse_header(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
     return header, meta
 
 
-def _read_tensors(data: bytes, header: dict[str, Any], meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+def _read_tensors(data: bytes, header: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     """The tensors of a payload whose header :func:`_parse_header` checked, their checksums
-    verified; each owns a writable copy of its bytes."""
+    verified; each owns a writable copy of its bytes: a NumPy array where NumPy has the dtype
+    (:func:`_convert` makes it a tensor where the skeleton asks for one), else a tensor."""
     try:
         crcs = json.loads(meta.get("tensor-crc32"))
     except (TypeError, ValueError, RecursionError):
@@ -554,20 +588,23 @@ def _read_tensors(data: bytes, header: dict[str, Any], meta: dict[str, Any]) -> 
         raise _Bad("metadata lacks the tensors' checksums")
     (n,) = struct.unpack("<Q", data[:8])
     body = memoryview(data)[8 + n:]
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, Any] = {}
     for name, info in header.items():
-        dtype = _DTYPES[info["dtype"]][0]
+        torch_name, numpy_name, _ = _DTYPES[info["dtype"]]
         begin, end = info["data_offsets"]
         raw = body[begin:end]
         if _crc(info["dtype"], info["shape"], raw) != crcs[name]:
             raise _Bad(f"tensor {name[:40]!r}: checksum mismatch (corrupt data)")
-        if begin == end:
-            out[name] = torch.empty(info["shape"], dtype=dtype)
-        elif _LITTLE:
-            out[name] = torch.frombuffer(bytearray(raw), dtype=dtype).reshape(info["shape"])
-        else:
-            flat = _swapped(torch.frombuffer(bytearray(raw), dtype=torch.uint8), _swap_unit(dtype))
-            out[name] = flat.contiguous().view(dtype).reshape(info["shape"])
+        flat = np.frombuffer(bytearray(raw), dtype=np.uint8)
+        if not _LITTLE:
+            flat = _swapped(flat, _swap_unit(info["dtype"]))
+        if numpy_name is not None:
+            out[name] = flat.view(numpy_name).reshape(info["shape"])
+        else:   # bfloat16, float8: torch's own dtypes
+            torch = _torch()
+            if not hasattr(torch, torch_name):
+                raise _Bad(f"tensor {name[:40]!r}: dtype {info['dtype']} is not supported by this torch")
+            out[name] = torch.from_numpy(flat).view(getattr(torch, torch_name)).reshape(info["shape"])
     return out
 
 
@@ -697,7 +734,7 @@ def read_torch_file(path: str | os.PathLike[str]) -> Any:
     if not p.is_file():
         raise FileNotFoundError(str(p))
     try:
-        return torch.load(p, map_location="cpu", weights_only=True)
+        return _torch().load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated file, a foreign pickle, not a torch file at all
         reason = str(e).strip().splitlines()[0][:160] if "Weights only load failed" not in str(e) else \
             "it holds objects other than tensors and plain data (refused: loading it could run code)"

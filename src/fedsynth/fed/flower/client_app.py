@@ -68,7 +68,7 @@ def _answer(kind: str, msg: Message, context: Context) -> Message:
     content = msg.content
 
     def arrays_of(name: str) -> dict[str, np.ndarray] | None:
-        return from_record(content[name]) if name in content else None
+        return from_record(content[name], f"the server's field '{name}'") if name in content else None
     res = _run(kind, dict(content["config"]), arrays_of("arrays"), arrays_of("strategy"), context)
     out: dict[str, Any] = {"meta": ConfigRecord(res["meta"])}
     for name in ("arrays", "extra", "stats", "holdout-select", "holdout-test", "holdout-matched"):

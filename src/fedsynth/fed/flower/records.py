@@ -1,77 +1,56 @@
-"""Named tensors in Flower ``ArrayRecord``s, packed: one flat ``Array`` per dtype plus a JSON
-layout, instead of one ``Array`` per tensor.
+"""Named tensors in Flower ``ArrayRecord``s: one :mod:`fedsynth.serial` payload, carried as a
+single ``uint8`` Array, instead of one ``Array`` per tensor.
 
-Flower 1.42 stores and moves every ``Array`` of a message as an object of its own: the sender
-pushes and the receiver pulls each one in a separate request, at most two at a time
-(``FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES``/``PULLS``). A diffusion UNet and its EMA are 285
-tensors, a ResNet-50 discriminator over 300, so a message cost hundreds of round trips through
-the SuperLink however small its tensors. Packed, a state dict is a handful of objects (one per
-dtype, split by Flower into 5 MB chunks like any large array). The values are the same bytes,
-bit for bit; the layout is JSON (``[name, dtype, shape]`` in order), stored as a ``uint8`` array
-in the same record, and checked on arrival like any input from the network.
+One format: the payload is the one fedsynth writes for node state, the warm worker's socket
+and the strategy tensors of a secure round -- a safetensors payload whose JSON skeleton names
+each tensor, with a CRC-32 per tensor -- so a message from the network is checked by the same
+reader (:func:`fedsynth.serial.from_bytes`) as every other input, and never unpickled.
+
+One object per record: Flower 1.42 stores and moves every ``Array`` of a message as an object
+of its own (the sender pushes and the receiver pulls each one in a separate request, at most two
+at a time: ``FLWR_PRIVATE_MAX_CONCURRENT_OBJ_PUSHES``/``PULLS``). A diffusion UNet and its EMA
+are 285 tensors, a ResNet-50 discriminator over 300: one Array per tensor cost hundreds of round
+trips through the SuperLink however small the tensors. As one payload a state dict is one
+object (split by Flower into 5 MB chunks like any large array). The values are the same bytes,
+bit for bit. Written and read with NumPy alone: the ClientApp process never imports torch.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-LAYOUT = "__fedsynth-layout__"
-#: dtypes a packed record may carry (everything a fedsynth state dict holds)
-DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64",
-                    "uint8", "bool"})
+from ...serial import from_bytes, to_bytes
+
+PAYLOAD = "__fedsynth-serial__"
 
 
 def to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
-    """``arrays`` (name -> array, in order) as a packed ArrayRecord."""
-    layout, groups = [], {}
-    for name, a in arrays.items():
-        a = np.asarray(a)
-        dt = str(a.dtype)
-        if dt not in DTYPES:
-            raise TypeError(f"tensor '{name}' has dtype {dt}, which a Flower message does not carry")
-        layout.append([name, dt, list(a.shape)])
-        groups.setdefault(dt, []).append(a.reshape(-1))
-    flat = {dt: np.concatenate(parts) for dt, parts in groups.items()}
-    flat[LAYOUT] = np.frombuffer(json.dumps(layout).encode(), dtype=np.uint8)
-    return ArrayRecord(array_dict={k: Array(np.ascontiguousarray(v)) for k, v in flat.items()})
+    """``arrays`` (name -> array, in order) as an ArrayRecord holding one serial payload.
+    ``TypeError`` names a tensor of a dtype the format does not carry."""
+    data = to_bytes({str(k): np.asarray(v) for k, v in arrays.items()}, root="tensors")
+    return ArrayRecord(array_dict={PAYLOAD: Array(np.frombuffer(data, dtype=np.uint8))})
 
 
 def is_packed(rec: ArrayRecord) -> bool:
-    return LAYOUT in rec
+    """Whether ``rec`` is fedsynth's own (:func:`to_record`), not a plain Flower sender's."""
+    return PAYLOAD in rec
 
 
-def from_record(rec: ArrayRecord) -> dict[str, np.ndarray]:
-    """The named arrays of ``rec`` (packed by :func:`to_record`, or one Array per tensor as a
-    plain Flower sender writes them). A malformed layout raises ``ValueError`` naming what is wrong."""
+def from_record(rec: ArrayRecord, what: str = "the message's tensors") -> dict[str, np.ndarray]:
+    """The named arrays of ``rec`` (written by :func:`to_record`, or one Array per tensor as a
+    plain Flower sender writes them). Anything else raises ``ValueError`` (a
+    :class:`fedsynth.serial.UnsafeOrCorrupt`) naming ``what`` and what is wrong."""
     if not is_packed(rec):
         return {k: a.numpy() for k, a in rec.items()}
-    try:
-        layout = json.loads(bytes(rec[LAYOUT].numpy()).decode())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"the packed tensors' layout is not JSON: {e}") from None
-    if not isinstance(layout, list):
-        raise ValueError("the packed tensors' layout is not a list")
-    flat = {k: a.numpy() for k, a in rec.items() if k != LAYOUT}
-    offset = dict.fromkeys(flat, 0)
-    out: dict[str, np.ndarray] = {}
-    for entry in layout:
-        if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str) and entry[1] in DTYPES
-                and isinstance(entry[2], list) and all(isinstance(d, int) and d >= 0 for d in entry[2])):
-            raise ValueError(f"bad entry in the packed tensors' layout: {str(entry)[:120]}")
-        name, dt, shape = entry
-        if dt not in flat or str(flat[dt].dtype) != dt:
-            raise ValueError(f"tensor '{name}': no packed {dt} array")
-        n = int(np.prod(shape, dtype=np.int64))
-        start = offset[dt]
-        if start + n > flat[dt].size:
-            raise ValueError(f"tensor '{name}': the packed {dt} array is too short")
-        out[name] = flat[dt][start:start + n].reshape(shape).copy()
-        offset[dt] = start + n
-    short = [dt for dt, a in flat.items() if offset[dt] != a.size]
-    if short:
-        raise ValueError(f"the packed {', '.join(short)} array(s) hold more values than the layout names")
+    if len(rec) != 1:
+        raise ValueError(f"{what}: a fedsynth payload beside {len(rec) - 1} other array(s)")
+    raw = rec[PAYLOAD].numpy()
+    if raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(f"{what}: the payload is a {raw.dtype} array of shape {raw.shape}, not bytes")
+    out = from_bytes(raw.tobytes(), what)
+    if not (isinstance(out, dict) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in out.items())):
+        raise ValueError(f"{what}: not a dict of named arrays")
     return out

@@ -36,7 +36,6 @@ NumPy's global generator; each node seeds it from the run seed first (``secagg-s
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
@@ -48,6 +47,8 @@ from flwr.common import Code, FitIns, FitRes, Status, ndarrays_to_parameters, pa
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import Strategy
+
+from ...serial import from_bytes, to_bytes
 
 #: Flower's quantisation range (``SecAggPlusWorkflow`` default): each value becomes an integer in [0, 2^22)
 QUANTIZATION_RANGE = 2 ** 22
@@ -156,9 +157,9 @@ def train_request(content: RecordDict) -> tuple[dict[str, Any], dict[str, np.nda
         raise ValueError(f"the server sent {len(arrays)} tensors for {len(names)} weight names")
     strategy: dict[str, np.ndarray] = {}  # the strategy's tensors (its structure is in the config's 'strategy')
     if "strategy-arrays" in conf:
-        snames = json.loads(str(conf.pop("strategy-keys")))
-        with np.load(io.BytesIO(bytes(conf.pop("strategy-arrays"))), allow_pickle=False) as z:
-            strategy = {name: z[f"arr_{i}"] for i, name in enumerate(snames)}
+        strategy = from_bytes(bytes(conf.pop("strategy-arrays")), "the server's strategy tensors")
+        if not (isinstance(strategy, dict) and all(isinstance(v, np.ndarray) for v in strategy.values())):
+            raise ValueError("the server's strategy tensors: not a dict of arrays")
     return conf, dict(zip(names, arrays)), strategy
 
 
@@ -224,14 +225,11 @@ class Relay(Strategy):
 def fit_instructions(config: dict[str, Any], weights: dict[str, np.ndarray],
                      strategy: dict[str, np.ndarray]) -> FitIns:
     """A node's FitIns: the global weights as legacy Parameters (names in ``weight-keys``), the
-    strategy's tensors as one ``.npz`` archive (a FitIns config holds scalars and bytes, not
-    lists; read back with ``allow_pickle=False``)."""
+    strategy's tensors as one :mod:`fedsynth.serial` payload (a FitIns config holds scalars and
+    bytes, not lists)."""
     conf = {**config, "weight-keys": json.dumps(list(weights))}
     if strategy:
-        buf = io.BytesIO()
-        np.savez(buf, *strategy.values())
-        conf["strategy-keys"] = json.dumps(list(strategy))
-        conf["strategy-arrays"] = buf.getvalue()
+        conf["strategy-arrays"] = to_bytes(dict(strategy), root="strategy")
     return FitIns(ndarrays_to_parameters(list(weights.values())), conf)
 
 

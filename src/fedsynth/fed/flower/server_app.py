@@ -214,8 +214,8 @@ def parse_train_reply(content: RecordDict, cid: str):
             raise ValueError(f"field '{name}' is not a {kind.__name__}")
     mr = content["metrics"]
     metrics = {k: float(v) for k, v in mr.items() if k not in ("num-examples", "steps")}
-    return recs, timing, ClientUpdate(cid, tensors(from_record(content["arrays"])), int(mr["num-examples"]),
-                                      metrics, int(mr["steps"]), tensors(from_record(content["extra"])))
+    arrays, extra = (tensors(from_record(content[f], f"client {cid}: field '{f}'")) for f in ("arrays", "extra"))
+    return recs, timing, ClientUpdate(cid, arrays, int(mr["num-examples"]), metrics, int(mr["steps"]), extra)
 
 
 class FlowerClients(ClientPool):
@@ -276,10 +276,12 @@ class FlowerClients(ClientPool):
                                 f"node its own --node-config client-id")
             info[cid] = {"node": nid, **meta}
             if "stats" in rep.content:
-                self.stats[cid] = FeatureStats.from_npz_dict(from_record(rep.content["stats"]))
+                self.stats[cid] = FeatureStats.from_npz_dict(from_record(rep.content["stats"],
+                                                                         f"site {cid}: field 'stats'"))
             if "holdout-test" in rep.content:  # the node's held-out images' moments
-                self.holdout[cid] = {split: FeatureStats.from_npz_dict(from_record(rep.content[f"holdout-{split}"]))
-                                     for split in HOLDOUT_SPLITS}
+                self.holdout[cid] = {split: FeatureStats.from_npz_dict(
+                    from_record(rep.content[f"holdout-{split}"], f"site {cid}: field 'holdout-{split}'"))
+                    for split in HOLDOUT_SPLITS}
         self.info = info
         self.ids = sorted(info, key=_natural)
         self.by_node = {info[c]["node"]: c for c in self.ids}

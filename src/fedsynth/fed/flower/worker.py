@@ -21,9 +21,9 @@ models, and hands the request (:mod:`fedsynth.fed.flower.node`) to the worker.
 * Never in the way: if the worker is missing, busy starting or dies mid-request, the ClientApp
   answers the message in its own process, as plain ``flower-supernode`` nodes always do.
 
-Wire format: 8-byte big-endian length + :func:`encode`'s ``.npz`` archive (NumPy arrays, JSON
-structure), both ways, read with ``allow_pickle=False``: never a pickle, so even a process that
-reached the socket could not make the worker (or the ClientApp) run code.
+Wire format: 8-byte big-endian length + :func:`encode`'s :mod:`fedsynth.serial` payload (the
+format of node state and checkpoints: NumPy arrays, JSON structure), both ways: never a pickle,
+so even a process that reached the socket could not make the worker (or the ClientApp) run code.
 """
 
 from __future__ import annotations
@@ -45,67 +45,53 @@ class WorkerUnavailable(Exception):
 
 
 def encode(obj: Any) -> bytes:
-    """A request or answer as an ``.npz`` archive: every NumPy array (and ``bytes``, as uint8)
-    stored as itself, the structure around them as JSON. Read back with ``allow_pickle=False``:
-    no object arrays, nothing that could run code. NumPy and JSON only, so the ClientApp process
-    that relays to the worker never imports torch."""
-    import io
-    import json
-
+    """A request or answer as one :mod:`fedsynth.serial` payload -- the format of checkpoints,
+    node state and every other tensor fedsynth stores or sends: NumPy arrays stored as
+    themselves, the structure around them in the payload's JSON skeleton, each ``bytes`` value
+    (the node's state, itself such a payload) as a uint8 array whose place is listed beside the
+    message. Written and read with NumPy alone, so the ClientApp process that relays to the
+    worker never imports torch."""
     import numpy as np
-    arrays: dict[str, Any] = {}
 
-    def walk(x: Any) -> Any:
-        if isinstance(x, np.ndarray):
-            arrays[f"a{len(arrays)}"] = x
-            return {"__array__": f"a{len(arrays) - 1}"}
+    from ...serial import to_bytes
+    blobs: list[list[Any]] = []
+
+    def walk(x: Any, path: list[Any]) -> Any:
         if isinstance(x, bytes):
-            arrays[f"a{len(arrays)}"] = np.frombuffer(x, dtype=np.uint8)
-            return {"__bytes__": f"a{len(arrays) - 1}"}
+            blobs.append(path)
+            return np.frombuffer(x, dtype=np.uint8)
         if isinstance(x, dict):
-            if not all(isinstance(k, str) for k in x):
-                raise TypeError("worker messages take string keys only")
-            return {k: walk(v) for k, v in x.items()}
+            return {k: walk(v, [*path, k]) for k, v in x.items()}
         if isinstance(x, (list, tuple)):
-            return [walk(v) for v in x]
-        if x is None or isinstance(x, (bool, int, float, str)):
-            return x
-        raise TypeError(f"cannot send {type(x).__name__} to the worker")
-
-    skeleton = json.dumps(walk(obj)).encode()
-    buf = io.BytesIO()
-    np.savez(buf, __skeleton__=np.frombuffer(skeleton, dtype=np.uint8), **arrays)
-    return buf.getvalue()
+            return [walk(v, [*path, i]) for i, v in enumerate(x)]
+        return x
+    return to_bytes({"message": walk(obj, []), "bytes-at": blobs}, root="worker message")
 
 
 def decode(data: bytes) -> Any:
-    """The inverse of :func:`encode`; anything else raises ``ValueError``."""
-    import io
-    import json
-    import zipfile
-
+    """The inverse of :func:`encode`; anything else (a pickle, another payload, corrupt bytes)
+    raises ``ValueError`` without running anything."""
     import numpy as np
-    try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        skeleton = json.loads(arrays.pop("__skeleton__").tobytes())
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"not a worker message: {e}") from None
 
-    def build(x: Any) -> Any:
-        if isinstance(x, dict):
-            if set(x) == {"__array__"}:
-                return arrays[x["__array__"]]
-            if set(x) == {"__bytes__"}:
-                return arrays[x["__bytes__"]].tobytes()
-            return {k: build(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [build(v) for v in x]
-        return x
-    try:
-        return build(skeleton)
-    except KeyError as e:
-        raise ValueError(f"worker message refers to a missing array {e}") from None
+    from ...serial import from_bytes
+    got = from_bytes(data, "worker message")   # serial.UnsafeOrCorrupt is a ValueError
+    if not (isinstance(got, dict) and set(got) == {"message", "bytes-at"} and isinstance(got["bytes-at"], list)):
+        raise ValueError("worker message: not a request or an answer")
+    msg = got["message"]
+    for path in got["bytes-at"]:
+        if not (isinstance(path, list) and path):
+            raise ValueError(f"worker message: bad place of a bytes value {str(path)[:60]}")
+        try:
+            parent = msg
+            for k in path[:-1]:
+                parent = parent[k]
+            blob = parent[path[-1]]
+        except (KeyError, IndexError, TypeError):
+            raise ValueError(f"worker message: no value at {str(path)[:60]}") from None
+        if not (isinstance(blob, np.ndarray) and blob.dtype == np.uint8 and blob.ndim == 1):
+            raise ValueError(f"worker message: the value at {str(path)[:60]} is not bytes")
+        parent[path[-1]] = blob.tobytes()
+    return msg
 
 
 def _send(sock: socket.socket, obj: Any) -> None:
