@@ -148,6 +148,16 @@ def test_combinations_that_make_no_sense_are_refused(over, words):
     assert all(w in str(e.value) for w in words), str(e.value)
 
 
+def test_the_registry_refuses_exactly_the_strategies_without_a_mixture_of_site_models_to_sample():
+    """The reasons ``fed.server-data = "sites"`` is refused live in the strategy registry; they
+    agree with what each strategy's class says it releases and how its clients train."""
+    from fedsynth.registry import STRATEGIES
+    for name in STRATEGIES.names():
+        cls = STRATEGIES[name].load()
+        no_mixture = cls.release != "global" or cls.sequential
+        assert bool(STRATEGIES[name].server_sites) == no_mixture, name
+
+
 def test_the_cli_refuses_them_with_exit_2(tmp_path):
     res = CliRunner().invoke(app, ["run", "--dry-run", "--set", "fed.server-data=sites", "--set", "fed.strategy=local"])
     assert res.exit_code == 2 and "fed.server-data" in res.output and "Traceback" not in res.output

@@ -847,10 +847,7 @@ def _check_server_sites(cfg: Config) -> None:
     update: refused where there is no global model, no set of site models, or where a privacy
     or robustness setting promises something those samples would break."""
     fed, pv = cfg.fed, cfg.privacy
-    why = {"local": "keeps no global model for the server to train",
-           "ensemble": "keeps no global model for the server to train (it releases the mixture itself)",
-           "swt": "passes one model from site to site: there is no mixture of site models to sample",
-           "cwt": "passes one model from site to site: there is no mixture of site models to sample"}.get(fed.strategy)
+    why = STRATEGIES[fed.strategy].server_sites
     if why:
         raise UserError(f"config key 'fed.server-data' = 'sites': fed.strategy = '{fed.strategy}' {why}")
     conflicts = []

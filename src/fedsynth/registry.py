@@ -33,6 +33,9 @@ class Entry:
         of the updates, so it runs under secure aggregation (the server learns only that mean);
         otherwise why it cannot (shown to the user). ``tests/test_secagg.py`` checks every
         strategy that claims it.
+    server_sites : str
+        Strategies: empty if the server can train the global model on samples of the sites'
+        updated models (``fed.server-data = "sites"``); otherwise why it cannot (shown to the user).
     kind : str
         A family tag the builders branch on (data sources: ``phantom``, ``files``, ``sample``).
     """
@@ -42,6 +45,7 @@ class Entry:
     help: str = ""
     flower: str = ""
     secagg: str = ""
+    server_sites: str = ""
     kind: str = ""
 
     def load(self) -> Any:
@@ -107,6 +111,8 @@ D_ARCHS = Registry("model.d-arch", [
 
 _ONE_MODEL = "clients never share one model to aggregate"
 _NO_MEAN = "it needs each client's update, and secure aggregation shows the server only their sum"
+_NO_GLOBAL = "keeps no global model for the server to train"
+_NO_MIXTURE = "passes one model from site to site: there is no mixture of site models to sample"
 STRATEGIES = Registry("fed.strategy", [
     Entry("fedavg", "fed.strategies:FedAvg", "federated averaging (McMahan et al. 2017)"),
     Entry("fedsgd", "fed.strategies:FedSGD", "FedAvg with one local step per round"),
@@ -130,12 +136,14 @@ STRATEGIES = Registry("fed.strategy", [
           "consensus (FedCAR, Kim et al. 2024; fed.fedcar-*)",
           secagg="the server samples each site's generator, and secure aggregation shows only their sum"),
     Entry("swt", "fed.strategies:SingleWeightTransfer", "single weight transfer: one block of rounds per client",
-          flower="it passes one model from site to site", secagg=_NO_MEAN),
+          flower="it passes one model from site to site", secagg=_NO_MEAN, server_sites=_NO_MIXTURE),
     Entry("cwt", "fed.strategies:CyclicWeightTransfer", "cyclic weight transfer: every client in turn each round",
-          flower="it passes one model from site to site", secagg=_NO_MEAN),
+          flower="it passes one model from site to site", secagg=_NO_MEAN, server_sites=_NO_MIXTURE),
     Entry("ensemble", "fed.strategies:Ensemble", "clients train alone; samples from the mixture of their models",
-          flower=_ONE_MODEL, secagg=_NO_MEAN),
-    Entry("local", "fed.strategies:Local", "baseline: every hospital alone", flower=_ONE_MODEL, secagg=_NO_MEAN),
+          flower=_ONE_MODEL, secagg=_NO_MEAN,
+          server_sites=_NO_GLOBAL + " (it releases the mixture itself)"),
+    Entry("local", "fed.strategies:Local", "baseline: every hospital alone", flower=_ONE_MODEL, secagg=_NO_MEAN,
+          server_sites=_NO_GLOBAL),
     Entry("centralized", "fed.strategies:Centralized", "baseline: all data pooled in one client",
           flower="it pools every site's images in one place", secagg=_NO_MEAN),
 ])
