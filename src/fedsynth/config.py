@@ -27,7 +27,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
-from .registry import BACKBONES, D_ARCHS, EXTRACTORS, FAMILIES, LOSSES, ROBUST_RULES, SOURCES, STRATEGIES
+from .registry import (BACKBONES, D_ARCHS, EXTRACTORS, FAMILIES, G_ARCHS, LOSSES, ROBUST_RULES, SOURCES,
+                       STRATEGIES)
 
 # Fewest local steps a round trains by default. A site of 84 images at batch 32 takes 2 steps per
 # epoch, and a DCGAN given 2 steps a round learned nothing in 6 rounds; the built-in default
@@ -166,10 +167,7 @@ class ModelConfig:
     d_conditioning: str = _f("none", "conditional discriminator: projection or acgan "
                              "(auxiliary classifier)", choices=("none", "projection", "acgan"))
     # -- issue 14: the histopathology study's networks
-    g_arch: str = _f("dcgan", "generator: dcgan (transposed convolutions) or upsample-cnn (the "
-                     "histopathology study's: three upsample + 3x3 conv blocks with norm, LeakyReLU, "
-                     "dropout; class embedding multiplied into the latent)",
-                     choices=("dcgan", "upsample-cnn"), site="G")
+    g_arch: str = _f("dcgan", "generator: " + G_ARCHS.help(), choices=G_ARCHS.names(), site="G")
     g_dropout: float = _f(0.25, "upsample-cnn: dropout after each block", min=0.0, max=0.9, site="G")
     d_arch: str = _f("dcgan", "discriminator: " + D_ARCHS.help() + ". Backbones take gray or RGB "
                      "images (gray repeated to RGB, ImageNet normalisation) and ignore ndf and d-norm",
@@ -864,14 +862,12 @@ def _check_server_sites(cfg: Config) -> None:
                         "used with: " + "; ".join(conflicts))
 
 
-VOLUME_SOURCES = ("phantom-ct", "phantom-mr", "nifti", "dicom")
-
-
 def _check_volumes(cfg: Config) -> None:
     """``data.dims = 3``: the sources that hold volumes, and what is built for them so far."""
-    if cfg.data.source not in VOLUME_SOURCES:
+    if not SOURCES[cfg.data.source].volumes:
+        volumes = [n for n in SOURCES.names() if SOURCES[n].volumes]
         raise UserError(f"config key 'data.dims' = 3 needs volumes: data.source must be one of "
-                        f"{', '.join(VOLUME_SOURCES)}, not '{cfg.data.source}'")
+                        f"{', '.join(volumes)}, not '{cfg.data.source}'")
     m = cfg.model
     if m.family == "gan" and (m.g_arch != "dcgan" or m.d_arch != "dcgan"):
         raise UserError("config key 'data.dims' = 3 needs model.g-arch = 'dcgan' and model.d-arch = 'dcgan' "

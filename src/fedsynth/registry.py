@@ -38,6 +38,8 @@ class Entry:
         updated models (``fed.server-data = "sites"``); otherwise why it cannot (shown to the user).
     kind : str
         A family tag the builders branch on (data sources: ``phantom``, ``files``, ``sample``).
+    volumes : bool
+        Data sources: whether it gives volumes too (``data.dims = 3``).
     """
 
     name: str
@@ -47,6 +49,7 @@ class Entry:
     secagg: str = ""
     server_sites: str = ""
     kind: str = ""
+    volumes: bool = False
 
     def load(self) -> Any:
         module, _, attr = self.target.partition(":")
@@ -100,6 +103,14 @@ BACKBONES = Registry("backbone", [
     Entry("swin_t", "models.backbones:SWIN_T", "torchvision Swin-T (28 M)"),
     Entry("deit_tiny", "models.backbones:DEIT_TINY", "timm DeiT-Tiny/16 (5.5 M)"),
     Entry("levit_128s", "models.backbones:LEVIT_128S", "timm LeViT-128S (7 M; 224 px with ImageNet weights)"),
+])
+
+# Generator architectures (model.g-arch). Each target builds the generator from a GAN's ModelSpec:
+# ``target(spec)``.
+G_ARCHS = Registry("model.g-arch", [
+    Entry("dcgan", "models.gan:dcgan_generator", "transposed convolutions (DCGAN; images and volumes)"),
+    Entry("upsample-cnn", "models.gan:upsample_generator", "the histopathology study's: three upsample + 3x3 "
+          "conv blocks with norm, LeakyReLU, dropout; class embedding multiplied into the latent"),
 ])
 
 # Discriminator architectures (model.d-arch): DCGAN's, or any backbone with heads (models/heads.py).
@@ -167,13 +178,13 @@ EXTRACTORS = Registry("eval.feature-extractor", [
 SOURCES = Registry("data.source", [
     Entry("phantom-xray", "data:load_phantom", "built-in chest radiograph phantoms", kind="phantom"),
     Entry("phantom-ct", "data:load_phantom", "built-in axial CT phantoms (data.dims = 3: chest CT volumes)",
-          kind="phantom"),
+          kind="phantom", volumes=True),
     Entry("phantom-histo", "data:load_phantom", "built-in RGB H&E tile phantoms", kind="phantom"),
     Entry("phantom-mr", "data:load_phantom", "built-in head MR volumes, T1 or T2 (data.dims = 3)",
-          kind="phantom"),
+          kind="phantom", volumes=True),
     Entry("folder", "data.sources:load_source", "PNG/JPEG/TIFF/BMP files under data.path", kind="files"),
-    Entry("dicom", "data.sources:load_source", "DICOM files under data.path", kind="files"),
-    Entry("nifti", "data.sources:load_source", "NIfTI volumes under data.path", kind="files"),
+    Entry("dicom", "data.sources:load_source", "DICOM files under data.path", kind="files", volumes=True),
+    Entry("nifti", "data.sources:load_source", "NIfTI volumes under data.path", kind="files", volumes=True),
     Entry("medmnist", "data.sources:load_source", "a MedMNIST .npz file under data.path", kind="files"),
     Entry("sample-retina", "data.sources:load_source", "fundus tiles shipped with scikit-image", kind="sample"),
     Entry("sample-ihc", "data.sources:load_source", "IHC tiles shipped with scikit-image", kind="sample"),

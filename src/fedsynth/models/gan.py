@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..registry import D_ARCHS
+from ..registry import D_ARCHS, G_ARCHS
 from ..train import LocalTrainer, OptimConfig, build_loss
 from .base import GenerativeModel, TrainResult, description_fields
 from .backbones import build_backbone
@@ -43,7 +43,7 @@ class ModelSpec:
     g_conditioning: str = "none"
     d_conditioning: str = "none"
     # issue 14 (defaults: what checkpoints written before it hold)
-    g_arch: str = "dcgan"          # "dcgan" | "upsample-cnn"
+    g_arch: str = "dcgan"          # a name in fedsynth.registry.G_ARCHS: "dcgan" | "upsample-cnn"
     d_arch: str = "dcgan"          # a name in fedsynth.registry.D_ARCHS: "dcgan" | a backbone
     d_pretrained: bool = False     # the backbone started from ImageNet weights
     g_dropout: float = 0.25        # upsample-cnn: dropout after each block
@@ -84,21 +84,27 @@ def build_gan(arch: str | ModelSpec, image_size: int = 64, channels: int = 1, nz
         raise ValueError("volumes (dims = 3) need the DCGAN generator and discriminator")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        if spec.g_arch == "dcgan":
-            G = Generator(image_size=spec.image_size, nc=spec.channels, nz=spec.nz, ngf=spec.ngf, norm=spec.g_norm,
-                          num_classes=spec.num_classes, conditional=spec.g_conditioning, dims=spec.dims)
-        elif spec.g_arch == "upsample-cnn":
-            G = UpsampleGenerator(image_size=spec.image_size, nc=spec.channels, nz=spec.nz, ngf=spec.ngf,
-                                  norm=spec.g_norm, num_classes=spec.num_classes, conditional=spec.g_conditioning,
-                                  dropout=spec.g_dropout)
-        else:
-            raise ValueError(f"unknown generator architecture {spec.g_arch!r}")
+        G = G_ARCHS.load(spec.g_arch)(spec)
         D = D_ARCHS.load(spec.d_arch)(spec, pretrained=pretrained)
         gan = GAN(G, D, spec)
         dcgan_init_(G)  # the same draws, in the same order, as one call on the whole GAN
         if isinstance(D, Discriminator):  # a backbone keeps its library's initialisation
             dcgan_init_(D)
     return gan
+
+
+def dcgan_generator(spec: ModelSpec) -> nn.Module:
+    """``model.g-arch = "dcgan"`` (:data:`fedsynth.registry.G_ARCHS`): transposed convolutions."""
+    return Generator(image_size=spec.image_size, nc=spec.channels, nz=spec.nz, ngf=spec.ngf, norm=spec.g_norm,
+                     num_classes=spec.num_classes, conditional=spec.g_conditioning, dims=spec.dims)
+
+
+def upsample_generator(spec: ModelSpec) -> nn.Module:
+    """``model.g-arch = "upsample-cnn"`` (:data:`fedsynth.registry.G_ARCHS`): the histopathology
+    study's upsample + conv blocks."""
+    return UpsampleGenerator(image_size=spec.image_size, nc=spec.channels, nz=spec.nz, ngf=spec.ngf,
+                             norm=spec.g_norm, num_classes=spec.num_classes, conditional=spec.g_conditioning,
+                             dropout=spec.g_dropout)
 
 
 def dcgan_discriminator(spec: ModelSpec, pretrained: bool = True) -> nn.Module:
