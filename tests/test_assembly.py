@@ -38,6 +38,15 @@ def _reset():
     torch.backends.cudnn.deterministic = False
 
 
+def test_a_process_that_serves_two_runs_gives_each_its_own_determinism(torch_settings):
+    """A warm worker applies each run's settings on every message: a run without
+    run.deterministic after one with it runs without it."""
+    from fedsynth.fed.assembly import Process, applied
+    for on in (True, False, True, False):
+        Process.of(build_config(None, BASE + [f"run.deterministic={str(on).lower()}"]), "node").apply()
+        assert applied()["deterministic"] is on and torch.backends.cudnn.deterministic is on
+
+
 def _node_req(cfg, sites, cid="0", **conf):
     return {"config": {"fedsynth-config": cfg.to_toml(), **conf}, "arrays": None, "strategy": None, "state": None,
             "node_config": {"data-path": str(sites / f"client-{cid}"), "client-id": cid}}

@@ -82,13 +82,14 @@ def autocast(device: torch.device, precision: str):
 
 def set_deterministic(on: bool) -> None:
     """``run.deterministic``: deterministic kernels only (errors on an operation that has none),
-    cuDNN's autotuner off. The CPU kernels fedsynth uses are deterministic either way."""
-    if not on:
-        return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
+    cuDNN's autotuner off. The CPU kernels fedsynth uses are deterministic either way. Off puts
+    torch's defaults back, so a process that serves several runs (a node's warm worker) gives each
+    the setting of its own config."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(on)
+    torch.backends.cudnn.deterministic = on
 
 
 def cpu_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
