@@ -124,6 +124,27 @@ def test_real_statistics_are_cached(tiny, tmp_path):
     assert [f.stat().st_mtime_ns for f in files] == mtimes
 
 
+def test_the_statistics_cache_tells_memory_formats_apart(tmp_path, monkeypatch):
+    """Features computed channels-last may differ in their last bits: such statistics are cached
+    apart from the contiguous network's, never served in their place."""
+    import torch
+
+    from fedsynth.data import make_phantom
+    from fedsynth.fed.assembly import memory_format
+    from fedsynth.fed.evaluation import real_statistics
+    from fedsynth.metrics import RandomConvFeatures
+    from fedsynth.utils import cache_dir
+    monkeypatch.setenv("FEDSYNTH_CACHE", str(tmp_path / "cache"))
+    data = make_phantom("phantom-xray", 12, 16, seed=0)
+    ext = RandomConvFeatures()
+    real_statistics(data, ext)
+    real_statistics(data, ext)
+    assert len(list((cache_dir() / "stats").glob("*.npz"))) == 1
+    other = torch.contiguous_format if memory_format(ext) == "channels_last" else torch.channels_last
+    real_statistics(data, ext.to(memory_format=other))
+    assert len(list((cache_dir() / "stats").glob("*.npz"))) == 2
+
+
 def test_per_site_fairness_records(tiny):
     res = _run(tiny + ["partition.clients=3", "data.num-images=72", "fed.rounds=1"])
     on_sites = [r for r in res.records if r["client"] == "global" and r["metric"] == "fd-random" and r["real"] in ("0", "1", "2")]

@@ -145,8 +145,13 @@ class RealStats:
 
 def real_statistics(data: ImageSet, extractor: FeatureExtractor, max_real: int = 0,
                     seed: int = 0, use_cache: bool = True) -> RealStats:
-    """Feature statistics of a client's real images (cached by fingerprint + extractor)."""
-    key = hashlib.blake2b(f"{data.fingerprint()}|{extractor.name}|{max_real}|{seed}".encode(),
+    """Feature statistics of a client's real images (cached by the data's fingerprint, the
+    extractor's name and the kernels it runs: its device and memory format, which change the
+    features' last bits)."""
+    from .assembly import memory_format
+    weights = next(extractor.parameters(), None)
+    kernels = f"{weights.device if weights is not None else 'cpu'}|{memory_format(extractor)}"
+    key = hashlib.blake2b(f"{data.fingerprint()}|{extractor.name}|{max_real}|{seed}|{kernels}".encode(),
                           digest_size=16).hexdigest()
     path = cache_dir() / "stats" / f"{key}.npz"
     if use_cache and path.is_file():
