@@ -127,7 +127,16 @@ def test_generate_writes_nifti_with_the_voxel_size_and_preview_shows_slices(tmp_
     res = runner.invoke(app, ["data", "preview", "phantom-mr", "-n", "2", "--size", "16", "-o", str(tmp_path / "p.png")])
     assert res.exit_code == 0 and (tmp_path / "p.png").stat().st_size > 1000, res.output
     res = runner.invoke(app, ["evaluate", "phantom-ct", "--checkpoint", str(tmp_path / "run"), "-n", "4",
-                              "--extractor", "random"])
+                              "--extractor", "random", "-o", str(tmp_path / "scores.json")])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "xy plane" in said and "zx plane" in said and "generated volumes" in said
+    import json
+    got = json.loads((tmp_path / "scores.json").read_text())
+    planes = [got[f"fd-random-plane-{p}"] for p in ("xy", "yz", "zx")]
+    assert got["fd-random"] == pytest.approx(np.mean(planes)) and got["num_real"] == got["num_fake"] == 4
+    assert got["slices_real"] == 4 * 16 and "2.5d" in got["extractor"]            # every slice of every volume
+    res = runner.invoke(app, ["utility", str(tmp_path / "run"), "--real-train", "phantom-ct", "--real-test", "phantom-ct"])
     assert res.exit_code == 2 and "works on 2-D images" in " ".join(res.output.split())
 
 

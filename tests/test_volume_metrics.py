@@ -3,6 +3,7 @@ network; each plane's statistics merge over sites exactly (merged == pooled), a 
 that plane's own statistics, and every record names its plane and network."""
 
 import numpy as np
+import pytest
 import torch
 
 from fedsynth.config import build_config
@@ -98,3 +99,21 @@ def test_the_trained_effnet_scores_volumes_per_plane():
     assert rows.shape == (2 * 2, 3 * 1280) and ext.metric == "fd-effnet" and "effnet-lite0" in ext.name
     xy = planes_of(vols, slice_indices(16, 2))[0]
     assert torch.allclose(rows[:, :1280], ext.inner.extract(xy), atol=1e-5)
+
+
+def test_evaluate_scores_each_plane_as_its_own_slices_scored_in_2d():
+    """``fedsynth evaluate`` on volumes (compare_volumes): a plane's distance is the 2-D
+    comparison of that plane's slices through the same network, the headline their mean."""
+    from fedsynth.metrics.compare import compare_images, compare_volumes
+    real = make_volume_phantom("phantom-ct", 6, 16, seed=0).batch()
+    fake = make_volume_phantom("phantom-mr", 6, 16, seed=1).batch()
+    ext = _ext()
+    got = compare_volumes(real, fake, ext, seed=3)
+    idx = slice_indices(16, 0)
+    for plane, r, f in zip(("xy", "yz", "zx"), planes_of(real, idx), planes_of(fake, idx)):
+        flat = compare_images(r.contiguous(), f.contiguous(), ext.inner, seed=3)
+        assert got[f"fd-random-plane-{plane}"] == pytest.approx(flat["fd-random"], rel=1e-6)
+        assert got[f"kid-random-plane-{plane}"] == pytest.approx(flat["kid-random"], rel=1e-6)
+    assert got["fd-random"] == pytest.approx(np.mean([got[f"fd-random-plane-{p}"] for p in ("xy", "yz", "zx")]))
+    same = compare_volumes(real, real, ext)
+    assert same["fd-random"] < 1e-6 * got["fd-random"] and got["num_real"] == 6 and got["slices_real"] == 6 * 16

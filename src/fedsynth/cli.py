@@ -324,11 +324,12 @@ def evaluate(
     round_: Optional[str] = typer.Option(None, "--round", help="Which checkpoint of a run directory: best (default: "
                                          "the best round by the held-out selection score), last, or a kept round "
                                          "number."),
-    images: int = typer.Option(1000, "--images", "-n", help="Images per set (at most)."),
+    images: Optional[int] = typer.Option(None, "--images", "-n", show_default=False,
+                                         help="Images per set, at most (default 1000; volumes: 64)."),
     size: Optional[int] = typer.Option(None, "--size", show_default=False,
                                        help="Image side in pixels (default: the checkpoint's image size, else 64)."),
     extractor: str = typer.Option("auto", "--extractor", help="Feature network: " + " | ".join(EXTRACTORS.names())
-                                  + " (as eval.feature-extractor)."),
+                                  + " (as eval.feature-extractor; volumes: on slices along the three axes)."),
     inception_weights: str = typer.Option("", "--inception-weights", help="Local FID Inception weights file."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the numbers as JSON here."),
     seed: int = typer.Option(0, "--seed", help="Seed of the image subsets, the KID subsets and (with --checkpoint) "
@@ -337,7 +338,9 @@ def evaluate(
 ) -> None:
     """Fréchet distance, KID, precision/recall/density/coverage and sliced Wasserstein distance.
 
-    Between two image sets, or between a checkpoint's samples and a data set.
+    Between two image sets, or between a checkpoint's samples and a data set. A checkpoint that
+    makes volumes is scored as a run scores volumes: Fréchet distance and KID per plane (xy, yz,
+    zx) of the slices' features, and their mean.
 
     Examples:
       fedsynth evaluate phantom-xray --checkpoint runs/quick

@@ -22,6 +22,9 @@ from ..data.export import images_config
 
 Load = Callable[[Config], ImageSet]
 
+IMAGES = 1000   # images per set that fedsynth evaluate scores unless told (--images)
+VOLUMES = 64    # volumes, likewise (eval.num-samples' default for volumes)
+
 
 def images_only(model, command: str) -> None:
     """A one-line refusal where ``fedsynth COMMAND`` has no volume form yet."""
@@ -60,11 +63,14 @@ class Scores:
     caveats: list[str] = field(default_factory=list)
 
 
-def score_images(real: str, fake: str | None, checkpoint: Path | None, which: str | None, n: int, size: int | None,
-                 extractor: str, inception_weights: str, seed: int, load: Load = load_dataset) -> Scores:
+def score_images(real: str, fake: str | None, checkpoint: Path | None, which: str | None, n: int | None,
+                 size: int | None, extractor: str, inception_weights: str, seed: int,
+                 load: Load = load_dataset) -> Scores:
     """Fréchet distance, KID, precision/recall/density/coverage, sliced Wasserstein distance and
     the diversity ratio of ``fake`` images (a path) or ``checkpoint``'s samples against ``real``
-    (at most ``n`` images each, at ``size`` px: default the checkpoint's image size, else 64)."""
+    (at most ``n`` images each, default :data:`IMAGES`, at ``size`` px: default the checkpoint's
+    image size, else 64). A checkpoint that makes volumes is scored against ``real`` read as
+    volumes, with 2.5-D distances per plane (at most ``n`` volumes, default :data:`VOLUMES`)."""
     from ..metrics import build_extractor
     from ..metrics.compare import compare_images
     from ..metrics.stats import few_real_note
@@ -74,7 +80,10 @@ def score_images(real: str, fake: str | None, checkpoint: Path | None, which: st
         from ..checkpoint import load_released
         released = load_released(checkpoint, None, which)
         model, state, _ = released
-        images_only(model, "evaluate")
+        if model.describe().get("dims", 2) == 3:
+            return _score_volumes(real, checkpoint, released, n or VOLUMES, size, extractor, inception_weights, seed,
+                                  load)
+    n = n or IMAGES
     side = size or (model.describe()["image_size"] if model is not None else 64)
     r = images_of(real, side, n, seed, [], load)
     if model is not None:
@@ -93,6 +102,30 @@ def score_images(real: str, fake: str | None, checkpoint: Path | None, which: st
         caveats.append(f"{real} has {res['num_real']} images: fewer than the {n} asked for (--images)")
     if "precision" not in res:
         caveats.append("precision, recall, density and coverage need more than 5 images in each set: not computed")
+    return Scores(res, ext, released, [c for c in caveats if c])
+
+
+def _score_volumes(real: str, checkpoint: Path, released, n: int, size: int | None, extractor: str,
+                   inception_weights: str, seed: int, load: Load) -> Scores:
+    """:func:`score_images` for a checkpoint that makes volumes: ``real`` read as volumes
+    (``data.dims = 3``) at the checkpoint's side, scored with 2.5-D distances per plane and their
+    mean (:func:`fedsynth.metrics.compare.compare_volumes`), every slice of each volume."""
+    from ..metrics import build_extractor
+    from ..metrics.compare import compare_volumes
+    from ..metrics.stats import few_real_note
+    model, state, _ = released
+    side = size or model.describe()["image_size"]
+    r = images_of(real, side, n, seed, ["data.dims=3"], load)
+    xf = model.generate(state, min(n, len(r) if len(r) > 1 else n), seed + 1)
+    if xf.shape[1] != r.channels:
+        raise UserError(f"the checkpoint makes {xf.shape[1]}-channel volumes, {real} has {r.channels}")
+    ext = build_extractor(extractor, inception_weights, dims=3)
+    res = {"real": real, "fake": str(checkpoint), **compare_volumes(r.batch(), xf, ext, seed)}
+    caveats = [few_real_note(res["slices_real"], getattr(ext, "plane_dims", None)),
+               "precision, recall, density, coverage and the sliced Wasserstein distance are 2-D measures: not "
+               "computed for volumes (the per-plane distances are the volumes' scores, as in a run)"]
+    if res["num_real"] < n:
+        caveats.append(f"{real} has {res['num_real']} volumes: fewer than the {n} asked for (--images)")
     return Scores(res, ext, released, [c for c in caveats if c])
 
 

@@ -584,14 +584,25 @@ def evaluate_table(res: dict[str, Any], title: str) -> Table:
     """``fedsynth evaluate``'s numbers named in words, each with the way it is better and what it
     measures (the JSON written with -o keeps its keys)."""
     from ..registry import is_fd_metric, is_kid_metric
+    what = "volumes" if "slices_real" in res else "images"
     t = Table(title=title, caption=f"features: {res.get('extractor', '?')}; {res.get('num_real', '?')} real and "
-                                   f"{res.get('num_fake', '?')} generated images")
+                                   f"{res.get('num_fake', '?')} generated {what}")
     for col, just in (("measure", "left"), ("value", "right"), ("better", "left"), ("what it says", "left")):
         t.add_column(col, justify=just, no_wrap=col == "value")  # type: ignore[arg-type]
     for k, v in res.items():
         if not isinstance(v, float):
             continue
-        if is_fd_metric(k):
+        metric, _, plane = k.partition("-plane-")
+        if plane:   # volumes: one plane's distance of the slices' features
+            row = ((f"Fréchet distance, {plane} plane ({k})", "lower", f"Gaussians fitted to real and generated "
+                    f"{plane} slices' features") if is_fd_metric(metric) else
+                   (f"kernel distance, KID, {plane} plane ({k})", "lower", f"squared MMD of the {plane} slices' "
+                    "features"))
+        elif is_fd_metric(k) and what == "volumes":
+            row = (f"Fréchet distance ({k})", "lower", "mean over the xy, yz and zx planes")
+        elif is_kid_metric(k) and what == "volumes":
+            row = (f"kernel distance, KID ({k})", "lower", "mean over the xy, yz and zx planes")
+        elif is_fd_metric(k):
             row = (f"Fréchet distance ({k})", "lower", "distance between Gaussians fitted to real and generated "
                    "features")
         elif is_kid_metric(k):
