@@ -18,9 +18,10 @@ from .commands.deploy import deploy_app
 from .commands.weights import weights_app
 from .config import Config, UserError, check_output_path, load_config
 from .registry import BACKBONES, EXTRACTORS
-from .report.terminal import (PROGRESS_COLUMNS, RichReporter, evaluate_table, model_line, partition_table, plural,
-                              prdc_note, print_fitting_table, rescore_table, stop_progress, summary_table,
-                              threads_line, utility_table, written)
+from .report.terminal import (PROGRESS_COLUMNS, RichReporter, audit_lines, evaluate_table, partition_table, plural,
+                              prdc_note,
+                              print_fitting_table, rescore_table, run_start_lines, stop_progress, summary_table,
+                              utility_table, written)
 from .sweep import PRESETS as _PRESETS
 
 PRESET_NAMES = tuple(_PRESETS)
@@ -111,17 +112,9 @@ def run(
                                   f"e.g. {info['skipped'][0]['file']}: {info['skipped'][0]['reason']}", highlight=False)
             if first > 1:
                 reporter.say(f"resuming {run_dir.path} after round {first - 1}")
+            for line in run_start_lines(cfg, fed, run_dir.path, threads, time.perf_counter() - t0):
+                reporter.say(line)
             ev = fed.evaluator
-            sites = len(fed.pool.ids)
-            reporter.say(f"fedsynth run → {run_dir.path}")
-            item, side = ("volume", f"{info.get('size', '?')}³ voxels") if cfg.data.dims == 3 else \
-                ("image", f"{info.get('size', '?')} px")
-            reporter.say(f"  {cfg.data.source}: {plural(info['images'], item) if 'images' in info else f'? {item}s'} "
-                         f"of {side}, {plural(sites, 'site')} ({cfg.partition.scheme}), "
-                         f"strategy {cfg.fed.strategy}, {plural(cfg.fed.rounds, 'round')}")
-            reporter.say(f"  model: {model_line(cfg)}")
-            reporter.say(f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
-                         f"{threads_line(cfg.train.threads, threads)}; ready in {time.perf_counter() - t0:.1f} s")
             if ev is not None and getattr(ev.extractor, "notice", "") and first_time(ev.extractor.notice):
                 reporter.say(ev.extractor.notice + " (shown once)", "dim")  # the features line names it every run
             if first == 1 and fed.description is not None:
@@ -403,30 +396,8 @@ def audit(
     except UserError as e:
         fail(str(e))
     _say_model(released)
-    verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
-    if hasattr(res, "planes"):  # volumes: per plane, in a feature network's space
-        _say_volume_audit(res, verdict, n, out)
-        return
-    console.print(f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any "
-                  f"held-out image (≈50% expected); median distance ratio train/held-out {res.median_ratio:.3f}; "
-                  f"diversity ratio {res.diversity_ratio:.2f}; {res.distinct_nn_fraction:.1%} of training images "
-                  f"are a sample's nearest neighbour", highlight=False)
-    console.print(f"closest pairs: {out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}")
-
-
-def _say_volume_audit(res, verdict: str, n: int, out: Path) -> None:
-    """``fedsynth audit``'s lines for a volume checkpoint: the verdict, the feature network, one line per plane."""
-    which = f" on {', '.join(res.flagged_planes)}" if res.flagged else " on any plane"
-    console.print(f"{verdict}{which}: {n} generated volumes, nearest neighbours per plane in the feature space "
-                  f"of {res.extractor}, each volume {res.slices} slices per plane (≈50% nearer a training "
-                  f"volume expected; flagged above 75% or below a median ratio of 0.5)", highlight=False)
-    for p, r in res.planes.items():
-        console.print(f"  {p}: {r.nearer_train_fraction:.1%} nearer a training volume than any held-out one; "
-                      f"median distance ratio train/held-out {r.median_ratio:.3f}; diversity ratio "
-                      f"{r.diversity_ratio:.2f}; {r.distinct_nn_fraction:.1%} of training volumes are a nearest "
-                      f"neighbour{'  [red]flagged[/]' if r.flagged else ''}", highlight=False)
-    console.print(f"closest pairs ({res.telling_plane} plane; orthogonal mid-slices, generated over training): "
-                  f"{out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}; per plane: {out / 'audit.json'}")
+    for line in audit_lines(res, n, out):
+        console.print(line, highlight=False)
 
 
 @app.command()
@@ -552,16 +523,10 @@ def rescore(
 
     Examples:
       fedsynth rescore runs/quick"""
-    from .fed.rescore import rescore_run
+    from .fed.rescore import check_rescore, rescore_run
     from .report.html import build_report
     try:
-        if not (run_dir / "metrics.jsonl").is_file() or not (run_dir / "config.toml").is_file():
-            raise UserError(f"{run_dir} is not a run directory (no metrics.jsonl and config.toml)")
-        if extractor not in EXTRACTORS.names() or extractor == "auto":
-            raise UserError(f"--extractor {extractor!r}: choose from "
-                            + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
-        if last_k is not None and last_k < 1:
-            raise UserError(f"--last-k must be at least 1, got {last_k}")
+        check_rescore(run_dir, extractor, last_k)
         check_output_path(run_dir / "rescore.jsonl", "RUN_DIR", folder=False)
         with console.status(f"scoring {run_dir} with {extractor}…"):
             records = rescore_run(run_dir, extractor, last_k)

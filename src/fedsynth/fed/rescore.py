@@ -20,6 +20,18 @@ from ..config import UserError, load_config
 from ..utils import atomic_write_text
 
 
+def check_rescore(run: Path, extractor: str, last_k: int | None) -> None:
+    """``UserError`` naming what is wrong: not a run directory, a feature network that does not
+    exist (or ``auto``, which names none), ``last_k`` below 1."""
+    from ..registry import EXTRACTORS
+    if not (run / "metrics.jsonl").is_file() or not (run / "config.toml").is_file():
+        raise UserError(f"{run} is not a run directory (no metrics.jsonl and config.toml)")
+    if extractor not in EXTRACTORS.names() or extractor == "auto":
+        raise UserError(f"--extractor {extractor!r}: choose from " + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
+    if last_k is not None and last_k < 1:
+        raise UserError(f"--last-k must be at least 1, got {last_k}")
+
+
 def rescore_run(run: str | Path, extractor: str, last_k: int | None = None) -> list[dict[str, Any]]:
     """Score the run's kept checkpoints among its last ``last_k`` evaluated rounds (default: the
     run's ``eval.last-k``) with ``extractor``; write and return the records (the seconds it took
@@ -30,6 +42,7 @@ def rescore_run(run: str | Path, extractor: str, last_k: int | None = None) -> l
     from .run import in_process
     from .server import ServerState
     run = Path(run)
+    check_rescore(run, extractor, last_k)
     t0 = time.perf_counter()
     cfg = load_config(str(run / "config.toml"))
     last_k = last_k or cfg.eval.last_k

@@ -552,6 +552,43 @@ def model_line(cfg: Any) -> str:
     return family_of(tree).config_line(tree)
 
 
+def audit_lines(res: Any, n: int, out: Any) -> list[str]:
+    """``fedsynth audit``'s lines (rich markup): the verdict and its statistics; for volumes the
+    feature network and one line per plane; where the pictures are."""
+    verdict = "[bold red]MEMORISATION SUSPECTED[/]" if res.flagged else "[green]no memorisation detected[/]"
+    if not hasattr(res, "planes"):
+        return [f"{verdict}: {res.nearer_train_fraction:.1%} of samples are nearer a training image than any held-out "
+                f"image (≈50% expected); median distance ratio train/held-out {res.median_ratio:.3f}; diversity "
+                f"ratio {res.diversity_ratio:.2f}; {res.distinct_nn_fraction:.1%} of training images are a sample's "
+                f"nearest neighbour", f"closest pairs: {out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}"]
+    which = f" on {', '.join(res.flagged_planes)}" if res.flagged else " on any plane"
+    return [f"{verdict}{which}: {n} generated volumes, nearest neighbours per plane in the feature space of "
+            f"{res.extractor}, each volume {res.slices} slices per plane (≈50% nearer a training volume expected; "
+            f"flagged above 75% or below a median ratio of 0.5)",
+            *(f"  {p}: {r.nearer_train_fraction:.1%} nearer a training volume than any held-out one; median distance "
+              f"ratio train/held-out {r.median_ratio:.3f}; diversity ratio {r.diversity_ratio:.2f}; "
+              f"{r.distinct_nn_fraction:.1%} of training volumes are a nearest neighbour"
+              f"{'  [red]flagged[/]' if r.flagged else ''}" for p, r in res.planes.items()),
+            f"closest pairs ({res.telling_plane} plane; orthogonal mid-slices, generated over training): "
+            f"{out / 'closest-pairs.png'}; PCA: {out / 'embedding-pca.png'}; per plane: {out / 'audit.json'}"]
+
+
+def run_start_lines(cfg: Any, fed: Any, path: Any, threads: int, ready_s: float) -> list[str]:
+    """What ``fedsynth run`` says as a run starts: where it writes, the data and its sites, the
+    model in its family's words, the feature network and the threads."""
+    info = fed.data_info
+    ev = fed.evaluator
+    item, side = ("volume", f"{info.get('size', '?')}³ voxels") if cfg.data.dims == 3 else \
+        ("image", f"{info.get('size', '?')} px")
+    images = plural(info["images"], item) if "images" in info else f"? {item}s"
+    return [f"fedsynth run → {path}",
+            f"  {cfg.data.source}: {images} of {side}, {plural(len(fed.pool.ids), 'site')} ({cfg.partition.scheme}), "
+            f"strategy {cfg.fed.strategy}, {plural(cfg.fed.rounds, 'round')}",
+            f"  model: {model_line(cfg)}",
+            f"  features: {ev.extractor.name if ev else 'none (evaluation off)'}; "
+            f"{threads_line(cfg.train.threads, threads)}; ready in {ready_s:.1f} s"]
+
+
 def threads_line(asked: int, used: int) -> str:
     """``"2 threads"``; with ``train.threads = 0`` (all cores) on a machine already busier than its
     cores, the load too: other work shares those cores and every round takes longer."""
