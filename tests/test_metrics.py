@@ -24,6 +24,23 @@ def test_fd_matches_scipy_reference():
     assert ours == pytest.approx(_scipy_fd(x, y), rel=1e-6)
 
 
+def test_the_statistics_linear_algebra_runs_numpy_blas_on_one_thread(monkeypatch):
+    """The eigendecompositions and outer products run on one BLAS thread (torch's spinning
+    threads and OpenBLAS's would wait on each other), and the caller's setting is back after."""
+    from threadpoolctl import threadpool_info
+    blas = lambda: [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]  # noqa: E731
+    seen = []
+    for name in ("eigvalsh", "eigh"):
+        real = getattr(np.linalg, name)
+        monkeypatch.setattr(np.linalg, name, lambda a, _real=real: seen.append(blas()) or _real(a))
+    before = blas()
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(300, 24)), rng.normal(size=(200, 24))
+    fd = fd_from_stats(FeatureStats.of(x), FeatureStats.of(y))
+    assert seen and all(all(n == 1 for n in threads) for threads in seen), seen
+    assert blas() == before and fd == pytest.approx(_scipy_fd(x, y), rel=1e-6)
+
+
 def test_fd_matches_torchmetrics_with_the_same_features():
     from torchmetrics.image.fid import FrechetInceptionDistance
 

@@ -14,6 +14,26 @@ import numpy as np
 import torch
 
 
+_BLAS = None
+
+
+def one_blas_thread():
+    """A context in which NumPy's BLAS/LAPACK run on one thread (``threadpoolctl``).
+
+    The statistics' linear algebra (the sums of outer products, the eigendecompositions of the
+    Fréchet distance) runs between torch's work, whose OpenMP threads are still spinning on the
+    same cores when NumPy's OpenBLAS threads start: each pool then waits on the other. Measured on
+    the 2-core machine with other runs beside it, right after a convolution: ``eigvalsh`` of a
+    480-dimensional covariance (the random network's) took a median 0.54 s on 2 threads and
+    0.028 s on one, 1,280 dimensions 12.9 s against 0.17 s, 2,048 dimensions (Inception's)
+    5.1 s against 0.81 s. One thread also makes the results independent of the core count."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+        _BLAS = ThreadpoolController()
+    return _BLAS.limit(limits=1, user_api="blas")
+
+
 @dataclass
 class FeatureStats:
     """Mergeable mean/covariance accumulator (float64)."""
@@ -44,7 +64,8 @@ class FeatureStats:
             raise ValueError(f"features must be (B, {self.dim}), got {x.shape}")
         self.n += x.shape[0]
         self.sum += x.sum(axis=0)
-        self.sum_outer += x.T @ x
+        with one_blas_thread():
+            self.sum_outer += x.T @ x
         return self
 
     def merge(self, other: "FeatureStats") -> "FeatureStats":
@@ -79,8 +100,9 @@ def sqrtm_psd(a: np.ndarray) -> np.ndarray:
 
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    with one_blas_thread():
+        w, v = np.linalg.eigh((a + a.T) / 2)
+        return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray,
@@ -100,8 +122,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     if not all(np.isfinite(a).all() for a in (mu1, mu2, s1, s2)):
         return float("nan")  # e.g. a wrecked generator: report it, do not crash the run
     r1 = _sqrtm_psd(s1) if sqrt_sigma1 is None else sqrt_sigma1
-    m = r1 @ s2 @ r1
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    with one_blas_thread():
+        m = r1 @ s2 @ r1
+        tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
