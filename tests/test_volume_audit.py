@@ -71,4 +71,13 @@ def test_the_audit_command_on_a_tiny_3d_run(tmp_path):
         assert {"nearer_train_fraction", "median_ratio", "memorisation_flagged", "diversity_ratio", "closest"} <= set(p)
     assert a["memorisation_flagged"] == any(p["memorisation_flagged"] for p in a["planes"].values())
     assert (tmp_path / "a" / "closest-pairs.png").is_file() and (tmp_path / "a" / "embedding-pca.png").is_file()
-    print(res.output)
+    # the trained network's space instead of the random one's, when asked; a network that does not exist: exit 2
+    res = runner.invoke(app, ["audit", "--checkpoint", str(tmp_path / "run"), "--train", "phantom-ct",
+                              "--held", "phantom-ct", "--train-set", "data.num-images=8", "--held-set", "data.num-images=8",
+                              "--held-set", "run.seed=9", "-n", "8", "--out", str(tmp_path / "b"),
+                              "--extractor", "effnet-lite0"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "audit.json").read_text())["feature_network"].startswith("effnet-lite0")
+    res = runner.invoke(app, ["audit", "--checkpoint", str(tmp_path / "run"), "--train", "phantom-ct",
+                              "--held", "phantom-ct", "--out", str(tmp_path / "c"), "--extractor", "nosuch"])
+    assert res.exit_code == 2 and "nosuch" in res.output and "effnet-lite0" in res.output

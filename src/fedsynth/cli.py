@@ -379,10 +379,12 @@ def audit(
     train_set: List[str] = typer.Option([], "--train-set", help="Overrides for reading --train (e.g. data.num-images=64)."),
     held_set: List[str] = typer.Option([], "--held-set", help="Overrides for reading --held (e.g. run.seed=99)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated images and of the audit's sampling."),
+    extractor: str = typer.Option("random", "--extractor", help="Volumes: the 2-D feature network their slices go "
+                                  "through: " + " | ".join(n for n in EXTRACTORS.names() if n != "auto") + "."),
     n: Optional[int] = old_n(),
 ) -> None:
     """Memorisation (nearest training vs held-out image), diversity and a PCA plot. Volumes are
-    compared per plane (xy, yz, zx) in the random feature network's space of their slices.
+    compared per plane (xy, yz, zx) in a feature network's space of their slices (--extractor).
 
     Examples:
       fedsynth audit --checkpoint runs/quick --train phantom-xray \\
@@ -392,7 +394,7 @@ def audit(
     try:
         check_output_path(out, "--out")
         released, res = audit_released(checkpoint, round_, train, held, train_set, held_set, n, seed, out,
-                                       load_with_progress)
+                                       load_with_progress, extractor)
     except UserError as e:
         fail(str(e))
     _say_model(released)

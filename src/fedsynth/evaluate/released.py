@@ -130,14 +130,18 @@ def _score_volumes(real: str, checkpoint: Path, released, n: int, size: int | No
 
 
 def audit(checkpoint: Path, which: str | None, train: str, held: str, train_set: list[str], held_set: list[str],
-          n: int, seed: int, out: Path, load: Load = load_dataset):
+          n: int, seed: int, out: Path, load: Load = load_dataset, extractor: str = "random"):
     """``(released, result)``: :func:`fedsynth.privacy.audit.write_audit` of ``n`` samples of the
     model ``checkpoint`` released against its ``train`` and ``held``-out images, written to ``out``.
-    A volume checkpoint reads its sets as volumes and is audited per plane in the random
-    network's feature space (:func:`fedsynth.privacy.audit.write_volume_audit`, a
-    :class:`~fedsynth.privacy.audit.VolumeAuditResult`)."""
+    A volume checkpoint reads its sets as volumes and is audited per plane in the feature space of
+    ``extractor`` (a 2-D network through which every volume's slices go; default the frozen random
+    network: :func:`fedsynth.privacy.audit.write_volume_audit`, a
+    :class:`~fedsynth.privacy.audit.VolumeAuditResult`). Images are audited in pixel space."""
     from ..checkpoint import load_released
     from ..privacy.audit import write_audit, write_volume_audit
+    from ..registry import EXTRACTORS
+    if extractor not in EXTRACTORS.names() or extractor == "auto":
+        raise UserError(f"--extractor {extractor!r}: choose from " + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
     released = load_released(checkpoint, None, which)
     model, state, _ = released
     side = model.describe()["image_size"]
@@ -147,8 +151,9 @@ def audit(checkpoint: Path, which: str | None, train: str, held: str, train_set:
     he = images_of(held, side, 10**9, 0, dims + list(held_set), load).batch()
     xf = model.generate(state, n, seed)
     if volumes:
+        from ..metrics import build_extractor
         from ..report.montage import orthogonal_slices
-        return released, write_volume_audit(xf, tr, he, out, orthogonal_slices, seed)
+        return released, write_volume_audit(xf, tr, he, out, orthogonal_slices, seed, build_extractor(extractor))
     return released, write_audit(xf, tr, he, out, seed)
 
 
