@@ -130,7 +130,8 @@ PRESETS["server-lr"] = {
 # round) over two splits -- 90 % of each of 4 sites' images from one class ("skew-"), and
 # Dirichlet(0.1) class shares over 6 sites, drawn until every site has 100 images so each can hold
 # 10 out ("dir-") -- each split with its own centralized reference (the held-out images are each
-# split's sites'), 3 seeds: 42 runs, 81 min at --jobs 2 with other work sharing the cores.
+# split's sites'), 3 seeds: 42 runs, 81 min at --jobs 2 with other work sharing the cores; and the
+# server-side methods below on the skew split (9 runs).
 _SKEW_METHODS = [
     ("fedavg", ["fed.strategy=fedavg"]),
     ("fedbn", ["fed.strategy=fedbn"]),
@@ -144,19 +145,30 @@ _SKEW_SPLITS = [
     ("skew", ["partition.clients=4", "partition.scheme=label-skew", "partition.majority=0.9"]),
     ("dir", ["partition.clients=6", "partition.scheme=dirichlet", "partition.alpha=0.1", "partition.min-size=100"]),
 ]
+# On the skew split only, the two server-side methods: the server's correction step on samples of the
+# sites' updated models (FedAvg + fed.server-data = "sites", 50 server steps a round), and FedAdam over 20
+# rounds with a constant and a cosine-decayed server learning rate (FedAdam collapsed after round 10).
+_SKEW_SERVER_METHODS = [
+    ("fedavg-sites", ["fed.strategy=fedavg", "fed.server-data=sites"]),
+    ("fedadam-20", ["fed.strategy=fedadam", "fed.rounds=20"]),
+    ("fedadam-cosine-20", ["fed.strategy=fedadam", "fed.server-lr-decay=cosine", "fed.rounds=20"]),
+]
 PRESETS["label-skew"] = {
     "base": PRESETS["strategies"]["base"][:3] + ["fed.rounds=10", "fed.local-epochs=2", "eval.every=2",
                                                  "eval.num-samples=500"],
     "variants": [(f"{split}-{name}", [*split_sets, *sets])
-                 for split, split_sets in _SKEW_SPLITS for name, sets in _SKEW_METHODS],
+                 for split, split_sets in _SKEW_SPLITS for name, sets in _SKEW_METHODS]
+    + [(f"skew-{name}", [*_SKEW_SPLITS[0][1], *sets]) for name, sets in _SKEW_SERVER_METHODS],
     "seeds": 3,
 }
 
 # The label-skew methods with the diffusion family: FedAvg and the two methods that came closest to
 # pooling in the GAN family's `label-skew` sweep (the class-conditional model and FedCAR), beside the
-# diffusion family's own centralized reference, over the same two splits and 1,200 tiles, 3 seeds. A
-# diffusion round costs ~13x a GAN round here, so 6 rounds of 1 local epoch, scored at rounds 2, 4 and 6
-# (the median of the last 3) on 250 samples, and FedCAR samples 128 images per site and round.
+# diffusion family's own centralized reference, on its 4-site split (90 % of each site's tiles from one
+# class) and 1,200 tiles, 3 seeds (12 runs). A diffusion round costs ~13x a GAN round here, so 6 rounds
+# of 1 local epoch, scored at rounds 2, 4 and 6 (the median of the last 3) on 250 samples, and FedCAR
+# samples 128 images per site and round; a run took 11-15 min with 2 at a time and other work beside
+# them, so the Dirichlet split (another 12 runs) would not fit a working session beside it.
 _DIFFUSION_SKEW_METHODS = [
     ("fedavg", ["fed.strategy=fedavg"]),
     ("fedcar", ["fed.strategy=fedcar", "fed.fedcar-samples=128"]),
@@ -167,7 +179,7 @@ PRESETS["label-skew-diffusion"] = {
     "base": PRESETS["strategies"]["base"][:3] + ["model.family=diffusion", "fed.rounds=6", "fed.local-epochs=1",
                                                  "eval.every=2", "eval.num-samples=250", "eval.per-site=false"],
     "variants": [(f"{split}-{name}", [*split_sets, *sets])
-                 for split, split_sets in _SKEW_SPLITS for name, sets in _DIFFUSION_SKEW_METHODS],
+                 for split, split_sets in _SKEW_SPLITS[:1] for name, sets in _DIFFUSION_SKEW_METHODS],
     "seeds": 3,
 }
 
