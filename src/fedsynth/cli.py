@@ -17,7 +17,7 @@ from .commands.data import data_app
 from .commands.deploy import deploy_app
 from .commands.weights import weights_app
 from .config import Config, UserError, check_output_path, load_config
-from .registry import BACKBONES, EXTRACTORS
+from .registry import BACKBONES, EXTRACTORS, FEATURE_NETWORKS
 from .report.terminal import (PROGRESS_COLUMNS, RichReporter, audit_lines, evaluate_table, partition_table, plural,
                               prdc_note,
                               print_fitting_table, rescore_table, run_start_lines, stop_progress, summary_table,
@@ -380,7 +380,7 @@ def audit(
     held_set: List[str] = typer.Option([], "--held-set", help="Overrides for reading --held (e.g. run.seed=99)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated images and of the audit's sampling."),
     extractor: str = typer.Option("random", "--extractor", help="Volumes: the 2-D feature network their slices go "
-                                  "through: " + " | ".join(n for n in EXTRACTORS.names() if n != "auto") + "."),
+                                  "through: " + " | ".join(FEATURE_NETWORKS) + "."),
     n: Optional[int] = old_n(),
 ) -> None:
     """Memorisation (nearest training vs held-out image), diversity and a PCA plot. Volumes are
@@ -512,7 +512,7 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory.")) -> None
 def rescore(
     run_dir: Path = typer.Argument(..., help="A finished run directory."),
     extractor: str = typer.Option("effnet-lite0", "--extractor", help="The feature network to score with: "
-                                  + " | ".join(n for n in EXTRACTORS.names() if n != "auto") + "."),
+                                  + " | ".join(FEATURE_NETWORKS) + "."),
     last_k: Optional[int] = typer.Option(None, "--last-k", help="Score the kept checkpoints among this many last "
                                          "evaluated rounds (default: the run's eval.last-k)."),
 ) -> None:

@@ -27,8 +27,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 import tomli_w
 
-from .registry import (BACKBONES, D_ARCHS, EXTRACTORS, FAMILIES, G_ARCHS, LOSSES, ROBUST_RULES, SOURCES,
-                       STRATEGIES)
+from .registry import (BACKBONES, D_ARCHS, EXTRACTORS, FAMILIES, FEATURE_NETWORKS, G_ARCHS, LOSSES, ROBUST_RULES,
+                       SOURCES, STRATEGIES)
 
 # Fewest local steps a round trains by default. A site of 84 images at batch 32 takes 2 steps per
 # epoch, and a DCGAN given 2 steps a round learned nothing in 6 rounds; the built-in default
@@ -814,6 +814,14 @@ def _check_cross_field(cfg: Config) -> None:
 
 #: ``fed.server-data`` for the samples of the sites' updated models (a server-side correction)
 SERVER_SITES = "sites"
+
+
+def feature_network(name: str, option: str = "--extractor") -> str:
+    """``name`` if it names a feature network (not ``auto``, which picks one), else a
+    :class:`UserError` naming ``option`` and the choices."""
+    if name not in FEATURE_NETWORKS:
+        raise UserError(f"{option} {name!r}: choose from {', '.join(FEATURE_NETWORKS)}")
+    return name
 
 
 def server_source(spec: str) -> tuple[str, str] | None:

@@ -173,6 +173,8 @@ EXTRACTORS = Registry("eval.feature-extractor", [
     Entry("xrv", "metrics.features:XrvFeatures", "torchxrayvision's chest-radiograph DenseNet (fd-xrv; weights from the cache)"),
     Entry("random", "metrics.features:RandomConvFeatures", "a frozen, seeded random conv net (fd-random, not FID)"),
 ])
+#: the feature networks themselves (``auto`` is a rule that picks one)
+FEATURE_NETWORKS = tuple(n for n in EXTRACTORS.names() if EXTRACTORS[n].target)
 
 # Each target loads the whole data set from the config: ``target(cfg, progress) -> ImageSet``
 SOURCES = Registry("data.source", [

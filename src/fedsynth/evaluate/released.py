@@ -139,9 +139,8 @@ def audit(checkpoint: Path, which: str | None, train: str, held: str, train_set:
     :class:`~fedsynth.privacy.audit.VolumeAuditResult`). Images are audited in pixel space."""
     from ..checkpoint import load_released
     from ..privacy.audit import write_audit, write_volume_audit
-    from ..registry import EXTRACTORS
-    if extractor not in EXTRACTORS.names() or extractor == "auto":
-        raise UserError(f"--extractor {extractor!r}: choose from " + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
+    from ..config import feature_network
+    feature_network(extractor)
     released = load_released(checkpoint, None, which)
     model, state, _ = released
     side = model.describe()["image_size"]

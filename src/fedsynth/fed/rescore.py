@@ -23,11 +23,10 @@ from ..utils import atomic_write_text
 def check_rescore(run: Path, extractor: str, last_k: int | None) -> None:
     """``UserError`` naming what is wrong: not a run directory, a feature network that does not
     exist (or ``auto``, which names none), ``last_k`` below 1."""
-    from ..registry import EXTRACTORS
+    from ..config import feature_network
     if not (run / "metrics.jsonl").is_file() or not (run / "config.toml").is_file():
         raise UserError(f"{run} is not a run directory (no metrics.jsonl and config.toml)")
-    if extractor not in EXTRACTORS.names() or extractor == "auto":
-        raise UserError(f"--extractor {extractor!r}: choose from " + ", ".join(n for n in EXTRACTORS.names() if n != "auto"))
+    feature_network(extractor)
     if last_k is not None and last_k < 1:
         raise UserError(f"--last-k must be at least 1, got {last_k}")
 
