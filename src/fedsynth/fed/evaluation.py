@@ -24,9 +24,9 @@ import torch
 from ..config import EvalConfig, UserError
 from ..data import ImageSet
 from ..metrics import FeatureExtractor, FeatureStats, kernel_inception_distance
-from ..metrics.planes import plane_blocks
+from ..metrics.planes import block_distances, plane_blocks
 from ..metrics.realism import RealismReference, realism_summary
-from ..metrics.stats import few_real_note, frechet_distance, sqrtm_psd
+from ..metrics.stats import few_real_note, sqrtm_psd
 from ..updates import State
 from ..utils import atomic_write_bytes, cache_dir, derive_seed, numpy_rng, torch_generator
 
@@ -127,14 +127,6 @@ def holdout_for(cfg, parts: list[ImageSet]) -> tuple[list[ImageSet], dict[str, t
         train.append(t)
         held[str(k)] = (sel, test)
     return train, held, ""
-
-
-def _block_distances(moments: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], blocks: list,
-                     real: FeatureStats) -> list[float]:
-    """The Fréchet distance of each feature block (a volume's planes; images: one block) between
-    generated moments ``(mean, cov, sqrt cov)`` and the real statistics ``real``."""
-    return [frechet_distance(mu, cov, real.mean[cols], real.cov[cols, cols], sqrt_sigma1=root)
-            for (mu, cov, root), (_, cols) in zip(moments, blocks)]
 
 
 @dataclass
@@ -299,7 +291,7 @@ class Evaluator:
     def score(self, fake: np.ndarray, round_: int, who: str, against: str | None) -> list[dict[str, Any]]:
         real = self.union if against is None else self.real[against]
         blocks = plane_blocks(self.extractor)
-        fds = _block_distances(self._moments(fake), blocks, real.stats)
+        fds = block_distances(self._moments(fake), blocks, real.stats)
         base = {"round": round_, "client": who, "extractor": self.extractor.name,
                 "real": "union" if against is None else against, "num_fake": len(fake),
                 "num_real": real.stats.n}
@@ -337,7 +329,7 @@ class Evaluator:
         ``real = "holdout"``), the score that selects the best round (other half,
         ``selection-score``, never reported as the model's quality), and the memorisation gap: the
         test-half distance minus the distance to as many training images."""
-        fd = {split: float(np.mean(_block_distances(moments, blocks, st))) for split, st in self.holdout.items()}
+        fd = {split: float(np.mean(block_distances(moments, blocks, st))) for split, st in self.holdout.items()}
         n = {split: st.n for split, st in self.holdout.items()}
         metric = self.extractor.metric
         return [{**base, "real": "holdout", "num_real": n["test"], "metric": metric, "value": fd["test"]},

@@ -8,9 +8,9 @@ from typing import Any
 import torch
 
 from .features import FeatureExtractor
-from .planes import plane_blocks
+from .planes import block_distances, plane_blocks
 from .prdc import prdc, prdc_scales
-from .stats import FeatureStats, fd_from_stats, frechet_distance, kernel_inception_distance
+from .stats import FeatureStats, fd_from_stats, kernel_inception_distance
 from .swd import sliced_wasserstein
 
 
@@ -40,10 +40,11 @@ def compare_volumes(real: torch.Tensor, fake: torch.Tensor, extractor: FeatureEx
     res: dict[str, Any] = {"extractor": extractor.name, "num_real": len(real), "num_fake": len(fake),
                            "slices_real": len(fr), "slices_fake": len(ff)}
     m = min(100, len(fr), len(ff))
-    fds, kids = [], []
-    for plane, cols in plane_blocks(extractor):
-        fds.append(frechet_distance(sf.mean[cols], sf.cov[cols, cols], sr.mean[cols], sr.cov[cols, cols]))
-        res[f"{extractor.metric}-plane-{plane}"] = fds[-1]
+    blocks = plane_blocks(extractor)
+    fds = block_distances([(sf.mean[cols], sf.cov[cols, cols], None) for _, cols in blocks], blocks, sr)
+    kids = []
+    for (plane, cols), fd in zip(blocks, fds):
+        res[f"{extractor.metric}-plane-{plane}"] = fd
         if m >= 2:
             kids.append(kernel_inception_distance(fr[:, cols], ff[:, cols], 50, m, seed)[0])
             res[f"{extractor.kid_metric}-plane-{plane}"] = kids[-1]

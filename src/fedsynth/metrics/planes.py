@@ -49,3 +49,12 @@ def plane_blocks(extractor) -> list[tuple[str | None, slice]]:
         return [(None, slice(None))]
     d = extractor.plane_dims
     return [(p, slice(i * d, (i + 1) * d)) for i, p in enumerate(planes)]
+
+
+def block_distances(moments: list, blocks: list[tuple[str | None, slice]], real) -> list[float]:
+    """The Fréchet distance of each feature block (a volume's planes, :func:`plane_blocks`;
+    images: one block) between generated moments ``(mean, cov, sqrt cov or None)``, one triple
+    per block, and the real statistics ``real`` (a :class:`fedsynth.metrics.FeatureStats`)."""
+    from .stats import frechet_distance
+    return [frechet_distance(mu, cov, real.mean[cols], real.cov[cols, cols], sqrt_sigma1=root)
+            for (mu, cov, root), (_, cols) in zip(moments, blocks)]
