@@ -167,8 +167,8 @@ PRESETS["label-skew"] = {
 # diffusion family's own centralized reference, on its 4-site split (90 % of each site's tiles from one
 # class) and 1,200 tiles, 3 seeds (12 runs). A diffusion round costs ~13x a GAN round here, so 6 rounds
 # of 1 local epoch, scored at rounds 2, 4 and 6 (the median of the last 3) on 250 samples, and FedCAR
-# samples 128 images per site and round; a run took 11-15 min with 2 at a time and other work beside
-# them, so the Dirichlet split (another 12 runs) would not fit a working session beside it.
+# samples 128 images per site and round. A run took 8 (centralized) to 22 (FedCAR) min with 2 at a time
+# and other work beside them: 12 runs, 100 min, so the Dirichlet split (12 more) did not fit beside it.
 _DIFFUSION_SKEW_METHODS = [
     ("fedavg", ["fed.strategy=fedavg"]),
     ("fedcar", ["fed.strategy=fedcar", "fed.fedcar-samples=128"]),
