@@ -19,9 +19,8 @@ from .commands.weights import weights_app
 from .config import Config, UserError, check_output_path, load_config
 from .registry import BACKBONES, EXTRACTORS, FEATURE_NETWORKS
 from .report.terminal import (PROGRESS_COLUMNS, RichReporter, audit_lines, evaluate_table, partition_table, plural,
-                              prdc_note,
-                              print_fitting_table, rescore_table, run_start_lines, stop_progress, summary_table,
-                              utility_table, written)
+                              prdc_note, print_fitting_table, rescore_table, run_start_lines, stop_progress,
+                              summary_table, utility_table, written)
 from .sweep import PRESETS as _PRESETS
 
 PRESET_NAMES = tuple(_PRESETS)

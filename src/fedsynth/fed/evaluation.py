@@ -141,8 +141,7 @@ def real_statistics(data: ImageSet, extractor: FeatureExtractor, max_real: int =
     extractor's name and the kernels it runs: its device and memory format, which change the
     features' last bits)."""
     from .assembly import memory_format
-    weights = next(extractor.parameters(), None)
-    kernels = f"{weights.device if weights is not None else 'cpu'}|{memory_format(extractor)}"
+    kernels = f"{extractor.device}|{memory_format(extractor)}"
     key = hashlib.blake2b(f"{data.fingerprint()}|{extractor.name}|{max_real}|{seed}|{kernels}".encode(),
                           digest_size=16).hexdigest()
     path = cache_dir() / "stats" / f"{key}.npz"

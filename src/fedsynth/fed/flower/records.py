@@ -50,7 +50,13 @@ def from_record(rec: ArrayRecord, what: str = "the message's tensors") -> dict[s
     raw = rec[PAYLOAD].numpy()
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise ValueError(f"{what}: the payload is a {raw.dtype} array of shape {raw.shape}, not bytes")
-    out = from_bytes(raw.tobytes(), what)
+    return named_arrays(raw.tobytes(), what)
+
+
+def named_arrays(data: bytes, what: str) -> dict[str, np.ndarray]:
+    """The ``{name: array}`` a :mod:`fedsynth.serial` payload holds (a record's, or a secure
+    round's strategy tensors); anything else raises ``ValueError`` naming ``what``."""
+    out = from_bytes(data, what)
     if not (isinstance(out, dict) and all(isinstance(k, str) and isinstance(v, np.ndarray) for k, v in out.items())):
         raise ValueError(f"{what}: not a dict of named arrays")
     return out

@@ -48,7 +48,8 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from flwr.compat.common import recorddict_compat as compat
 from flwr.server.strategy import Strategy
 
-from ...serial import from_bytes, to_bytes
+from ...serial import to_bytes
+from .records import named_arrays
 
 #: Flower's quantisation range (``SecAggPlusWorkflow`` default): each value becomes an integer in [0, 2^22)
 QUANTIZATION_RANGE = 2 ** 22
@@ -157,9 +158,7 @@ def train_request(content: RecordDict) -> tuple[dict[str, Any], dict[str, np.nda
         raise ValueError(f"the server sent {len(arrays)} tensors for {len(names)} weight names")
     strategy: dict[str, np.ndarray] = {}  # the strategy's tensors (its structure is in the config's 'strategy')
     if "strategy-arrays" in conf:
-        strategy = from_bytes(bytes(conf.pop("strategy-arrays")), "the server's strategy tensors")
-        if not (isinstance(strategy, dict) and all(isinstance(v, np.ndarray) for v in strategy.values())):
-            raise ValueError("the server's strategy tensors: not a dict of arrays")
+        strategy = named_arrays(bytes(conf.pop("strategy-arrays")), "the server's strategy tensors")
     return conf, dict(zip(names, arrays)), strategy
 
 

@@ -22,7 +22,7 @@ models, and hands the request (:mod:`fedsynth.fed.flower.node`) to the worker.
   answers the message in its own process, as plain ``flower-supernode`` nodes always do.
 
 Wire format: 8-byte big-endian length + :func:`encode`'s :mod:`fedsynth.serial` payload (the
-format of node state and checkpoints: NumPy arrays, JSON structure), both ways: never a pickle,
+format of node state and of Flower messages' tensors: NumPy arrays, JSON structure), both ways: never a pickle,
 so even a process that reached the socket could not make the worker (or the ClientApp) run code.
 """
 
@@ -45,8 +45,8 @@ class WorkerUnavailable(Exception):
 
 
 def encode(obj: Any) -> bytes:
-    """A request or answer as one :mod:`fedsynth.serial` payload -- the format of checkpoints,
-    node state and every other tensor fedsynth stores or sends: NumPy arrays stored as
+    """A request or answer as one :mod:`fedsynth.serial` payload -- the format of node state and
+    of every tensor a Flower message carries: NumPy arrays stored as
     themselves, the structure around them in the payload's JSON skeleton, each ``bytes`` value
     (the node's state, itself such a payload) as a uint8 array whose place is listed beside the
     message. Written and read with NumPy alone, so the ClientApp process that relays to the
